@@ -1,0 +1,80 @@
+"""The declarative base and the mixin a user's model inherits to mirror a topic.
+
+Declaring an entity is one class::
+
+    class Planet(MirroredEntity, Base):
+        __tablename__ = "servicea_planet"
+        __topic__ = "planet-changed"
+        __event_fields__ = {"uuid": "planetUuid", "name": "planetName"}
+
+        uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+        name: Mapped[str] = mapped_column(String(255), nullable=False)
+
+The class registers itself in :data:`models.registry.default_registry`; the worker derives
+the agent, the table and the cache from that entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every mirrored table in this process."""
+
+
+class MirroredEntity:
+    """Mixin that ties a mapped class to the entity-changed topic it mirrors.
+
+    Class attributes a model sets:
+
+    - ``__topic__``: the topic name (required; without it the class is not registered).
+    - ``__event_fields__``: column name -> event field, for the simple cases. Fields of the
+      event that are not listed are ignored.
+    - ``__key_field__``: event field holding the entity key; derived from
+      ``__event_fields__`` when the primary key column is listed there.
+    - ``__update_columns__``: columns an update overwrites (default: every mapped column
+      but the key); leave out e.g. ``created_at`` so only the create sets it.
+    - ``__cached__``: whether the latest state is also kept in a Faust table (default True).
+
+    Override ``from_kafka_event`` (the hook users of the Lambda pattern know) for anything
+    the field map cannot say; it may return an instance of the model or a dict of columns.
+    """
+
+    __topic__: ClassVar[str]
+    __event_fields__: ClassVar[Mapping[str, str]] = {}
+    __key_field__: ClassVar[str | None] = None
+    __update_columns__: ClassVar[tuple[str, ...] | None] = None
+    __cached__: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__topic__" in cls.__dict__:
+            from models.registry import default_registry
+
+            default_registry.register(cls)
+
+    @classmethod
+    def row_from_event(cls, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Map an event to column values through ``__event_fields__`` (missing field: KeyError).
+
+        Only the key is required; other listed fields absent from the event become None,
+        which the database refuses when the column is NOT NULL.
+        """
+        fields = cls.__event_fields__
+        key_field = cls.__key_field__
+        row: dict[str, Any] = {}
+        for column, field_name in fields.items():
+            if field_name == key_field:
+                row[column] = event[field_name]
+            else:
+                row[column] = event.get(field_name)
+        return row
+
+    @classmethod
+    def from_kafka_event(cls, event: Mapping[str, Any]) -> Self:
+        """Build an instance from an event; override for custom mappings."""
+        return cls(**cls.row_from_event(event))

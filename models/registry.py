@@ -1,0 +1,169 @@
+"""The registry that ties each declared model to the topic it mirrors.
+
+Everything else (agent, SQL table, cached table, HTTP routes) is derived from the
+:class:`EntitySpec` entries here, so a user's whole declaration is one model class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, inspect
+
+from streams.errors import RegistryError
+
+RowMapper = Callable[[dict[str, Any]], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySpec:
+    """One declared entity: its model, topic, table and how events map to rows."""
+
+    model: type[Any]
+    """The mapped SQLAlchemy class."""
+    kind: str
+    """Lower-case name used in URLs and metrics, e.g. ``planet``."""
+    topic: str
+    """Entity-changed topic it mirrors (before any configured prefix)."""
+    table: Table
+    """The SQL table rows go to."""
+    key_column: str
+    """Primary key column, holding the entity key."""
+    key_field: str | None
+    """Event field holding the key, when the field map names it."""
+    update_columns: tuple[str, ...]
+    """Columns an update overwrites."""
+    cached: bool
+    """Whether the latest state is also kept in a Faust table."""
+    mapper: RowMapper
+    """Maps an event to column values (``from_kafka_event`` underneath)."""
+
+    def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
+        """Map an event to a row of column values."""
+        return self.mapper(event)
+
+
+def _instance_to_row(instance: Any) -> dict[str, Any]:
+    """Read the column values a user's ``from_kafka_event`` set on a model instance."""
+    state = inspect(instance)
+    values = state.dict
+    return {
+        attr.columns[0].key: values[attr.key]
+        for attr in state.mapper.column_attrs
+        if attr.key in values
+    }
+
+
+def _mapper_for(model: type[Any]) -> RowMapper:
+    from models.base import MirroredEntity
+
+    base_hook = MirroredEntity.__dict__["from_kafka_event"]
+    custom = any(
+        "from_kafka_event" in klass.__dict__ and klass.__dict__["from_kafka_event"] is not base_hook
+        for klass in model.__mro__
+    )
+    if not custom:
+        # Fast path: the field map gives a dict, no ORM instance is built per event.
+        return model.row_from_event  # type: ignore[no-any-return]
+
+    def mapper(event: dict[str, Any]) -> Mapping[str, Any]:
+        result = model.from_kafka_event(event)
+        if isinstance(result, Mapping):
+            return result
+        if isinstance(result, model):
+            return _instance_to_row(result)
+        raise TypeError(
+            f"{model.__name__}.from_kafka_event returned {type(result).__name__}, "
+            "expected the model or a dict"
+        )
+
+    return mapper
+
+
+def build_spec(model: type[Any]) -> EntitySpec:
+    """Derive an :class:`EntitySpec` from a mapped ``MirroredEntity`` subclass."""
+    name = model.__name__
+    table = getattr(model, "__table__", None)
+    if not isinstance(table, Table):
+        raise RegistryError(f"{name} is not mapped to a table; inherit from models.Base")
+    primary = list(table.primary_key.columns)
+    if len(primary) != 1:
+        raise RegistryError(f"{name} must have exactly one primary key column (the entity key)")
+    key_column = primary[0].key
+    fields: Mapping[str, str] = model.__event_fields__
+    unknown = [column for column in fields if column not in table.columns]
+    if unknown:
+        raise RegistryError(f"{name}.__event_fields__ names unknown columns: {unknown}")
+    key_field = model.__key_field__ or fields.get(key_column)
+    model.__key_field__ = key_field
+    declared_updates = model.__update_columns__
+    if declared_updates is None:
+        update_columns = tuple(c.key for c in table.columns if c.key != key_column)
+    else:
+        missing = [c for c in declared_updates if c not in table.columns]
+        if missing:
+            raise RegistryError(f"{name}.__update_columns__ names unknown columns: {missing}")
+        update_columns = tuple(declared_updates)
+    kind = str(getattr(model, "__kind__", name.lower()))
+    return EntitySpec(
+        model=model,
+        kind=kind,
+        topic=str(model.__topic__),
+        table=table,
+        key_column=key_column,
+        key_field=key_field,
+        update_columns=update_columns,
+        cached=bool(model.__cached__),
+        mapper=_mapper_for(model),
+    )
+
+
+class Registry:
+    """Declared entities by topic and by kind."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, EntitySpec] = {}
+        self._by_topic: dict[str, EntitySpec] = {}
+
+    def register(self, model: type[Any]) -> EntitySpec:
+        """Add a model; the same class twice is a no-op, a clash of topic or kind an error."""
+        spec = build_spec(model)
+        for index, value in ((self._by_kind, spec.kind), (self._by_topic, spec.topic)):
+            existing = index.get(value)
+            if existing is not None and existing.model is not model:
+                if existing.model.__qualname__ == model.__qualname__ and (
+                    existing.model.__module__ == model.__module__
+                ):
+                    continue  # the same declaration imported again (module reloaded)
+                raise RegistryError(
+                    f"{model.__name__} and {existing.model.__name__} both declare {value!r}"
+                )
+        self._by_kind[spec.kind] = spec
+        self._by_topic[spec.topic] = spec
+        return spec
+
+    def unregister(self, model: type[Any]) -> None:
+        """Remove ``model`` (tests declare throwaway entities)."""
+        for index in (self._by_kind, self._by_topic):
+            for name in [name for name, spec in index.items() if spec.model is model]:
+                del index[name]
+
+    def by_kind(self, kind: str) -> EntitySpec | None:
+        """Return the entity named ``kind``, if declared."""
+        return self._by_kind.get(kind)
+
+    def by_topic(self, topic: str) -> EntitySpec | None:
+        """Return the entity mirrored from ``topic`` (without prefix), if declared."""
+        return self._by_topic.get(topic)
+
+    def __iter__(self) -> Iterator[EntitySpec]:
+        return iter(sorted(self._by_kind.values(), key=lambda spec: spec.kind))
+
+    def __len__(self) -> int:
+        return len(self._by_kind)
+
+
+#: The registry that ``MirroredEntity`` subclasses join when they are declared.
+default_registry = Registry()

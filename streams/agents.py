@@ -1,0 +1,122 @@
+"""Faust agents: one per declared entity, each handing its batches to the shared Mirror.
+
+Offsets are acknowledged only after the batch's SQL transaction has committed. We read
+with ``noack_take`` and ack by hand because ``take``/``take_events`` ack the whole batch in a
+``finally`` after the yield, even when the body raised or the worker is stopping, which
+would commit offsets of events never applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from models.registry import EntitySpec
+from streams.mirror import BatchResult, Mirror
+from streams.routing import SourceRecord
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+
+
+def record_from_event(event: EventT[Any]) -> SourceRecord:
+    """Convert a Faust event to the core's :class:`SourceRecord`."""
+    message = event.message
+    headers = message.headers
+    items: list[tuple[Any, Any]] = (
+        list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+    )
+    pairs = tuple((str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items)
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        # Faust turns aiokafka's millisecond timestamps into float seconds; undo that.
+        timestamp=round(message.timestamp * 1000),
+        key=message.key,
+        value=message.value,
+        headers=pairs,
+    )
+
+
+async def retry_forever(what: str, call: Callable[[], Any], *, first_delay: float = 0.5) -> Any:
+    """Run the blocking ``call`` in a thread until it succeeds, backing off between tries.
+
+    Used where giving up would lose events: the caller holds its offsets meanwhile, which is
+    the back-pressure a failing database should cause.
+    """
+    delay = first_delay
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as exc:  # every failure here must hold the offsets, never skip
+            retriable = bool(getattr(exc, "retriable", False))
+            if retriable:
+                log.warning(
+                    "%s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, exc
+                )
+            else:
+                log.exception(
+                    "%s failed unexpectedly (attempt %d), retrying in %.1fs", what, attempt, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+
+async def apply_batch(
+    mirror: Mirror, spec: EntitySpec, events: Sequence[EventT[Any]]
+) -> BatchResult:
+    """Apply one batch of Faust events, retrying until its transaction commits."""
+    records = [record_from_event(event) for event in events]
+    first = records[0]
+    what = f"apply {len(records)} {spec.kind} events from {first.topic}"
+    result: BatchResult = await retry_forever(what, lambda: mirror.apply(spec, records))
+    return result
+
+
+def make_agent(
+    mirror: Mirror, spec: EntitySpec, settings: Settings
+) -> Callable[[faust.Stream[Any]], Any]:
+    """Build the agent function that mirrors ``spec``'s topic."""
+
+    async def mirror_entity(stream: faust.Stream[Any]) -> AsyncIterator[None]:
+        await retry_forever(
+            f"create table {spec.table.name}", lambda: mirror.store.create_tables([spec])
+        )
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait):
+            batch: list[EventT[Any]] = list(events)
+            await apply_batch(mirror, spec, batch)
+            for event in batch:
+                await stream.ack(event)
+            yield None
+
+    mirror_entity.__name__ = f"mirror_{spec.kind}"
+    mirror_entity.__qualname__ = mirror_entity.__name__
+    return mirror_entity
+
+
+def register_agents(app: faust.App, mirror: Mirror, settings: Settings) -> None:
+    """Declare one topic and one agent per registered entity."""
+    for spec in mirror.registry:
+        topic = app.topic(
+            mirror.source_topic(spec),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+            replicas=settings.topic_replicas,
+        )
+        agent_fun: Any = make_agent(mirror, spec, settings)
+        # One instance per agent: concurrency > 1 can commit past an event still in flight
+        # (faust-streaming#606).
+        app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)

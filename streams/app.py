@@ -1,0 +1,20 @@
+"""The Faust app module: ``faust -A streams.app worker -l info``.
+
+Settings come from the environment once, here at the edge. A bad value ends the process
+with one line naming the variable, not a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from streams.errors import MirrorError
+from streams.settings import Settings
+from streams.worker import build_app
+
+try:
+    settings = Settings.from_env()
+    app = build_app(settings)
+except MirrorError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None

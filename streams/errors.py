@@ -1,0 +1,31 @@
+"""One exception root for the project, with a `retriable` flag callers branch on.
+
+Modelled on aiokafka's errors: a caller asks `err.retriable` instead of walking an
+isinstance chain. Subclasses are one line each.
+"""
+
+from __future__ import annotations
+
+
+class MirrorError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    retriable: bool = False
+
+
+class SettingsError(MirrorError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+class RegistryError(MirrorError):
+    """An entity declaration is inconsistent (duplicate topic or kind, missing key column)."""
+
+
+class StoreError(MirrorError):
+    """The SQL store refused a batch for a reason that retrying will not fix."""
+
+
+class StoreUnavailableError(StoreError):
+    """The SQL store could not be reached; retry with backoff."""
+
+    retriable = True

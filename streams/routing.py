@@ -1,0 +1,287 @@
+"""The pure routing core: decode a record, route its changeType, fold a batch.
+
+Every agent hands its records to these functions. They import only the standard library
+and never do I/O: they return *decisions* (upsert, delete, reject) that the SQL store and
+the agents carry out. "Unknown changeType" or "not JSON" is a value, not an exception, so
+one bad event can never stop a partition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+#: Record metadata injected into the event that ``from_kafka_event`` sees.
+TIMESTAMP_FIELD = "kafkaRecordTimestamp"
+TOPIC_FIELD = "kafkaTopic"
+PARTITION_FIELD = "kafkaPartition"
+OFFSET_FIELD = "kafkaOffset"
+CHANGE_TYPE_FIELD = "changeType"
+
+EntityKey = str | int
+
+
+class ChangeType(StrEnum):
+    """The closed set of ``changeType`` values an event may carry."""
+
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+    DELETED = "DELETED"
+
+
+class Outcome(StrEnum):
+    """What happened to one consumed record; every record gets exactly one."""
+
+    APPLIED = "applied"
+    SKIPPED = "skipped"
+    REJECTED = "rejected"
+
+
+class RejectReason(StrEnum):
+    """Why a record was rejected; stable strings, fit for dead-letter headers and metrics."""
+
+    BAD_ENCODING = "bad_encoding"
+    BAD_JSON = "bad_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_KEY = "missing_key"
+    BAD_KEY = "bad_key"
+    UNKNOWN_CHANGE_TYPE = "unknown_change_type"
+    MAPPING_FAILED = "mapping_failed"
+    UNKNOWN_TOPIC = "unknown_topic"
+    STORE_REFUSED = "store_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One Kafka record as the core sees it, whatever adapter it came through."""
+
+    topic: str
+    """Topic the record was read from."""
+    partition: int
+    """Partition within the topic."""
+    offset: int
+    """Offset within the partition."""
+    timestamp: int
+    """Record timestamp in milliseconds since the epoch (producer or broker time)."""
+    key: bytes | None
+    """Record key bytes as produced (not necessarily the entity key)."""
+    value: bytes | None
+    """Record value bytes as produced; ``None`` is a Kafka tombstone."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """Record headers, kept for dead letters."""
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        """Return ``(timestamp, partition, offset)``, the record's default version."""
+        return (self.timestamp, self.partition, self.offset)
+
+
+class Entity(Protocol):
+    """What the core needs to know of a declared entity (see ``models.registry``)."""
+
+    @property
+    def kind(self) -> str:
+        """Lower-case entity name, e.g. ``planet``."""
+
+    @property
+    def key_column(self) -> str:
+        """Column holding the entity key in a row."""
+
+    @property
+    def key_field(self) -> str | None:
+        """Event field holding the entity key, when known without mapping the whole event."""
+
+    def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
+        """Map an event to a row of column values (calls the model's ``from_kafka_event``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """Create the entity, or update it when it exists."""
+
+    key: EntityKey
+    row: Mapping[str, Any]
+    change_type: ChangeType
+    record: SourceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete the entity; its absence is not an error."""
+
+    key: EntityKey
+    record: SourceRecord
+    change_type: ChangeType = ChangeType.DELETED
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """The record cannot be applied; carries the original bytes for a dead-letter topic."""
+
+    reason: RejectReason
+    detail: str
+    record: SourceRecord
+    error_type: str = ""
+
+    @property
+    def message(self) -> str:
+        """Return a one-line description naming the record's position."""
+        r = self.record
+        return f"rejected {r.topic}[{r.partition}]@{r.offset}: {self.reason.value}: {self.detail}"
+
+
+Write = Upsert | Delete
+Decision = Upsert | Delete | Rejection
+
+
+def decode_value(record: SourceRecord) -> dict[str, Any] | Rejection:
+    """Decode a record value into a JSON object, or say why it is not one."""
+    raw = record.value
+    if raw is None:
+        return Rejection(RejectReason.NOT_AN_OBJECT, "value is null", record)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(
+            RejectReason.BAD_ENCODING, f"value is not UTF-8: {exc}", record, type(exc).__name__
+        )
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        return Rejection(
+            RejectReason.BAD_JSON, f"value is not JSON: {exc}", record, type(exc).__name__
+        )
+    if not isinstance(event, dict):
+        return Rejection(
+            RejectReason.NOT_AN_OBJECT,
+            f"value is a JSON {type(event).__name__}, not an object",
+            record,
+        )
+    return event
+
+
+def parse_change_type(event: Mapping[str, Any]) -> ChangeType | str:
+    """Return the event's change type (missing means UPDATED), or the unknown raw value."""
+    raw = event.get(CHANGE_TYPE_FIELD)
+    if raw is None:
+        return ChangeType.UPDATED
+    if isinstance(raw, str) and raw in ChangeType.__members__:
+        return ChangeType(raw)
+    return repr(raw)
+
+
+def _valid_key(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return 0 < len(value) <= 1024
+    return isinstance(value, int)
+
+
+def route(record: SourceRecord, entity: Entity) -> Decision:
+    """Decide what one record means for its entity: upsert, delete or reject."""
+    if record.value is None:
+        return _route_tombstone(record)
+    decoded = decode_value(record)
+    if isinstance(decoded, Rejection):
+        return decoded
+    event = decoded
+    change = parse_change_type(event)
+    if not isinstance(change, ChangeType):
+        return Rejection(
+            RejectReason.UNKNOWN_CHANGE_TYPE,
+            f"changeType {change} is not one of CREATED, UPDATED, DELETED",
+            record,
+        )
+    event[TIMESTAMP_FIELD] = record.timestamp
+    event[TOPIC_FIELD] = record.topic
+    event[PARTITION_FIELD] = record.partition
+    event[OFFSET_FIELD] = record.offset
+
+    if change is ChangeType.DELETED and entity.key_field is not None:
+        key = event.get(entity.key_field)
+        if key is None:
+            return Rejection(RejectReason.MISSING_KEY, f"event has no {entity.key_field!r}", record)
+        if not _valid_key(key):
+            return Rejection(
+                RejectReason.BAD_KEY, f"{entity.key_field!r} is not a string or integer", record
+            )
+        return Delete(key=key, record=record)
+
+    try:
+        row = entity.row_from_event(event)
+    except Exception as exc:  # a user's mapping may raise anything; the worker must go on
+        if entity.key_field is not None and entity.key_field not in event:
+            return Rejection(
+                RejectReason.MISSING_KEY,
+                f"event has no {entity.key_field!r}",
+                record,
+                type(exc).__name__,
+            )
+        return Rejection(
+            RejectReason.MAPPING_FAILED,
+            f"from_kafka_event raised {type(exc).__name__}: {exc}",
+            record,
+            type(exc).__name__,
+        )
+    key = row.get(entity.key_column)
+    if key is None:
+        field_name = entity.key_field or entity.key_column
+        return Rejection(RejectReason.MISSING_KEY, f"event has no {field_name!r}", record)
+    if not _valid_key(key):
+        return Rejection(
+            RejectReason.BAD_KEY, f"{entity.key_column!r} is not a string or integer", record
+        )
+    if change is ChangeType.DELETED:
+        return Delete(key=key, record=record)
+    return Upsert(key=key, row=row, change_type=change, record=record)
+
+
+def _route_tombstone(record: SourceRecord) -> Decision:
+    """A Kafka tombstone (null value) deletes the entity named by the record key."""
+    if not record.key:
+        return Rejection(RejectReason.MISSING_KEY, "tombstone without a record key", record)
+    try:
+        key = record.key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(
+            RejectReason.BAD_ENCODING,
+            f"tombstone key is not UTF-8: {exc}",
+            record,
+            type(exc).__name__,
+        )
+    return Delete(key=key, record=record)
+
+
+@dataclass(slots=True)
+class FoldedBatch:
+    """A batch reduced to one write per entity key, plus what was rejected.
+
+    Applying ``writes`` once leaves the table in the same state as applying every routed
+    event in order, because each changeType is a create-or-update or a tolerant delete: the
+    last event per key decides the state.
+    """
+
+    writes: dict[EntityKey, Write] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def fold(decisions: Iterable[Decision]) -> FoldedBatch:
+    """Fold decisions in consumption order to the last write per entity key."""
+    batch = FoldedBatch()
+    for decision in decisions:
+        batch.decisions.append(decision)
+        if isinstance(decision, Rejection):
+            batch.rejections.append(decision)
+        else:
+            batch.writes[decision.key] = decision
+    return batch
+
+
+def route_batch(records: Sequence[SourceRecord], entity: Entity) -> FoldedBatch:
+    """Route every record of a batch and fold the result."""
+    return fold(route(record, entity) for record in records)

@@ -1,0 +1,239 @@
+"""The one settings object, built once from the environment at the edge of the program.
+
+Nothing else in the project reads ``os.environ``: the worker, the command line and the
+tests build a :class:`Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from streams.errors import SettingsError
+
+DEFAULT_KAFKA_BROKER = "kafka://127.0.0.1:9092"
+DEFAULT_APP_ID = "entity-mirror"
+DEFAULT_WEB_PORT = 6066
+DEFAULT_SQLITE_FILE = "mirror.sqlite3"
+
+_APP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_HOST_PORT_RE = re.compile(r"^[A-Za-z0-9._-]+:\d{1,5}$")
+_BROKER_SCHEMES = ("kafka://", "aiokafka://")
+
+#: Every variable the settings read, with its default, for docs and the compose check.
+ENVIRONMENT: dict[str, str] = {
+    "KAFKA_BROKER": DEFAULT_KAFKA_BROKER,
+    "DATABASE_URL": f"sqlite:///./{DEFAULT_SQLITE_FILE}",
+    "APP_ID": DEFAULT_APP_ID,
+    "WEB_PORT": str(DEFAULT_WEB_PORT),
+    "WEB_HOST": "127.0.0.1",
+    "TOPIC_PARTITIONS": "4",
+    "TOPIC_REPLICAS": "1",
+    "BATCH_SIZE": "2000",
+    "BATCH_WAIT": "0.2",
+    "LOG_LEVEL": "info",
+    "TOPIC_PREFIX": "",
+    "ENTITY_MODULES": "models.planet",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated configuration of one worker process."""
+
+    kafka_broker: str = DEFAULT_KAFKA_BROKER
+    """Faust broker URL(s), e.g. ``kafka://127.0.0.1:9092``; several separated by ``;``."""
+    database_url: str = f"sqlite:///{DEFAULT_SQLITE_FILE}"
+    """SQLAlchemy URL of the mirror store; SQLite in the working directory by default."""
+    app_id: str = DEFAULT_APP_ID
+    """Faust app id, which is also the Kafka consumer group."""
+    web_port: int = DEFAULT_WEB_PORT
+    """Port of the worker's HTTP server (one per worker on a machine)."""
+    web_host: str = "127.0.0.1"
+    """Interface the HTTP server binds to and advertises to other workers."""
+    topic_partitions: int = 4
+    """Partitions of entity topics that the worker creates when they are missing."""
+    topic_replicas: int = 1
+    """Replication factor of topics that the worker creates."""
+    batch_size: int = 2000
+    """Most events applied in one SQL transaction."""
+    batch_wait: float = 0.2
+    """Longest wait, in seconds, for a batch to fill before it is applied anyway."""
+    log_level: str = "info"
+    """Worker log level."""
+    topic_prefix: str = ""
+    """Prefix put before every entity topic name (separate environments, tests)."""
+    entity_modules: tuple[str, ...] = ("models.planet",)
+    """Modules imported at start so that their entity declarations register."""
+
+    @property
+    def broker_hosts(self) -> list[str]:
+        """Return the broker addresses as ``host:port`` strings, schemes removed."""
+        return [_strip_scheme(part) for part in _split_brokers(self.kafka_broker)]
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Tell whether the store is the embedded SQLite default (or another SQLite file)."""
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None
+    ) -> Settings:
+        """Build settings from environment variables, failing with the variable's name."""
+        env = os.environ if environ is None else environ
+        workdir = Path.cwd() if cwd is None else cwd
+        return cls(
+            kafka_broker=parse_kafka_broker(env.get("KAFKA_BROKER", DEFAULT_KAFKA_BROKER)),
+            database_url=parse_database_url(env.get("DATABASE_URL"), workdir),
+            app_id=_parse_app_id(env.get("APP_ID", DEFAULT_APP_ID)),
+            web_port=_parse_int(env, "WEB_PORT", DEFAULT_WEB_PORT, low=1, high=65535),
+            web_host=_parse_host(env.get("WEB_HOST", "127.0.0.1")),
+            topic_partitions=_parse_int(env, "TOPIC_PARTITIONS", 4, low=1, high=10_000),
+            topic_replicas=_parse_int(env, "TOPIC_REPLICAS", 1, low=1, high=100),
+            batch_size=_parse_int(env, "BATCH_SIZE", 2000, low=1, high=1_000_000),
+            batch_wait=_parse_float(env, "BATCH_WAIT", 0.2, low=0.001, high=60.0),
+            log_level=_parse_log_level(env.get("LOG_LEVEL", "info")),
+            topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
+            entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),
+        )
+
+
+def _split_brokers(value: str) -> list[str]:
+    return [part.strip() for part in re.split(r"[;,]", value) if part.strip()]
+
+
+def _strip_scheme(part: str) -> str:
+    for scheme in _BROKER_SCHEMES:
+        if part.startswith(scheme):
+            return part[len(scheme) :]
+    return part
+
+
+def parse_kafka_broker(value: str) -> str:
+    """Normalise ``KAFKA_BROKER`` to ``kafka://host:port[;kafka://host:port...]``."""
+    parts = _split_brokers(value)
+    if not parts:
+        raise SettingsError("KAFKA_BROKER is empty; set it like kafka://127.0.0.1:9092")
+    normalised = []
+    for part in parts:
+        if "://" in part and not part.startswith(_BROKER_SCHEMES):
+            raise SettingsError(
+                f"KAFKA_BROKER has an unsupported scheme in {part!r}; use kafka://host:port"
+            )
+        hostport = _strip_scheme(part)
+        if not _HOST_PORT_RE.match(hostport) or not 0 < int(hostport.rsplit(":", 1)[1]) < 65536:
+            raise SettingsError(
+                f"KAFKA_BROKER entry {part!r} is not host:port; use kafka://127.0.0.1:9092"
+            )
+        normalised.append(f"kafka://{hostport}")
+    return ";".join(normalised)
+
+
+def parse_database_url(value: str | None, cwd: Path) -> str:
+    """Validate ``DATABASE_URL``; unset means a SQLite file in the working directory.
+
+    A plain ``postgresql://`` URL is rewritten to ``postgresql+psycopg2://``: SQLAlchemy 2.1
+    would otherwise pick the psycopg 3 driver, which this project does not install.
+    """
+    if value is None or not value.strip():
+        return f"sqlite:///{cwd / DEFAULT_SQLITE_FILE}"
+    try:
+        url: URL = make_url(value.strip())
+    except ArgumentError as exc:
+        raise SettingsError(
+            f"DATABASE_URL is not an SQLAlchemy URL ({exc}); "
+            "use e.g. postgresql+psycopg2://user:pass@host:5432/db or sqlite:///mirror.sqlite3"
+        ) from None
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if backend == "postgresql":
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg2")
+        elif driver != "psycopg2":
+            raise SettingsError(
+                f"DATABASE_URL uses driver {url.drivername!r}; only postgresql+psycopg2 "
+                "is installed"
+            )
+        if not url.database:
+            raise SettingsError("DATABASE_URL names no database; add /<dbname> to the URL")
+    elif backend != "sqlite":
+        raise SettingsError(
+            f"DATABASE_URL backend {backend!r} is not supported; use postgresql or sqlite"
+        )
+    return url.render_as_string(hide_password=False)
+
+
+def _parse_app_id(value: str) -> str:
+    if not _APP_ID_RE.match(value):
+        raise SettingsError(
+            f"APP_ID {value!r} is not a valid consumer group id; "
+            "use letters, digits, '.', '_' or '-'"
+        )
+    return value
+
+
+def _parse_host(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9.:_-]+$", value):
+        raise SettingsError(f"WEB_HOST {value!r} is not a host name or address")
+    return value
+
+
+def _parse_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _parse_float(
+    env: Mapping[str, str], name: str, default: float, *, low: float, high: float
+) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _parse_log_level(value: str) -> str:
+    level = value.strip().lower()
+    if level not in ("debug", "info", "warning", "error", "critical"):
+        raise SettingsError(
+            f"LOG_LEVEL must be one of debug, info, warning, error, critical; got {value!r}"
+        )
+    return level
+
+
+def _parse_topic_prefix(value: str) -> str:
+    if value and not re.match(r"^[A-Za-z0-9._-]{1,100}$", value):
+        raise SettingsError(
+            f"TOPIC_PREFIX {value!r} may hold only letters, digits, '.', '_' and '-'"
+        )
+    return value
+
+
+def _parse_modules(value: str) -> tuple[str, ...]:
+    modules = tuple(part.strip() for part in value.split(",") if part.strip())
+    for module in modules:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", module):
+            raise SettingsError(f"ENTITY_MODULES entry {module!r} is not a module path")
+    if not modules:
+        raise SettingsError("ENTITY_MODULES is empty; name at least one module of entities")
+    return modules

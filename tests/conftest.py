@@ -1,0 +1,101 @@
+"""Session fixtures: the real Kafka broker and PostgreSQL, and per-test names.
+
+Services are started by ``devservices`` unless ``KAFKA_BROKER`` / ``DATABASE_URL`` point at
+running ones, and stopped at the end of the session if this session started them (set
+``KEEP_SERVICES=1`` to keep them up between runs). Each test gets its own topic names and
+its own PostgreSQL database, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from devservices import kafka as dev_kafka
+from devservices import postgres as dev_postgres
+from streams.settings import parse_kafka_broker
+
+KEEP = os.environ.get("KEEP_SERVICES") == "1"
+
+
+def _unique(request: pytest.FixtureRequest, prefix: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:30]
+    return f"{prefix}_{base}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap ``host:port[,host:port]`` of a running single-node broker."""
+    given = os.environ.get("KAFKA_BROKER")
+    if given:
+        yield ",".join(p.removeprefix("kafka://") for p in parse_kafka_broker(given).split(";"))
+        return
+    was_running = dev_kafka.is_running(1)
+    bootstrap = dev_kafka.start(1)
+    yield bootstrap
+    if not was_running and not KEEP:
+        dev_kafka.stop(1)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster_bootstrap() -> Iterator[str]:
+    """Bootstrap of a 3-broker KRaft cluster (replication factor 3), started for the session."""
+    was_running = dev_kafka.is_running(3)
+    bootstrap = dev_kafka.start(3)
+    yield bootstrap
+    if not was_running and not KEEP:
+        dev_kafka.stop(3)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """SQLAlchemy URL of a PostgreSQL server where tests may create databases."""
+    given = os.environ.get("DATABASE_URL")
+    if given and make_url(given).get_backend_name() == "postgresql":
+        yield given
+        return
+    was_running = dev_postgres.is_running()
+    url = dev_postgres.start()
+    yield url
+    if not was_running and not KEEP:
+        dev_postgres.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a fresh PostgreSQL database for this test, dropped afterwards."""
+    name = _unique(request, "t")[:63]
+    url = dev_postgres.create_database(pg_server_url, name)
+    yield url
+    dev_postgres.drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh SQLite file for this test."""
+    return f"sqlite:///{tmp_path / 'mirror.sqlite3'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """One suite, every database: the URL of a fresh SQLite file or PostgreSQL database."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic name no other test uses."""
+    return _unique(request, "test").replace("_", "-")
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A ``TOPIC_PREFIX`` no other test uses, so entity topics are this test's own."""
+    return _unique(request, "t").replace("_", "-") + "."

@@ -1,0 +1,133 @@
+"""The MSK/Lambda adapter: flattening, timestamp order, base64, status codes."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from models.registry import default_registry
+from models.store import SqlStore
+from streams.mirror import Mirror
+from streams.msk import MskEventError, handle_msk_event, records_from_msk_event
+
+
+def b64(value: Any) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return base64.b64encode(raw).decode()
+
+
+def msk_record(
+    value: Any, *, ts: int, offset: int, partition: int = 0, topic: str = "planet-changed"
+) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": ts,
+        "timestampType": "CREATE_TIME",
+        "key": b64(b"k"),
+        "value": b64(value),
+        "headers": [{"source": [115, 118, 99]}],
+    }
+
+
+def msk_event(*records: dict[str, Any]) -> dict[str, Any]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(f"{rec['topic']}-{rec['partition']}", []).append(rec)
+    return {"eventSource": "aws:kafka", "records": groups}
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Mirror:
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    store.create_tables(list(default_registry))
+    return Mirror(default_registry, store)
+
+
+def test_records_are_flattened_decoded_and_sorted_by_timestamp() -> None:
+    event = msk_event(
+        msk_record({"a": 1}, ts=30, offset=5, partition=0),
+        msk_record({"a": 2}, ts=10, offset=9, partition=1),
+        msk_record({"a": 3}, ts=20, offset=6, partition=0),
+    )
+    records = records_from_msk_event(event)
+    assert [r.timestamp for r in records] == [10, 20, 30]
+    assert records[0].value == b'{"a": 2}'
+    assert records[0].key == b"k"
+    assert records[0].headers == (("source", b"svc"),)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {"records": []},
+        {"records": {"t-0": {}}},
+        {"records": {"t-0": [{"topic": "t"}]}},
+        {"records": {"t-0": [{"topic": "t", "partition": 0, "offset": 1, "value": "%%%"}]}},
+    ],
+)
+def test_a_malformed_lambda_event_raises_one_clear_error(event: dict[str, Any]) -> None:
+    with pytest.raises(MskEventError):
+        records_from_msk_event(event)
+
+
+def test_statuses_follow_the_lambda_contract(mirror: Mirror) -> None:
+    event = msk_event(
+        msk_record({"planetUuid": "a", "planetName": "A", "changeType": "CREATED"}, ts=1, offset=0),
+        msk_record({"planetUuid": "b", "planetName": "B"}, ts=2, offset=1),
+        msk_record({"planetUuid": "a", "changeType": "DELETED"}, ts=3, offset=2),
+        msk_record(
+            {"planetUuid": "b", "planetName": "B2", "changeType": "UPDATED"}, ts=4, offset=3
+        ),
+    )
+    status, results = handle_msk_event(event, None, mirror=mirror)
+    assert [r["status"] for r in results] == [201, 200, 204, 200]
+    assert status == 204
+    spec = default_registry.by_kind("planet")
+    assert spec is not None
+    assert mirror.store.rows(spec) == {"b": {"uuid": "b", "name": "B2"}}
+
+
+def test_a_rejected_record_gives_400_and_the_rest_still_apply(mirror: Mirror) -> None:
+    event = msk_event(
+        msk_record({"planetUuid": "a", "planetName": "A"}, ts=1, offset=0),
+        msk_record({"planetUuid": "x", "changeType": "ARCHIVED"}, ts=2, offset=1),
+        msk_record(b"not json", ts=3, offset=2),
+        msk_record({"planetUuid": "c", "planetName": "C"}, ts=4, offset=3, topic="unknown-topic"),
+        msk_record({"planetUuid": "d", "planetName": "D", "changeType": "CREATED"}, ts=5, offset=4),
+    )
+    status, results = handle_msk_event(event, None, mirror=mirror)
+    assert status == 400
+    assert [r["status"] for r in results] == [200, 400, 400, 400, 201]
+    assert [r.get("reason") for r in results] == [
+        None,
+        "unknown_change_type",
+        "bad_json",
+        "unknown_topic",
+        None,
+    ]
+    assert "'ARCHIVED'" in results[1]["detail"]
+    spec = default_registry.by_kind("planet")
+    assert spec is not None
+    assert set(mirror.store.rows(spec)) == {"a", "d"}
+
+
+def test_records_out_of_timestamp_order_apply_in_timestamp_order(mirror: Mirror) -> None:
+    event = msk_event(
+        msk_record({"planetUuid": "a", "planetName": "new"}, ts=20, offset=1, partition=1),
+        msk_record({"planetUuid": "a", "planetName": "old"}, ts=10, offset=7, partition=0),
+    )
+    handle_msk_event(event, None, mirror=mirror)
+    spec = default_registry.by_kind("planet")
+    assert spec is not None
+    assert mirror.store.rows(spec)["a"]["name"] == "new"
+
+
+def test_an_empty_event_is_fine(mirror: Mirror) -> None:
+    assert handle_msk_event({"records": {}}, None, mirror=mirror) == (200, [])

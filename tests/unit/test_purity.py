@@ -1,0 +1,34 @@
+"""The routing core imports only the standard library; our packages are our own."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import models
+import streams
+import tables
+
+ROOT = Path(__file__).resolve().parents[2]
+PURE_MODULES = ["streams/routing.py"]
+
+
+def test_the_routing_core_imports_only_the_standard_library() -> None:
+    for relative in PURE_MODULES:
+        tree = ast.parse((ROOT / relative).read_text())
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        foreign = {n for n in names if n not in sys.stdlib_module_names}
+        assert not foreign, f"{relative} imports {sorted(foreign)}"
+
+
+def test_tables_models_and_streams_are_this_projects_packages() -> None:
+    # PyTables installs a top-level `tables`, and PyPI has a `models`: make sure ours win.
+    for package in (tables, models, streams):
+        assert package.__file__ is not None
+        assert Path(package.__file__).resolve().parent.parent == ROOT

@@ -1,0 +1,111 @@
+"""Declaring entities: the field map, custom from_kafka_event, and declaration errors."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import pytest
+from sqlalchemy import Integer, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from models.base import MirroredEntity
+from models.planet import Planet
+from models.registry import Registry, build_spec, default_registry
+from streams.errors import RegistryError
+
+
+class LocalBase(DeclarativeBase):
+    metadata = MetaData()
+
+
+def test_planet_is_declared_exactly_as_the_contract_says() -> None:
+    spec = default_registry.by_kind("planet")
+    assert spec is not None and spec.model is Planet
+    assert spec.topic == "planet-changed"
+    assert spec.table.name == "servicea_planet"
+    assert spec.key_column == "uuid" and spec.key_field == "planetUuid"
+    assert spec.table.c.uuid.primary_key
+    name = spec.table.c.name
+    assert isinstance(name.type, String) and name.type.length == 255 and not name.nullable
+    assert spec.row_from_event({"planetUuid": "u", "planetName": "n", "other": 1}) == {
+        "uuid": "u",
+        "name": "n",
+    }
+
+
+def test_from_kafka_event_returning_an_instance_is_the_mapping() -> None:
+    class Moon(MirroredEntity, LocalBase):
+        __tablename__ = "moon"
+        __topic__ = "moon-changed-a"
+
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+        label: Mapped[str] = mapped_column(String(50))
+
+        @classmethod
+        def from_kafka_event(cls, event: Any) -> Self:
+            return cls(id=int(event["moonId"]), label=event["label"].upper())
+
+    default_registry.unregister(Moon)
+    spec = build_spec(Moon)
+    assert spec.row_from_event({"moonId": "3", "label": "io"}) == {"id": 3, "label": "IO"}
+    assert spec.key_field is None
+
+
+def test_from_kafka_event_may_return_a_dict() -> None:
+    class Comet(MirroredEntity, LocalBase):
+        __tablename__ = "comet"
+        __topic__ = "comet-changed-a"
+        __update_columns__ = ("label",)
+
+        id: Mapped[str] = mapped_column(String(10), primary_key=True)
+        label: Mapped[str] = mapped_column(String(50))
+        first_seen: Mapped[str] = mapped_column(String(50))
+
+        @classmethod
+        def from_kafka_event(cls, event: Any) -> Any:
+            return {"id": event["id"], "label": event["l"], "first_seen": event["t"]}
+
+    default_registry.unregister(Comet)
+    spec = build_spec(Comet)
+    assert spec.row_from_event({"id": "c", "l": "x", "t": "now"})["first_seen"] == "now"
+    assert spec.update_columns == ("label",)
+
+
+def test_declaration_errors_are_clear() -> None:
+    class TwoKeys(LocalBase):
+        __tablename__ = "two_keys"
+        a: Mapped[int] = mapped_column(primary_key=True)
+        b: Mapped[int] = mapped_column(primary_key=True)
+
+    TwoKeys.__topic__ = "x"  # type: ignore[attr-defined]
+    TwoKeys.__event_fields__ = {}  # type: ignore[attr-defined]
+    with pytest.raises(RegistryError, match="exactly one primary key"):
+        build_spec(TwoKeys)
+
+
+def test_two_models_cannot_mirror_one_topic() -> None:
+    registry = Registry()
+
+    class First(LocalBase):
+        __tablename__ = "first"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Second(LocalBase):
+        __tablename__ = "second"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    for model in (First, Second):
+        model.__topic__ = "shared-topic"  # type: ignore[attr-defined]
+        model.__event_fields__ = {"id": "id"}  # type: ignore[attr-defined]
+        model.__key_field__ = None  # type: ignore[attr-defined]
+        model.__update_columns__ = None  # type: ignore[attr-defined]
+        model.__cached__ = True  # type: ignore[attr-defined]
+        model.from_kafka_event = MirroredEntity.from_kafka_event  # type: ignore[attr-defined]
+        model.row_from_event = MirroredEntity.row_from_event  # type: ignore[attr-defined]
+    registry.register(First)
+    with pytest.raises(RegistryError, match="shared-topic"):
+        registry.register(Second)
+
+
+def test_throwaway_entities_leave_the_default_registry_as_shipped() -> None:
+    assert [spec.kind for spec in default_registry] == ["planet"]

@@ -1,0 +1,172 @@
+"""The pure routing core: decisions per changeType, bad input, folding."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from models.planet import Planet
+from models.registry import build_spec
+from streams.routing import (
+    ChangeType,
+    Delete,
+    Rejection,
+    RejectReason,
+    SourceRecord,
+    Upsert,
+    fold,
+    route,
+    route_batch,
+)
+
+PLANET = build_spec(Planet)
+
+
+def record(
+    value: Any, *, offset: int = 0, key: bytes | None = b"k", raw: bool = False
+) -> SourceRecord:
+    data = value if raw else json.dumps(value).encode()
+    return SourceRecord("planet-changed", 1, offset, 1_700_000_000_000 + offset, key, data)
+
+
+def planet(
+    uuid: str = "p1", name: str = "Earth", change: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    event: dict[str, Any] = {"planetUuid": uuid, "planetName": name, **extra}
+    if change is not None:
+        event["changeType"] = change
+    return event
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [("CREATED", ChangeType.CREATED), ("UPDATED", ChangeType.UPDATED), (None, ChangeType.UPDATED)],
+)
+def test_created_updated_and_missing_change_type_upsert(
+    change: str | None, expected: ChangeType
+) -> None:
+    decision = route(record(planet(change=change)), PLANET)
+    assert isinstance(decision, Upsert)
+    assert decision.change_type is expected
+    assert decision.key == "p1"
+    assert dict(decision.row) == {"uuid": "p1", "name": "Earth"}
+
+
+def test_null_change_type_means_updated() -> None:
+    decision = route(record({**planet(), "changeType": None}), PLANET)
+    assert isinstance(decision, Upsert) and decision.change_type is ChangeType.UPDATED
+
+
+def test_deleted_needs_only_the_key() -> None:
+    decision = route(record({"planetUuid": "p9", "changeType": "DELETED"}), PLANET)
+    assert isinstance(decision, Delete)
+    assert decision.key == "p9"
+
+
+def test_extra_fields_are_ignored() -> None:
+    decision = route(record(planet(change="CREATED", mass=5.97, moons=["Moon"])), PLANET)
+    assert isinstance(decision, Upsert)
+    assert dict(decision.row) == {"uuid": "p1", "name": "Earth"}
+
+
+@pytest.mark.parametrize("change", ["REMOVED", "created", "", 7, ["CREATED"]])
+def test_unknown_change_type_is_rejected_naming_the_value(change: Any) -> None:
+    decision = route(record(planet(change=change)), PLANET)
+    assert isinstance(decision, Rejection)
+    assert decision.reason is RejectReason.UNKNOWN_CHANGE_TYPE
+    assert repr(change) in decision.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe not utf8", RejectReason.BAD_ENCODING),
+        (b"{not json", RejectReason.BAD_JSON),
+        (b"", RejectReason.BAD_JSON),
+        (b"[1, 2]", RejectReason.NOT_AN_OBJECT),
+        (b'"a string"', RejectReason.NOT_AN_OBJECT),
+        (b"42", RejectReason.NOT_AN_OBJECT),
+        (b'{"planetName": "no key"}', RejectReason.MISSING_KEY),
+        (b'{"changeType": "DELETED"}', RejectReason.MISSING_KEY),
+        (b'{"planetUuid": null, "planetName": "x"}', RejectReason.MISSING_KEY),
+        (b'{"planetUuid": {"a": 1}, "planetName": "x"}', RejectReason.BAD_KEY),
+        (b'{"planetUuid": true, "changeType": "DELETED"}', RejectReason.BAD_KEY),
+    ],
+)
+def test_bad_input_is_rejected_with_a_reason(raw: bytes, reason: RejectReason) -> None:
+    source = record(raw, raw=True, offset=17)
+    decision = route(source, PLANET)
+    assert isinstance(decision, Rejection)
+    assert decision.reason is reason
+    assert decision.record is source  # original bytes kept for a dead letter
+    assert "planet-changed[1]@17" in decision.message
+
+
+class Exploding:
+    kind = "exploding"
+    key_column = "id"
+    key_field = "id"
+
+    def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+
+def test_a_mapping_that_raises_is_rejected() -> None:
+    decision = route(record({"id": "x"}), Exploding())
+    assert isinstance(decision, Rejection)
+    assert decision.reason is RejectReason.MAPPING_FAILED
+    assert "RuntimeError: boom" in decision.detail
+    assert decision.error_type == "RuntimeError"
+
+
+def test_record_metadata_is_injected_into_the_event() -> None:
+    seen: dict[str, Any] = {}
+
+    class Spy:
+        kind = "spy"
+        key_column = "id"
+        key_field = None
+
+        def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            seen.update(event)
+            return {"id": event["id"]}
+
+    route(record({"id": "a"}, offset=5), Spy())
+    assert seen["kafkaRecordTimestamp"] == 1_700_000_000_005
+    assert seen["kafkaTopic"] == "planet-changed"
+    assert seen["kafkaPartition"] == 1
+    assert seen["kafkaOffset"] == 5
+
+
+def test_kafka_tombstone_deletes_the_record_key() -> None:
+    decision = route(SourceRecord("planet-changed", 0, 3, 1, b"p7", None), PLANET)
+    assert isinstance(decision, Delete) and decision.key == "p7"
+    keyless = route(SourceRecord("planet-changed", 0, 4, 1, None, None), PLANET)
+    assert isinstance(keyless, Rejection) and keyless.reason is RejectReason.MISSING_KEY
+
+
+def test_fold_keeps_the_last_write_per_key_in_order() -> None:
+    batch = route_batch(
+        [
+            record(planet("a", "A1", "CREATED"), offset=0),
+            record(planet("b", "B1", "CREATED"), offset=1),
+            record(planet("a", "A2"), offset=2),
+            record(b"junk", raw=True, offset=3),
+            record({"planetUuid": "b", "changeType": "DELETED"}, offset=4),
+            record(planet("a", "A3", "UPDATED"), offset=5),
+        ],
+        PLANET,
+    )
+    assert set(batch.writes) == {"a", "b"}
+    a, b = batch.writes["a"], batch.writes["b"]
+    assert isinstance(a, Upsert) and a.row["name"] == "A3"
+    assert isinstance(b, Delete)
+    assert [r.record.offset for r in batch.rejections] == [3]
+    assert [d.record.offset for d in batch.decisions] == [0, 1, 2, 3, 4, 5]
+
+
+def test_fold_of_nothing_is_empty() -> None:
+    batch = fold([])
+    assert batch.writes == {} and batch.rejections == [] and batch.decisions == []

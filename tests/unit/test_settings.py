@@ -1,0 +1,86 @@
+"""Settings from the environment: defaults, normalisation, and errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.errors import SettingsError
+from streams.settings import ENVIRONMENT, Settings
+
+
+def test_defaults_use_the_local_broker_and_a_sqlite_file_in_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env({}, cwd=tmp_path)
+    assert settings.kafka_broker == "kafka://127.0.0.1:9092"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'mirror.sqlite3'}"
+    assert settings.app_id == "entity-mirror"
+    assert settings.web_port == 6066
+    assert settings.is_sqlite
+
+
+def test_values_are_read_and_normalised(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "KAFKA_BROKER": "127.0.0.1:9092, kafka://127.0.0.2:9093",
+            "DATABASE_URL": "postgresql://u:p@127.0.0.1:5432/db",
+            "APP_ID": "mirror-1",
+            "WEB_PORT": "6100",
+            "TOPIC_PARTITIONS": "8",
+            "BATCH_SIZE": "500",
+            "BATCH_WAIT": "0.05",
+        },
+        cwd=tmp_path,
+    )
+    assert settings.kafka_broker == "kafka://127.0.0.1:9092;kafka://127.0.0.2:9093"
+    assert settings.broker_hosts == ["127.0.0.1:9092", "127.0.0.2:9093"]
+    # A plain postgresql:// would select psycopg 3 in SQLAlchemy 2.1, which is not installed.
+    assert settings.database_url == "postgresql+psycopg2://u:p@127.0.0.1:5432/db"
+    assert (settings.app_id, settings.web_port, settings.topic_partitions) == ("mirror-1", 6100, 8)
+    assert (settings.batch_size, settings.batch_wait) == (500, 0.05)
+    assert not settings.is_sqlite
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KAFKA_BROKER", "http://127.0.0.1:9092"),
+        ("KAFKA_BROKER", "127.0.0.1"),
+        ("KAFKA_BROKER", "kafka://127.0.0.1:99999"),
+        ("KAFKA_BROKER", " "),
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "mysql://u@h/db"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@h/db"),
+        ("DATABASE_URL", "postgresql://u@h"),
+        ("APP_ID", "has space"),
+        ("APP_ID", ""),
+        ("WEB_PORT", "http"),
+        ("WEB_PORT", "0"),
+        ("WEB_PORT", "70000"),
+        ("TOPIC_PARTITIONS", "0"),
+        ("BATCH_SIZE", "-1"),
+        ("BATCH_WAIT", "soon"),
+        ("LOG_LEVEL", "loud"),
+        ("TOPIC_PREFIX", "a b"),
+        ("ENTITY_MODULES", "not a module"),
+    ],
+)
+def test_a_bad_value_fails_naming_the_variable(name: str, value: str, tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({name: value}, cwd=tmp_path)
+    assert name in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_every_documented_variable_has_a_default_that_parses(tmp_path: Path) -> None:
+    env = dict(ENVIRONMENT)
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    Settings.from_env(env, cwd=tmp_path)
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = Settings.from_env({}, cwd=tmp_path)
+    with pytest.raises(AttributeError):
+        settings.app_id = "other"  # type: ignore[misc]
