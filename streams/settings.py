@@ -40,6 +40,7 @@ ENVIRONMENT: dict[str, str] = {
     "LOG_LEVEL": "info",
     "TOPIC_PREFIX": "",
     "ENTITY_MODULES": "models.planet",
+    "DATA_DIR": "",
 }
 
 
@@ -71,6 +72,8 @@ class Settings:
     """Prefix put before every entity topic name (separate environments, tests)."""
     entity_modules: tuple[str, ...] = ("models.planet",)
     """Modules imported at start so that their entity declarations register."""
+    data_dir: str = ""
+    """Faust's data directory; empty means ``<APP_ID>-data`` in the working directory."""
 
     @property
     def broker_hosts(self) -> list[str]:
@@ -102,6 +105,7 @@ class Settings:
             log_level=_parse_log_level(env.get("LOG_LEVEL", "info")),
             topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
             entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),
+            data_dir=env.get("DATA_DIR", "").strip(),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import faust
 
@@ -40,6 +41,7 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
 def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
     mirror = mirror or build_mirror(settings)
+    extra: dict[str, Any] = {"datadir": settings.data_dir} if settings.data_dir else {}
     app = faust.App(
         settings.app_id,
         broker=settings.kafka_broker,
@@ -55,6 +57,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         # Raw bytes in, our own decoding: Faust's generic codecs add cost per event.
         key_serializer="raw",
         value_serializer="raw",
+        **extra,
     )
     register_agents(app, mirror, settings)
     return app

@@ -1,0 +1,1 @@
+"""Local Kafka and PostgreSQL servers for tests and the main job (development only)."""

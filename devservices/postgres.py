@@ -1,0 +1,715 @@
+"""A private PostgreSQL server for tests and local runs, built from Debian's packages.
+
+Why not the system cluster: it listens on 5432, belongs to the machine, and uses peer
+auth. We run our own data directory on :data:`DEFAULT_PORT` with a password role, so the
+tests never fight whatever else the machine runs and need no Docker.
+
+PostgreSQL refuses to run as root, so when we are root every server binary runs as the
+``postgres`` system user through ``runuser`` (not ``su``: no PAM session, no tty needed),
+and every directory it touches must be traversable by that user.
+
+Only the standard library is imported at module level; SQLAlchemy and psycopg2 are
+imported inside the functions that talk to the server.
+
+Command line: ``python -m devservices.postgres {start,stop,status,reset,url} [--port N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import math
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for annotations: SQLAlchemy is not imported at run time here
+    from sqlalchemy.engine import Connection
+
+DEFAULT_PORT = 54329
+USER = "mirror"
+PASSWORD = "mirror"
+HOST = "127.0.0.1"
+
+#: Environment variable that moves the cache; the server then lives in ``<it>/postgres``.
+CACHE_DIR_ENV = "MIRROR_CACHE_DIR"
+
+#: The repository checkout this module belongs to (the parent of the ``devservices`` package).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+SERVER_USER = "postgres"
+PG_LIB_DIR = Path("/usr/lib/postgresql")
+_SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
+_DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
+# sun_path is 108 bytes with the terminating NUL; the socket file is "/.s.PGSQL.<port>".
+_MAX_SOCKET_PATH = 107
+_CONNECT_RETRY_SECONDS = 0.2
+_STOP_TIMEOUT_SECONDS = 60
+
+
+class DevServiceError(Exception):
+    """A development service could not be installed, started or used; the message says why."""
+
+    retriable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where one server's files live; one folder per port so two servers never share data."""
+
+    home: Path
+    """Folder owned by the server user holding everything below."""
+    data: Path
+    """The cluster's data directory (``PGDATA``)."""
+    socket_dir: Path | None
+    """Unix socket folder, or None (TCP only) when its path would be too long for a socket."""
+    log: Path
+    """Server log that ``pg_ctl -l`` appends to; the first place to look when start fails."""
+    lock: Path
+    """File locked while starting or stopping, so parallel test workers do not race."""
+
+
+# --- pure helpers (unit tested without a server) -------------------------------------------
+
+
+def validate_database_name(name: str) -> str:
+    """Return ``name`` if it is a plain lower-case identifier, else raise DevServiceError."""
+    if not _DB_NAME_RE.fullmatch(name):
+        raise DevServiceError(
+            f"invalid database name {name!r}: use 1-63 characters of [a-z0-9_], "
+            "not starting with a digit"
+        )
+    return name
+
+
+def server_url(port: int = DEFAULT_PORT, database: str = "postgres") -> str:
+    """Return the SQLAlchemy URL of ``database`` on our server at ``port``."""
+    return f"postgresql+psycopg2://{USER}:{PASSWORD}@{HOST}:{port}/{database}"
+
+
+def fallback_runtime_root(repo_root: Path) -> Path:
+    """Return the /var/tmp folder used when the checkout is not reachable by the server user."""
+    digest = hashlib.sha256(str(repo_root).encode()).hexdigest()[:10]
+    return Path("/var/tmp") / f"entity-mirror-postgres-{digest}"
+
+
+def choose_runtime_root(
+    repo_root: Path,
+    *,
+    cache_dir: str | None,
+    as_root: bool,
+    reachable: Callable[[Path], bool],
+) -> Path:
+    """Pick the folder holding our servers.
+
+    ``reachable(path)`` says whether the server user could get to ``path`` (we create and
+    chown the folder itself, so only its parents matter). As root the server runs as
+    ``postgres``, which cannot enter e.g. a checkout under ``/root``: fall back to /var/tmp
+    then, keyed by a hash of the checkout so two checkouts keep separate clusters.
+    """
+    if cache_dir:
+        chosen = Path(cache_dir).expanduser().absolute() / "postgres"
+        if as_root and not reachable(chosen):
+            raise DevServiceError(
+                f"{CACHE_DIR_ENV}={cache_dir}: user {SERVER_USER!r} cannot traverse the "
+                "parents of that folder; pick a folder it can reach"
+            )
+        return chosen
+    default = repo_root / ".cache" / "postgres"
+    if not as_root or reachable(default):
+        return default
+    return fallback_runtime_root(repo_root)
+
+
+def make_layout(root: Path, port: int) -> Layout:
+    """Return the file layout of the server on ``port`` under the runtime folder ``root``."""
+    home = root / str(port)
+    socket_dir: Path | None = home / "run"
+    if len(f"{socket_dir}/.s.PGSQL.{port}") > _MAX_SOCKET_PATH:
+        # A deep checkout would make the server refuse to start; we only use TCP anyway.
+        socket_dir = None
+    return Layout(
+        home=home,
+        data=home / "data",
+        socket_dir=socket_dir,
+        log=home / "server.log",
+        lock=root / f"{port}.lock",
+    )
+
+
+def server_options(port: int, socket_dir: Path | None) -> str:
+    """Return the ``pg_ctl -o`` string; pg_ctl hands it to ``/bin/sh``, hence the quoting."""
+    sockets = shlex.quote(str(socket_dir)) if socket_dir is not None else "''"
+    return f"-p {port} -k {sockets}"
+
+
+def newest_bindir(lib_dir: Path = PG_LIB_DIR) -> Path | None:
+    """Return the bin folder of the newest complete server install under ``lib_dir``."""
+    if not lib_dir.is_dir():
+        return None
+    candidates: list[tuple[tuple[int, ...], Path]] = []
+    for entry in lib_dir.iterdir():
+        bindir = entry / "bin"
+        version = _parse_version(entry.name)
+        if version is None or not all((bindir / b).is_file() for b in _SERVER_BINARIES):
+            continue
+        candidates.append((version, bindir))
+    return max(candidates)[1] if candidates else None
+
+
+def _parse_version(text: str) -> tuple[int, ...] | None:
+    parts = text.strip().split(".")
+    if not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+# --- the machine: users, processes, files ---------------------------------------------------
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _server_cmd(argv: Sequence[str]) -> list[str]:
+    """Prefix ``argv`` so it runs as the server user when we are root (PostgreSQL refuses root)."""
+    if _as_root():
+        return ["runuser", "-u", SERVER_USER, "--", *argv]
+    return list(argv)
+
+
+def _server_env() -> dict[str, str]:
+    # PG* variables from the caller's shell (PGDATA, PGPORT, PGHOST...) must not steer our
+    # server; LC_ALL=C keeps messages English so the error lines we surface are searchable.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _run_server_tool(
+    argv: Sequence[str], *, timeout: float, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a server binary as the server user.
+
+    cwd is ``/``: initdb and pg_ctl fail if they cannot enter the caller's cwd (e.g. /root).
+    """
+    try:
+        result = subprocess.run(
+            _server_cmd(argv),
+            cwd="/",
+            env=_server_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DevServiceError(f"{Path(argv[0]).name} took more than {timeout:.0f}s") from exc
+    except FileNotFoundError as exc:
+        raise DevServiceError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+    if check and result.returncode != 0:
+        raise DevServiceError(
+            f"{Path(argv[0]).name} failed (exit {result.returncode}): "
+            f"{_last_line(result.stderr or result.stdout)}"
+        )
+    return result
+
+
+def _one_line(text: str) -> str:
+    """Join a multi-line driver message ("connection refused" / "is the server running?")."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or "(no message)"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+@dataclass(frozen=True, slots=True)
+class _ServerUser:
+    uid: int
+    gid: int
+
+
+def _server_user() -> _ServerUser | None:
+    """Return the ids to chown our folders to, or None when we are not root (we own them)."""
+    if not _as_root():
+        return None
+    import pwd  # stdlib; imported here because only the root path needs it
+
+    try:
+        entry = pwd.getpwnam(SERVER_USER)
+    except KeyError as exc:
+        raise DevServiceError(
+            f"system user {SERVER_USER!r} does not exist; reinstall Debian's postgresql package"
+        ) from exc
+    return _ServerUser(entry.pw_uid, entry.pw_gid)
+
+
+def _postgres_can_reach(path: Path) -> bool:
+    """Ask the system, as the server user, whether it can traverse the parents of ``path``.
+
+    Checked for real with ``runuser ... test -x`` on the deepest existing parent: path
+    lookup fails if any directory above it is not searchable, so one test covers all.
+    """
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    result = subprocess.run(
+        ["runuser", "-u", SERVER_USER, "--", "test", "-x", str(probe)],
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def runtime_root() -> Path:
+    """Return the folder holding our servers, following ``MIRROR_CACHE_DIR`` when set."""
+    return choose_runtime_root(
+        REPO_ROOT,
+        cache_dir=os.environ.get(CACHE_DIR_ENV),
+        as_root=_as_root(),
+        reachable=_postgres_can_reach,
+    )
+
+
+def layout(port: int = DEFAULT_PORT) -> Layout:
+    """Return where the server on ``port`` keeps its files."""
+    return make_layout(runtime_root(), _checked_port(port))
+
+
+def _checked_port(port: int) -> int:
+    if not 1024 <= port <= 65535:
+        raise DevServiceError(f"port {port} is out of range 1024-65535")
+    return port
+
+
+def _make_dir(path: Path, owner: _ServerUser | None, mode: int = 0o755) -> None:
+    """Create ``path`` and any missing parents, readable by the server user, owned by it."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        # Explicit chmod: a umask of 077 would otherwise lock the server user out.
+        directory.chmod(mode)
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid)
+
+
+@contextlib.contextmanager
+def _locked(lay: Layout) -> Iterator[None]:
+    """Serialize start/stop/reset of one port across processes (pytest-xdist workers)."""
+    _make_dir(lay.lock.parent, _server_user())
+    with lay.lock.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# --- install --------------------------------------------------------------------------------
+
+
+def ensure_installed() -> Path:
+    """Return the newest server's bin folder, installing Debian's ``postgresql`` if missing."""
+    found = newest_bindir()
+    if found is not None:
+        return found
+    if not _as_root():
+        raise DevServiceError(
+            f"PostgreSQL server not installed (no {PG_LIB_DIR}/<version>/bin/initdb) and we "
+            "are not root: run `sudo apt-get install -y postgresql`"
+        )
+    if shutil.which("apt-get") is None:
+        raise DevServiceError("PostgreSQL server not installed and apt-get is not available")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # Wait for a concurrent apt/dpkg (another test worker, unattended-upgrades) instead of
+    # failing on its lock.
+    lock_wait = ["-o", "DPkg::Lock::Timeout=600"]
+    steps = (
+        ["apt-get", *lock_wait, "update", "-q"],
+        ["apt-get", *lock_wait, "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+    )
+    for step in steps:
+        result = subprocess.run(
+            step, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise DevServiceError(
+                f"`{' '.join(step)}` failed (exit {result.returncode}): "
+                f"{_last_line(result.stderr or result.stdout)}"
+            )
+    found = newest_bindir()
+    if found is None:
+        raise DevServiceError(f"installed postgresql but found no server under {PG_LIB_DIR}")
+    return found
+
+
+def _bindir_for(data: Path) -> Path:
+    """Return the binaries matching the version that created ``data`` (or the newest)."""
+    version_file = data / "PG_VERSION"
+    if not version_file.is_file():
+        return ensure_installed()
+    version = version_file.read_text().strip()
+    bindir = PG_LIB_DIR / version / "bin"
+    if not all((bindir / b).is_file() for b in _SERVER_BINARIES):
+        raise DevServiceError(
+            f"{data} was created by PostgreSQL {version}, which is no longer installed: "
+            "run `python -m devservices.postgres reset` to recreate it"
+        )
+    return bindir
+
+
+# --- server lifecycle -----------------------------------------------------------------------
+
+
+def _pg_ctl_status(lay: Layout) -> bool:
+    if not (lay.data / "PG_VERSION").is_file():
+        return False
+    bindir = _bindir_for(lay.data)
+    result = _run_server_tool(
+        [str(bindir / "pg_ctl"), "status", "-D", str(lay.data)], timeout=30, check=False
+    )
+    return result.returncode == 0
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _initdb(bindir: Path, lay: Layout, owner: _ServerUser | None, timeout: float) -> None:
+    """Create the cluster in a scratch folder, then rename it: a failed initdb leaves nothing."""
+    scratch = lay.home / "data.initdb"
+    shutil.rmtree(scratch, ignore_errors=True)
+    pwfile = lay.home / "initdb.pw"
+    pwfile.write_text(PASSWORD + "\n")
+    pwfile.chmod(0o600)
+    if owner is not None:
+        os.chown(pwfile, owner.uid, owner.gid)
+    try:
+        _run_server_tool(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(scratch),
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+            ],
+            timeout=timeout,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+    # Appending/truncating keeps the files owned by the server user even when we are root.
+    with (scratch / "postgresql.conf").open("a") as conf:
+        conf.write(
+            "\n# --- entity-mirror test server (devservices/postgres.py) ---\n"
+            f"listen_addresses = '{HOST}'\n"
+            "max_connections = 200\n"
+            "password_encryption = 'scram-sha-256'\n"
+            "# A throwaway test server: durability traded for speed. A crash may lose or\n"
+            "# corrupt data; never copy these three lines to a server whose data matters.\n"
+            "fsync = off\n"
+            "synchronous_commit = off\n"
+            "full_page_writes = off\n"
+        )
+    (scratch / "pg_hba.conf").write_text(
+        "# Password auth only, loopback only: no peer auth, so any OS user can connect.\n"
+        "# TYPE  DATABASE  USER  ADDRESS       METHOD\n"
+        "local   all       all                 scram-sha-256\n"
+        f"host    all       all   {HOST}/32  scram-sha-256\n"
+    )
+    scratch.rename(lay.data)
+
+
+def _wait_until_answering(port: int, lay: Layout, deadline: float) -> None:
+    """Return once a real login succeeds; pg_ctl's own wait does not prove our role works."""
+    import psycopg2
+
+    last = "no attempt"
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            conn = psycopg2.connect(
+                host=HOST,
+                port=port,
+                user=USER,
+                password=PASSWORD,
+                dbname="postgres",
+                connect_timeout=max(1, min(5, math.ceil(remaining))),
+            )
+        except psycopg2.OperationalError as exc:
+            last = _one_line(str(exc))
+            if "password authentication failed" in last:
+                raise DevServiceError(
+                    f"port {port} rejects {USER}/{PASSWORD}: {last} (data dir {lay.data})"
+                ) from exc
+        else:
+            conn.close()
+            return
+        if remaining <= 0:
+            raise DevServiceError(
+                f"PostgreSQL on port {port} did not accept a connection in time ({last}); "
+                f"see {lay.log}"
+            )
+        time.sleep(_CONNECT_RETRY_SECONDS)
+
+
+def start(port: int = DEFAULT_PORT, *, timeout: float = 60.0) -> str:
+    """Start our server on ``port`` (initdb on first use) and return its SQLAlchemy URL.
+
+    Idempotent: a server of ours already answering returns at once. Waits until a real
+    login succeeds. Raises DevServiceError if something else holds the port.
+    """
+    deadline = time.monotonic() + timeout
+    lay = layout(port)
+    url = server_url(port)
+    bindir = ensure_installed()
+    owner = _server_user()
+    with _locked(lay):
+        if _pg_ctl_status(lay):
+            _wait_until_answering(port, lay, deadline)
+            return url
+        if _port_taken(port):
+            raise DevServiceError(
+                f"port {port} on {HOST} is in use by another process, not by our PostgreSQL "
+                f"in {lay.data}; stop it or choose another port"
+            )
+        _make_dir(lay.home, owner)
+        if lay.socket_dir is not None:
+            _make_dir(lay.socket_dir, owner)
+        if not (lay.data / "PG_VERSION").is_file():
+            if lay.data.exists():
+                raise DevServiceError(
+                    f"{lay.data} exists but is not a PostgreSQL data directory; "
+                    "run `python -m devservices.postgres reset`"
+                )
+            _initdb(bindir, lay, owner, timeout=max(1.0, deadline - time.monotonic()))
+        bindir = _bindir_for(lay.data)
+        wait = max(1, math.ceil(deadline - time.monotonic()))
+        result = _run_server_tool(
+            [
+                str(bindir / "pg_ctl"),
+                "start",
+                "-D",
+                str(lay.data),
+                "-l",
+                str(lay.log),
+                "-w",
+                "-t",
+                str(wait),
+                "-o",
+                server_options(port, lay.socket_dir),
+            ],
+            timeout=wait + 10,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise DevServiceError(
+                f"PostgreSQL did not start on port {port}: {_log_failure(lay)} (log: {lay.log})"
+            )
+        _wait_until_answering(port, lay, deadline)
+    return url
+
+
+def _log_failure(lay: Layout) -> str:
+    """Return the most telling line of the server log: the last FATAL/PANIC, else the last."""
+    try:
+        lines = lay.log.read_text(errors="replace").splitlines()[-50:]
+    except OSError:
+        return "no server log"
+    for line in reversed(lines):
+        if "FATAL" in line or "PANIC" in line:
+            return line.strip()
+    return _last_line("\n".join(lines))
+
+
+def _pg_ctl_stop(port: int, mode: str) -> None:
+    lay = layout(port)
+    with _locked(lay):
+        if not _pg_ctl_status(lay):
+            return
+        bindir = _bindir_for(lay.data)
+        _run_server_tool(
+            [
+                str(bindir / "pg_ctl"),
+                "stop",
+                "-D",
+                str(lay.data),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                str(_STOP_TIMEOUT_SECONDS),
+            ],
+            timeout=_STOP_TIMEOUT_SECONDS + 10,
+        )
+
+
+def stop(port: int = DEFAULT_PORT) -> None:
+    """Stop our server on ``port`` cleanly (``-m fast``); nothing happens if it is not running."""
+    _pg_ctl_stop(port, "fast")
+
+
+def kill(port: int = DEFAULT_PORT) -> None:
+    """Stop our server at once (``-m immediate``) to simulate an outage; next start recovers."""
+    _pg_ctl_stop(port, "immediate")
+
+
+def is_running(port: int = DEFAULT_PORT) -> bool:
+    """Return whether our server on ``port`` is running (per ``pg_ctl status``)."""
+    return _pg_ctl_status(layout(port))
+
+
+def reset(port: int = DEFAULT_PORT) -> None:
+    """Stop our server on ``port`` and delete its data directory, log and socket folder."""
+    lay = layout(port)
+    try:
+        # Immediate: the data is about to be deleted, so a clean checkpoint buys nothing.
+        _pg_ctl_stop(port, "immediate")
+    except DevServiceError:
+        # A data dir we cannot drive (e.g. its server version was uninstalled) is still
+        # safe to delete as long as no postmaster claims it.
+        if (lay.data / "postmaster.pid").exists():
+            raise
+    with _locked(lay):
+        shutil.rmtree(lay.home, ignore_errors=True)
+        if lay.home.exists():
+            raise DevServiceError(f"could not delete {lay.home}")
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server at ``server_url`` and return the new URL."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    validate_database_name(name)
+    with _autocommit(server_url, f"create database {name!r}") as conn:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+        conn.execute(text(f"CREATE DATABASE {quoted}"))
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop database ``name`` if it exists, ending other sessions connected to it first."""
+    from sqlalchemy import text
+
+    validate_database_name(name)
+    if name in _PROTECTED_DATABASES:
+        raise DevServiceError(f"refusing to drop system database {name!r}")
+    with _autocommit(server_url, f"drop database {name!r}") as conn:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+        version = conn.dialect.server_version_info or (0,)
+        if version >= (13,):
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            return
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
+        conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}"))
+
+
+@contextlib.contextmanager
+def _autocommit(url: str, doing: str) -> Iterator[Connection]:
+    """Yield an AUTOCOMMIT connection (CREATE/DROP DATABASE refuse to run in a transaction).
+
+    Driver errors become one DevServiceError line naming what we were doing.
+    """
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except DBAPIError as exc:
+        raise DevServiceError(f"could not {doing}: {_one_line(str(exc.orig))}") from exc
+    finally:
+        engine.dispose()
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devservices.postgres",
+        description="Run the private PostgreSQL server used by the tests.",
+    )
+    parser.add_argument(
+        "command",
+        choices=("start", "stop", "status", "reset", "url"),
+        help="start: start (initdb on first use) and print the URL; status: exit 0 if "
+        "running, 3 if not; reset: stop and delete the data directory; url: print the URL",
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port on 127.0.0.1")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for start (default 60)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; expected failures print one line on stderr and return 1."""
+    args = _parse_args(argv)
+    port: int = args.port
+    try:
+        if args.command == "start":
+            print(start(port, timeout=args.timeout))
+        elif args.command == "stop":
+            stop(port)
+        elif args.command == "reset":
+            reset(port)
+        elif args.command == "url":
+            print(server_url(_checked_port(port)))
+        else:
+            data = layout(port).data
+            if is_running(port):
+                print(f"running: {server_url(port)} (data {data})")
+                return 0
+            print(f"stopped (data {data})")
+            return 3
+    except (DevServiceError, OSError) as exc:
+        # OSError: e.g. the cache folder is not writable; still one line, no traceback.
+        print(f"devservices.postgres: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

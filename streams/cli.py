@@ -1,0 +1,116 @@
+"""Command line: ``python -m streams sample-events | show``.
+
+Expected failures (bad settings, broker unreachable, unknown kind) print one line on
+stderr and exit 1; only a bug shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from streams.errors import MirrorError
+from streams.settings import Settings
+
+PLANETS = ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune", "Pluto"]
+
+
+def sample_events() -> list[tuple[str, dict[str, Any]]]:
+    """Return (key, event) pairs: every planet created, one renamed, Pluto deleted."""
+    ids = {name: str(uuid.uuid5(uuid.NAMESPACE_URL, f"planet/{name}")) for name in PLANETS}
+    events: list[tuple[str, dict[str, Any]]] = []
+    for name in PLANETS:
+        events.append(
+            (ids[name], {"changeType": "CREATED", "planetUuid": ids[name], "planetName": name})
+        )
+    earth = ids["Earth"]
+    events.append(
+        (earth, {"changeType": "UPDATED", "planetUuid": earth, "planetName": "Earth (Terra)"})
+    )
+    events.append((ids["Pluto"], {"changeType": "DELETED", "planetUuid": ids["Pluto"]}))
+    return events
+
+
+async def _publish(settings: Settings, topic: str, events: Sequence[tuple[str, Any]]) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker_hosts, acks="all", request_timeout_ms=10_000
+    )
+    try:
+        await asyncio.wait_for(producer.start(), timeout=15)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await producer.stop()
+        raise MirrorError(
+            f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
+            "start it (./run kafka start) or fix KAFKA_BROKER"
+        ) from None
+    try:
+        for key, event in events:
+            await producer.send_and_wait(topic, json.dumps(event).encode(), key=key.encode())
+    finally:
+        await producer.stop()
+
+
+def cmd_sample_events(settings: Settings, count: int) -> int:
+    """Publish sample Planet events to the configured broker."""
+    events = sample_events()
+    if count > len(events):
+        for i in range(count - len(events)):
+            key = str(uuid.uuid4())
+            events.append((key, {"planetUuid": key, "planetName": f"Exoplanet {i}"}))
+    else:
+        events = events[:count]
+    topic = f"{settings.topic_prefix}planet-changed"
+    asyncio.run(_publish(settings, topic, events))
+    print(f"sent {len(events)} events to {topic} at {settings.kafka_broker}")
+    return 0
+
+
+def cmd_show(settings: Settings, kind: str, wait: float) -> int:
+    """Print the rows of one entity's table."""
+    from streams.worker import build_mirror
+
+    mirror = build_mirror(settings)
+    spec = mirror.registry.by_kind(kind)
+    if spec is None:
+        known = ", ".join(s.kind for s in mirror.registry)
+        raise MirrorError(f"unknown kind {kind!r}; declared kinds: {known}")
+    deadline = time.monotonic() + wait
+    mirror.store.create_tables([spec])
+    rows = mirror.store.rows(spec)
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rows = mirror.store.rows(spec)
+    print(f"{spec.table.name} in {settings.database_url}: {len(rows)} rows")
+    for row in sorted(rows.values(), key=lambda r: str(r[spec.key_column])):
+        print("  " + json.dumps(row, default=str))
+    mirror.store.dispose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line."""
+    parser = argparse.ArgumentParser(prog="python -m streams")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_sample = sub.add_parser("sample-events", help="publish sample Planet events")
+    p_sample.add_argument("--count", type=int, default=len(sample_events()))
+    p_show = sub.add_parser("show", help="print the mirrored rows of an entity")
+    p_show.add_argument("kind", nargs="?", default="planet")
+    p_show.add_argument("--wait", type=float, default=0.0, help="wait up to S s for rows")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.command == "sample-events":
+            return cmd_sample_events(settings, args.count)
+        return cmd_show(settings, args.kind, args.wait)
+    except MirrorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

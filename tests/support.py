@@ -1,0 +1,288 @@
+"""Helpers for integration tests: topics, producing, worker processes, catching up.
+
+Every wait here polls a condition against a generous deadline; none sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """Return a TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def started_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """Start a group-less consumer for metadata and offset queries.
+
+    The yield after start lets aiokafka's NoGroupCoordinator task begin; stopping the
+    consumer before that task ever ran raises CancelledError out of ``stop()``.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await asyncio.sleep(0)
+    return consumer
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int, replicas: int = 1) -> None:
+    """Create ``topic`` and wait until its metadata shows every partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, replicas)])
+    finally:
+        await admin.close()
+    deadline = time.monotonic() + 60
+    while len(await partitions_of(bootstrap, topic)) < partitions:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} has no metadata for {partitions} partitions")
+        await asyncio.sleep(0.1)
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """Return the partition ids of ``topic`` (empty when it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for item in described:
+        if item.get("topic") == topic and not item.get("error_code"):
+            return sorted(int(p["partition"]) for p in item.get("partitions", []))
+    return []
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    items: Iterable[tuple[bytes | None, bytes | None]],
+    *,
+    partition_of: Callable[[int], int | None] | None = None,
+) -> int:
+    """Send ``(key, value)`` pairs in order (acks=all, idempotent); return how many."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    count = 0
+    try:
+        futures = []
+        for index, (key, value) in enumerate(items):
+            partition = partition_of(index) if partition_of else None
+            futures.append(await producer.send(topic, value, key=key, partition=partition))
+            count += 1
+        await producer.flush()
+        for future in futures:
+            await future
+    finally:
+        await producer.stop()
+    return count
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Return the end offset of every partition of ``topic``."""
+    parts = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+    if not parts:
+        raise AssertionError(f"topic {topic} does not exist")
+    consumer = await started_consumer(bootstrap)
+    try:
+        ends = await consumer.end_offsets(parts)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Return the consumer group's committed offset per partition of ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def wait_caught_up(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    *,
+    timeout: float = 180.0,
+    alive: Callable[[], None] | None = None,
+) -> None:
+    """Wait until ``group`` has committed the end offset of every partition of ``topic``."""
+    ends = await end_offsets(bootstrap, topic)
+    deadline = time.monotonic() + timeout
+    committed: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        if alive is not None:
+            alive()
+        committed = await committed_offsets(bootstrap, group, topic)
+        if all(committed.get(p, -1) >= end for p, end in ends.items()):
+            return
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"group {group} did not catch up on {topic}: ends {ends}, at {committed}")
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``faust -A streams.app worker`` process with its own environment and log."""
+
+    env: Mapping[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = field(default=0)
+
+    def start(self) -> None:
+        """Start the worker (the log file is appended to across restarts)."""
+        env = {**os.environ, **self.env}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start #{self.starts} =====\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def assert_alive(self) -> None:
+        """Fail with the log's tail if the worker has exited."""
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise AssertionError(f"worker exited ({code}); log tail:\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
+        """Stop the worker with ``sig``; SIGKILL if it outlives ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the worker, as a crash would."""
+        self.stop(signal.SIGKILL)
+
+    def tail(self, lines: int = 40) -> str:
+        """Return the last lines of the worker log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def worker_env(
+    *,
+    bootstrap: str,
+    database_url: str,
+    app_id: str,
+    topic_prefix: str,
+    data_dir: Path,
+    **extra: str,
+) -> dict[str, str]:
+    """Return the environment of a test worker."""
+    return {
+        "DATA_DIR": str(data_dir),
+        "KAFKA_BROKER": f"kafka://{bootstrap.split(',')[0]}",
+        "DATABASE_URL": database_url,
+        "APP_ID": app_id,
+        "WEB_PORT": str(free_port()),
+        "TOPIC_PREFIX": topic_prefix,
+        "TOPIC_PARTITIONS": "4",
+        **extra,
+    }
+
+
+@dataclass(frozen=True)
+class PlanetEvent:
+    """One generated Planet event and how the mirror must treat it."""
+
+    key: str
+    value: bytes
+    change: str | None
+    name: str | None
+    poison: bool = False
+
+
+def planet_stream(
+    count: int, entities: int, *, seed: int = 7, poison_every: int = 0
+) -> list[PlanetEvent]:
+    """Generate a mixed stream of Planet events (about 20/60/10/10 % C/U/none/D)."""
+    rng = random.Random(seed)
+    keys = [f"00000000-0000-4000-8000-{i:012d}" for i in range(entities)]
+    events: list[PlanetEvent] = []
+    for i in range(count):
+        key = rng.choice(keys)
+        if poison_every and i % poison_every == poison_every - 1:
+            bad = rng.choice(
+                [
+                    b"{not json",
+                    b"[1,2,3]",
+                    json.dumps(
+                        {"planetUuid": key, "planetName": "x", "changeType": "ARCHIVED"}
+                    ).encode(),
+                ]
+            )
+            events.append(PlanetEvent(key, bad, None, None, poison=True))
+            continue
+        roll = rng.random()
+        change = (
+            "CREATED"
+            if roll < 0.2
+            else "UPDATED"
+            if roll < 0.8
+            else None
+            if roll < 0.9
+            else "DELETED"
+        )
+        name = f"planet-{i}"
+        body: dict[str, Any] = {"planetUuid": key, "mass": rng.random(), "moons": i % 5}
+        if change is not None:
+            body["changeType"] = change
+        if change != "DELETED":
+            body["planetName"] = name
+        events.append(PlanetEvent(key, json.dumps(body).encode(), change, name))
+    return events
+
+
+def expected_planets(events: Sequence[PlanetEvent]) -> dict[str, str]:
+    """Apply the changeType rules one event at a time, in order: the final uuid -> name."""
+    state: dict[str, str] = {}
+    for event in events:
+        if event.poison:
+            continue
+        if event.change == "DELETED":
+            state.pop(event.key, None)
+        else:
+            assert event.name is not None
+            state[event.key] = event.name
+    return state
