@@ -1,0 +1,113 @@
+"""The SQL store and the Mirror on SQLite and PostgreSQL: changeType x entity present/absent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from models.planet import Planet
+from models.registry import EntitySpec, build_spec, default_registry
+from models.store import SqlStore
+from streams.mirror import Mirror
+from streams.routing import Outcome, Rejection, RejectReason, SourceRecord
+
+PLANET = build_spec(Planet)
+
+
+@pytest.fixture
+def mirror(db_url: str) -> Iterator[Mirror]:
+    store = SqlStore.from_url(db_url)
+    store.create_tables(list(default_registry))
+    yield Mirror(default_registry, store)
+    store.dispose()
+
+
+_offsets = iter(range(1_000_000))
+
+
+def rec(event: dict[str, Any] | None) -> SourceRecord:
+    offset = next(_offsets)
+    value = None if event is None else json.dumps(event).encode()
+    return SourceRecord("planet-changed", 0, offset, 1_000 + offset, b"p1", value)
+
+
+def rows(mirror: Mirror, spec: EntitySpec = PLANET) -> dict[Any, Any]:
+    return {k: v["name"] for k, v in mirror.store.rows(spec).items()}
+
+
+@pytest.mark.parametrize("present", [False, True], ids=["absent", "present"])
+@pytest.mark.parametrize("change", ["CREATED", "UPDATED", None, "DELETED"])
+def test_change_type_semantics(mirror: Mirror, change: str | None, present: bool) -> None:
+    if present:
+        mirror.apply(PLANET, [rec({"planetUuid": "p1", "planetName": "Old"})])
+    event: dict[str, Any] = {"planetUuid": "p1", "planetName": "New"}
+    if change is not None:
+        event["changeType"] = change
+    result = mirror.apply(PLANET, [rec(event)])
+    assert [r.outcome for r in result.results] == [Outcome.APPLIED]
+    expected = {} if change == "DELETED" else {"p1": "New"}
+    assert rows(mirror) == expected
+
+
+def test_unknown_change_type_leaves_the_row_and_the_batch_goes_on(mirror: Mirror) -> None:
+    result = mirror.apply(
+        PLANET,
+        [
+            rec({"planetUuid": "p1", "planetName": "A"}),
+            rec({"planetUuid": "p1", "planetName": "B", "changeType": "MERGED"}),
+            rec({"planetUuid": "p2", "planetName": "C", "changeType": "CREATED"}),
+        ],
+    )
+    assert [r.outcome for r in result.results] == [
+        Outcome.APPLIED,
+        Outcome.REJECTED,
+        Outcome.APPLIED,
+    ]
+    assert rows(mirror) == {"p1": "A", "p2": "C"}
+
+
+def test_a_row_the_database_refuses_is_rejected_alone(mirror: Mirror) -> None:
+    result = mirror.apply(
+        PLANET,
+        [
+            rec({"planetUuid": "ok1", "planetName": "A"}),
+            rec({"planetUuid": "bad", "changeType": "CREATED"}),  # name is NOT NULL
+            rec({"planetUuid": "long", "planetName": "x" * 300}),  # String(255) on PostgreSQL
+            rec({"planetUuid": "ok2", "planetName": "B"}),
+        ],
+    )
+    refused = {
+        r.decision.record.offset: r.decision
+        for r in result.results
+        if isinstance(r.decision, Rejection)
+    }
+    assert all(d.reason is RejectReason.STORE_REFUSED for d in refused.values())
+    first = result.results[0].record.offset
+    # SQLite does not enforce String(255); PostgreSQL does.
+    too_long_refused = mirror.store.dialect == "postgresql"
+    assert set(refused) == ({first + 1, first + 2} if too_long_refused else {first + 1})
+    assert "servicea_planet" in refused[first + 1].detail or "name" in refused[first + 1].detail
+    expected = (
+        {"ok1": "A", "ok2": "B"}
+        if too_long_refused
+        else {"ok1": "A", "ok2": "B", "long": "x" * 300}
+    )
+    assert rows(mirror) == expected
+    assert len(result.results) == 4
+
+
+def test_kafka_tombstone_deletes_by_record_key(mirror: Mirror) -> None:
+    mirror.apply(PLANET, [rec({"planetUuid": "p1", "planetName": "A"}), rec(None)])
+    assert rows(mirror) == {}
+
+
+def test_a_large_batch_with_many_deletes_is_one_transaction(mirror: Mirror) -> None:
+    creates = [rec({"planetUuid": f"k{i}", "planetName": f"n{i}"}) for i in range(1500)]
+    deletes = [rec({"planetUuid": f"k{i}", "changeType": "DELETED"}) for i in range(0, 1500, 2)]
+    mirror.apply(PLANET, creates)
+    result = mirror.apply(PLANET, deletes)
+    assert result.count(Outcome.APPLIED) == 750
+    assert mirror.store.count(PLANET) == 750
