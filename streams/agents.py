@@ -115,6 +115,9 @@ def register_agents(app: faust.App, mirror: Mirror, settings: Settings) -> None:
             value_serializer="raw",
             partitions=settings.topic_partitions,
             replicas=settings.topic_replicas,
+            # Faust creates only "internal" topics when they are missing; the flag has no
+            # other effect, and an existing topic is left as it is.
+            internal=True,
         )
         agent_fun: Any = make_agent(mirror, spec, settings)
         # One instance per agent: concurrency > 1 can commit past an event still in flight

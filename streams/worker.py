@@ -49,6 +49,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         autodiscover=False,
         web_enabled=True,
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         topic_partitions=settings.topic_partitions,

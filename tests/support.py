@@ -64,6 +64,10 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        # Describing a missing topic would auto-create it (metadata requests may create
+        # topics on brokers that allow it), so look it up in the full list first.
+        if topic not in await admin.list_topics():
+            return []
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
