@@ -19,7 +19,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy import BigInteger, Integer
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Bookkeeping columns every mirrored table gets: the version of the state the row holds.
+VERSION_COLUMNS = ("mirror_version", "mirror_partition", "mirror_offset")
 
 
 class Base(DeclarativeBase):
@@ -39,6 +43,12 @@ class MirroredEntity:
     - ``__update_columns__``: columns an update overwrites (default: every mapped column
       but the key); leave out e.g. ``created_at`` so only the create sets it.
     - ``__cached__``: whether the latest state is also kept in a Faust table (default True).
+    - ``__version_field__``: event field carrying the entity's integer version; without
+      it the version is the record's ``(timestamp, partition, offset)``.
+
+    Every table also gets three bookkeeping columns, the version of the state it holds:
+    ``mirror_version`` (record timestamp in ms, or the declared version field),
+    ``mirror_partition`` and ``mirror_offset`` (tie-breakers; 0 with a version field).
 
     Override ``from_kafka_event`` (the hook users of the Lambda pattern know) for anything
     the field map cannot say; it may return an instance of the model or a dict of columns.
@@ -49,6 +59,11 @@ class MirroredEntity:
     __key_field__: ClassVar[str | None] = None
     __update_columns__: ClassVar[tuple[str, ...] | None] = None
     __cached__: ClassVar[bool] = True
+    __version_field__: ClassVar[str | None] = None
+
+    mirror_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    mirror_partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    mirror_offset: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, inspect
+from sqlalchemy import BigInteger, Column, Integer, Table, inspect
 
 from streams.errors import RegistryError
 
@@ -37,6 +37,10 @@ class EntitySpec:
     """Columns an update overwrites."""
     cached: bool
     """Whether the latest state is also kept in a Faust table."""
+    version_field: str | None
+    """Event field carrying the entity's version, or None to use the record position."""
+    tombstone_table: Table
+    """Keys of deleted entities with the version of their delete (no resurrection)."""
     mapper: RowMapper
     """Maps an event to column values (``from_kafka_event`` underneath)."""
 
@@ -107,6 +111,12 @@ def build_spec(model: type[Any]) -> EntitySpec:
             raise RegistryError(f"{name}.__update_columns__ names unknown columns: {missing}")
         update_columns = tuple(declared_updates)
     kind = str(getattr(model, "__kind__", name.lower()))
+    from models.base import VERSION_COLUMNS
+
+    missing_bookkeeping = [c for c in VERSION_COLUMNS if c not in table.columns]
+    if missing_bookkeeping:
+        raise RegistryError(f"{name} lacks {missing_bookkeeping}; inherit from MirroredEntity")
+    update_columns = tuple(c for c in update_columns if c not in VERSION_COLUMNS)
     return EntitySpec(
         model=model,
         kind=kind,
@@ -116,7 +126,27 @@ def build_spec(model: type[Any]) -> EntitySpec:
         key_field=key_field,
         update_columns=update_columns,
         cached=bool(model.__cached__),
+        version_field=model.__version_field__,
+        tombstone_table=_tombstone_table(table, primary[0]),
         mapper=_mapper_for(model),
+    )
+
+
+def _tombstone_table(table: Table, key: Column[Any]) -> Table:
+    """Return (defining once) the table of tombstones beside ``table``."""
+    name = f"{table.name}_tombstone"
+    existing = table.metadata.tables.get(name)
+    if existing is not None:
+        return existing
+    return Table(
+        name,
+        table.metadata,
+        Column(key.key, key.type, primary_key=True),
+        Column("mirror_version", BigInteger, nullable=False),
+        Column("mirror_partition", Integer, nullable=False),
+        Column("mirror_offset", BigInteger, nullable=False),
+        # Wall-clock ms of the delete, for the retention purge.
+        Column("deleted_at", BigInteger, nullable=False, index=True),
     )
 
 

@@ -1,27 +1,73 @@
-"""The SQL store: applies a folded batch of writes to PostgreSQL or SQLite in one transaction.
+"""The SQL store: carries out a batch's plan on PostgreSQL or SQLite in one transaction.
 
-Upserts are single ``INSERT ... ON CONFLICT DO UPDATE`` statements sent as one
-executemany (SQLAlchemy's insertmanyvalues turns it into multi-row VALUES), deletes one
-``DELETE ... WHERE key IN (...)`` per chunk: never a read followed by a write.
+Per batch, inside one transaction: read the consumer group's stored offsets and the current
+versions of the batch's keys (one query each, with row locks), write the plan (one
+``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` executemany for upserts, ``DELETE ... IN`` for
+deletes, tombstones likewise), advance the stored offsets and add the outcome counts. Never a
+read followed by a write per event.
+
+Guarantee: everything a batch does commits together or not at all, and the stored offset
+of a partition moves with it. A record below the stored offset has had its effect already, so
+a replay after a crash changes nothing and is not counted twice.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from models.base import VERSION_COLUMNS
 from models.registry import EntitySpec
 from streams.errors import StoreError, StoreUnavailableError
-from streams.routing import Delete, Upsert, Write
+from streams.guard import Current, Plan
+from streams.routing import Delete, EntityKey, Upsert, Version
 
-_DELETE_CHUNK = 500
+_CHUNK = 500
+
+#: Bookkeeping tables shared by every entity (separate metadata: never in a user's models).
+bookkeeping = MetaData()
+
+offsets_table = Table(
+    "mirror_offsets",
+    bookkeeping,
+    Column("consumer_group", String(255), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False),
+)
+
+outcomes_table = Table(
+    "mirror_outcomes",
+    bookkeeping,
+    Column("consumer_group", String(255), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("outcome", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
 
 
 def create_store_engine(url: str) -> Engine:
@@ -35,23 +81,208 @@ def create_store_engine(url: str) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+            # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             # WAL lets the CLI and HTTP readers read while the worker writes.
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Take the write lock up front, so a batch's reads and writes are one atomic step
+            # even with another process writing the same file.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
         return engine
-    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        # Batch UPDATE/DELETE executemany too, not only INSERTs.
+        executemany_mode="values_plus_batch",
+    )
+
+
+def _version(row: Any) -> Version:
+    return (int(row.mirror_version), int(row.mirror_partition), int(row.mirror_offset))
+
+
+def _version_values(version: Version) -> dict[str, int]:
+    return dict(zip(VERSION_COLUMNS, version, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A write the database refused (constraint, type, length), with its message."""
+
+    key: EntityKey
+    message: str
+
+
+class StoreTransaction:
+    """The operations of one batch, inside one open transaction."""
+
+    def __init__(self, conn: Connection, dialect: str) -> None:
+        self.conn = conn
+        self.dialect = dialect
+
+    def _insert(self, table: Table) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    def next_offsets(self, group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+        """Return (and lock) the stored next offset of each partition that has one."""
+        t = offsets_table
+        query = (
+            select(t.c.partition, t.c.next_offset)
+            .where(t.c.consumer_group == group, t.c.topic == topic)
+            .where(t.c.partition.in_(sorted(set(partitions))))
+            .with_for_update()
+        )
+        return {int(p): int(o) for p, o in self.conn.execute(query)}
+
+    def current(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Current]:
+        """Return (and lock) the row and tombstone versions of ``keys``."""
+        found: dict[EntityKey, Current] = {}
+        key_sets = [list(keys[i : i + _CHUNK]) for i in range(0, len(keys), _CHUNK)]
+        for table, is_row in ((spec.table, True), (spec.tombstone_table, False)):
+            key_col = table.c[spec.key_column]
+            cols = [key_col, *(table.c[c] for c in VERSION_COLUMNS)]
+            for chunk in key_sets:
+                query = select(*cols).where(key_col.in_(chunk)).with_for_update()
+                for row in self.conn.execute(query):
+                    key = row[0]
+                    was = found.get(key, Current())
+                    version = _version(row)
+                    found[key] = (
+                        Current(row=version, tombstone=was.tombstone)
+                        if is_row
+                        else Current(row=was.row, tombstone=version)
+                    )
+        return found
+
+    def write(self, spec: EntitySpec, plan: Plan) -> list[Refusal]:
+        """Carry out ``plan``; return the writes the database refused (the rest commit).
+
+        All writes go in one savepoint; if the database refuses one, they are retried one
+        savepoint each, so a bad row is isolated without losing the others.
+        """
+        upserts = list(plan.upserts.values())
+        deletes = list(plan.deletes.values())
+        try:
+            with self.conn.begin_nested():
+                self._upsert(spec, upserts)
+                self._delete(spec, deletes)
+                self._clear_tombstones(spec, sorted(plan.clear_tombstones, key=str))
+            return []
+        except (IntegrityError, DataError):
+            pass
+        refused: list[Refusal] = []
+        writes: list[Upsert | Delete] = [*upserts, *deletes]
+        for write in writes:
+            try:
+                with self.conn.begin_nested():
+                    if isinstance(write, Upsert):
+                        self._upsert(spec, [write])
+                        if write.key in plan.clear_tombstones:
+                            self._clear_tombstones(spec, [write.key])
+                    else:
+                        self._delete(spec, [write])
+            except (IntegrityError, DataError) as exc:
+                refused.append(Refusal(write.key, _first_line(exc)))
+        return refused
+
+    def _upsert(self, spec: EntitySpec, writes: Sequence[Upsert]) -> None:
+        shapes: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for write in writes:
+            row = {**write.row, **_version_values(write.version)}
+            shapes.setdefault(frozenset(row), []).append(row)
+        for columns, rows in shapes.items():
+            self.conn.execute(self._upsert_statement(spec, columns), rows)
+
+    def _upsert_statement(self, spec: EntitySpec, columns: frozenset[str]) -> Any:
+        table = spec.table
+        stmt = self._insert(table)
+        update = {
+            c: stmt.excluded[c] for c in (*spec.update_columns, *VERSION_COLUMNS) if c in columns
+        }
+        newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
+            *(table.c[c] for c in VERSION_COLUMNS)
+        )
+        # The guard is also checked here: the row may have been inserted after our read.
+        return stmt.on_conflict_do_update(
+            index_elements=[spec.key_column], set_=update, where=newer
+        )
+
+    def _delete(self, spec: EntitySpec, writes: Sequence[Delete]) -> None:
+        if not writes:
+            return
+        key_col = spec.table.c[spec.key_column]
+        keys = [w.key for w in writes]
+        for start in range(0, len(keys), _CHUNK):
+            self.conn.execute(delete(spec.table).where(key_col.in_(keys[start : start + _CHUNK])))
+        tomb = spec.tombstone_table
+        stmt = self._insert(tomb)
+        now = int(time.time() * 1000)
+        rows = []
+        for w in writes:
+            assert w.version is not None  # resolve() gives every delete a version
+            rows.append({spec.key_column: w.key, **_version_values(w.version), "deleted_at": now})
+        newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
+            *(tomb.c[c] for c in VERSION_COLUMNS)
+        )
+        update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
+        self.conn.execute(
+            stmt.on_conflict_do_update(index_elements=[spec.key_column], set_=update, where=newer),
+            rows,
+        )
+
+    def _clear_tombstones(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> None:
+        key_col = spec.tombstone_table.c[spec.key_column]
+        for start in range(0, len(keys), _CHUNK):
+            chunk = list(keys[start : start + _CHUNK])
+            self.conn.execute(delete(spec.tombstone_table).where(key_col.in_(chunk)))
+
+    def advance(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
+        """Store the next offset per partition (never moving one backwards)."""
+        if not next_offsets:
+            return
+        stmt = self._insert(offsets_table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["consumer_group", "topic", "partition"],
+            set_={"next_offset": stmt.excluded.next_offset},
+            where=offsets_table.c.next_offset < stmt.excluded.next_offset,
+        )
+        rows = [
+            {"consumer_group": group, "topic": topic, "partition": p, "next_offset": o}
+            for p, o in sorted(next_offsets.items())
+        ]
+        self.conn.execute(stmt, rows)
+
+    def add_counts(self, group: str, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add outcome counts per (topic, outcome)."""
+        if not counts:
+            return
+        stmt = self._insert(outcomes_table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["consumer_group", "topic", "outcome"],
+            set_={"count": outcomes_table.c.count + stmt.excluded["count"]},
+        )
+        rows = [
+            {"consumer_group": group, "topic": topic, "outcome": outcome, "count": n}
+            for (topic, outcome), n in sorted(counts.items())
+        ]
+        self.conn.execute(stmt, rows)
 
 
 class SqlStore:
-    """Applies batches of entity writes; all writes of one batch commit together or none do.
+    """Entry point to the mirror's database: tables, batch transactions, and reads.
 
     Errors come out wrapped: :class:`StoreUnavailableError` (retriable: connection lost,
-    server down, lock timeout) or :class:`StoreError` (the database refused a row; retrying
-    the same row will not help), with entity, key and offset in the message.
+    server down, lock timeout) or :class:`StoreError` (not retriable), naming what was done.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -66,40 +297,18 @@ class SqlStore:
         return cls(create_store_engine(url))
 
     def create_tables(self, specs: Sequence[EntitySpec]) -> None:
-        """Create missing tables of ``specs`` (existing ones are left as they are)."""
+        """Create missing tables (entity, tombstone, bookkeeping); existing ones are kept."""
         with self._wrapped("create tables"):
+            bookkeeping.create_all(self.engine, checkfirst=True)
             for spec in specs:
                 spec.table.create(self.engine, checkfirst=True)
+                spec.tombstone_table.create(self.engine, checkfirst=True)
 
-    def apply(self, spec: EntitySpec, writes: Sequence[Write]) -> None:
-        """Apply ``writes`` (at most one per key) in one transaction."""
-        if not writes:
-            return
-        with self._wrapped(_describe(spec, writes)), self.engine.begin() as conn:
-            self._apply_in(conn, spec, writes)
-
-    def _apply_in(self, conn: Connection, spec: EntitySpec, writes: Sequence[Write]) -> None:
-        upserts: dict[frozenset[str], list[Mapping[str, Any]]] = {}
-        deletes: list[Any] = []
-        for write in writes:
-            if isinstance(write, Upsert):
-                upserts.setdefault(frozenset(write.row), []).append(write.row)
-            else:
-                deletes.append(write.key)
-        for columns, rows in upserts.items():
-            conn.execute(self._upsert_statement(spec, columns), list(rows))
-        key = spec.table.c[spec.key_column]
-        for start in range(0, len(deletes), _DELETE_CHUNK):
-            chunk = deletes[start : start + _DELETE_CHUNK]
-            conn.execute(delete(spec.table).where(key.in_(chunk)))
-
-    def _upsert_statement(self, spec: EntitySpec, columns: frozenset[str]) -> Any:
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = insert(spec.table)
-        update = {c: stmt.excluded[c] for c in spec.update_columns if c in columns}
-        if not update:
-            return stmt.on_conflict_do_nothing(index_elements=[spec.key_column])
-        return stmt.on_conflict_do_update(index_elements=[spec.key_column], set_=update)
+    @contextmanager
+    def transaction(self, what: str) -> Iterator[StoreTransaction]:
+        """Open one transaction for a batch; commit on success, roll back on any error."""
+        with self._wrapped(what), self.engine.begin() as conn:
+            yield StoreTransaction(conn, self.dialect)
 
     def rows(self, spec: EntitySpec) -> dict[Any, dict[str, Any]]:
         """Return every row of the entity's table keyed by entity key (tests, CLI)."""
@@ -111,6 +320,29 @@ class SqlStore:
         """Count the entity's rows."""
         with self._wrapped(f"count {spec.kind}"), self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(spec.table)).scalar_one())
+
+    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
+        """Return the durable outcome counts of ``group`` per (topic, outcome)."""
+        t = outcomes_table
+        with self._wrapped("read outcome counts"), self.engine.connect() as conn:
+            query = select(t.c.topic, t.c.outcome, t.c.count).where(t.c.consumer_group == group)
+            return {(topic, outcome): int(n) for topic, outcome, n in conn.execute(query)}
+
+    def stored_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        """Return the stored next offset per (topic, partition) of ``group``."""
+        t = offsets_table
+        with self._wrapped("read stored offsets"), self.engine.connect() as conn:
+            query = select(t.c.topic, t.c.partition, t.c.next_offset).where(
+                t.c.consumer_group == group
+            )
+            return {(topic, int(p)): int(o) for topic, p, o in conn.execute(query)}
+
+    def purge_tombstones(self, spec: EntitySpec, older_than_ms: int) -> int:
+        """Delete tombstones written before ``older_than_ms``; return how many."""
+        t = spec.tombstone_table
+        with self._wrapped(f"purge {spec.kind} tombstones"), self.engine.begin() as conn:
+            result = conn.execute(delete(t).where(t.c.deleted_at < older_than_ms))
+            return int(result.rowcount or 0)
 
     def dispose(self) -> None:
         """Close pooled connections."""
@@ -131,22 +363,3 @@ class SqlStore:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _describe(spec: EntitySpec, writes: Sequence[Write]) -> str:
-    first = writes[0].record
-    last = writes[-1].record
-    if len(writes) == 1:
-        kind = "upsert" if isinstance(writes[0], Upsert) else "delete"
-        return (
-            f"{kind} {spec.kind} key={writes[0].key!r} "
-            f"from {first.topic}[{first.partition}]@{first.offset}"
-        )
-    return (
-        f"batch of {len(writes)} {spec.kind} writes "
-        f"({first.topic}[{first.partition}]@{first.offset} .. "
-        f"[{last.partition}]@{last.offset})"
-    )
-
-
-__all__ = ["Delete", "SqlStore", "Upsert", "create_store_engine"]

@@ -1,4 +1,4 @@
-"""Apply batches of source records to the SQL store: route, fold, write, count outcomes.
+"""Apply batches of source records to the SQL store: route, guard, write, count outcomes.
 
 This is the one code path every input adapter (Faust agents, the MSK/Lambda handler,
 the command line) goes through, so the changeType semantics live in exactly one place.
@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
-from streams.errors import StoreError
+from streams.guard import resolve
 from streams.routing import (
     Decision,
     Outcome,
     Rejection,
     RejectReason,
     SourceRecord,
-    Write,
-    route_batch,
+    route,
 )
 
 log = logging.getLogger(__name__)
@@ -29,11 +28,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class RecordResult:
-    """The outcome of one source record, with its decision."""
+    """The outcome of one consumed record, with its decision."""
 
     record: SourceRecord
     outcome: Outcome
     decision: Decision
+    replayed: bool = False
+    """True when the record was below the stored offset: its outcome was counted when it
+    was first applied, and this delivery changed nothing."""
 
 
 @dataclass(slots=True)
@@ -48,23 +50,29 @@ class BatchResult:
         return [r.decision for r in self.results if isinstance(r.decision, Rejection)]
 
     def count(self, outcome: Outcome) -> int:
-        """Count records with ``outcome``."""
-        return sum(1 for r in self.results if r.outcome is outcome)
+        """Count first deliveries with ``outcome`` (replays are not counted)."""
+        return sum(1 for r in self.results if r.outcome is outcome and not r.replayed)
 
 
 class Mirror:
     """Routes records through the core and applies them with the store, one batch at a time.
 
-    ``apply`` either commits the batch's writes and returns an outcome for every record, or
-    raises a retriable :class:`~streams.errors.MirrorError` having applied nothing, so the
-    caller can retry the same batch without acknowledging its offsets.
+    ``apply`` either commits the batch (writes, stored offsets, outcome counts) and returns
+    an outcome for every record, or raises a retriable :class:`~streams.errors.MirrorError`
+    having committed nothing, so the caller retries the same batch without acknowledging
+    its offsets.
     """
 
-    def __init__(self, registry: Registry, store: SqlStore, *, topic_prefix: str = "") -> None:
+    def __init__(
+        self, registry: Registry, store: SqlStore, *, group: str, topic_prefix: str = ""
+    ) -> None:
         self.registry = registry
         self.store = store
+        self.group = group
         self.topic_prefix = topic_prefix
+        #: Outcomes of this process (the durable totals are in the store).
         self.counts: Counter[tuple[str, Outcome]] = Counter()
+        self.replayed = 0
 
     def source_topic(self, spec: EntitySpec) -> str:
         """Return the real topic name of ``spec`` (with the configured prefix)."""
@@ -80,24 +88,67 @@ class Mirror:
 
     def apply(self, spec: EntitySpec, records: Sequence[SourceRecord]) -> BatchResult:
         """Apply one batch of records of one entity in one transaction."""
-        folded = route_batch(records, spec)
-        refused = self._write(spec, list(folded.writes.values()))
-        result = BatchResult()
-        for decision in folded.decisions:
-            if not isinstance(decision, Rejection) and decision.key in refused:
-                rejection = refused[decision.key]
-                if rejection.record is not decision.record:
-                    # An earlier event of a refused key: folded into the refused write.
-                    rejection = Rejection(
-                        RejectReason.STORE_REFUSED,
-                        rejection.detail,
-                        decision.record,
-                        rejection.error_type,
+        if not records:
+            return BatchResult()
+        topics = sorted({r.topic for r in records})
+        with self.store.transaction(_describe(spec, records)) as tx:
+            stored: dict[tuple[str, int], int] = {}
+            for topic in topics:
+                partitions = [r.partition for r in records if r.topic == topic]
+                for p, o in tx.next_offsets(self.group, topic, partitions).items():
+                    stored[(topic, p)] = o
+            decisions = [route(r, spec) for r in records]
+            fresh = [
+                d
+                for d in decisions
+                if d.record.offset >= stored.get((d.record.topic, d.record.partition), 0)
+            ]
+            keys = list({d.key: None for d in fresh if not isinstance(d, Rejection)})
+            plan = resolve(fresh, tx.current(spec, keys))
+            refused = {r.key: r.message for r in tx.write(spec, plan)}
+            outcome_of = {
+                id(decision.record): (decision, outcome) for decision, outcome in plan.outcomes
+            }
+            result = BatchResult()
+            for decision in decisions:
+                if id(decision.record) not in outcome_of:
+                    result.results.append(
+                        RecordResult(decision.record, Outcome.SKIPPED, decision, replayed=True)
                     )
-                decision = rejection
-            outcome = Outcome.REJECTED if isinstance(decision, Rejection) else Outcome.APPLIED
-            result.results.append(RecordResult(decision.record, outcome, decision))
+                    continue
+                final, outcome = outcome_of[id(decision.record)]
+                if (
+                    not isinstance(final, Rejection)
+                    and outcome is Outcome.APPLIED
+                    and final.key in refused
+                ):
+                    # The key's write was refused: every applied event of it is rejected.
+                    final = Rejection(
+                        RejectReason.STORE_REFUSED, refused[final.key], final.record, "StoreError"
+                    )
+                    outcome = Outcome.REJECTED
+                result.results.append(RecordResult(final.record, outcome, final))
+            for topic in topics:
+                ends: dict[int, int] = {}
+                for r in records:
+                    if r.topic == topic:
+                        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+                tx.advance(self.group, topic, ends)
+            counts = Counter(
+                (item.record.topic, item.outcome.value)
+                for item in result.results
+                if not item.replayed
+            )
+            tx.add_counts(self.group, counts)
+        self._note(result)
+        return result
+
+    def _note(self, result: BatchResult) -> None:
+        """Count and log a committed batch's outcomes."""
         for item in result.results:
+            if item.replayed:
+                self.replayed += 1
+                continue
             self.counts[(item.record.topic, item.outcome)] += 1
             if isinstance(item.decision, Rejection):
                 log.error(
@@ -110,31 +161,12 @@ class Mirror:
                         "reason": item.decision.reason.value,
                     },
                 )
-        return result
-
-    def _write(self, spec: EntitySpec, writes: list[Write]) -> dict[object, Rejection]:
-        """Write the batch; when the database refuses it, find the refused writes one by one.
-
-        Returns the refused writes by key. A retriable error propagates with nothing applied.
-        """
-        try:
-            self.store.apply(spec, writes)
-            return {}
-        except StoreError as exc:
-            if exc.retriable or len(writes) == 1:
-                if exc.retriable:
-                    raise
-                return {writes[0].key: _refusal(writes[0], exc)}
-        refused: dict[object, Rejection] = {}
-        for write in writes:
-            try:
-                self.store.apply(spec, [write])
-            except StoreError as exc:
-                if exc.retriable:
-                    raise
-                refused[write.key] = _refusal(write, exc)
-        return refused
 
 
-def _refusal(write: Write, exc: StoreError) -> Rejection:
-    return Rejection(RejectReason.STORE_REFUSED, str(exc), write.record, type(exc).__name__)
+def _describe(spec: EntitySpec, records: Sequence[SourceRecord]) -> str:
+    first, last = records[0], records[-1]
+    return (
+        f"apply {len(records)} {spec.kind} records "
+        f"({first.topic}[{first.partition}]@{first.offset} .. "
+        f"[{last.partition}]@{last.offset})"
+    )

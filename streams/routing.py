@@ -9,8 +9,8 @@ one bad event can never stop a partition.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -22,6 +22,9 @@ OFFSET_FIELD = "kafkaOffset"
 CHANGE_TYPE_FIELD = "changeType"
 
 EntityKey = str | int
+#: Version of an entity's state: ``(timestamp ms, partition, offset)`` of the record by
+#: default, or ``(declared version field, 0, 0)``. Tuples compare in that order.
+Version = tuple[int, int, int]
 
 
 class ChangeType(StrEnum):
@@ -50,6 +53,7 @@ class RejectReason(StrEnum):
     BAD_KEY = "bad_key"
     UNKNOWN_CHANGE_TYPE = "unknown_change_type"
     MAPPING_FAILED = "mapping_failed"
+    BAD_VERSION = "bad_version"
     UNKNOWN_TOPIC = "unknown_topic"
     STORE_REFUSED = "store_refused"
 
@@ -94,6 +98,10 @@ class Entity(Protocol):
     def key_field(self) -> str | None:
         """Event field holding the entity key, when known without mapping the whole event."""
 
+    @property
+    def version_field(self) -> str | None:
+        """Event field holding the entity's version (an integer), if the model declares one."""
+
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values (calls the model's ``from_kafka_event``)."""
 
@@ -106,6 +114,7 @@ class Upsert:
     row: Mapping[str, Any]
     change_type: ChangeType
     record: SourceRecord
+    version: Version
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +123,9 @@ class Delete:
 
     key: EntityKey
     record: SourceRecord
+    version: Version | None
+    """None for a Kafka tombstone of an entity with a version field: it has no version of
+    its own and deletes whatever state is there."""
     change_type: ChangeType = ChangeType.DELETED
 
 
@@ -184,7 +196,7 @@ def _valid_key(value: Any) -> bool:
 def route(record: SourceRecord, entity: Entity) -> Decision:
     """Decide what one record means for its entity: upsert, delete or reject."""
     if record.value is None:
-        return _route_tombstone(record)
+        return _route_tombstone(record, entity)
     decoded = decode_value(record)
     if isinstance(decoded, Rejection):
         return decoded
@@ -196,6 +208,9 @@ def route(record: SourceRecord, entity: Entity) -> Decision:
             f"changeType {change} is not one of CREATED, UPDATED, DELETED",
             record,
         )
+    version = _version_of(event, record, entity)
+    if isinstance(version, Rejection):
+        return version
     event[TIMESTAMP_FIELD] = record.timestamp
     event[TOPIC_FIELD] = record.topic
     event[PARTITION_FIELD] = record.partition
@@ -209,7 +224,7 @@ def route(record: SourceRecord, entity: Entity) -> Decision:
             return Rejection(
                 RejectReason.BAD_KEY, f"{entity.key_field!r} is not a string or integer", record
             )
-        return Delete(key=key, record=record)
+        return Delete(key=key, record=record, version=version)
 
     try:
         row = entity.row_from_event(event)
@@ -236,11 +251,27 @@ def route(record: SourceRecord, entity: Entity) -> Decision:
             RejectReason.BAD_KEY, f"{entity.key_column!r} is not a string or integer", record
         )
     if change is ChangeType.DELETED:
-        return Delete(key=key, record=record)
-    return Upsert(key=key, row=row, change_type=change, record=record)
+        return Delete(key=key, record=record, version=version)
+    return Upsert(key=key, row=row, change_type=change, record=record, version=version)
 
 
-def _route_tombstone(record: SourceRecord) -> Decision:
+def _version_of(
+    event: Mapping[str, Any], record: SourceRecord, entity: Entity
+) -> Version | Rejection:
+    field_name = entity.version_field
+    if field_name is None:
+        return record.position
+    value = event.get(field_name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return Rejection(
+            RejectReason.BAD_VERSION,
+            f"version field {field_name!r} must be an integer, got {value!r}",
+            record,
+        )
+    return (value, 0, 0)
+
+
+def _route_tombstone(record: SourceRecord, entity: Entity) -> Decision:
     """A Kafka tombstone (null value) deletes the entity named by the record key."""
     if not record.key:
         return Rejection(RejectReason.MISSING_KEY, "tombstone without a record key", record)
@@ -253,35 +284,10 @@ def _route_tombstone(record: SourceRecord) -> Decision:
             record,
             type(exc).__name__,
         )
-    return Delete(key=key, record=record)
+    version = None if entity.version_field else record.position
+    return Delete(key=key, record=record, version=version)
 
 
-@dataclass(slots=True)
-class FoldedBatch:
-    """A batch reduced to one write per entity key, plus what was rejected.
-
-    Applying ``writes`` once leaves the table in the same state as applying every routed
-    event in order, because each changeType is a create-or-update or a tolerant delete: the
-    last event per key decides the state.
-    """
-
-    writes: dict[EntityKey, Write] = field(default_factory=dict)
-    rejections: list[Rejection] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
-
-
-def fold(decisions: Iterable[Decision]) -> FoldedBatch:
-    """Fold decisions in consumption order to the last write per entity key."""
-    batch = FoldedBatch()
-    for decision in decisions:
-        batch.decisions.append(decision)
-        if isinstance(decision, Rejection):
-            batch.rejections.append(decision)
-        else:
-            batch.writes[decision.key] = decision
-    return batch
-
-
-def route_batch(records: Sequence[SourceRecord], entity: Entity) -> FoldedBatch:
-    """Route every record of a batch and fold the result."""
-    return fold(route(record, entity) for record in records)
+def route_batch(records: Iterable[SourceRecord], entity: Entity) -> list[Decision]:
+    """Route every record of a batch, in consumption order."""
+    return [route(record, entity) for record in records]

@@ -34,7 +34,10 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
     """Build the Mirror (registry + SQL store) for ``settings``."""
     load_entities(settings, registry)
     return Mirror(
-        registry, SqlStore.from_url(settings.database_url), topic_prefix=settings.topic_prefix
+        registry,
+        SqlStore.from_url(settings.database_url),
+        group=settings.app_id,
+        topic_prefix=settings.topic_prefix,
     )
 
 

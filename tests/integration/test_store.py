@@ -21,7 +21,7 @@ PLANET = build_spec(Planet)
 def mirror(db_url: str) -> Iterator[Mirror]:
     store = SqlStore.from_url(db_url)
     store.create_tables(list(default_registry))
-    yield Mirror(default_registry, store)
+    yield Mirror(default_registry, store, group="test")
     store.dispose()
 
 
@@ -111,3 +111,84 @@ def test_a_large_batch_with_many_deletes_is_one_transaction(mirror: Mirror) -> N
     result = mirror.apply(PLANET, deletes)
     assert result.count(Outcome.APPLIED) == 750
     assert mirror.store.count(PLANET) == 750
+
+
+def rec_at(
+    event: dict[str, Any] | None, *, ts: int, partition: int = 0, offset: int
+) -> SourceRecord:
+    value = None if event is None else json.dumps(event).encode()
+    return SourceRecord("planet-changed", partition, offset, ts, b"p1", value)
+
+
+def test_an_older_event_never_overwrites_newer_state(mirror: Mirror) -> None:
+    mirror.apply(PLANET, [rec_at({"planetUuid": "p1", "planetName": "new"}, ts=200, offset=5)])
+    result = mirror.apply(
+        PLANET, [rec_at({"planetUuid": "p1", "planetName": "old"}, ts=100, offset=6)]
+    )
+    assert [r.outcome for r in result.results] == [Outcome.SKIPPED]
+    assert rows(mirror) == {"p1": "new"}
+    row = mirror.store.rows(PLANET)["p1"]
+    assert (row["mirror_version"], row["mirror_partition"], row["mirror_offset"]) == (200, 0, 5)
+
+
+def test_no_resurrection_but_a_newer_create_recreates(mirror: Mirror) -> None:
+    mirror.apply(
+        PLANET,
+        [
+            rec_at({"planetUuid": "p1", "planetName": "A"}, ts=100, offset=0),
+            rec_at({"planetUuid": "p1", "changeType": "DELETED"}, ts=300, offset=1),
+        ],
+    )
+    late = mirror.apply(
+        PLANET,
+        [
+            rec_at(
+                {"planetUuid": "p1", "planetName": "late", "changeType": "CREATED"},
+                ts=200,
+                offset=2,
+            )
+        ],
+    )
+    assert [r.outcome for r in late.results] == [Outcome.SKIPPED]
+    assert rows(mirror) == {}
+    again = mirror.apply(
+        PLANET,
+        [
+            rec_at(
+                {"planetUuid": "p1", "planetName": "B", "changeType": "CREATED"}, ts=400, offset=3
+            )
+        ],
+    )
+    assert [r.outcome for r in again.results] == [Outcome.APPLIED]
+    assert rows(mirror) == {"p1": "B"}
+
+
+def test_a_replayed_batch_changes_nothing_and_is_not_counted_twice(mirror: Mirror) -> None:
+    batch = [
+        rec_at(
+            {"planetUuid": f"k{i % 7}", "planetName": f"n{i}"},
+            ts=1000 + i,
+            offset=i,
+            partition=i % 2,
+        )
+        for i in range(40)
+    ] + [rec_at({"planetUuid": "k1", "changeType": "DELETED"}, ts=5000, offset=40)]
+    first = mirror.apply(PLANET, batch)
+    before = mirror.store.rows(PLANET)
+    counts = mirror.store.outcome_counts("test")
+    assert sum(counts.values()) == len(batch)
+    replay = mirror.apply(PLANET, batch)
+    assert all(r.replayed for r in replay.results)
+    assert mirror.store.rows(PLANET) == before
+    assert mirror.store.outcome_counts("test") == counts
+    assert first.count(Outcome.APPLIED) == len(batch)
+    assert mirror.store.stored_offsets("test") == {
+        ("planet-changed", 0): 41,
+        ("planet-changed", 1): 40,
+    }
+
+
+def test_tombstones_are_purged_after_retention(mirror: Mirror) -> None:
+    mirror.apply(PLANET, [rec_at({"planetUuid": "p1", "changeType": "DELETED"}, ts=1, offset=0)])
+    assert mirror.store.purge_tombstones(PLANET, older_than_ms=0) == 0
+    assert mirror.store.purge_tombstones(PLANET, older_than_ms=2**62) == 1

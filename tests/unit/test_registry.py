@@ -72,39 +72,52 @@ def test_from_kafka_event_may_return_a_dict() -> None:
 
 
 def test_declaration_errors_are_clear() -> None:
-    class TwoKeys(LocalBase):
-        __tablename__ = "two_keys"
-        a: Mapped[int] = mapped_column(primary_key=True)
-        b: Mapped[int] = mapped_column(primary_key=True)
-
-    TwoKeys.__topic__ = "x"  # type: ignore[attr-defined]
-    TwoKeys.__event_fields__ = {}  # type: ignore[attr-defined]
     with pytest.raises(RegistryError, match="exactly one primary key"):
-        build_spec(TwoKeys)
+
+        class TwoKeys(MirroredEntity, LocalBase):
+            __tablename__ = "two_keys"
+            __topic__ = "two-keys"
+            a: Mapped[int] = mapped_column(primary_key=True)
+            b: Mapped[int] = mapped_column(primary_key=True)
+
+    assert default_registry.by_topic("two-keys") is None
 
 
 def test_two_models_cannot_mirror_one_topic() -> None:
-    registry = Registry()
-
-    class First(LocalBase):
+    class First(MirroredEntity, LocalBase):
         __tablename__ = "first"
+        __topic__ = "shared-topic"
         id: Mapped[int] = mapped_column(primary_key=True)
 
-    class Second(LocalBase):
-        __tablename__ = "second"
+    try:
+        with pytest.raises(RegistryError, match="shared-topic"):
+
+            class Second(MirroredEntity, LocalBase):
+                __tablename__ = "second"
+                __topic__ = "shared-topic"
+                id: Mapped[int] = mapped_column(primary_key=True)
+    finally:
+        default_registry.unregister(First)
+
+
+def test_a_model_without_the_mixin_is_refused() -> None:
+    class Plain(LocalBase):
+        __tablename__ = "plain"
         id: Mapped[int] = mapped_column(primary_key=True)
 
-    for model in (First, Second):
-        model.__topic__ = "shared-topic"  # type: ignore[attr-defined]
-        model.__event_fields__ = {"id": "id"}  # type: ignore[attr-defined]
-        model.__key_field__ = None  # type: ignore[attr-defined]
-        model.__update_columns__ = None  # type: ignore[attr-defined]
-        model.__cached__ = True  # type: ignore[attr-defined]
-        model.from_kafka_event = MirroredEntity.from_kafka_event  # type: ignore[attr-defined]
-        model.row_from_event = MirroredEntity.row_from_event  # type: ignore[attr-defined]
-    registry.register(First)
-    with pytest.raises(RegistryError, match="shared-topic"):
-        registry.register(Second)
+    for name in (
+        "__event_fields__",
+        "__key_field__",
+        "__update_columns__",
+        "__cached__",
+        "__version_field__",
+    ):
+        setattr(Plain, name, getattr(MirroredEntity, name))
+    Plain.__topic__ = "plain-topic"  # type: ignore[attr-defined]
+    Plain.from_kafka_event = MirroredEntity.from_kafka_event  # type: ignore[attr-defined]
+    Plain.row_from_event = MirroredEntity.row_from_event  # type: ignore[attr-defined]
+    with pytest.raises(RegistryError, match="inherit from MirroredEntity"):
+        Registry().register(Plain)
 
 
 def test_throwaway_entities_leave_the_default_registry_as_shipped() -> None:

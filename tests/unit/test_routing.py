@@ -16,7 +16,6 @@ from streams.routing import (
     RejectReason,
     SourceRecord,
     Upsert,
-    fold,
     route,
     route_batch,
 )
@@ -108,6 +107,7 @@ class Exploding:
     kind = "exploding"
     key_column = "id"
     key_field = "id"
+    version_field = None
 
     def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("boom")
@@ -128,6 +128,7 @@ def test_record_metadata_is_injected_into_the_event() -> None:
         kind = "spy"
         key_column = "id"
         key_field = None
+        version_field = None
 
         def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
             seen.update(event)
@@ -147,26 +148,15 @@ def test_kafka_tombstone_deletes_the_record_key() -> None:
     assert isinstance(keyless, Rejection) and keyless.reason is RejectReason.MISSING_KEY
 
 
-def test_fold_keeps_the_last_write_per_key_in_order() -> None:
-    batch = route_batch(
-        [
-            record(planet("a", "A1", "CREATED"), offset=0),
-            record(planet("b", "B1", "CREATED"), offset=1),
-            record(planet("a", "A2"), offset=2),
-            record(b"junk", raw=True, offset=3),
-            record({"planetUuid": "b", "changeType": "DELETED"}, offset=4),
-            record(planet("a", "A3", "UPDATED"), offset=5),
-        ],
-        PLANET,
+def test_versions_default_to_the_record_position() -> None:
+    decision = route(record(planet(), offset=9), PLANET)
+    assert isinstance(decision, Upsert)
+    assert decision.version == (1_700_000_000_009, 1, 9)
+
+
+def test_route_batch_keeps_consumption_order() -> None:
+    decisions = route_batch(
+        [record(planet("a"), offset=0), record(b"junk", raw=True, offset=1)], PLANET
     )
-    assert set(batch.writes) == {"a", "b"}
-    a, b = batch.writes["a"], batch.writes["b"]
-    assert isinstance(a, Upsert) and a.row["name"] == "A3"
-    assert isinstance(b, Delete)
-    assert [r.record.offset for r in batch.rejections] == [3]
-    assert [d.record.offset for d in batch.decisions] == [0, 1, 2, 3, 4, 5]
-
-
-def test_fold_of_nothing_is_empty() -> None:
-    batch = fold([])
-    assert batch.writes == {} and batch.rejections == [] and batch.decisions == []
+    assert [d.record.offset for d in decisions] == [0, 1]
+    assert isinstance(decisions[1], Rejection)

@@ -1,0 +1,200 @@
+"""The version guard: stale and duplicate events are skipped, deletes leave tombstones.
+
+The property test replays the same events in any order, any batching and with duplicates
+through ``resolve`` and an in-memory model of the store, and always reaches the state that
+the newest event of each key decides.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.planet import Planet
+from models.registry import build_spec
+from streams.guard import ZERO_VERSION, Current, Plan, resolve
+from streams.routing import Decision, Delete, Outcome, SourceRecord, Upsert, Version, route
+
+PLANET = build_spec(Planet)
+
+
+def rec(
+    key: str,
+    ts: int,
+    *,
+    name: str | None = None,
+    delete: bool = False,
+    partition: int = 0,
+    offset: int | None = None,
+    tombstone: bool = False,
+) -> SourceRecord:
+    if tombstone:
+        value = None
+    elif delete:
+        value = json.dumps({"planetUuid": key, "changeType": "DELETED"}).encode()
+    else:
+        value = json.dumps({"planetUuid": key, "planetName": name or f"{key}@{ts}"}).encode()
+    return SourceRecord(
+        "planet-changed", partition, ts if offset is None else offset, ts, key.encode(), value
+    )
+
+
+@dataclass
+class MemoryStore:
+    """What the SQL store does with a plan, in dictionaries."""
+
+    rows: dict[Any, tuple[Version, str]] = field(default_factory=dict)
+    tombstones: dict[Any, Version] = field(default_factory=dict)
+
+    def current(self) -> dict[Any, Current]:
+        keys = set(self.rows) | set(self.tombstones)
+        return {
+            k: Current(
+                row=self.rows[k][0] if k in self.rows else None, tombstone=self.tombstones.get(k)
+            )
+            for k in keys
+        }
+
+    def apply(self, plan: Plan) -> None:
+        for key, upsert in plan.upserts.items():
+            self.rows[key] = (upsert.version, str(upsert.row["name"]))
+            if key in plan.clear_tombstones:
+                del self.tombstones[key]
+        for key, delete in plan.deletes.items():
+            assert delete.version is not None
+            self.rows.pop(key, None)
+            self.tombstones[key] = delete.version
+
+    def run(self, records: list[SourceRecord]) -> Plan:
+        plan = resolve([route(r, PLANET) for r in records], self.current())
+        self.apply(plan)
+        return plan
+
+    def names(self) -> dict[Any, str]:
+        return {k: name for k, (_, name) in self.rows.items()}
+
+
+def outcomes(plan: Plan) -> list[Outcome]:
+    return [outcome for _, outcome in plan.outcomes]
+
+
+def test_an_older_update_does_not_overwrite_a_newer_one() -> None:
+    store = MemoryStore()
+    store.run([rec("a", 20, name="new")])
+    plan = store.run([rec("a", 10, name="old")])
+    assert outcomes(plan) == [Outcome.SKIPPED]
+    assert store.names() == {"a": "new"}
+
+
+def test_within_a_batch_the_newest_version_wins_whatever_the_order() -> None:
+    store = MemoryStore()
+    plan = store.run([rec("a", 30, name="newest"), rec("a", 10, name="old"), rec("a", 20)])
+    assert outcomes(plan) == [Outcome.APPLIED, Outcome.SKIPPED, Outcome.SKIPPED]
+    assert store.names() == {"a": "newest"}
+
+
+def test_a_duplicate_is_skipped() -> None:
+    store = MemoryStore()
+    store.run([rec("a", 10)])
+    assert outcomes(store.run([rec("a", 10)])) == [Outcome.SKIPPED]
+
+
+def test_a_delete_leaves_a_tombstone_that_blocks_older_events() -> None:
+    store = MemoryStore()
+    store.run([rec("a", 10), rec("a", 20, delete=True)])
+    plan = store.run([rec("a", 15, name="late")])
+    assert outcomes(plan) == [Outcome.SKIPPED]
+    assert store.names() == {}
+    assert store.tombstones == {"a": (20, 0, 20)}
+
+
+def test_a_newer_create_after_a_delete_recreates_and_clears_the_tombstone() -> None:
+    store = MemoryStore()
+    store.run([rec("a", 10), rec("a", 20, delete=True)])
+    plan = store.run([rec("a", 30, name="back")])
+    assert outcomes(plan) == [Outcome.APPLIED]
+    assert plan.clear_tombstones == {"a"}
+    assert store.names() == {"a": "back"} and store.tombstones == {}
+
+
+def test_deleting_an_absent_entity_applies_and_leaves_a_tombstone() -> None:
+    store = MemoryStore()
+    assert outcomes(store.run([rec("ghost", 5, delete=True)])) == [Outcome.APPLIED]
+    assert store.tombstones == {"ghost": (5, 0, 5)}
+    assert outcomes(store.run([rec("ghost", 4)])) == [Outcome.SKIPPED]
+
+
+def test_ties_on_timestamp_are_broken_by_partition_then_offset() -> None:
+    store = MemoryStore()
+    store.run([rec("a", 10, name="p1", partition=1, offset=5)])
+    assert outcomes(store.run([rec("a", 10, name="p0", partition=0, offset=99)])) == [
+        Outcome.SKIPPED
+    ]
+    assert outcomes(store.run([rec("a", 10, name="p1b", partition=1, offset=6)])) == [
+        Outcome.APPLIED
+    ]
+    assert store.names() == {"a": "p1b"}
+
+
+def test_rejections_pass_through_with_their_outcome() -> None:
+    bad = SourceRecord("planet-changed", 0, 1, 1, None, b"nope")
+    plan = resolve([route(bad, PLANET)], {})
+    assert outcomes(plan) == [Outcome.REJECTED]
+    assert not plan.upserts and not plan.deletes
+
+
+def test_a_versionless_tombstone_deletes_whatever_is_there() -> None:
+    decision = Delete(key="a", record=rec("a", 1, tombstone=True), version=None)
+    plan = resolve([decision], {"a": Current(row=(50, 0, 0))})
+    assert plan.deletes["a"].version == (50, 0, 0)
+    assert outcomes(plan) == [Outcome.APPLIED]
+    plan = resolve([decision], {})
+    assert plan.deletes["a"].version == ZERO_VERSION
+
+
+def _final_by_newest(records: list[SourceRecord]) -> dict[str, str]:
+    newest: dict[str, tuple[Version, Decision]] = {}
+    for r in records:
+        d = route(r, PLANET)
+        assert isinstance(d, Upsert | Delete) and d.version is not None
+        if d.key not in newest or d.version > newest[d.key][0]:
+            newest[d.key] = (d.version, d)
+    return {str(k): str(d.row["name"]) for k, (_, d) in newest.items() if isinstance(d, Upsert)}
+
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.sampled_from(["create", "update", "delete", "tombstone"]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=events, data=st.data())
+def test_any_order_batching_and_duplication_ends_in_the_same_state(
+    events: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    records = [
+        rec(key, ts, delete=kind == "delete", tombstone=kind == "tombstone", partition=ts % 3)
+        for ts, (key, kind) in enumerate(events, start=1)
+    ]
+    expected = _final_by_newest(records)
+    delivered = data.draw(st.permutations(records))
+    duplicates = data.draw(st.lists(st.sampled_from(records), max_size=10))
+    delivered = [*delivered, *duplicates]
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(delivered) - 1)), max_size=6)))
+    store = MemoryStore()
+    total: list[Outcome] = []
+    for start, end in zip([0, *cuts], [*cuts, len(delivered)], strict=True):
+        total += outcomes(store.run(delivered[start:end]))
+    assert store.names() == expected
+    assert len(total) == len(delivered)
+    # Every distinct event applies at most once; duplicates never apply.
+    assert total.count(Outcome.APPLIED) <= len(records)
