@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import faust
 from faust.types import EventT
 
 from models.registry import EntitySpec
+from streams.errors import MirrorError
 from streams.mirror import BatchResult, Mirror
 from streams.routing import SourceRecord
 from streams.settings import Settings
@@ -102,6 +104,24 @@ def make_agent(
     mirror_entity.__name__ = f"mirror_{spec.kind}"
     mirror_entity.__qualname__ = mirror_entity.__name__
     return mirror_entity
+
+
+def register_tombstone_purge(app: faust.App, mirror: Mirror, settings: Settings) -> None:
+    """Purge tombstones older than the retention, every tenth of it (at most hourly)."""
+    interval = max(1.0, min(3600.0, settings.tombstone_retention / 10))
+
+    async def purge_tombstones() -> None:
+        cutoff = int((time.time() - settings.tombstone_retention) * 1000)
+        for spec in mirror.registry:
+            try:
+                purged = await asyncio.to_thread(mirror.store.purge_tombstones, spec, cutoff)
+            except MirrorError as exc:  # the next round retries; nothing is lost meanwhile
+                log.warning("tombstone purge of %s failed: %s", spec.kind, exc)
+                continue
+            if purged:
+                log.info("purged %d %s tombstones older than the retention", purged, spec.kind)
+
+    app.timer(interval, name=f"{settings.app_id}.purge-tombstones")(purge_tombstones)
 
 
 def register_agents(app: faust.App, mirror: Mirror, settings: Settings) -> None:

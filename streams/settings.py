@@ -41,6 +41,8 @@ ENVIRONMENT: dict[str, str] = {
     "TOPIC_PREFIX": "",
     "ENTITY_MODULES": "models.planet",
     "DATA_DIR": "",
+    "SESSION_TIMEOUT": "30",
+    "TOMBSTONE_RETENTION": str(7 * 24 * 3600),
 }
 
 
@@ -74,6 +76,11 @@ class Settings:
     """Modules imported at start so that their entity declarations register."""
     data_dir: str = ""
     """Faust's data directory; empty means ``<APP_ID>-data`` in the working directory."""
+    session_timeout: float = 30.0
+    """Seconds before the group gives a silent worker's partitions to the others."""
+    tombstone_retention: float = 7 * 24 * 3600.0
+    """Seconds a delete's tombstone is kept; a later event older than the delete is skipped
+    only while its tombstone lasts."""
 
     @property
     def broker_hosts(self) -> list[str]:
@@ -106,6 +113,10 @@ class Settings:
             topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
             entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),
             data_dir=env.get("DATA_DIR", "").strip(),
+            session_timeout=_parse_float(env, "SESSION_TIMEOUT", 30.0, low=6.0, high=1800.0),
+            tombstone_retention=_parse_float(
+                env, "TOMBSTONE_RETENTION", 7 * 24 * 3600.0, low=1.0, high=10 * 365 * 86400.0
+            ),
         )
 
 

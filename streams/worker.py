@@ -9,7 +9,7 @@ import faust
 
 from models.registry import Registry, default_registry
 from models.store import SqlStore
-from streams.agents import register_agents
+from streams.agents import register_agents, register_tombstone_purge
 from streams.errors import SettingsError
 from streams.mirror import Mirror
 from streams.settings import Settings
@@ -61,7 +61,11 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         # Raw bytes in, our own decoding: Faust's generic codecs add cost per event.
         key_serializer="raw",
         value_serializer="raw",
+        # A killed worker's partitions move on after this long (Kafka's minimum is 6 s).
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout / 5),
         **extra,
     )
     register_agents(app, mirror, settings)
+    register_tombstone_purge(app, mirror, settings)
     return app

@@ -78,30 +78,45 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
 
 
 async def produce(
-    bootstrap: str,
-    topic: str,
-    items: Iterable[tuple[bytes | None, bytes | None]],
-    *,
-    partition_of: Callable[[int], int | None] | None = None,
+    bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
     """Send ``(key, value)`` pairs in order (acks=all, idempotent); return how many."""
+    sent = await produce_timed(bootstrap, topic, ((k, v, None) for k, v in items))
+    return len(sent)
+
+
+async def produce_timed(
+    bootstrap: str,
+    topic: str,
+    items: Iterable[tuple[bytes | None, bytes | None, int | None]],
+    *,
+    chunk: int = 0,
+    pause: float = 0.0,
+) -> list[tuple[int, int, int]]:
+    """Send ``(key, value, timestamp_ms)`` in order; return each record's (ts, partition, offset).
+
+    With ``chunk``, pause ``pause`` seconds after every ``chunk`` records, to spread the
+    stream over time (so a test can crash a worker while it flows).
+    """
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
     )
     await producer.start()
-    count = 0
     try:
         futures = []
-        for index, (key, value) in enumerate(items):
-            partition = partition_of(index) if partition_of else None
-            futures.append(await producer.send(topic, value, key=key, partition=partition))
-            count += 1
+        stamps = []
+        for index, (key, value, ts) in enumerate(items):
+            stamp = ts if ts is not None else int(time.time() * 1000)
+            stamps.append(stamp)
+            futures.append(await producer.send(topic, value, key=key, timestamp_ms=stamp))
+            if chunk and index % chunk == chunk - 1:
+                await asyncio.sleep(pause)
         await producer.flush()
-        for future in futures:
-            await future
+        metas = [await future for future in futures]
     finally:
         await producer.stop()
-    return count
+    # RecordMetadata.timestamp is -1 for CreateTime topics: the record keeps the one we sent.
+    return [(stamp, m.partition, m.offset) for stamp, m in zip(stamps, metas, strict=True)]
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
