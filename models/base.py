@@ -45,6 +45,9 @@ class MirroredEntity:
     - ``__cached__``: whether the latest state is also kept in a Faust table (default True).
     - ``__version_field__``: event field carrying the entity's integer version; without
       it the version is the record's ``(timestamp, partition, offset)``.
+    - ``__repartition__``: set when the topic's record key is not the entity key; events
+      are then forwarded through a repartition topic keyed by entity key, so one worker
+      owns each entity (also settable per kind with ``REPARTITION``).
 
     Every table also gets three bookkeeping columns, the version of the state it holds:
     ``mirror_version`` (record timestamp in ms, or the declared version field),
@@ -60,6 +63,7 @@ class MirroredEntity:
     __update_columns__: ClassVar[tuple[str, ...] | None] = None
     __cached__: ClassVar[bool] = True
     __version_field__: ClassVar[str | None] = None
+    __repartition__: ClassVar[bool] = False
 
     mirror_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     mirror_partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

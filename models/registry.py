@@ -41,6 +41,8 @@ class EntitySpec:
     """Event field carrying the entity's version, or None to use the record position."""
     tombstone_table: Table
     """Keys of deleted entities with the version of their delete (no resurrection)."""
+    repartition: bool
+    """Whether events go through a repartition topic keyed by entity key."""
     mapper: RowMapper
     """Maps an event to column values (``from_kafka_event`` underneath)."""
 
@@ -128,6 +130,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
         cached=bool(model.__cached__),
         version_field=model.__version_field__,
         tombstone_table=_tombstone_table(table, primary[0]),
+        repartition=bool(model.__repartition__),
         mapper=_mapper_for(model),
     )
 

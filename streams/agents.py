@@ -9,9 +9,10 @@ would commit offsets of events never applied.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -20,7 +21,7 @@ from faust.types import EventT
 from models.registry import EntitySpec
 from streams.errors import MirrorError
 from streams.mirror import BatchResult, Mirror
-from streams.routing import SourceRecord
+from streams.routing import ORIGIN_HEADER, Origin, SourceRecord, entity_key_of
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ def record_from_event(event: EventT[Any]) -> SourceRecord:
         list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
     )
     pairs = tuple((str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items)
+    origin = None
+    for name, raw in pairs:
+        if name == ORIGIN_HEADER:
+            origin = Origin.from_header(raw)
     return SourceRecord(
         topic=message.topic,
         partition=message.partition,
@@ -45,11 +50,18 @@ def record_from_event(event: EventT[Any]) -> SourceRecord:
         key=message.key,
         value=message.value,
         headers=pairs,
+        origin=origin,
     )
 
 
-async def retry_forever(what: str, call: Callable[[], Any], *, first_delay: float = 0.5) -> Any:
-    """Run the blocking ``call`` in a thread until it succeeds, backing off between tries.
+async def retry_forever(
+    what: str,
+    call: Callable[[], Any] | None,
+    *,
+    coroutine: Callable[[], Awaitable[Any]] | None = None,
+    first_delay: float = 0.5,
+) -> Any:
+    """Run the blocking ``call`` in a thread (or await ``coroutine``) until it succeeds.
 
     Used where giving up would lose events: the caller holds its offsets meanwhile, which is
     the back-pressure a failing database should cause.
@@ -59,6 +71,9 @@ async def retry_forever(what: str, call: Callable[[], Any], *, first_delay: floa
     while True:
         attempt += 1
         try:
+            if coroutine is not None:
+                return await coroutine()
+            assert call is not None
             return await asyncio.to_thread(call)
         except Exception as exc:  # every failure here must hold the offsets, never skip
             retriable = bool(getattr(exc, "retriable", False))
@@ -106,6 +121,59 @@ def make_agent(
     return mirror_entity
 
 
+def make_forwarder(
+    app: faust.App, mirror: Mirror, spec: EntitySpec, settings: Settings, target: str
+) -> Callable[[faust.Stream[Any]], Any]:
+    """Build the agent that re-keys ``spec``'s topic by entity key into ``target``.
+
+    Faust's ``group_by`` does the same one event at a time and loses the record's first
+    position; this forwards a batch, carries the position in a ``mirror-origin`` header (the
+    event's version), and acks the source only once every forwarded record is on the broker.
+    A crash in between forwards some records twice: same origin, same version, so the copy
+    is skipped as a duplicate where it is applied.
+    """
+
+    async def forward_entity(stream: faust.Stream[Any]) -> AsyncIterator[None]:
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait):
+            batch: list[EventT[Any]] = list(events)
+            await retry_forever(
+                f"forward {len(batch)} {spec.kind} events to {target}",
+                None,
+                coroutine=functools.partial(_forward, app, spec, target, batch),
+            )
+            for event in batch:
+                await stream.ack(event)
+            yield None
+
+    forward_entity.__name__ = f"forward_{spec.kind}"
+    forward_entity.__qualname__ = forward_entity.__name__
+    return forward_entity
+
+
+async def _forward(
+    app: faust.App, spec: EntitySpec, target: str, batch: Sequence[EventT[Any]]
+) -> None:
+    futures = []
+    for event in batch:
+        record = record_from_event(event)
+        key = entity_key_of(record, spec)
+        new_key = record.key if key is None else str(key).encode()
+        headers = [*record.headers, (ORIGIN_HEADER, record.first.header())]
+        futures.append(
+            await app.producer.send(
+                target,
+                new_key,
+                record.value,
+                partition=None,
+                timestamp=None,
+                headers=headers,
+            )
+        )
+    await app.producer.flush()
+    for future in futures:
+        await future
+
+
 def register_tombstone_purge(app: faust.App, mirror: Mirror, settings: Settings) -> None:
     """Purge tombstones older than the retention, every tenth of it (at most hourly)."""
     interval = max(1.0, min(3600.0, settings.tombstone_retention / 10))
@@ -127,19 +195,36 @@ def register_tombstone_purge(app: faust.App, mirror: Mirror, settings: Settings)
 def register_agents(app: faust.App, mirror: Mirror, settings: Settings) -> None:
     """Declare one topic and one agent per registered entity."""
     for spec in mirror.registry:
-        topic = app.topic(
-            mirror.source_topic(spec),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.topic_partitions,
-            replicas=settings.topic_replicas,
-            # Faust creates only "internal" topics when they are missing; the flag has no
-            # other effect, and an existing topic is left as it is.
-            internal=True,
-        )
-        agent_fun: Any = make_agent(mirror, spec, settings)
+        topic = _raw_topic(app, mirror.source_topic(spec), settings)
+        agent_fun: Any
+        if spec.repartition or spec.kind in settings.repartition:
+            target = repartition_topic(mirror, spec, settings)
+            agent_fun = make_forwarder(app, mirror, spec, settings, target)
+            app.agent(topic, name=f"{settings.app_id}.forward-{spec.kind}", concurrency=1)(
+                agent_fun
+            )
+            topic = _raw_topic(app, target, settings)
+        agent_fun = make_agent(mirror, spec, settings)
         # One instance per agent: concurrency > 1 can commit past an event still in flight
         # (faust-streaming#606).
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)
+
+
+def repartition_topic(mirror: Mirror, spec: EntitySpec, settings: Settings) -> str:
+    """Return the name of ``spec``'s repartition topic (one per consumer group)."""
+    return f"{settings.app_id}-{mirror.source_topic(spec)}-repartition"
+
+
+def _raw_topic(app: faust.App, name: str, settings: Settings) -> Any:
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+        replicas=settings.topic_replicas,
+        # Faust creates only "internal" topics when they are missing; the flag has no
+        # other effect, and an existing topic is left as it is.
+        internal=True,
+    )

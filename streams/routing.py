@@ -59,6 +59,32 @@ class RejectReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record forwarded through a repartition topic was first produced."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+    def header(self) -> bytes:
+        """Encode as the value of the ``mirror-origin`` header."""
+        return f"{self.partition}:{self.offset}:{self.timestamp}:{self.topic}".encode()
+
+    @classmethod
+    def from_header(cls, raw: bytes) -> Origin | None:
+        """Decode a ``mirror-origin`` header; None when it is malformed."""
+        try:
+            partition, offset, timestamp, topic = raw.decode("utf-8").split(":", 3)
+            return cls(topic, int(partition), int(offset), int(timestamp))
+        except (UnicodeDecodeError, ValueError):
+            return None
+
+
+ORIGIN_HEADER = "mirror-origin"
+
+
+@dataclass(frozen=True, slots=True)
 class SourceRecord:
     """One Kafka record as the core sees it, whatever adapter it came through."""
 
@@ -76,11 +102,22 @@ class SourceRecord:
     """Record value bytes as produced; ``None`` is a Kafka tombstone."""
     headers: tuple[tuple[str, bytes], ...] = ()
     """Record headers, kept for dead letters."""
+    origin: Origin | None = None
+    """The record's place in the entity topic, when it was consumed from a repartition
+    topic; versions and the fields injected into events come from there."""
 
     @property
-    def position(self) -> tuple[int, int, int]:
-        """Return ``(timestamp, partition, offset)``, the record's default version."""
-        return (self.timestamp, self.partition, self.offset)
+    def first(self) -> Origin:
+        """Return where the record was first produced (itself, unless forwarded)."""
+        if self.origin is not None:
+            return self.origin
+        return Origin(self.topic, self.partition, self.offset, self.timestamp)
+
+    @property
+    def position(self) -> Version:
+        """Return ``(timestamp, partition, offset)`` where first produced: the default version."""
+        first = self.first
+        return (first.timestamp, first.partition, first.offset)
 
 
 class Entity(Protocol):
@@ -211,10 +248,11 @@ def route(record: SourceRecord, entity: Entity) -> Decision:
     version = _version_of(event, record, entity)
     if isinstance(version, Rejection):
         return version
-    event[TIMESTAMP_FIELD] = record.timestamp
-    event[TOPIC_FIELD] = record.topic
-    event[PARTITION_FIELD] = record.partition
-    event[OFFSET_FIELD] = record.offset
+    first = record.first
+    event[TIMESTAMP_FIELD] = first.timestamp
+    event[TOPIC_FIELD] = first.topic
+    event[PARTITION_FIELD] = first.partition
+    event[OFFSET_FIELD] = first.offset
 
     if change is ChangeType.DELETED and entity.key_field is not None:
         key = event.get(entity.key_field)
@@ -291,3 +329,25 @@ def _route_tombstone(record: SourceRecord, entity: Entity) -> Decision:
 def route_batch(records: Iterable[SourceRecord], entity: Entity) -> list[Decision]:
     """Route every record of a batch, in consumption order."""
     return [route(record, entity) for record in records]
+
+
+def entity_key_of(record: SourceRecord, entity: Entity) -> EntityKey | None:
+    """Return the entity key a record is about, or None when it cannot be told.
+
+    Used to repartition by entity key; a record without one is forwarded anyway and
+    rejected, with its reason, where it is applied.
+    """
+    if record.value is None:
+        decision = _route_tombstone(record, entity)
+        return None if isinstance(decision, Rejection) else decision.key
+    decoded = decode_value(record)
+    if isinstance(decoded, Rejection):
+        return None
+    if entity.key_field is not None:
+        key = decoded.get(entity.key_field)
+        return key if _valid_key(key) else None
+    try:
+        key = entity.row_from_event(decoded).get(entity.key_column)
+    except Exception:  # a mapping that raises is rejected where the record is applied
+        return None
+    return key if _valid_key(key) else None

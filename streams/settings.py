@@ -41,6 +41,7 @@ ENVIRONMENT: dict[str, str] = {
     "TOPIC_PREFIX": "",
     "ENTITY_MODULES": "models.planet",
     "DATA_DIR": "",
+    "REPARTITION": "",
     "SESSION_TIMEOUT": "30",
     "TOMBSTONE_RETENTION": str(7 * 24 * 3600),
 }
@@ -76,6 +77,8 @@ class Settings:
     """Modules imported at start so that their entity declarations register."""
     data_dir: str = ""
     """Faust's data directory; empty means ``<APP_ID>-data`` in the working directory."""
+    repartition: tuple[str, ...] = ()
+    """Entity kinds whose topics are not keyed by entity key (besides ``__repartition__``)."""
     session_timeout: float = 30.0
     """Seconds before the group gives a silent worker's partitions to the others."""
     tombstone_retention: float = 7 * 24 * 3600.0
@@ -113,6 +116,7 @@ class Settings:
             topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
             entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),
             data_dir=env.get("DATA_DIR", "").strip(),
+            repartition=_parse_kinds(env.get("REPARTITION", "")),
             session_timeout=_parse_float(env, "SESSION_TIMEOUT", 30.0, low=6.0, high=1800.0),
             tombstone_retention=_parse_float(
                 env, "TOMBSTONE_RETENTION", 7 * 24 * 3600.0, low=1.0, high=10 * 365 * 86400.0
@@ -252,3 +256,11 @@ def _parse_modules(value: str) -> tuple[str, ...]:
     if not modules:
         raise SettingsError("ENTITY_MODULES is empty; name at least one module of entities")
     return modules
+
+
+def _parse_kinds(value: str) -> tuple[str, ...]:
+    kinds = tuple(part.strip() for part in value.split(",") if part.strip())
+    for kind in kinds:
+        if not re.match(r"^[a-z][a-z0-9_]*$", kind):
+            raise SettingsError(f"REPARTITION entry {kind!r} is not an entity kind like 'planet'")
+    return kinds

@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,28 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     try:
         ends = await consumer.end_offsets(parts)
         return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def read_keys(bootstrap: str, topic: str) -> AsyncIterator[tuple[int, bytes]]:
+    """Yield (partition, key) of every keyed record in ``topic``, from the beginning."""
+    ends = await end_offsets(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in ends]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        remaining = {p: end for p, end in ends.items() if end > 0}
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, messages in batch.items():
+                for message in messages:
+                    if message.key is not None:
+                        yield tp.partition, message.key
+                    if message.offset + 1 >= remaining.get(tp.partition, 0):
+                        remaining.pop(tp.partition, None)
     finally:
         await consumer.stop()
 
@@ -305,3 +328,68 @@ def expected_planets(events: Sequence[PlanetEvent]) -> dict[str, str]:
             assert event.name is not None
             state[event.key] = event.name
     return state
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One produced record and what it means for its entity."""
+
+    entity: str
+    name: str | None  # None: this record deletes the entity (DELETED or Kafka tombstone)
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+
+
+def chaotic_stream(
+    count: int, entities: int, seed: int, *, foreign_keys: bool = False
+) -> list[Sent]:
+    """Creates, updates, deletes, duplicates, late (older) events, tombstones, un-keyed.
+
+    With ``foreign_keys`` the record key is never the entity key (a tenant id, or none),
+    except on Kafka tombstones, which need it.
+    """
+    rng = random.Random(seed)
+    keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(entities)]
+    base = int(time.time() * 1000) - 3_600_000
+    clock = 0
+    out: list[Sent] = []
+    while len(out) < count:
+        clock += rng.randint(1, 3)
+        entity = rng.choice(keys)
+        roll = rng.random()
+        ts = base + clock
+        if roll < 0.05 and out:  # a duplicate of an earlier record, sent again
+            out.append(rng.choice(out))
+            continue
+        if roll < 0.12:  # a late event: its timestamp is older than what came before
+            ts = base + max(0, clock - rng.randint(5, 400))
+        kind = rng.random()
+        if kind < 0.04:
+            out.append(Sent(entity, None, entity.encode(), None, ts))  # Kafka tombstone
+            continue
+        key: bytes | None = entity.encode()
+        if rng.random() < 0.1:
+            key = None  # un-keyed: lands on any partition
+        elif foreign_keys:
+            key = f"tenant-{rng.randint(0, 5)}".encode()
+        if kind < 0.15:
+            body: dict[str, Any] = {"planetUuid": entity, "changeType": "DELETED"}
+            name = None
+        else:
+            name = f"n{len(out)}"
+            change = rng.choice(["CREATED", "UPDATED", "UPDATED", "UPDATED", None])
+            body = {"planetUuid": entity, "planetName": name, "population": rng.random()}
+            if change:
+                body["changeType"] = change
+        out.append(Sent(entity, name, key, json.dumps(body).encode(), ts))
+    return out
+
+
+def expected_state(sent: list[Sent], positions: list[tuple[int, int, int]]) -> dict[str, str]:
+    """The newest record per entity by (timestamp, partition, offset) decides its state."""
+    newest: dict[str, tuple[tuple[int, int, int], str | None]] = {}
+    for record, position in zip(sent, positions, strict=True):
+        if record.entity not in newest or position > newest[record.entity][0]:
+            newest[record.entity] = (position, record.name)
+    return {k: name for k, (_, name) in newest.items() if name is not None}

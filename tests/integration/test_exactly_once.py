@@ -7,14 +7,11 @@ each entity by timestamp, partition and offset decides) and compares the SQL tab
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,9 +22,11 @@ from models.registry import build_spec
 from models.store import SqlStore
 from tests.support import (
     WorkerProcess,
+    chaotic_stream,
     committed_offsets,
     create_topic,
     end_offsets,
+    expected_state,
     produce_timed,
     wait_caught_up,
     worker_env,
@@ -35,63 +34,6 @@ from tests.support import (
 
 PLANET = build_spec(Planet)
 TOPIC = "planet-changed"
-
-
-@dataclass(frozen=True)
-class Sent:
-    """One produced record and what it means for its entity."""
-
-    entity: str
-    name: str | None  # None: this record deletes the entity (DELETED or Kafka tombstone)
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
-
-
-def chaotic_stream(count: int, entities: int, seed: int) -> list[Sent]:
-    """Creates, updates, deletes, duplicates, late (older) events, tombstones, un-keyed."""
-    rng = random.Random(seed)
-    keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(entities)]
-    base = int(time.time() * 1000) - 3_600_000
-    clock = 0
-    out: list[Sent] = []
-    while len(out) < count:
-        clock += rng.randint(1, 3)
-        entity = rng.choice(keys)
-        roll = rng.random()
-        ts = base + clock
-        if roll < 0.05 and out:  # a duplicate of an earlier record, sent again
-            out.append(rng.choice(out))
-            continue
-        if roll < 0.12:  # a late event: its timestamp is older than what came before
-            ts = base + max(0, clock - rng.randint(5, 400))
-        key: bytes | None = entity.encode()
-        if rng.random() < 0.1:
-            key = None  # un-keyed: lands on any partition
-        kind = rng.random()
-        if kind < 0.05 and key is not None:
-            out.append(Sent(entity, None, key, None, ts))  # Kafka tombstone
-            continue
-        if kind < 0.15:
-            body: dict[str, Any] = {"planetUuid": entity, "changeType": "DELETED"}
-            name = None
-        else:
-            name = f"n{len(out)}"
-            change = rng.choice(["CREATED", "UPDATED", "UPDATED", "UPDATED", None])
-            body = {"planetUuid": entity, "planetName": name, "population": rng.random()}
-            if change:
-                body["changeType"] = change
-        out.append(Sent(entity, name, key, json.dumps(body).encode(), ts))
-    return out
-
-
-def expected_state(sent: list[Sent], positions: list[tuple[int, int, int]]) -> dict[str, str]:
-    """The newest record per entity by (timestamp, partition, offset) decides its state."""
-    newest: dict[str, tuple[tuple[int, int, int], str | None]] = {}
-    for record, position in zip(sent, positions, strict=True):
-        if record.entity not in newest or position > newest[record.entity][0]:
-            newest[record.entity] = (position, record.name)
-    return {k: name for k, (_, name) in newest.items() if name is not None}
 
 
 def table_state(store: SqlStore) -> dict[str, str]:

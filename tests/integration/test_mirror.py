@@ -11,11 +11,15 @@ from sqlalchemy import create_engine, text
 
 from tests.support import (
     WorkerProcess,
+    chaotic_stream,
     create_topic,
     expected_planets,
+    expected_state,
     partitions_of,
     planet_stream,
     produce,
+    produce_timed,
+    read_keys,
     wait_caught_up,
     worker_env,
 )
@@ -90,3 +94,38 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
         assert read_planets(sqlite_url) == expected_planets(events)
     finally:
         worker.stop()
+
+
+async def test_events_keyed_otherwise_are_repartitioned_by_entity_key(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    sent = chaotic_stream(3_000, 80, seed=3, foreign_keys=True)
+    positions = await produce_timed(
+        kafka_bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent)
+    )
+    app_id = f"mirror-test-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+        REPARTITION="planet",
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    repartition = f"{app_id}-{topic}-repartition"
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
+        assert read_planets(pg_url) == expected_state(sent, positions)
+    finally:
+        worker.stop()
+    # Every entity's events went to exactly one partition of the repartition topic.
+    partitions_by_entity: dict[bytes, set[int]] = {}
+    async for partition, key in read_keys(kafka_bootstrap, repartition):
+        partitions_by_entity.setdefault(key, set()).add(partition)
+    assert len(partitions_by_entity) >= 80
+    assert all(len(parts) == 1 for parts in partitions_by_entity.values())
