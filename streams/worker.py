@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 import faust
@@ -12,6 +14,7 @@ from models.store import SqlStore
 from streams.agents import register_agents, register_tombstone_purge
 from streams.errors import SettingsError
 from streams.mirror import Mirror
+from streams.preflight import broker_problem, web_port_problem
 from streams.settings import Settings
 
 
@@ -41,11 +44,28 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
     )
 
 
+class MirrorApp(faust.App):
+    """A Faust app that checks its broker and web port before starting."""
+
+    mirror_settings: Settings
+
+    async def on_first_start(self) -> None:
+        """Fail with one line, not a traceback, when the worker cannot work at all."""
+        await super().on_first_start()
+        problem = web_port_problem(self.mirror_settings) or await broker_problem(
+            self.mirror_settings
+        )
+        if problem:
+            print(f"error: {problem}", file=sys.stderr, flush=True)
+            # Nothing has started yet; exiting here spares Faust's shutdown traceback.
+            os._exit(1)
+
+
 def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
     mirror = mirror or build_mirror(settings)
     extra: dict[str, Any] = {"datadir": settings.data_dir} if settings.data_dir else {}
-    app = faust.App(
+    app = MirrorApp(
         settings.app_id,
         broker=settings.kafka_broker,
         store="memory://",
@@ -66,6 +86,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 5),
         **extra,
     )
+    app.mirror_settings = settings
     register_agents(app, mirror, settings)
     register_tombstone_purge(app, mirror, settings)
     return app

@@ -1,0 +1,68 @@
+"""Expected failures of the worker are one clear line and a non-zero exit, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, free_port
+
+
+def run_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("WEB_PORT", "http"), ("DATABASE_URL", "mysql://u@h/db"), ("KAFKA_BROKER", "nohost")],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    name: str, value: str, tmp_path: Path
+) -> None:
+    done = run_worker({name: value}, tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: ") and name in lines[0]
+
+
+def test_an_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    done = run_worker(
+        {
+            "KAFKA_BROKER": f"kafka://127.0.0.1:{dead}",
+            "WEB_PORT": str(free_port()),
+            "APP_ID": "unreachable",
+        },
+        tmp_path,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert f"error: cannot reach Kafka at kafka://127.0.0.1:{dead}" in output
+    assert "KAFKA_BROKER" in output
+    assert "Traceback" not in output
+
+
+def test_a_busy_web_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        done = run_worker({"WEB_PORT": str(port), "APP_ID": "busy"}, tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert f"WEB_PORT {port} on 127.0.0.1 is already in use" in output
+    assert "Traceback" not in output
