@@ -1,0 +1,460 @@
+"""Benchmark: this project's worker beside the naive path and the raw limits, in one run.
+
+On the real local Kafka broker and PostgreSQL (started by devservices), on the same data:
+
+1. ``mirror``: one ``faust -A streams.app worker`` process, empty table to caught up:
+   events/s end to end and the worker's peak RSS.
+2. ``naive``: the seed's pattern, one event at a time: read the row, then insert, update
+   or delete it through the same SQLAlchemy model, one transaction per event, consuming
+   with aiokafka.
+3. ``raw_consume``: aiokafka reading the topic with no processing at all.
+4. ``raw_write``: every event's row upserted into PostgreSQL with psycopg2
+   ``execute_values`` in pages of 2,000 (folded per page), as fast as Python can.
+
+Then a second topic with ``--rss-factor`` times the events, for the worker only, to see
+whether its peak RSS stays flat. Prints a table and one JSON line (``BENCH_JSON {...}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from sqlalchemy import create_engine, delete, select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from devservices import kafka as dev_kafka  # noqa: E402
+from devservices import postgres as dev_postgres  # noqa: E402
+from models.planet import Planet  # noqa: E402
+from models.registry import build_spec  # noqa: E402
+from models.store import SqlStore  # noqa: E402
+
+PLANET = build_spec(Planet)
+
+
+@dataclass(frozen=True)
+class Event:
+    key: str
+    value: bytes
+
+
+def make_events(count: int, entities: int, seed: int) -> list[Event]:
+    """About 20 % CREATED, 60 % UPDATED, 10 % no changeType, 10 % DELETED; ~400-byte values."""
+    rng = random.Random(seed)
+    keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(entities)]
+    events = []
+    for i in range(count):
+        key = keys[rng.randrange(entities)]
+        roll = rng.random()
+        body: dict[str, Any] = {
+            "planetUuid": key,
+            "planetName": f"Planet {i} of system {rng.randrange(1000)}",
+            "massKg": rng.random() * 1e25,
+            "radiusKm": rng.random() * 70_000,
+            "orbitalPeriodDays": rng.random() * 10_000,
+            "discoveredBy": rng.choice(["Kepler", "TESS", "Hubble", "JWST", "ground survey"]),
+            "discoveredAt": "2026-11-29T04:21:00Z",
+            "habitable": rng.random() < 0.1,
+            "moons": rng.randrange(80),
+            "atmosphere": {"n2": 0.78, "o2": 0.21, "ar": 0.0093},
+            "tags": ["rocky", "inner", "survey-7"],
+            "updatedBy": "service-a",
+        }
+        if roll < 0.2:
+            body["changeType"] = "CREATED"
+        elif roll < 0.8:
+            body["changeType"] = "UPDATED"
+        elif roll < 0.9:
+            pass
+        else:
+            body = {"planetUuid": key, "changeType": "DELETED", "updatedBy": "service-a"}
+        events.append(Event(key, json.dumps(body).encode()))
+    return events
+
+
+async def create_and_fill(bootstrap: str, topic: str, partitions: int, events: list[Event]) -> None:
+    """Create ``topic`` and produce ``events`` keyed by entity."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    try:
+        pending = []
+        for event in events:
+            pending.append(await producer.send(topic, event.value, key=event.key.encode()))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    await asyncio.sleep(0)
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return {tp.partition: o for tp, o in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def rss_peak_mb(pid: int) -> float:
+    """Peak resident set (VmHWM) of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_mirror(
+    bootstrap: str, db_url: str, prefix: str, ends: dict[int, int], workdir: Path, batch_size: int
+) -> dict[str, float]:
+    """Run one worker from an empty table until its stored offsets reach ``ends``."""
+    app_id = f"bench-{uuid.uuid4().hex[:8]}"
+    log_path = workdir / f"{app_id}.log"
+    env = {
+        **os.environ,
+        "KAFKA_BROKER": f"kafka://{bootstrap}",
+        "DATABASE_URL": db_url,
+        "APP_ID": app_id,
+        "TOPIC_PREFIX": prefix,
+        "WEB_PORT": str(_free_port()),
+        "DATA_DIR": str(workdir / app_id),
+        "BATCH_SIZE": str(batch_size),
+    }
+    store = SqlStore.from_url(db_url)
+    store.create_tables([PLANET])
+    total = sum(ends.values())
+    topic = f"{prefix}planet-changed"
+    with log_path.open("wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "warn"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        first_at: float | None = None
+        first_done = 0
+        peak = 0.0
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker died: {log_path.read_text()[-2000:]}")
+            done = sum(o for (t, _), o in store.stored_offsets(app_id).items() if t == topic)
+            now = time.monotonic()
+            if done and first_at is None:
+                # Timing starts at the first committed batch: worker start-up is reported
+                # apart, and the events of that batch are left out of the rate.
+                first_at, first_done = now, done
+            peak = max(peak, rss_peak_mb(proc.pid))
+            if done >= total:
+                break
+            if now - started > 3600:
+                raise TimeoutError("worker did not catch up within an hour")
+            time.sleep(0.1)
+        finished = time.monotonic()
+        peak = max(peak, rss_peak_mb(proc.pid))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        store.dispose()
+    assert first_at is not None
+    return {
+        "events_per_s": (total - first_done) / (finished - first_at),
+        "seconds": finished - first_at,
+        "startup_s": first_at - started,
+        "peak_rss_mb": peak,
+    }
+
+
+def run_naive(bootstrap: str, db_url: str, topic: str, ends: dict[int, int]) -> dict[str, float]:
+    """The seed's pattern: per event, read the row, write it, commit."""
+    engine = create_engine(db_url)
+    PLANET.table.create(engine, checkfirst=True)
+    total = sum(ends.values())
+
+    async def consume() -> float:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"naive-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=True,
+        )
+        await consumer.start()
+        seen = 0
+        first: float | None = None
+        try:
+            with Session(engine) as session:
+                while seen < total:
+                    batch = await consumer.getmany(timeout_ms=1000, max_records=500)
+                    for messages in batch.values():
+                        for message in messages:
+                            if first is None:
+                                first = time.monotonic()
+                            apply_naively(session, message.value)
+                            seen += 1
+        finally:
+            await consumer.stop()
+        assert first is not None
+        return time.monotonic() - first
+
+    seconds = asyncio.run(consume())
+    engine.dispose()
+    return {"events_per_s": total / seconds, "seconds": seconds}
+
+
+def apply_naively(session: Session, value: bytes | None) -> None:
+    """One event, the Lambda way: a read, then an insert, update or delete, then a commit."""
+    if value is None:
+        return
+    event = json.loads(value)
+    uuid_ = event["planetUuid"]
+    existing = session.execute(select(Planet).where(Planet.uuid == uuid_)).scalar_one_or_none()
+    if event.get("changeType") == "DELETED":
+        if existing is not None:
+            session.execute(delete(Planet).where(Planet.uuid == uuid_))
+    elif existing is None:
+        session.add(Planet(uuid=uuid_, name=event["planetName"]))
+    else:
+        existing.name = event["planetName"]
+    session.commit()
+
+
+def run_raw_consume(bootstrap: str, topic: str, ends: dict[int, int]) -> dict[str, float]:
+    """aiokafka reading every record, no processing."""
+    total = sum(ends.values())
+
+    async def consume() -> float:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"raw-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        seen = 0
+        first: float | None = None
+        try:
+            while seen < total:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                if batch and first is None:
+                    first = time.monotonic()
+                seen += sum(len(m) for m in batch.values())
+        finally:
+            await consumer.stop()
+        assert first is not None
+        return time.monotonic() - first
+
+    seconds = asyncio.run(consume())
+    return {"events_per_s": total / seconds, "seconds": seconds}
+
+
+def run_raw_write(db_url: str, events: Sequence[Event]) -> dict[str, float]:
+    """Every event's row, upserted with psycopg2 execute_values in pages of 2,000."""
+    import psycopg2
+    from psycopg2.extras import execute_values
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    conn = psycopg2.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        dbname=url.database,
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE raw_planet (uuid varchar(64) PRIMARY KEY, name varchar(255) NOT NULL,"
+            " version bigint NOT NULL)"
+        )
+    decoded = [json.loads(e.value) for e in events]  # not timed: the limit is the write
+    started = time.monotonic()
+    page = 2000
+    with conn.cursor() as cur:
+        for start in range(0, len(decoded), page):
+            upserts: dict[str, tuple[str, str, int]] = {}
+            deletes: list[str] = []
+            for i, event in enumerate(decoded[start : start + page], start=start):
+                key = event["planetUuid"]
+                if event.get("changeType") == "DELETED":
+                    upserts.pop(key, None)
+                    deletes.append(key)
+                else:
+                    upserts[key] = (key, event["planetName"], i)
+            if upserts:
+                execute_values(
+                    cur,
+                    "INSERT INTO raw_planet (uuid, name, version) VALUES %s ON CONFLICT (uuid)"
+                    " DO UPDATE SET name = excluded.name, version = excluded.version"
+                    " WHERE raw_planet.version < excluded.version",
+                    list(upserts.values()),
+                    page_size=page,
+                )
+            if deletes:
+                cur.execute("DELETE FROM raw_planet WHERE uuid = ANY(%s)", (deletes,))
+            conn.commit()
+    seconds = time.monotonic() - started
+    conn.close()
+    return {"events_per_s": len(events) / seconds, "seconds": seconds}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./run bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--entities", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--rss-factor",
+        type=int,
+        default=5,
+        help="second run with this many times the events (0: skip)",
+    )
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--quick", action="store_true", help="2,000 events over 200 entities, second run x2 (CI)"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.entities, args.rss_factor = 2_000, 200, 2
+
+    bootstrap = dev_kafka.start(1)
+    server = dev_postgres.start()
+    workdir = ROOT / ".cache" / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = uuid.uuid4().hex[:6]
+    prefix = f"bench-{run}."
+    topic = f"{prefix}planet-changed"
+
+    print(
+        f"producing {args.events:,} events over {args.entities:,} entities into "
+        f"{args.partitions} partitions ...",
+        flush=True,
+    )
+    events = make_events(args.events, args.entities, args.seed)
+    value_sizes = [len(e.value) for e in events]
+    asyncio.run(create_and_fill(bootstrap, topic, args.partitions, events))
+    ends = asyncio.run(end_offsets(bootstrap, topic, args.partitions))
+
+    def fresh_db(name: str) -> str:
+        return dev_postgres.create_database(server, f"bench_{run}_{name}")
+
+    results: dict[str, dict[str, float]] = {}
+    print("1/4 this project's worker ...", flush=True)
+    results["mirror"] = run_mirror(
+        bootstrap, fresh_db("mirror"), prefix, ends, workdir, args.batch_size
+    )
+    print("2/4 naive path ...", flush=True)
+    results["naive"] = run_naive(bootstrap, fresh_db("naive"), topic, ends)
+    print("3/4 raw consume ...", flush=True)
+    results["raw_consume"] = run_raw_consume(bootstrap, topic, ends)
+    print("4/4 raw write ...", flush=True)
+    results["raw_write"] = run_raw_write(fresh_db("raw"), events)
+
+    large: dict[str, float] | None = None
+    if args.rss_factor:
+        big = args.events * args.rss_factor
+        print(f"RSS run: {big:,} events ...", flush=True)
+        big_prefix = f"bench-{run}-x{args.rss_factor}."
+        big_events = make_events(big, args.entities, args.seed + 1)
+        asyncio.run(
+            create_and_fill(bootstrap, f"{big_prefix}planet-changed", args.partitions, big_events)
+        )
+        del big_events
+        big_ends = asyncio.run(
+            end_offsets(bootstrap, f"{big_prefix}planet-changed", args.partitions)
+        )
+        large = run_mirror(
+            bootstrap, fresh_db("large"), big_prefix, big_ends, workdir, args.batch_size
+        )
+
+    mirror = results["mirror"]["events_per_s"]
+    limit = min(results["raw_consume"]["events_per_s"], results["raw_write"]["events_per_s"])
+    summary: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "events": args.events,
+        "entities": args.entities,
+        "partitions": args.partitions,
+        "value_bytes_median": statistics.median(value_sizes),
+        **{f"{name}_events_per_s": round(r["events_per_s"], 1) for name, r in results.items()},
+        "mirror_vs_naive": round(mirror / results["naive"]["events_per_s"], 2),
+        "mirror_vs_raw_limit": round(mirror / limit, 3),
+        "mirror_peak_rss_mb": round(results["mirror"]["peak_rss_mb"], 1),
+        "mirror_startup_s": round(results["mirror"]["startup_s"], 2),
+    }
+    if large is not None:
+        summary["large_events"] = args.events * args.rss_factor
+        summary["large_events_per_s"] = round(large["events_per_s"], 1)
+        summary["large_peak_rss_mb"] = round(large["peak_rss_mb"], 1)
+
+    print()
+    print("| path | events/s | seconds |\n| --- | ---: | ---: |")
+    for name, r in results.items():
+        print(f"| {name} | {r['events_per_s']:,.0f} | {r['seconds']:.2f} |")
+    print()
+    print(
+        f"mirror / naive = {summary['mirror_vs_naive']}x; "
+        f"mirror / min(raw consume, raw write) = {summary['mirror_vs_raw_limit']}"
+    )
+    print(f"worker peak RSS: {summary['mirror_peak_rss_mb']} MB at {args.events:,} events", end="")
+    if large is not None:
+        print(
+            f", {summary['large_peak_rss_mb']} MB at {summary['large_events']:,} events "
+            f"({summary['large_events_per_s']:,.0f} events/s)"
+        )
+    else:
+        print()
+    print("BENCH_JSON " + json.dumps(summary, sort_keys=True), flush=True)
+    for name in ("mirror", "naive", "raw", "large"):
+        # Best effort: a leftover bench database harms nothing.
+        with contextlib.suppress(Exception):
+            dev_postgres.drop_database(server, f"bench_{run}_{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The benchmark's quick mode completes and reports every figure (it asserts no speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT
+
+FIGURES = {
+    "cores",
+    "events",
+    "entities",
+    "partitions",
+    "value_bytes_median",
+    "mirror_events_per_s",
+    "naive_events_per_s",
+    "raw_consume_events_per_s",
+    "raw_write_events_per_s",
+    "mirror_vs_naive",
+    "mirror_vs_raw_limit",
+    "mirror_peak_rss_mb",
+    "mirror_startup_s",
+    "large_events",
+    "large_events_per_s",
+    "large_peak_rss_mb",
+}
+
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/mirror_bench.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH_JSON ")]
+    assert len(lines) == 1, done.stdout
+    figures = json.loads(lines[0].removeprefix("BENCH_JSON "))
+    assert set(figures) == FIGURES
+    for name in FIGURES:
+        assert figures[name] > 0, name
+    assert "| mirror |" in done.stdout and "| naive |" in done.stdout
