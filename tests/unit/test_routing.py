@@ -12,10 +12,12 @@ from models.registry import build_spec
 from streams.routing import (
     ChangeType,
     Delete,
+    Origin,
     Rejection,
     RejectReason,
     SourceRecord,
     Upsert,
+    entity_key_of,
     route,
     route_batch,
 )
@@ -160,3 +162,61 @@ def test_route_batch_keeps_consumption_order() -> None:
     )
     assert [d.record.offset for d in decisions] == [0, 1]
     assert isinstance(decisions[1], Rejection)
+
+
+class Versioned:
+    kind = "versioned"
+    key_column = "id"
+    key_field = "id"
+    version_field = "version"
+
+    def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {"id": event["id"], "v": event["version"]}
+
+
+@pytest.mark.parametrize("bad", [None, "3", 1.5, True])
+def test_a_declared_version_field_must_be_an_integer(bad: Any) -> None:
+    event = {"id": "a"} if bad is None else {"id": "a", "version": bad}
+    decision = route(record(event), Versioned())
+    assert isinstance(decision, Rejection) and decision.reason is RejectReason.BAD_VERSION
+
+
+def test_a_declared_version_field_is_the_version() -> None:
+    decision = route(record({"id": "a", "version": 42}, offset=7), Versioned())
+    assert isinstance(decision, Upsert) and decision.version == (42, 0, 0)
+    tombstone = route(SourceRecord("t", 0, 1, 5, b"a", None), Versioned())
+    assert isinstance(tombstone, Delete) and tombstone.version is None
+
+
+def test_a_forwarded_record_keeps_its_first_position_as_version() -> None:
+    origin = Origin("planet-changed", 3, 99, 1_700_000_000_123)
+    forwarded = SourceRecord(
+        "app-planet-changed-repartition",
+        0,
+        5,
+        1_800_000_000_000,
+        b"p1",
+        json.dumps(planet("p1")).encode(),
+        origin=origin,
+    )
+    decision = route(forwarded, PLANET)
+    assert isinstance(decision, Upsert) and decision.version == (1_700_000_000_123, 3, 99)
+    assert Origin.from_header(origin.header()) == origin
+    assert Origin.from_header(b"garbage") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "expected"),
+    [
+        (planet("p1"), b"tenant", "p1"),
+        ({"planetUuid": "p2", "changeType": "DELETED"}, None, "p2"),
+        (None, b"p3", "p3"),
+        (b"not json", b"x", None),
+        ({"planetName": "no key"}, b"x", None),
+    ],
+)
+def test_entity_key_of_reads_the_key_from_the_event(
+    value: Any, key: bytes | None, expected: str | None
+) -> None:
+    raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
+    assert entity_key_of(SourceRecord("t", 0, 0, 0, key, raw), PLANET) == expected
