@@ -199,6 +199,23 @@ def run_mirror(
     }
 
 
+async def assigned_consumer(bootstrap: str, topic: str, ends: dict[int, int]) -> AIOKafkaConsumer:
+    """A consumer of every partition from the beginning, with no group (as Lambda's is not).
+
+    No group means no heartbeats for the blocking naive path to starve.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    parts = [TopicPartition(topic, p) for p in ends]
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+    return consumer
+
+
 def run_naive(bootstrap: str, db_url: str, topic: str, ends: dict[int, int]) -> dict[str, float]:
     """The seed's pattern: per event, read the row, write it, commit."""
     engine = create_engine(db_url)

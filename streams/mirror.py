@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
-from streams.guard import resolve
+from streams.guard import Plan, resolve
 from streams.routing import (
     Decision,
+    EntityKey,
     Outcome,
     Rejection,
     RejectReason,
     SourceRecord,
-    route,
+    route_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class BatchResult:
     def count(self, outcome: Outcome) -> int:
         """Count first deliveries with ``outcome`` (replays are not counted)."""
         return sum(1 for r in self.results if r.outcome is outcome and not r.replayed)
+
+    def first_delivery_counts(self) -> Counter[tuple[str, str]]:
+        """Count first deliveries per (topic, outcome), as stored with the batch."""
+        return Counter((r.record.topic, r.outcome.value) for r in self.results if not r.replayed)
 
 
 class Mirror:
@@ -90,14 +95,14 @@ class Mirror:
         """Apply one batch of records of one entity in one transaction."""
         if not records:
             return BatchResult()
-        topics = sorted({r.topic for r in records})
+        decisions = route_batch(records, spec)  # pure work, before any lock is taken
+        next_offsets = _next_offsets(records)
         with self.store.transaction(_describe(spec, records)) as tx:
-            stored: dict[tuple[str, int], int] = {}
-            for topic in topics:
-                partitions = [r.partition for r in records if r.topic == topic]
-                for p, o in tx.next_offsets(self.group, topic, partitions).items():
-                    stored[(topic, p)] = o
-            decisions = [route(r, spec) for r in records]
+            stored = {
+                (topic, partition): offset
+                for topic, ends in next_offsets.items()
+                for partition, offset in tx.next_offsets(self.group, topic, list(ends)).items()
+            }
             fresh = [
                 d
                 for d in decisions
@@ -106,40 +111,10 @@ class Mirror:
             keys = list({d.key: None for d in fresh if not isinstance(d, Rejection)})
             plan = resolve(fresh, tx.current(spec, keys))
             refused = {r.key: r.message for r in tx.write(spec, plan)}
-            outcome_of = {
-                id(decision.record): (decision, outcome) for decision, outcome in plan.outcomes
-            }
-            result = BatchResult()
-            for decision in decisions:
-                if id(decision.record) not in outcome_of:
-                    result.results.append(
-                        RecordResult(decision.record, Outcome.SKIPPED, decision, replayed=True)
-                    )
-                    continue
-                final, outcome = outcome_of[id(decision.record)]
-                if (
-                    not isinstance(final, Rejection)
-                    and outcome is Outcome.APPLIED
-                    and final.key in refused
-                ):
-                    # The key's write was refused: every applied event of it is rejected.
-                    final = Rejection(
-                        RejectReason.STORE_REFUSED, refused[final.key], final.record, "StoreError"
-                    )
-                    outcome = Outcome.REJECTED
-                result.results.append(RecordResult(final.record, outcome, final))
-            for topic in topics:
-                ends: dict[int, int] = {}
-                for r in records:
-                    if r.topic == topic:
-                        ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+            result = _results(decisions, plan, refused)
+            for topic, ends in next_offsets.items():
                 tx.advance(self.group, topic, ends)
-            counts = Counter(
-                (item.record.topic, item.outcome.value)
-                for item in result.results
-                if not item.replayed
-            )
-            tx.add_counts(self.group, counts)
+            tx.add_counts(self.group, result.first_delivery_counts())
         self._note(result)
         return result
 
@@ -161,6 +136,38 @@ class Mirror:
                         "reason": item.decision.reason.value,
                     },
                 )
+
+
+def _next_offsets(records: Sequence[SourceRecord]) -> dict[str, dict[int, int]]:
+    """Return, per topic and partition, the offset after the batch's last record."""
+    ends: dict[str, dict[int, int]] = {}
+    for r in records:
+        per_topic = ends.setdefault(r.topic, {})
+        per_topic[r.partition] = max(per_topic.get(r.partition, 0), r.offset + 1)
+    return ends
+
+
+def _results(
+    decisions: Sequence[Decision], plan: Plan, refused: Mapping[EntityKey, str]
+) -> BatchResult:
+    """Give every decision its outcome; decisions the plan never saw were replays."""
+    outcome_of = {id(decision.record): (decision, outcome) for decision, outcome in plan.outcomes}
+    result = BatchResult()
+    for decision in decisions:
+        if id(decision.record) not in outcome_of:
+            result.results.append(
+                RecordResult(decision.record, Outcome.SKIPPED, decision, replayed=True)
+            )
+            continue
+        final, outcome = outcome_of[id(decision.record)]
+        if not isinstance(final, Rejection) and outcome is Outcome.APPLIED and final.key in refused:
+            # The key's write was refused: every applied event of it is rejected.
+            final = Rejection(
+                RejectReason.STORE_REFUSED, refused[final.key], final.record, "StoreError"
+            )
+            outcome = Outcome.REJECTED
+        result.results.append(RecordResult(final.record, outcome, final))
+    return result
 
 
 def _describe(spec: EntitySpec, records: Sequence[SourceRecord]) -> str:

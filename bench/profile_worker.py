@@ -1,0 +1,144 @@
+"""Profile the worker under load with py-spy: where does the time go?
+
+Produces ``--events`` benchmark events into a fresh topic, starts one worker, samples it with
+``py-spy record`` while it catches up, and prints the functions with the largest share of
+samples (inclusive), grouped by the area they belong to. Needs ``pip install -e .[bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.mirror_bench import (  # noqa: E402
+    PLANET,
+    _free_port,
+    create_and_fill,
+    end_offsets,
+    make_events,
+)
+from devservices import kafka as dev_kafka  # noqa: E402
+from devservices import postgres as dev_postgres  # noqa: E402
+from models.store import SqlStore  # noqa: E402
+
+AREAS = [
+    ("faust/", "faust"),
+    ("mode/", "faust"),
+    ("aiokafka/", "aiokafka"),
+    ("sqlalchemy/", "sqlalchemy"),
+    ("psycopg2", "psycopg2"),
+    ("json/", "json decode"),
+    ("streams/", "this project"),
+    ("models/", "this project"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--entities", type=int, default=20_000)
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    bootstrap = dev_kafka.start(1)
+    server = dev_postgres.start()
+    run = uuid.uuid4().hex[:6]
+    prefix = f"prof-{run}."
+    events = make_events(args.events, args.entities, 7)
+    asyncio.run(create_and_fill(bootstrap, f"{prefix}planet-changed", 4, events))
+    ends = asyncio.run(end_offsets(bootstrap, f"{prefix}planet-changed", 4))
+    db = dev_postgres.create_database(server, f"prof_{run}")
+    store = SqlStore.from_url(db)
+    store.create_tables([PLANET])
+    app_id = f"prof-{run}"
+    workdir = ROOT / ".cache" / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "KAFKA_BROKER": f"kafka://{bootstrap}",
+        "DATABASE_URL": db,
+        "APP_ID": app_id,
+        "TOPIC_PREFIX": prefix,
+        "WEB_PORT": str(_free_port()),
+        "DATA_DIR": str(workdir / app_id),
+    }
+    raw = workdir / f"{app_id}.folded"
+    with (workdir / f"{app_id}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "warn"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    topic = f"{prefix}planet-changed"
+    try:
+        while not store.stored_offsets(app_id):
+            time.sleep(0.05)
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--output",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        total = sum(ends.values())
+        while sum(o for (t, _), o in store.stored_offsets(app_id).items() if t == topic) < total:
+            time.sleep(0.1)
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        store.dispose()
+        dev_postgres.drop_database(server, f"prof_{run}")
+    inclusive: collections.Counter[str] = collections.Counter()
+    areas: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        samples += count
+        seen: set[str] = set()
+        for frame in frames:
+            name = frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].rstrip(")")
+            if name not in seen:
+                inclusive[name] += count
+                seen.add(name)
+        leaf = frames[-1]
+        area = next((label for marker, label in AREAS if marker in leaf), "other (stdlib, C)")
+        areas[area] += count
+    print(f"{samples} samples while catching up on {args.events:,} events")
+    print("\nself time by area (leaf frame):")
+    for area, count in areas.most_common():
+        print(f"  {100 * count / samples:5.1f}%  {area}")
+    print(f"\ntop {args.top} functions, inclusive:")
+    for name, count in inclusive.most_common(args.top):
+        print(f"  {100 * count / samples:5.1f}%  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
