@@ -88,7 +88,7 @@ def main() -> int:
             time.sleep(0.05)
         spy = subprocess.Popen(
             [
-                "py-spy",
+                str(Path(sys.executable).parent / "py-spy"),
                 "record",
                 "--pid",
                 str(proc.pid),

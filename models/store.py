@@ -13,6 +13,8 @@ a replay after a crash changes nothing and is not counted twice.
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +30,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    any_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -99,12 +103,82 @@ def create_store_engine(url: str) -> Engine:
         return engine
     return create_engine(
         parsed,
-        pool_pre_ping=True,
+        # No pre-ping: a round trip per batch. A connection broken by a server restart
+        # fails its batch with a retriable error, SQLAlchemy drops it, the retry reconnects.
         pool_size=5,
         max_overflow=5,
         # Batch UPDATE/DELETE executemany too, not only INSERTs.
         executemany_mode="values_plus_batch",
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert_statement(
+    table: Table,
+    key_column: str,
+    update_columns: tuple[str, ...],
+    columns: frozenset[str],
+    dialect: str,
+) -> Any:
+    """Build (once per table and column set) the version-guarded upsert."""
+    stmt = _insert_for(dialect, table)
+    update = {c: stmt.excluded[c] for c in (*update_columns, *VERSION_COLUMNS) if c in columns}
+    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
+        *(table.c[c] for c in VERSION_COLUMNS)
+    )
+    # The guard is also checked here: the row may have been inserted after our read.
+    return stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+
+
+def _insert_for(dialect: str, table: Table) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+@functools.lru_cache(maxsize=256)
+def _tombstone_upsert(tomb: Table, key_column: str, dialect: str) -> Any:
+    """Write a tombstone unless a newer one is there."""
+    stmt = _insert_for(dialect, tomb)
+    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
+        *(tomb.c[c] for c in VERSION_COLUMNS)
+    )
+    update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
+    return stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+
+
+@functools.lru_cache(maxsize=4)
+def _offsets_upsert(dialect: str) -> Any:
+    """Store a partition's next offset, never moving it backwards."""
+    stmt = _insert_for(dialect, offsets_table)
+    return stmt.on_conflict_do_update(
+        index_elements=["consumer_group", "topic", "partition"],
+        set_={"next_offset": stmt.excluded.next_offset},
+        where=offsets_table.c.next_offset < stmt.excluded.next_offset,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _counts_upsert(dialect: str) -> Any:
+    """Add to an outcome count."""
+    stmt = _insert_for(dialect, outcomes_table)
+    return stmt.on_conflict_do_update(
+        index_elements=["consumer_group", "topic", "outcome"],
+        set_={"count": outcomes_table.c.count + stmt.excluded["count"]},
+    )
+
+
+_VALUES_CLAUSE = re.compile(r" VALUES \((%\(\w+\)s(?:, %\(\w+\)s)*)\)")
+
+
+@functools.lru_cache(maxsize=256)
+def _values_template(statement: Any, dialect: Any) -> tuple[str, tuple[str, ...]]:
+    """Compile an INSERT to ``INSERT ... VALUES %s ...`` and its column order, once."""
+    sql = str(statement.compile(dialect=dialect))
+    match = _VALUES_CLAUSE.search(sql)
+    if match is None or "%(" in sql[match.end() :]:
+        raise StoreError(f"cannot turn {sql[:80]!r}... into a VALUES %s template")
+    head, tail = sql[: match.start()], sql[match.end() :]
+    columns = tuple(re.findall(r"%\((\w+)\)s", match.group(1)))
+    return f"{head} VALUES %s{tail}", columns
 
 
 def _version(row: Any) -> Version:
@@ -130,9 +204,6 @@ class StoreTransaction:
         self.conn = conn
         self.dialect = dialect
 
-    def _insert(self, table: Table) -> Any:
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
-
     def next_offsets(self, group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """Return (and lock) the stored next offset of each partition that has one."""
         t = offsets_table
@@ -147,12 +218,20 @@ class StoreTransaction:
     def current(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Current]:
         """Return (and lock) the row and tombstone versions of ``keys``."""
         found: dict[EntityKey, Current] = {}
+        if not keys:
+            return found
         key_sets = [list(keys[i : i + _CHUNK]) for i in range(0, len(keys), _CHUNK)]
         for table, is_row in ((spec.table, True), (spec.tombstone_table, False)):
             key_col = table.c[spec.key_column]
             cols = [key_col, *(table.c[c] for c in VERSION_COLUMNS)]
-            for chunk in key_sets:
-                query = select(*cols).where(key_col.in_(chunk)).with_for_update()
+            if self.dialect == "postgresql":
+                # One array parameter instead of thousands of IN placeholders to compile.
+                keys_param = bindparam("keys", list(keys), type_=postgresql.ARRAY(key_col.type))
+                wheres = [key_col == any_(keys_param)]
+            else:
+                wheres = [key_col.in_(chunk) for chunk in key_sets]
+            for where in wheres:
+                query = select(*cols).where(where).with_for_update()
                 for row in self.conn.execute(query):
                     key = row[0]
                     was = found.get(key, Current())
@@ -201,20 +280,39 @@ class StoreTransaction:
             row = {**write.row, **_version_values(write.version)}
             shapes.setdefault(frozenset(row), []).append(row)
         for columns, rows in shapes.items():
-            self.conn.execute(self._upsert_statement(spec, columns), rows)
+            self._insert_many(self._upsert_statement(spec, columns), rows)
+
+    def _insert_many(self, statement: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute an INSERT for many rows: one statement on PostgreSQL, executemany on SQLite."""
+        if self.dialect == "postgresql":
+            self._execute_values(statement, rows)
+        else:
+            self.conn.execute(statement, list(rows))
+
+    def _execute_values(self, statement: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Send all ``rows`` of an INSERT as one multi-row VALUES statement (PostgreSQL).
+
+        SQLAlchemy sends this upsert with psycopg2's execute_batch (pages of 100), about
+        2.5 times slower than psycopg2's execute_values with one page per batch (measured:
+        80 ms against 33 ms for 2,000 rows). Errors are re-raised as SQLAlchemy's, so the
+        callers' handling (refused row, retriable outage) stays the same.
+        """
+        from psycopg2 import Error as PsycopgError
+        from psycopg2.extras import execute_values
+
+        template, columns = _values_template(statement, self.conn.dialect)
+        values = [tuple(row[c] for c in columns) for row in rows]
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            execute_values(cursor, template, values, page_size=len(values))
+        except PsycopgError as exc:
+            raise DBAPIError.instance(template, None, exc, PsycopgError) from exc
+        finally:
+            cursor.close()
 
     def _upsert_statement(self, spec: EntitySpec, columns: frozenset[str]) -> Any:
-        table = spec.table
-        stmt = self._insert(table)
-        update = {
-            c: stmt.excluded[c] for c in (*spec.update_columns, *VERSION_COLUMNS) if c in columns
-        }
-        newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
-            *(table.c[c] for c in VERSION_COLUMNS)
-        )
-        # The guard is also checked here: the row may have been inserted after our read.
-        return stmt.on_conflict_do_update(
-            index_elements=[spec.key_column], set_=update, where=newer
+        return _upsert_statement(
+            spec.table, spec.key_column, spec.update_columns, columns, self.dialect
         )
 
     def _delete(self, spec: EntitySpec, writes: Sequence[Delete]) -> None:
@@ -224,20 +322,13 @@ class StoreTransaction:
         keys = [w.key for w in writes]
         for start in range(0, len(keys), _CHUNK):
             self.conn.execute(delete(spec.table).where(key_col.in_(keys[start : start + _CHUNK])))
-        tomb = spec.tombstone_table
-        stmt = self._insert(tomb)
         now = int(time.time() * 1000)
         rows = []
         for w in writes:
             assert w.version is not None  # resolve() gives every delete a version
             rows.append({spec.key_column: w.key, **_version_values(w.version), "deleted_at": now})
-        newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
-            *(tomb.c[c] for c in VERSION_COLUMNS)
-        )
-        update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
-        self.conn.execute(
-            stmt.on_conflict_do_update(index_elements=[spec.key_column], set_=update, where=newer),
-            rows,
+        self._insert_many(
+            _tombstone_upsert(spec.tombstone_table, spec.key_column, self.dialect), rows
         )
 
     def _clear_tombstones(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> None:
@@ -250,32 +341,21 @@ class StoreTransaction:
         """Store the next offset per partition (never moving one backwards)."""
         if not next_offsets:
             return
-        stmt = self._insert(offsets_table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["consumer_group", "topic", "partition"],
-            set_={"next_offset": stmt.excluded.next_offset},
-            where=offsets_table.c.next_offset < stmt.excluded.next_offset,
-        )
         rows = [
             {"consumer_group": group, "topic": topic, "partition": p, "next_offset": o}
             for p, o in sorted(next_offsets.items())
         ]
-        self.conn.execute(stmt, rows)
+        self._insert_many(_offsets_upsert(self.dialect), rows)
 
     def add_counts(self, group: str, counts: Mapping[tuple[str, str], int]) -> None:
         """Add outcome counts per (topic, outcome)."""
         if not counts:
             return
-        stmt = self._insert(outcomes_table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["consumer_group", "topic", "outcome"],
-            set_={"count": outcomes_table.c.count + stmt.excluded["count"]},
-        )
         rows = [
             {"consumer_group": group, "topic": topic, "outcome": outcome, "count": n}
             for (topic, outcome), n in sorted(counts.items())
         ]
-        self.conn.execute(stmt, rows)
+        self._insert_many(_counts_upsert(self.dialect), rows)
 
 
 class SqlStore:

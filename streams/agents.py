@@ -20,7 +20,7 @@ from faust.types import EventT
 
 from models.registry import EntitySpec
 from streams.errors import MirrorError
-from streams.mirror import BatchResult, Mirror
+from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.routing import ORIGIN_HEADER, Origin, SourceRecord, entity_key_of
 from streams.settings import Settings
 
@@ -109,12 +109,29 @@ def make_agent(
         await retry_forever(
             f"create table {spec.table.name}", lambda: mirror.store.create_tables([spec])
         )
-        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait):
-            batch: list[EventT[Any]] = list(events)
-            await apply_batch(mirror, spec, batch)
-            for event in batch:
-                await stream.ack(event)
-            yield None
+        # Pipelined: while one batch is applied (SQL, in a thread), the next one fills.
+        # noack_take does not fill its buffer while its consumer holds a batch, so without
+        # the hand-off the two steps would take turns. The queue holds at most one batch:
+        # back-pressure. A batch is acked only after its own transaction committed, and
+        # batches are applied in the order they were read.
+        ready: asyncio.Queue[list[EventT[Any]]] = asyncio.Queue(maxsize=1)
+
+        async def apply_in_order() -> None:
+            while True:
+                batch = await ready.get()
+                await apply_batch(mirror, spec, batch)
+                for event in batch:
+                    await stream.ack(event)
+
+        applier = asyncio.create_task(apply_in_order(), name=f"apply-{spec.kind}")
+        try:
+            async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait):
+                if applier.done():
+                    applier.result()  # re-raise what stopped it (never expected)
+                await ready.put(list(events))
+                yield None
+        finally:
+            applier.cancel()
 
     mirror_entity.__name__ = f"mirror_{spec.kind}"
     mirror_entity.__qualname__ = mirror_entity.__name__
@@ -156,7 +173,7 @@ async def _forward(
     futures = []
     for event in batch:
         record = record_from_event(event)
-        key = entity_key_of(record, spec)
+        key = entity_key_of(record, spec, fast_loads)
         new_key = record.key if key is None else str(key).encode()
         headers = [*record.headers, (ORIGIN_HEADER, record.first.header())]
         futures.append(

@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import orjson
+
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
 from streams.guard import Plan, resolve
@@ -25,6 +27,10 @@ from streams.routing import (
 )
 
 log = logging.getLogger(__name__)
+
+#: orjson parses the ~450-byte benchmark events about four times faster than json.loads;
+#: the pure core takes the parser as an argument so it still imports only the stdlib.
+fast_loads = orjson.loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +101,7 @@ class Mirror:
         """Apply one batch of records of one entity in one transaction."""
         if not records:
             return BatchResult()
-        decisions = route_batch(records, spec)  # pure work, before any lock is taken
+        decisions = route_batch(records, spec, fast_loads)  # pure work, before any lock
         next_offsets = _next_offsets(records)
         with self.store.transaction(_describe(spec, records)) as tx:
             stored = {

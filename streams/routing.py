@@ -9,7 +9,7 @@ one bad event can never stop a partition.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -186,7 +186,11 @@ Write = Upsert | Delete
 Decision = Upsert | Delete | Rejection
 
 
-def decode_value(record: SourceRecord) -> dict[str, Any] | Rejection:
+#: Parses JSON text; ``json.loads`` here, orjson's in the worker (same errors: ValueError).
+JsonLoads = Callable[[str], Any]
+
+
+def decode_value(record: SourceRecord, loads: JsonLoads = json.loads) -> dict[str, Any] | Rejection:
     """Decode a record value into a JSON object, or say why it is not one."""
     raw = record.value
     if raw is None:
@@ -198,7 +202,7 @@ def decode_value(record: SourceRecord) -> dict[str, Any] | Rejection:
             RejectReason.BAD_ENCODING, f"value is not UTF-8: {exc}", record, type(exc).__name__
         )
     try:
-        event = json.loads(text)
+        event = loads(text)
     except ValueError as exc:
         return Rejection(
             RejectReason.BAD_JSON, f"value is not JSON: {exc}", record, type(exc).__name__
@@ -212,13 +216,18 @@ def decode_value(record: SourceRecord) -> dict[str, Any] | Rejection:
     return event
 
 
+_CHANGE_TYPES = {member.value: member for member in ChangeType}
+
+
 def parse_change_type(event: Mapping[str, Any]) -> ChangeType | str:
     """Return the event's change type (missing means UPDATED), or the unknown raw value."""
     raw = event.get(CHANGE_TYPE_FIELD)
     if raw is None:
         return ChangeType.UPDATED
-    if isinstance(raw, str) and raw in ChangeType.__members__:
-        return ChangeType(raw)
+    if isinstance(raw, str):
+        known = _CHANGE_TYPES.get(raw)
+        if known is not None:
+            return known
     return repr(raw)
 
 
@@ -230,11 +239,11 @@ def _valid_key(value: Any) -> bool:
     return isinstance(value, int)
 
 
-def route(record: SourceRecord, entity: Entity) -> Decision:
+def route(record: SourceRecord, entity: Entity, loads: JsonLoads = json.loads) -> Decision:
     """Decide what one record means for its entity: upsert, delete or reject."""
     if record.value is None:
         return _route_tombstone(record, entity)
-    decoded = decode_value(record)
+    decoded = decode_value(record, loads)
     if isinstance(decoded, Rejection):
         return decoded
     event = decoded
@@ -326,12 +335,16 @@ def _route_tombstone(record: SourceRecord, entity: Entity) -> Decision:
     return Delete(key=key, record=record, version=version)
 
 
-def route_batch(records: Iterable[SourceRecord], entity: Entity) -> list[Decision]:
+def route_batch(
+    records: Iterable[SourceRecord], entity: Entity, loads: JsonLoads = json.loads
+) -> list[Decision]:
     """Route every record of a batch, in consumption order."""
-    return [route(record, entity) for record in records]
+    return [route(record, entity, loads) for record in records]
 
 
-def entity_key_of(record: SourceRecord, entity: Entity) -> EntityKey | None:
+def entity_key_of(
+    record: SourceRecord, entity: Entity, loads: JsonLoads = json.loads
+) -> EntityKey | None:
     """Return the entity key a record is about, or None when it cannot be told.
 
     Used to repartition by entity key; a record without one is forwarded anyway and
@@ -340,7 +353,7 @@ def entity_key_of(record: SourceRecord, entity: Entity) -> EntityKey | None:
     if record.value is None:
         decision = _route_tombstone(record, entity)
         return None if isinstance(decision, Rejection) else decision.key
-    decoded = decode_value(record)
+    decoded = decode_value(record, loads)
     if isinstance(decoded, Rejection):
         return None
     if entity.key_field is not None:

@@ -35,7 +35,7 @@ ENVIRONMENT: dict[str, str] = {
     "WEB_HOST": "127.0.0.1",
     "TOPIC_PARTITIONS": "4",
     "TOPIC_REPLICAS": "1",
-    "BATCH_SIZE": "2000",
+    "BATCH_SIZE": "5000",
     "BATCH_WAIT": "0.2",
     "LOG_LEVEL": "info",
     "TOPIC_PREFIX": "",
@@ -65,7 +65,7 @@ class Settings:
     """Partitions of entity topics that the worker creates when they are missing."""
     topic_replicas: int = 1
     """Replication factor of topics that the worker creates."""
-    batch_size: int = 2000
+    batch_size: int = 5000
     """Most events applied in one SQL transaction."""
     batch_wait: float = 0.2
     """Longest wait, in seconds, for a batch to fill before it is applied anyway."""
@@ -110,7 +110,7 @@ class Settings:
             web_host=_parse_host(env.get("WEB_HOST", "127.0.0.1")),
             topic_partitions=_parse_int(env, "TOPIC_PARTITIONS", 4, low=1, high=10_000),
             topic_replicas=_parse_int(env, "TOPIC_REPLICAS", 1, low=1, high=100),
-            batch_size=_parse_int(env, "BATCH_SIZE", 2000, low=1, high=1_000_000),
+            batch_size=_parse_int(env, "BATCH_SIZE", 5000, low=1, high=1_000_000),
             batch_wait=_parse_float(env, "BATCH_WAIT", 0.2, low=0.001, high=60.0),
             log_level=_parse_log_level(env.get("LOG_LEVEL", "info")),
             topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from models.planet import Planet
@@ -96,9 +98,12 @@ def test_unknown_change_type_is_rejected_naming_the_value(change: Any) -> None:
         (b'{"planetUuid": true, "changeType": "DELETED"}', RejectReason.BAD_KEY),
     ],
 )
-def test_bad_input_is_rejected_with_a_reason(raw: bytes, reason: RejectReason) -> None:
+@pytest.mark.parametrize("loads", [json.loads, orjson.loads], ids=["json", "orjson"])
+def test_bad_input_is_rejected_with_a_reason(
+    raw: bytes, reason: RejectReason, loads: Callable[[str], Any]
+) -> None:
     source = record(raw, raw=True, offset=17)
-    decision = route(source, PLANET)
+    decision = route(source, PLANET, loads)
     assert isinstance(decision, Rejection)
     assert decision.reason is reason
     assert decision.record is source  # original bytes kept for a dead letter
