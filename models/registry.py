@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Integer, Table, inspect
+from sqlalchemy import BigInteger, Column, Integer, String, Table, inspect
 
 from streams.errors import RegistryError
 
@@ -46,9 +46,29 @@ class EntitySpec:
     mapper: RowMapper
     """Maps an event to column values (``from_kafka_event`` underneath)."""
 
+    required: tuple[str, ...] = ()
+    """NOT NULL columns without a default: a row must give them a value."""
+    max_lengths: tuple[tuple[str, int], ...] = ()
+    """String columns with a length limit."""
+
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
         return self.mapper(event)
+
+    def check_row(self, row: Mapping[str, Any]) -> str | None:
+        """Say why the table would refuse ``row``, before any SQL is sent.
+
+        Deterministic, unlike a database refusal, which is only seen for the write a batch
+        keeps per key. The database's own check stays as the backstop (``store_refused``).
+        """
+        for column in self.required:
+            if row.get(column) is None:
+                return f"column {column!r} is NOT NULL but the event gives no value"
+        for column, limit in self.max_lengths:
+            value = row.get(column)
+            if isinstance(value, str) and len(value) > limit:
+                return f"column {column!r} takes at most {limit} characters, got {len(value)}"
+        return None
 
 
 def _instance_to_row(instance: Any) -> dict[str, Any]:
@@ -131,6 +151,20 @@ def build_spec(model: type[Any]) -> EntitySpec:
         version_field=model.__version_field__,
         tombstone_table=_tombstone_table(table, primary[0]),
         repartition=bool(model.__repartition__),
+        required=tuple(
+            c.key
+            for c in table.columns
+            if not c.nullable
+            and c.key != key_column
+            and c.key not in VERSION_COLUMNS
+            and c.default is None
+            and c.server_default is None
+        ),
+        max_lengths=tuple(
+            (c.key, int(length))
+            for c in table.columns
+            if isinstance(c.type, String) and (length := c.type.length) is not None
+        ),
         mapper=_mapper_for(model),
     )
 

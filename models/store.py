@@ -41,7 +41,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from models.base import VERSION_COLUMNS
@@ -193,7 +199,7 @@ def _version_values(version: Version) -> dict[str, int]:
 class Refusal:
     """A write the database refused (constraint, type, length), with its message."""
 
-    key: EntityKey
+    write: Upsert | Delete
     message: str
 
 
@@ -246,8 +252,12 @@ class StoreTransaction:
     def write(self, spec: EntitySpec, plan: Plan) -> list[Refusal]:
         """Carry out ``plan``; return the writes the database refused (the rest commit).
 
-        All writes go in one savepoint; if the database refuses one, they are retried one
-        savepoint each, so a bad row is isolated without losing the others.
+        All writes go in one savepoint; if that fails for a reason a row can cause (a
+        constraint, a value the driver cannot send), they are retried one savepoint each,
+        so a bad row is isolated without losing the others. A lost connection or a failing
+        server raises instead: the batch is retried and holds its offsets. A table that no
+        longer fits the model refuses every row; those go to the dead letters with the
+        database's message, and can be redriven after the fix.
         """
         upserts = list(plan.upserts.values())
         deletes = list(plan.deletes.values())
@@ -257,8 +267,9 @@ class StoreTransaction:
                 self._delete(spec, deletes)
                 self._clear_tombstones(spec, sorted(plan.clear_tombstones, key=str))
             return []
-        except (IntegrityError, DataError):
-            pass
+        except Exception as exc:
+            if not _row_fault(exc):
+                raise
         refused: list[Refusal] = []
         writes: list[Upsert | Delete] = [*upserts, *deletes]
         for write in writes:
@@ -270,8 +281,10 @@ class StoreTransaction:
                             self._clear_tombstones(spec, [write.key])
                     else:
                         self._delete(spec, [write])
-            except (IntegrityError, DataError) as exc:
-                refused.append(Refusal(write.key, _first_line(exc)))
+            except Exception as exc:
+                if not _row_fault(exc):
+                    raise
+                refused.append(Refusal(write, _first_line(exc)))
         return refused
 
     def _upsert(self, spec: EntitySpec, writes: Sequence[Upsert]) -> None:
@@ -438,6 +451,15 @@ class SqlStore:
             raise StoreUnavailableError(f"{what}: {_first_line(exc)}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"{what}: {_first_line(exc)}") from exc
+
+
+def _row_fault(exc: BaseException) -> bool:
+    """Tell whether ``exc`` can come from one row's values rather than from the database."""
+    if isinstance(exc, ValueError | TypeError):
+        return True  # the driver could not send a value (NUL in text, unadaptable type)
+    if isinstance(exc, DBAPIError):
+        return not exc.connection_invalidated and not isinstance(exc, OperationalError)
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

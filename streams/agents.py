@@ -19,9 +19,10 @@ import faust
 from faust.types import EventT
 
 from models.registry import EntitySpec
-from streams.errors import MirrorError
+from streams.deadletters import dead_letter_headers, dead_letter_topic
+from streams.errors import DeadLetterError, MirrorError
 from streams.mirror import BatchResult, Mirror, fast_loads
-from streams.routing import ORIGIN_HEADER, Origin, SourceRecord, entity_key_of
+from streams.routing import ORIGIN_HEADER, Origin, Rejection, SourceRecord, entity_key_of
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,25 +91,72 @@ async def retry_forever(
 
 
 async def apply_batch(
-    mirror: Mirror, spec: EntitySpec, events: Sequence[EventT[Any]]
+    mirror: Mirror,
+    spec: EntitySpec,
+    events: Sequence[EventT[Any]],
+    before_commit: Callable[[list[Rejection]], None] | None = None,
 ) -> BatchResult:
     """Apply one batch of Faust events, retrying until its transaction commits."""
     records = [record_from_event(event) for event in events]
     first = records[0]
     what = f"apply {len(records)} {spec.kind} events from {first.topic}"
-    result: BatchResult = await retry_forever(what, lambda: mirror.apply(spec, records))
+    result: BatchResult = await retry_forever(
+        what, lambda: mirror.apply(spec, records, before_commit)
+    )
     return result
 
 
+async def send_dead_letters(app: faust.App, topic: str, rejections: Sequence[Rejection]) -> None:
+    """Send rejected records to ``topic`` and wait until the broker has them all."""
+    futures = []
+    for rejection in rejections:
+        record = rejection.record
+        futures.append(
+            await app.producer.send(
+                topic,
+                record.key,
+                record.value,
+                partition=None,
+                timestamp=None,
+                headers=dead_letter_headers(rejection),
+            )
+        )
+    await app.producer.flush()
+    for future in futures:
+        await future
+
+
+def dead_letter_sender(
+    app: faust.App, topic: str, loop: asyncio.AbstractEventLoop
+) -> Callable[[list[Rejection]], None]:
+    """Return the ``before_commit`` hook that sends a batch's dead letters from its thread."""
+
+    def send(rejections: list[Rejection]) -> None:
+        future = asyncio.run_coroutine_threadsafe(send_dead_letters(app, topic, rejections), loop)
+        try:
+            future.result(timeout=60)
+        except Exception as exc:  # any failure: the batch must not commit without them
+            future.cancel()
+            raise DeadLetterError(
+                f"could not write {len(rejections)} dead letters to {topic}: {exc!r}"
+            ) from exc
+
+    return send
+
+
 def make_agent(
-    mirror: Mirror, spec: EntitySpec, settings: Settings
+    app: faust.App, mirror: Mirror, spec: EntitySpec, settings: Settings
 ) -> Callable[[faust.Stream[Any]], Any]:
     """Build the agent function that mirrors ``spec``'s topic."""
+    dlq_name = dead_letter_topic(mirror.source_topic(spec), settings.dlq_suffix)
 
     async def mirror_entity(stream: faust.Stream[Any]) -> AsyncIterator[None]:
         await retry_forever(
             f"create table {spec.table.name}", lambda: mirror.store.create_tables([spec])
         )
+        dlq = _raw_topic(app, dlq_name, settings)
+        await retry_forever(f"create topic {dlq_name}", None, coroutine=dlq.maybe_declare)
+        to_dead_letters = dead_letter_sender(app, dlq_name, asyncio.get_running_loop())
         # Pipelined: while one batch is applied (SQL, in a thread), the next one fills.
         # noack_take does not fill its buffer while its consumer holds a batch, so without
         # the hand-off the two steps would take turns. The queue holds at most one batch:
@@ -119,7 +167,7 @@ def make_agent(
         async def apply_in_order() -> None:
             while True:
                 batch = await ready.get()
-                await apply_batch(mirror, spec, batch)
+                await apply_batch(mirror, spec, batch, to_dead_letters)
                 for event in batch:
                     await stream.ack(event)
 
@@ -221,7 +269,7 @@ def register_agents(app: faust.App, mirror: Mirror, settings: Settings) -> None:
                 agent_fun
             )
             topic = _raw_topic(app, target, settings)
-        agent_fun = make_agent(mirror, spec, settings)
+        agent_fun = make_agent(app, mirror, spec, settings)
         # One instance per agent: concurrency > 1 can commit past an event still in flight
         # (faust-streaming#606).
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)

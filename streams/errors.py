@@ -29,3 +29,9 @@ class StoreUnavailableError(StoreError):
     """The SQL store could not be reached; retry with backoff."""
 
     retriable = True
+
+
+class DeadLetterError(MirrorError):
+    """Dead letters could not be written; the batch is not committed and will be retried."""
+
+    retriable = True

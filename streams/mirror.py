@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -18,7 +18,6 @@ from models.store import SqlStore
 from streams.guard import Plan, resolve
 from streams.routing import (
     Decision,
-    EntityKey,
     Outcome,
     Rejection,
     RejectReason,
@@ -97,8 +96,17 @@ class Mirror:
             topic = topic[len(self.topic_prefix) :]
         return self.registry.by_topic(topic)
 
-    def apply(self, spec: EntitySpec, records: Sequence[SourceRecord]) -> BatchResult:
-        """Apply one batch of records of one entity in one transaction."""
+    def apply(
+        self,
+        spec: EntitySpec,
+        records: Sequence[SourceRecord],
+        before_commit: Callable[[list[Rejection]], None] | None = None,
+    ) -> BatchResult:
+        """Apply one batch of records of one entity in one transaction.
+
+        ``before_commit`` gets the batch's new rejections inside the transaction, before it
+        commits (the agents send dead letters there); if it raises, nothing is committed.
+        """
         if not records:
             return BatchResult()
         decisions = route_batch(records, spec, fast_loads)  # pure work, before any lock
@@ -115,12 +123,35 @@ class Mirror:
                 if d.record.offset >= stored.get((d.record.topic, d.record.partition), 0)
             ]
             keys = list({d.key: None for d in fresh if not isinstance(d, Rejection)})
-            plan = resolve(fresh, tx.current(spec, keys))
-            refused = {r.key: r.message for r in tx.write(spec, plan)}
+            current = tx.current(spec, keys)
+            refused: dict[int, Rejection] = {}
+            while True:
+                # A write the database refuses is taken out and the batch resolved again, so
+                # an older good event of the same key still applies, as it would one by one.
+                # Writes that went through are repeated as no-ops (same version).
+                plan = resolve([d for d in fresh if id(d.record) not in refused], current)
+                refusals = tx.write(spec, plan)
+                if not refusals:
+                    break
+                for refusal in refusals:
+                    refused[id(refusal.write.record)] = Rejection(
+                        RejectReason.STORE_REFUSED,
+                        refusal.message,
+                        refusal.write.record,
+                        "StoreError",
+                    )
             result = _results(decisions, plan, refused)
             for topic, ends in next_offsets.items():
                 tx.advance(self.group, topic, ends)
             tx.add_counts(self.group, result.first_delivery_counts())
+            if before_commit is not None:
+                fresh_rejections = [
+                    r.decision
+                    for r in result.results
+                    if isinstance(r.decision, Rejection) and not r.replayed
+                ]
+                if fresh_rejections:
+                    before_commit(fresh_rejections)
         self._note(result)
         return result
 
@@ -154,10 +185,14 @@ def _next_offsets(records: Sequence[SourceRecord]) -> dict[str, dict[int, int]]:
 
 
 def _results(
-    decisions: Sequence[Decision], plan: Plan, refused: Mapping[EntityKey, str]
+    decisions: Sequence[Decision], plan: Plan, refused: Mapping[int, Rejection]
 ) -> BatchResult:
-    """Give every decision its outcome; decisions the plan never saw were replays."""
-    outcome_of = {id(decision.record): (decision, outcome) for decision, outcome in plan.outcomes}
+    """Give every decision its outcome; decisions neither planned nor refused were replays."""
+    outcome_of: dict[int, tuple[Decision, Outcome]] = {
+        id(decision.record): (decision, outcome) for decision, outcome in plan.outcomes
+    }
+    for record_id, rejection in refused.items():
+        outcome_of[record_id] = (rejection, Outcome.REJECTED)
     result = BatchResult()
     for decision in decisions:
         if id(decision.record) not in outcome_of:
@@ -166,12 +201,6 @@ def _results(
             )
             continue
         final, outcome = outcome_of[id(decision.record)]
-        if not isinstance(final, Rejection) and outcome is Outcome.APPLIED and final.key in refused:
-            # The key's write was refused: every applied event of it is rejected.
-            final = Rejection(
-                RejectReason.STORE_REFUSED, refused[final.key], final.record, "StoreError"
-            )
-            outcome = Outcome.REJECTED
         result.results.append(RecordResult(final.record, outcome, final))
     return result
 

@@ -53,6 +53,7 @@ class RejectReason(StrEnum):
     BAD_KEY = "bad_key"
     UNKNOWN_CHANGE_TYPE = "unknown_change_type"
     MAPPING_FAILED = "mapping_failed"
+    INVALID_ROW = "invalid_row"
     BAD_VERSION = "bad_version"
     UNKNOWN_TOPIC = "unknown_topic"
     STORE_REFUSED = "store_refused"
@@ -141,6 +142,9 @@ class Entity(Protocol):
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values (calls the model's ``from_kafka_event``)."""
+
+    def check_row(self, row: Mapping[str, Any]) -> str | None:
+        """Say why the table would refuse ``row`` (NOT NULL, length), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +303,9 @@ def route(record: SourceRecord, entity: Entity, loads: JsonLoads = json.loads) -
         )
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
+    problem = entity.check_row(row)
+    if problem is not None:
+        return Rejection(RejectReason.INVALID_ROW, problem, record)
     return Upsert(key=key, row=row, change_type=change, record=record, version=version)
 
 

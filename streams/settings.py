@@ -41,6 +41,7 @@ ENVIRONMENT: dict[str, str] = {
     "TOPIC_PREFIX": "",
     "ENTITY_MODULES": "models.planet",
     "DATA_DIR": "",
+    "DLQ_SUFFIX": ".dlq",
     "REPARTITION": "",
     "SESSION_TIMEOUT": "30",
     "TOMBSTONE_RETENTION": str(7 * 24 * 3600),
@@ -77,6 +78,8 @@ class Settings:
     """Modules imported at start so that their entity declarations register."""
     data_dir: str = ""
     """Faust's data directory; empty means ``<APP_ID>-data`` in the working directory."""
+    dlq_suffix: str = ".dlq"
+    """Dead letters of ``<topic>`` go to ``<topic><DLQ_SUFFIX>``."""
     repartition: tuple[str, ...] = ()
     """Entity kinds whose topics are not keyed by entity key (besides ``__repartition__``)."""
     session_timeout: float = 30.0
@@ -116,6 +119,7 @@ class Settings:
             topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
             entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),
             data_dir=env.get("DATA_DIR", "").strip(),
+            dlq_suffix=_parse_dlq_suffix(env.get("DLQ_SUFFIX", ".dlq")),
             repartition=_parse_kinds(env.get("REPARTITION", "")),
             session_timeout=_parse_float(env, "SESSION_TIMEOUT", 30.0, low=6.0, high=1800.0),
             tombstone_retention=_parse_float(
@@ -264,3 +268,11 @@ def _parse_kinds(value: str) -> tuple[str, ...]:
         if not re.match(r"^[a-z][a-z0-9_]*$", kind):
             raise SettingsError(f"REPARTITION entry {kind!r} is not an entity kind like 'planet'")
     return kinds
+
+
+def _parse_dlq_suffix(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9._-]{1,50}$", value):
+        raise SettingsError(
+            f"DLQ_SUFFIX {value!r} must be 1-50 letters, digits, '.', '_' or '-' (e.g. .dlq)"
+        )
+    return value

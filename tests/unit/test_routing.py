@@ -119,6 +119,9 @@ class Exploding:
     def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("boom")
 
+    def check_row(self, row: Any) -> str | None:
+        return None
+
 
 def test_a_mapping_that_raises_is_rejected() -> None:
     decision = route(record({"id": "x"}), Exploding())
@@ -140,6 +143,9 @@ def test_record_metadata_is_injected_into_the_event() -> None:
         def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
             seen.update(event)
             return {"id": event["id"]}
+
+        def check_row(self, row: Any) -> str | None:
+            return None
 
     route(record({"id": "a"}, offset=5), Spy())
     assert seen["kafkaRecordTimestamp"] == 1_700_000_000_005
@@ -177,6 +183,9 @@ class Versioned:
 
     def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
         return {"id": event["id"], "v": event["version"]}
+
+    def check_row(self, row: Any) -> str | None:
+        return None
 
 
 @pytest.mark.parametrize("bad", [None, "3", 1.5, True])
@@ -225,3 +234,18 @@ def test_entity_key_of_reads_the_key_from_the_event(
 ) -> None:
     raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
     assert entity_key_of(SourceRecord("t", 0, 0, 0, key, raw), PLANET) == expected
+
+
+@pytest.mark.parametrize(
+    ("event", "detail"),
+    [
+        ({"planetUuid": "p1", "changeType": "CREATED"}, "'name' is NOT NULL"),
+        ({"planetUuid": "p1", "planetName": "x" * 256}, "'name' takes at most 255 characters"),
+    ],
+)
+def test_a_row_the_table_would_refuse_is_rejected_before_any_sql(
+    event: dict[str, Any], detail: str
+) -> None:
+    decision = route(record(event), PLANET)
+    assert isinstance(decision, Rejection) and decision.reason is RejectReason.INVALID_ROW
+    assert detail in decision.detail

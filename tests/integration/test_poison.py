@@ -1,0 +1,131 @@
+"""Poison events: every kind goes to the dead-letter topic with its reason; the table is exact."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.deadletters import headers_dict
+from tests.integration.test_mirror import read_planets
+from tests.support import (
+    WorkerProcess,
+    create_topic,
+    end_offsets,
+    partitions_of,
+    produce_timed,
+    wait_caught_up,
+    worker_env,
+)
+
+POISON = {
+    "bad_encoding": lambda key: b"\xff\xfe\x00 not utf-8",
+    "bad_json": lambda key: b'{"planetUuid": "' + key.encode() + b'", oops',
+    "not_an_object": lambda key: b'["' + key.encode() + b'"]',
+    "missing_key": lambda key: json.dumps({"planetName": "nameless"}).encode(),
+    "unknown_change_type": lambda key: json.dumps(
+        {"planetUuid": key, "planetName": "x", "changeType": "ARCHIVED"}
+    ).encode(),
+    # A row the table would refuse (name is NOT NULL), caught before any SQL.
+    "invalid_row": lambda key: json.dumps({"planetUuid": key, "changeType": "CREATED"}).encode(),
+    # Accepted by the core, refused by PostgreSQL itself (no NUL in text).
+    "store_refused": lambda key: json.dumps({"planetUuid": key, "planetName": "a\x00b"}).encode(),
+}
+
+
+async def read_all(
+    bootstrap: str, topic: str
+) -> list[tuple[bytes | None, bytes | None, dict[str, str]]]:
+    ends = await end_offsets(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    out = []
+    try:
+        parts = [TopicPartition(topic, p) for p in ends]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        while len(out) < sum(ends.values()):
+            batch = await consumer.getmany(timeout_ms=2000)
+            for messages in batch.values():
+                for m in messages:
+                    out.append((m.key, m.value, headers_dict(list(m.headers))))
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_poison_events_are_dead_lettered_with_their_reason(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    rng = random.Random(17)
+    keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(300)]
+    items: list[tuple[bytes | None, bytes | None, int | None]] = []
+    expected: dict[str, str] = {}
+    kinds = [kind for kind in POISON for _ in range(1_000)]
+    # Deterministic kinds are dead-lettered every time. A row only the database refuses is
+    # dead-lettered when it is the write its batch keeps for its key; one superseded in its
+    # batch by a newer event never reaches the database (folded, like any older event).
+    exact = set(POISON) - {"store_refused"}
+    good = 4_000
+    plan = ["good"] * good + kinds
+    rng.shuffle(plan)
+    for i, kind in enumerate(plan):
+        key = rng.choice(keys)
+        if kind == "good":
+            value = json.dumps({"planetUuid": key, "planetName": f"n{i}"}).encode()
+        else:
+            value = POISON[kind](key)
+        items.append((key.encode(), value, None))
+    positions = await produce_timed(kafka_bootstrap, topic, items)
+    # Expected state: good events in order per key (keyed by entity: one partition each).
+    for (key, value, _), kind in zip(items, plan, strict=True):
+        if kind == "good":
+            assert key is not None and value is not None
+            expected[key.decode()] = json.loads(value)["planetName"]
+    app_id = f"poison-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+    finally:
+        worker.stop()
+    assert read_planets(pg_url) == expected
+
+    dlq = f"{topic}.dlq"
+    assert await partitions_of(kafka_bootstrap, dlq)
+    letters = await read_all(kafka_bootstrap, dlq)
+    by_position = {
+        (int(h["dlq.source.partition"]), int(h["dlq.source.offset"])): (key, value, h)
+        for key, value, h in letters
+    }
+    assert len(by_position) == len(letters)  # no poison event dead-lettered twice
+    reasons: dict[str, int] = {}
+    for (key, value, _), kind, (_, partition, offset) in zip(items, plan, positions, strict=True):
+        if kind == "good":
+            assert (partition, offset) not in by_position
+            continue
+        if kind not in exact and (partition, offset) not in by_position:
+            continue
+        dl_key, dl_value, headers = by_position[(partition, offset)]
+        assert (dl_key, dl_value) == (key, value)  # original bytes, unchanged
+        assert headers["dlq.reason"] == kind
+        assert headers["dlq.source.topic"] == topic
+        assert headers["dlq.detail"]
+        assert int(headers["dlq.source.timestamp"]) > 0
+        reasons[kind] = reasons.get(kind, 0) + 1
+    assert {k: n for k, n in reasons.items() if k in exact} == {kind: 1_000 for kind in exact}
+    assert reasons["store_refused"] > 100
+    assert len(letters) == sum(reasons.values())
+    assert "Traceback" not in worker.log_path.read_text()
