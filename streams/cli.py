@@ -96,6 +96,46 @@ def cmd_show(settings: Settings, kind: str, wait: float) -> int:
     return 0
 
 
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    """List or redrive the dead letters of one entity's topic."""
+    from models.registry import default_registry
+    from streams.deadletters import dead_letter_topic
+    from streams.redrive import Selection, read_dead_letters, redrive
+    from streams.worker import load_entities
+
+    load_entities(settings, default_registry)
+    spec = default_registry.by_kind(args.kind)
+    if spec is None:
+        known = ", ".join(s.kind for s in default_registry)
+        raise MirrorError(f"unknown kind {args.kind!r}; declared kinds: {known}")
+    topic = dead_letter_topic(f"{settings.topic_prefix}{spec.topic}", settings.dlq_suffix)
+    selection = Selection(args.reason, args.partition, args.from_offset, args.to_offset)
+    if args.action == "redrive":
+        sent = asyncio.run(redrive(settings, topic, selection, dry_run=args.dry_run))
+        verb = "would redrive" if args.dry_run else "redrove"
+        detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(sent.items())) or "nothing"
+        print(f"{verb} {sum(sent.values())} dead letters from {topic} ({detail})")
+        return 0
+
+    async def show() -> int:
+        shown = 0
+        async for letter in read_dead_letters(settings, topic):
+            if not selection.takes(letter):
+                continue
+            shown += 1
+            if shown <= args.limit:
+                info = letter.info
+                print(
+                    f"{topic}[{letter.partition}]@{letter.offset} from "
+                    f"[{info.get('dlq.source.partition')}]@{info.get('dlq.source.offset')} "
+                    f"{info.get('dlq.reason')}: {info.get('dlq.detail', '')[:120]}"
+                )
+        print(f"{shown} dead letters in {topic}" + (" (selected)" if shown else ""))
+        return 0
+
+    return asyncio.run(show())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line."""
     parser = argparse.ArgumentParser(prog="python -m streams")
@@ -105,11 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     p_show = sub.add_parser("show", help="print the mirrored rows of an entity")
     p_show.add_argument("kind", nargs="?", default="planet")
     p_show.add_argument("--wait", type=float, default=0.0, help="wait up to S s for rows")
+    p_dlq = sub.add_parser("dlq", help="list or redrive dead letters")
+    p_dlq.add_argument("action", choices=["list", "redrive"])
+    p_dlq.add_argument("kind", nargs="?", default="planet")
+    p_dlq.add_argument("--reason", help="only dead letters with this dlq.reason")
+    p_dlq.add_argument("--partition", type=int, help="only this source partition")
+    p_dlq.add_argument("--from-offset", type=int, help="only source offsets from this one")
+    p_dlq.add_argument("--to-offset", type=int, help="only source offsets up to this one")
+    p_dlq.add_argument("--dry-run", action="store_true", help="redrive: count, send nothing")
+    p_dlq.add_argument("--limit", type=int, default=50, help="list: show at most N")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
         if args.command == "sample-events":
             return cmd_sample_events(settings, args.count)
+        if args.command == "dlq":
+            return cmd_dlq(settings, args)
         return cmd_show(settings, args.kind, args.wait)
     except MirrorError as exc:
         print(f"error: {exc}", file=sys.stderr)

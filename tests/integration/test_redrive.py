@@ -1,0 +1,112 @@
+"""Dead letters can be listed and, after a fix, redriven to their source topic and applied."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from models.planet import Planet
+from models.registry import build_spec
+from models.store import SqlStore
+from tests.integration.test_mirror import read_planets
+from tests.support import ROOT, WorkerProcess, create_topic, produce, wait_caught_up, worker_env
+
+PLANET = build_spec(Planet)
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_redrive_after_a_fix_applies_the_dead_letters(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    # The table exists with a constraint the model does not know: the database refuses
+    # planets named "forbidden" (store_refused) until the constraint is dropped.
+    SqlStore.from_url(pg_url).create_tables([PLANET])
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE servicea_planet"
+                " ADD CONSTRAINT no_forbidden CHECK (name <> 'forbidden')"
+            )
+        )
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    good = {f"good-{i}": f"name-{i}" for i in range(200)}
+    forbidden = [f"forbidden-{i}" for i in range(50)]
+    items = [
+        (k.encode(), json.dumps({"planetUuid": k, "planetName": n}).encode())
+        for k, n in good.items()
+    ]
+    items += [
+        (k.encode(), json.dumps({"planetUuid": k, "planetName": "forbidden"}).encode())
+        for k in forbidden
+    ]
+    items += [(b"x", b"not json at all")] * 5
+    await produce(kafka_bootstrap, topic, items)
+
+    app_id = f"redrive-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        assert read_planets(pg_url) == good
+
+        listed = cli(env, "dlq", "list", "--reason", "store_refused", "--limit", "3")
+        assert listed.returncode == 0, listed.stderr
+        assert "50 dead letters" in listed.stdout and "store_refused" in listed.stdout
+
+        dry = cli(env, "dlq", "redrive", "--dry-run")
+        assert "would redrive 55 dead letters" in dry.stdout
+        assert "bad_json: 5" in dry.stdout and "store_refused: 50" in dry.stdout
+
+        with engine.begin() as conn:  # the fix
+            conn.execute(text("ALTER TABLE servicea_planet DROP CONSTRAINT no_forbidden"))
+        sent = cli(env, "dlq", "redrive", "--reason", "store_refused")
+        assert sent.returncode == 0, sent.stderr
+        assert "redrove 50 dead letters" in sent.stdout
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        assert read_planets(pg_url) == {**good, **{k: "forbidden" for k in forbidden}}
+    finally:
+        worker.stop()
+        engine.dispose()
+
+
+def test_dlq_commands_fail_with_one_clear_line(kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {
+        "KAFKA_BROKER": f"kafka://{kafka_bootstrap.split(',')[0]}",
+        "TOPIC_PREFIX": f"none-{uuid.uuid4().hex[:6]}.",
+    }
+    unknown = cli(env, "dlq", "list", "moon")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines() == [
+        "error: unknown kind 'moon'; declared kinds: planet"
+    ]
+    missing = cli(env, "dlq", "list")
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    down = cli({"KAFKA_BROKER": "kafka://127.0.0.1:1"}, "dlq", "list")
+    assert down.returncode == 1
+    assert "cannot reach Kafka" in down.stderr and "Traceback" not in down.stderr
