@@ -19,6 +19,7 @@ import faust
 from faust.types import EventT
 
 from models.registry import EntitySpec
+from streams import metrics
 from streams.deadletters import dead_letter_headers, dead_letter_topic
 from streams.errors import DeadLetterError, MirrorError
 from streams.mirror import BatchResult, Mirror, fast_loads
@@ -162,12 +163,14 @@ def make_agent(
         # the hand-off the two steps would take turns. The queue holds at most one batch:
         # back-pressure. A batch is acked only after its own transaction committed, and
         # batches are applied in the order they were read.
-        ready: asyncio.Queue[list[EventT[Any]]] = asyncio.Queue(maxsize=1)
+        ready: asyncio.Queue[tuple[list[EventT[Any]], float]] = asyncio.Queue(maxsize=1)
 
         async def apply_in_order() -> None:
             while True:
-                batch = await ready.get()
+                batch, read_at = await ready.get()
                 await apply_batch(mirror, spec, batch, to_dead_letters)
+                metrics.BATCH_SIZE.labels(spec.kind).observe(len(batch))
+                metrics.BATCH_SECONDS.labels(spec.kind).observe(time.perf_counter() - read_at)
                 for event in batch:
                     await stream.ack(event)
 
@@ -176,7 +179,7 @@ def make_agent(
             async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait):
                 if applier.done():
                     applier.result()  # re-raise what stopped it (never expected)
-                await ready.put(list(events))
+                await ready.put((list(events), time.perf_counter()))
                 yield None
         finally:
             applier.cancel()

@@ -7,6 +7,7 @@ the command line) goes through, so the changeType semantics live in exactly one 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import orjson
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
+from streams import metrics
 from streams.guard import Plan, resolve
 from streams.routing import (
     Decision,
@@ -83,6 +85,8 @@ class Mirror:
         #: Outcomes of this process (the durable totals are in the store).
         self.counts: Counter[tuple[str, Outcome]] = Counter()
         self.replayed = 0
+        #: Next offset to apply per (topic, partition), as committed by this process.
+        self.positions: dict[tuple[str, int], int] = {}
 
     def source_topic(self, spec: EntitySpec) -> str:
         """Return the real topic name of ``spec`` (with the configured prefix)."""
@@ -111,6 +115,7 @@ class Mirror:
             return BatchResult()
         decisions = route_batch(records, spec, fast_loads)  # pure work, before any lock
         next_offsets = _next_offsets(records)
+        started = time.perf_counter()
         with self.store.transaction(_describe(spec, records)) as tx:
             stored = {
                 (topic, partition): offset
@@ -152,16 +157,23 @@ class Mirror:
                 ]
                 if fresh_rejections:
                     before_commit(fresh_rejections)
-        self._note(result)
+        metrics.SQL_SECONDS.labels(spec.kind).observe(time.perf_counter() - started)
+        for topic, ends in next_offsets.items():
+            for partition, offset in ends.items():
+                key = (topic, partition)
+                self.positions[key] = max(offset, self.positions.get(key, 0))
+        self._note(spec, result)
         return result
 
-    def _note(self, result: BatchResult) -> None:
-        """Count and log a committed batch's outcomes."""
+    def _note(self, spec: EntitySpec, result: BatchResult) -> None:
+        """Count (per batch, not per event: this is the hot path) and log the outcomes."""
+        batch_counts: Counter[tuple[str, Outcome]] = Counter()
+        replayed: Counter[str] = Counter()
         for item in result.results:
             if item.replayed:
-                self.replayed += 1
+                replayed[item.record.topic] += 1
                 continue
-            self.counts[(item.record.topic, item.outcome)] += 1
+            batch_counts[(item.record.topic, item.outcome)] += 1
             if isinstance(item.decision, Rejection):
                 log.error(
                     "%s",
@@ -173,6 +185,12 @@ class Mirror:
                         "reason": item.decision.reason.value,
                     },
                 )
+        self.counts.update(batch_counts)
+        for (topic, outcome), n in batch_counts.items():
+            metrics.EVENTS.labels(spec.kind, topic, outcome.value).inc(n)
+        for topic, n in replayed.items():
+            self.replayed += n
+            metrics.REPLAYED.labels(spec.kind, topic).inc(n)
 
 
 def _next_offsets(records: Sequence[SourceRecord]) -> dict[str, dict[int, int]]:

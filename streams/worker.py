@@ -16,6 +16,7 @@ from streams.errors import SettingsError
 from streams.mirror import Mirror
 from streams.preflight import broker_problem, web_port_problem
 from streams.settings import Settings
+from streams.web import register_pages
 
 
 def load_entities(settings: Settings, registry: Registry = default_registry) -> Registry:
@@ -89,4 +90,5 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     app.mirror_settings = settings
     register_agents(app, mirror, settings)
     register_tombstone_purge(app, mirror, settings)
+    register_pages(app, mirror)
     return app

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -23,6 +26,15 @@ from tests.support import (
     wait_caught_up,
     worker_env,
 )
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET ``url``; return status and body (error statuses too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def read_planets(database_url: str) -> dict[str, str]:
@@ -88,10 +100,23 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
             worker.assert_alive()
             assert time.monotonic() < deadline, "the worker did not create its topic"
             await asyncio.sleep(0.2)
-        events = planet_stream(300, 20, seed=11)
+        events = planet_stream(300, 20, seed=11, poison_every=50)
         await produce(kafka_bootstrap, topic, ((e.key.encode(), e.value) for e in events))
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         assert read_planets(sqlite_url) == expected_planets(events)
+
+        base = f"http://127.0.0.1:{env['WEB_PORT']}"
+        status, body = await asyncio.to_thread(http_get, f"{base}/health")
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        status, body = await asyncio.to_thread(http_get, f"{base}/ready")
+        assert status == 200 and json.loads(body)["ready"] is True
+        status, body = await asyncio.to_thread(http_get, f"{base}/metrics")
+        assert status == 200
+        poison = sum(1 for e in events if e.poison)
+        labels = f'entity="planet",outcome="rejected",topic="{topic}"'
+        assert f"mirror_events_total{{{labels}}} {float(poison)}" in body
+        assert "mirror_batch_seconds_bucket" in body and "mirror_sql_transaction_seconds" in body
+        assert f'mirror_consumer_lag{{partition="0",topic="{topic}"}}' in body
     finally:
         worker.stop()
 

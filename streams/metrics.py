@@ -1,0 +1,49 @@
+"""Prometheus metrics of a worker, served at ``/metrics`` (prometheus_client's text format).
+
+One registry per process; counters start at zero when the worker starts (durable totals of
+outcomes are in the ``mirror_outcomes`` table).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+registry = CollectorRegistry()
+
+EVENTS = Counter(
+    "mirror_events",
+    "Consumed records by entity, topic and outcome (applied, skipped, rejected).",
+    ["entity", "topic", "outcome"],
+    registry=registry,
+)
+REPLAYED = Counter(
+    "mirror_replayed_records",
+    "Records delivered again below the stored offset (already applied; no effect).",
+    ["entity", "topic"],
+    registry=registry,
+)
+BATCH_SIZE = Histogram(
+    "mirror_batch_size",
+    "Records per applied batch.",
+    ["entity"],
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
+    registry=registry,
+)
+BATCH_SECONDS = Histogram(
+    "mirror_batch_seconds",
+    "Time from a batch being read to its transaction committing, retries included.",
+    ["entity"],
+    registry=registry,
+)
+SQL_SECONDS = Histogram(
+    "mirror_sql_transaction_seconds",
+    "Time of one batch's SQL transaction (read versions, write, store offsets, commit).",
+    ["entity"],
+    registry=registry,
+)
+LAG = Gauge(
+    "mirror_consumer_lag",
+    "Records in the partition not yet applied (high watermark minus next offset to apply).",
+    ["topic", "partition"],
+    registry=registry,
+)
