@@ -1,0 +1,138 @@
+"""Broker faults: a restarted single broker, and a lost broker of a 3-node cluster (RF 3).
+
+The worker carries on or resumes by itself, and the table ends exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from devservices import kafka as dev_kafka
+from models.planet import Planet
+from models.registry import build_spec
+from models.store import SqlStore
+from tests.support import (
+    WorkerProcess,
+    chaotic_stream,
+    create_topic,
+    end_offsets,
+    expected_state,
+    produce_timed,
+    worker_env,
+)
+
+PLANET = build_spec(Planet)
+
+
+async def wait_progress(store: SqlStore, group: str, worker: WorkerProcess, at_least: int) -> None:
+    deadline = time.monotonic() + 120
+    while sum(store.stored_offsets(group).values()) < at_least:
+        worker.assert_alive()
+        assert time.monotonic() < deadline, worker.tail()
+        await asyncio.sleep(0.1)
+
+
+async def wait_applied(
+    store: SqlStore, group: str, topic: str, total: int, worker: WorkerProcess
+) -> None:
+    deadline = time.monotonic() + 240
+    while sum(o for (t, _), o in store.stored_offsets(group).items() if t == topic) < total:
+        worker.assert_alive()
+        assert time.monotonic() < deadline, worker.tail()
+        await asyncio.sleep(0.2)
+
+
+def table_state(store: SqlStore) -> dict[str, str]:
+    return {str(k): str(v["name"]) for k, v in store.rows(PLANET).items()}
+
+
+@pytest.mark.slow
+async def test_the_worker_resumes_after_the_broker_restarts(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    if not dev_kafka.is_running(1) or kafka_bootstrap != dev_kafka.bootstrap_servers(1):
+        pytest.fail("the broker restart test restarts the local broker; unset KAFKA_BROKER")
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    sent = chaotic_stream(20_000, 300, seed=8)
+    positions = await produce_timed(
+        kafka_bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent)
+    )
+    app_id = f"faults-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+        BATCH_SIZE="200",
+    )
+    store = SqlStore.from_url(pg_url)
+    store.create_tables([PLANET])
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        await wait_progress(store, app_id, worker, at_least=1)
+        dev_kafka.stop_node(1, 1)
+        assert not dev_kafka.is_running(1)
+        assert sum(store.stored_offsets(app_id).values()) < len(sent)  # really mid-stream
+        dev_kafka.start_node(1, 1)
+        await wait_applied(store, app_id, topic, len(sent), worker)
+        assert worker.starts == 1
+        assert table_state(store) == expected_state(sent, positions)
+        assert sum(store.outcome_counts(app_id).values()) == len(sent)
+    finally:
+        worker.stop()
+        store.dispose()
+        dev_kafka.start(1)  # whatever happened, leave the broker up for the next tests
+
+
+@pytest.mark.slow
+async def test_losing_one_broker_of_three_loses_nothing(
+    kafka_cluster_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_cluster_bootstrap, topic, partitions=4, replicas=3)
+    sent = chaotic_stream(10_000, 300, seed=9)
+    app_id = f"faults3-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_cluster_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+        BATCH_SIZE="200",
+        TOPIC_REPLICAS="3",
+    )
+    env["KAFKA_BROKER"] = ";".join(f"kafka://{h}" for h in kafka_cluster_bootstrap.split(","))
+    store = SqlStore.from_url(pg_url)
+    store.create_tables([PLANET])
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    positions = await produce_timed(
+        kafka_cluster_bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent[:5_000])
+    )
+    worker.start()
+    try:
+        await wait_progress(store, app_id, worker, at_least=1)
+        # A broker goes away while the worker consumes; the second half of the stream is
+        # produced and consumed without it (RF 3, min ISR 2).
+        dev_kafka.stop_node(3, 2)
+        positions += await produce_timed(
+            ",".join(h for h in kafka_cluster_bootstrap.split(",") if not h.endswith(":19094")),
+            topic,
+            ((s.key, s.value, s.timestamp) for s in sent[5_000:]),
+        )
+        ends = await end_offsets(kafka_cluster_bootstrap.split(",")[0], topic)
+        assert sum(ends.values()) == len(sent)
+        await wait_applied(store, app_id, topic, len(sent), worker)
+        assert worker.starts == 1
+        assert table_state(store) == expected_state(sent, positions)
+    finally:
+        worker.stop()
+        store.dispose()
+        dev_kafka.start_node(3, 2)
