@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 import uuid
@@ -96,6 +97,87 @@ def cmd_show(settings: Settings, kind: str, wait: float) -> int:
     return 0
 
 
+def _entity(settings: Settings, kind: str) -> tuple[Any, Any]:
+    """Return the Mirror and the spec of ``kind``, or fail naming the declared kinds."""
+    from streams.worker import build_mirror
+
+    mirror = build_mirror(settings)
+    spec = mirror.registry.by_kind(kind)
+    if spec is None:
+        known = ", ".join(s.kind for s in mirror.registry)
+        raise MirrorError(f"unknown kind {kind!r}; declared kinds: {known}")
+    return mirror, spec
+
+
+def cmd_status(settings: Settings) -> int:
+    """Print committed, stored and end offsets with the lag per partition, and table rows."""
+    from streams import operations
+    from streams.worker import build_mirror
+
+    mirror = build_mirror(settings)
+
+    async def gather() -> list[str]:
+        lines = []
+        stored = await asyncio.to_thread(mirror.store.stored_offsets, settings.app_id)
+        for spec in mirror.registry:
+            topic = mirror.source_topic(spec)
+            partitions = await operations.partitions_of(settings, topic)
+            if not partitions:
+                lines.append(f"{topic}: topic does not exist yet")
+                continue
+            ends = await operations.end_offsets(settings, topic, partitions)
+            committed = await operations.committed_offsets(settings, settings.app_id, topic)
+            lines.append(f"{topic} (group {settings.app_id}):")
+            lines.append("  partition  committed  applied        end        lag")
+            for p in partitions:
+                done = stored.get((topic, p), 0)
+                lines.append(
+                    f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
+                    f"  {ends[p] - done:>9}"
+                )
+            rows = await asyncio.to_thread(mirror.store.count, spec)
+            lines.append(f"  table {spec.table.name}: {rows} rows")
+        return lines
+
+    mirror.store.create_tables(list(mirror.registry))
+    for line in asyncio.run(gather()):
+        print(line)
+    mirror.store.dispose()
+    return 0
+
+
+def cmd_verify(settings: Settings, kind: str, limit: int) -> int:
+    """Compare the table with the state its topic implies; exit 1 when they differ."""
+    from streams import operations
+
+    mirror, spec = _entity(settings, kind)
+    mirror.store.create_tables([spec])
+    progress = operations.Progress(f"verify {spec.kind}")
+    expected = asyncio.run(operations.expected_state(settings, mirror, spec, progress))
+    actual = mirror.store.rows(spec)
+    found = operations.differences(spec, expected, actual)
+    for line in found[:limit]:
+        print(line)
+    mirror.store.dispose()
+    if found:
+        print(f"{spec.table.name} differs from {mirror.source_topic(spec)} in {len(found)} rows")
+        return 1
+    print(f"{spec.table.name} matches {mirror.source_topic(spec)}: {len(actual)} rows")
+    return 0
+
+
+def cmd_rebuild(settings: Settings, kind: str) -> int:
+    """Empty the table of ``kind`` and replay its topic from the beginning."""
+    from streams import operations
+
+    mirror, spec = _entity(settings, kind)
+    replayed = asyncio.run(operations.rebuild(settings, mirror, spec))
+    rows = mirror.store.count(spec)
+    mirror.store.dispose()
+    print(f"rebuilt {spec.table.name} from {replayed} records: {rows} rows")
+    return 0
+
+
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     """List or redrive the dead letters of one entity's topic."""
     from models.registry import default_registry
@@ -154,13 +236,27 @@ def main(argv: list[str] | None = None) -> int:
     p_dlq.add_argument("--to-offset", type=int, help="only source offsets up to this one")
     p_dlq.add_argument("--dry-run", action="store_true", help="redrive: count, send nothing")
     p_dlq.add_argument("--limit", type=int, default=50, help="list: show at most N")
+    sub.add_parser("status", help="offsets and lag per partition, rows per table")
+    p_verify = sub.add_parser("verify", help="compare a table with its topic; exit 1 if differ")
+    p_verify.add_argument("kind", nargs="?", default="planet")
+    p_verify.add_argument("--limit", type=int, default=50, help="show at most N differences")
+    p_rebuild = sub.add_parser("rebuild", help="empty a table and replay its topic")
+    p_rebuild.add_argument("kind", nargs="?", default="planet")
     args = parser.parse_args(argv)
+    # aiokafka logs each refused connection; the command says what to fix, once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env()
         if args.command == "sample-events":
             return cmd_sample_events(settings, args.count)
         if args.command == "dlq":
             return cmd_dlq(settings, args)
+        if args.command == "status":
+            return cmd_status(settings)
+        if args.command == "verify":
+            return cmd_verify(settings, args.kind, args.limit)
+        if args.command == "rebuild":
+            return cmd_rebuild(settings, args.kind)
         return cmd_show(settings, args.kind, args.wait)
     except MirrorError as exc:
         print(f"error: {exc}", file=sys.stderr)

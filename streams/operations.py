@@ -1,0 +1,238 @@
+"""Operator commands: ``status``, ``verify KIND`` and ``rebuild KIND``.
+
+``verify`` and ``rebuild`` read the entity topic from the beginning and run it through the
+same core as the workers (route, version guard), so what they expect is exactly what the
+workers must have produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete
+
+from models.registry import EntitySpec
+from models.store import offsets_table
+from streams.errors import MirrorError
+from streams.guard import Current, resolve
+from streams.mirror import Mirror, fast_loads
+from streams.routing import EntityKey, SourceRecord, route
+from streams.settings import Settings
+
+
+async def _admin_call(settings: Settings, call: Callable[[Any], Any]) -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=15_000)
+    try:
+        await asyncio.wait_for(admin.start(), timeout=20)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await admin.close()
+        raise MirrorError(
+            f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
+            "start the broker or fix KAFKA_BROKER"
+        ) from None
+    try:
+        return await call(admin)
+    finally:
+        await admin.close()
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    """Return the partitions of ``topic`` ([] when missing; never creates it)."""
+
+    async def call(admin: Any) -> list[int]:
+        if topic not in await admin.list_topics():
+            return []
+        for item in await admin.describe_topics([topic]):
+            if item.get("topic") == topic and not item.get("error_code"):
+                return sorted(int(p["partition"]) for p in item.get("partitions", []))
+        return []
+
+    result: list[int] = await _admin_call(settings, call)
+    return result
+
+
+async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Return the end offset of each partition."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_hosts)
+    await consumer.start()
+    await asyncio.sleep(0)  # let aiokafka's coordinator task start before any stop()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: int(o) for tp, o in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """Return the consumer group's committed offsets on ``topic``."""
+
+    async def call(admin: Any) -> dict[int, int]:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+    result: dict[int, int] = await _admin_call(settings, call)
+    return result
+
+
+async def read_topic(
+    settings: Settings, topic: str, progress: Progress | None = None
+) -> AsyncIterator[list[SourceRecord]]:
+    """Yield the topic's records in batches, from the beginning to its current end."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    partitions = await partitions_of(settings, topic)
+    if not partitions:
+        raise MirrorError(f"topic {topic!r} does not exist")
+    ends = await end_offsets(settings, topic, partitions)
+    if progress is not None:
+        progress.total = sum(ends.values())
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_hosts,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        remaining = {p: end for p, end in ends.items() if end > 0}
+        idle = 0
+        while remaining and idle < 10:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            idle = 0 if batch else idle + 1
+            records = []
+            for tp, messages in batch.items():
+                for m in messages:
+                    if m.offset < ends[tp.partition]:
+                        records.append(
+                            SourceRecord(
+                                m.topic,
+                                m.partition,
+                                m.offset,
+                                m.timestamp,
+                                m.key,
+                                m.value,
+                                tuple(m.headers or ()),
+                            )
+                        )
+                    if m.offset + 1 >= ends[tp.partition]:
+                        remaining.pop(tp.partition, None)
+            if records:
+                if progress is not None:
+                    progress.advance(len(records))
+                yield records
+    finally:
+        await consumer.stop()
+        if progress is not None:
+            progress.done()
+
+
+@dataclass
+class Progress:
+    """A one-line progress bar on stderr (plain lines every 10 % when not a terminal)."""
+
+    label: str
+    total: int = 0
+    seen: int = 0
+    _last_decile: int = -1
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` more records."""
+        self.seen += n
+        share = self.seen / self.total if self.total else 1.0
+        if sys.stderr.isatty():
+            bar = "#" * int(30 * share)
+            print(
+                f"\r{self.label} [{bar:<30}] {self.seen:,}/{self.total:,}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif int(share * 10) != self._last_decile:
+            self._last_decile = int(share * 10)
+            print(f"{self.label}: {self.seen:,}/{self.total:,}", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        """End the bar's line."""
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+
+
+async def expected_state(
+    settings: Settings, mirror: Mirror, spec: EntitySpec, progress: Progress | None = None
+) -> dict[EntityKey, dict[str, Any]]:
+    """Replay the entity topic through the core in memory: the rows the table must hold."""
+    state: dict[EntityKey, Current] = {}
+    rows: dict[EntityKey, dict[str, Any]] = {}
+    async for records in read_topic(settings, mirror.source_topic(spec), progress):
+        plan = resolve([route(r, spec, fast_loads) for r in records], state)
+        for key, upsert in plan.upserts.items():
+            rows[key] = dict(upsert.row)
+            state[key] = Current(row=upsert.version)
+        for key, removal in plan.deletes.items():
+            rows.pop(key, None)
+            state[key] = Current(tombstone=removal.version)
+    return rows
+
+
+def differences(
+    spec: EntitySpec,
+    expected: dict[EntityKey, dict[str, Any]],
+    actual: dict[EntityKey, dict[str, Any]],
+) -> list[str]:
+    """Describe how the table differs from the expected rows (bookkeeping columns ignored)."""
+    lines = []
+    for key in sorted(set(expected) | set(actual), key=str):
+        want, got = expected.get(key), actual.get(key)
+        if want is None:
+            lines.append(f"extra row {key!r}: {_visible(got)}")
+        elif got is None:
+            lines.append(f"missing row {key!r}: {want}")
+        else:
+            changed = {c: (v, got.get(c)) for c, v in want.items() if got.get(c) != v}
+            if changed:
+                detail = ", ".join(
+                    f"{c}: table {g!r}, topic {w!r}" for c, (w, g) in changed.items()
+                )
+                lines.append(f"row {key!r} differs: {detail}")
+    return lines
+
+
+def _visible(row: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (row or {}).items() if not k.startswith("mirror_")}
+
+
+async def rebuild(settings: Settings, mirror: Mirror, spec: EntitySpec) -> int:
+    """Empty the entity's table and tombstones and apply its topic again from the start.
+
+    Runs as its own consumer group (``<APP_ID>.rebuild``), through the same Mirror: safe
+    while workers run, since the version guard keeps the newest state whoever applies it.
+    """
+    group = f"{settings.app_id}.rebuild"
+    topic = mirror.source_topic(spec)
+    mirror.store.create_tables([spec])
+    with mirror.store.engine.begin() as conn:
+        conn.execute(delete(spec.table))
+        conn.execute(delete(spec.tombstone_table))
+        conn.execute(
+            delete(offsets_table).where(
+                offsets_table.c.consumer_group == group, offsets_table.c.topic == topic
+            )
+        )
+    rebuilder = Mirror(mirror.registry, mirror.store, group=group, topic_prefix=mirror.topic_prefix)
+    progress = Progress(f"rebuild {spec.kind}")
+    applied = 0
+    async for records in read_topic(settings, topic, progress):
+        applied += len(records)
+        await asyncio.to_thread(rebuilder.apply, spec, records)
+    return applied

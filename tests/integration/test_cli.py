@@ -1,0 +1,117 @@
+"""The operator's command line: status, verify, rebuild, and their error paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+from tests.integration.test_mirror import read_planets
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    create_topic,
+    expected_planets,
+    planet_stream,
+    produce,
+    wait_caught_up,
+    worker_env,
+)
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+async def test_status_verify_and_rebuild(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    events = planet_stream(2_000, 60, seed=21, poison_every=40)
+    await produce(kafka_bootstrap, topic, ((e.key.encode(), e.value) for e in events))
+    app_id = f"cli-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+    finally:
+        worker.stop()
+    expected = expected_planets(events)
+    assert read_planets(pg_url) == expected
+
+    status = cli(env, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"{topic} (group {app_id}):" in status.stdout
+    assert f"table servicea_planet: {len(expected)} rows" in status.stdout
+    lag_column = [
+        line.split()[-1] for line in status.stdout.splitlines() if line.strip()[:1].isdigit()
+    ]
+    assert lag_column == ["0", "0", "0", "0"]
+
+    verify = cli(env, "verify", "planet")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert f"matches {topic}: {len(expected)} rows" in verify.stdout
+
+    victim, gone = sorted(expected)[:2]
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE servicea_planet SET name = 'tampered' WHERE uuid = :u"), {"u": victim}
+        )
+        conn.execute(text("DELETE FROM servicea_planet WHERE uuid = :u"), {"u": gone})
+        conn.execute(text("INSERT INTO servicea_planet VALUES ('ghost', 'boo', 0, 0, 0)"))
+    engine.dispose()
+    broken = cli(env, "verify", "planet")
+    assert broken.returncode == 1
+    assert f"row '{victim}' differs: name: table 'tampered'" in broken.stdout
+    assert f"missing row '{gone}'" in broken.stdout
+    assert "extra row 'ghost'" in broken.stdout
+    assert "differs from" in broken.stdout and "in 3 rows" in broken.stdout
+
+    rebuilt = cli(env, "rebuild", "planet")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"rebuilt servicea_planet from {len(events)} records: {len(expected)} rows" in (
+        rebuilt.stdout
+    )
+    assert read_planets(pg_url) == expected
+    assert cli(env, "verify", "planet").returncode == 0
+
+
+def test_cli_errors_are_one_clear_line(kafka_bootstrap: str, tmp_path: Path) -> None:
+    base = {
+        "KAFKA_BROKER": f"kafka://{kafka_bootstrap.split(',')[0]}",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+        "TOPIC_PREFIX": f"none-{uuid.uuid4().hex[:6]}.",
+    }
+    cases = [
+        (base, ["verify", "moon"], "error: unknown kind 'moon'; declared kinds: planet"),
+        (base, ["rebuild", "moon"], "error: unknown kind 'moon'; declared kinds: planet"),
+        (base, ["verify", "planet"], "does not exist"),
+        ({**base, "KAFKA_BROKER": "kafka://127.0.0.1:1"}, ["status"], "cannot reach Kafka"),
+        ({**base, "DATABASE_URL": "nonsense"}, ["status"], "DATABASE_URL"),
+    ]
+    for env, args, message in cases:
+        done = cli(env, *args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
+        assert message in lines[0], (args, lines[0])
