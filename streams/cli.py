@@ -43,7 +43,10 @@ async def _publish(settings: Settings, topic: str, events: Sequence[tuple[str, A
     from aiokafka.errors import KafkaError
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker_hosts, acks="all", request_timeout_ms=10_000
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        acks="all",
+        request_timeout_ms=10_000,
     )
     try:
         await asyncio.wait_for(producer.start(), timeout=15)

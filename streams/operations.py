@@ -28,7 +28,11 @@ async def _admin_call(settings: Settings, call: Callable[[Any], Any]) -> Any:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        request_timeout_ms=15_000,
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout=20)
     except (KafkaError, OSError, TimeoutError) as exc:
@@ -62,7 +66,9 @@ async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> 
     """Return the end offset of each partition."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_hosts)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_hosts, **settings.kafka_client_options()
+    )
     await consumer.start()
     await asyncio.sleep(0)  # let aiokafka's coordinator task start before any stop()
     try:
@@ -97,6 +103,7 @@ async def read_topic(
         progress.total = sum(ends.values())
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )

@@ -35,7 +35,11 @@ async def broker_problem(settings: Settings, timeout: float = 20.0) -> str | Non
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
-    client = AIOKafkaClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=10_000)
+    client = AIOKafkaClient(
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        request_timeout_ms=10_000,
+    )
     # aiokafka logs each refused connection at error level; the caller says it once.
     aiokafka_log = logging.getLogger("aiokafka")
     level = aiokafka_log.level

@@ -23,6 +23,7 @@ from streams.deadletters import (
     headers_dict,
 )
 from streams.errors import MirrorError
+from streams.operations import partitions_of
 from streams.routing import ORIGIN_HEADER, Origin
 from streams.settings import Settings
 
@@ -87,6 +88,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -96,7 +98,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
         await consumer.stop()
         raise MirrorError(f"cannot reach Kafka at {settings.kafka_broker}: {exc!r}") from None
     try:
-        partitions = await _partitions_of(settings, topic)
+        partitions = await partitions_of(settings, topic)
         if not partitions:
             raise MirrorError(f"dead-letter topic {topic!r} does not exist")
         parts = [TopicPartition(topic, p) for p in partitions]
@@ -120,27 +122,6 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
         await consumer.stop()
 
 
-async def _partitions_of(settings: Settings, topic: str) -> list[int]:
-    """Return the partitions of ``topic``, or [] when it does not exist.
-
-    Listed first: describing a missing topic would create it on brokers that auto-create.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts)
-    await admin.start()
-    try:
-        if topic not in await admin.list_topics():
-            return []
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    for item in described:
-        if item.get("topic") == topic and not item.get("error_code"):
-            return sorted(int(p["partition"]) for p in item.get("partitions", []))
-    return []
-
-
 async def redrive(
     settings: Settings, dlq_topic: str, selection: Selection, *, dry_run: bool = False
 ) -> Counter[str]:
@@ -149,7 +130,10 @@ async def redrive(
 
     sent: Counter[str] = Counter()
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker_hosts, acks="all", enable_idempotence=True
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        acks="all",
+        enable_idempotence=True,
     )
     await producer.start()
     try:

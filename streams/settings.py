@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -43,6 +45,15 @@ ENVIRONMENT: dict[str, str] = {
     "DATA_DIR": "",
     "DLQ_SUFFIX": ".dlq",
     "REPARTITION": "",
+    "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+    "KAFKA_SASL_MECHANISM": "PLAIN",
+    "KAFKA_SASL_USERNAME": "",
+    "KAFKA_SASL_PASSWORD": "",
+    "KAFKA_SSL_CAFILE": "",
+    "KAFKA_SSL_CERTFILE": "",
+    "KAFKA_SSL_KEYFILE": "",
+    "API_TOKEN": "",
+    "LOG_FORMAT": "text",
     "SESSION_TIMEOUT": "30",
     "TOMBSTONE_RETENTION": str(7 * 24 * 3600),
 }
@@ -82,6 +93,21 @@ class Settings:
     """Dead letters of ``<topic>`` go to ``<topic><DLQ_SUFFIX>``."""
     repartition: tuple[str, ...] = ()
     """Entity kinds whose topics are not keyed by entity key (besides ``__repartition__``)."""
+    kafka_security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+    kafka_sasl_mechanism: str = "PLAIN"
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)."""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
+    """CA bundle to verify the brokers (SSL, SASL_SSL); empty: the system's."""
+    kafka_ssl_certfile: str = ""
+    """Client certificate for mutual TLS (optional)."""
+    kafka_ssl_keyfile: str = ""
+    api_token: str = field(default="", repr=False)
+    """When set, every HTTP page but /health requires ``Authorization: Bearer <token>``."""
+    log_format: str = "text"
+    """``text`` (Faust's) or ``json``: one JSON object per line."""
     session_timeout: float = 30.0
     """Seconds before the group gives a silent worker's partitions to the others."""
     tombstone_retention: float = 7 * 24 * 3600.0
@@ -92,6 +118,24 @@ class Settings:
     def broker_hosts(self) -> list[str]:
         """Return the broker addresses as ``host:port`` strings, schemes removed."""
         return [_strip_scheme(part) for part in _split_brokers(self.kafka_broker)]
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Return the security keyword arguments of aiokafka clients (CLI, preflight, tests)."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context()
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Build the TLS context for the brokers from the KAFKA_SSL_* files."""
+        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+        return context
 
     @property
     def is_sqlite(self) -> bool:
@@ -121,6 +165,9 @@ class Settings:
             data_dir=env.get("DATA_DIR", "").strip(),
             dlq_suffix=_parse_dlq_suffix(env.get("DLQ_SUFFIX", ".dlq")),
             repartition=_parse_kinds(env.get("REPARTITION", "")),
+            **_kafka_security(env),
+            api_token=env.get("API_TOKEN", ""),
+            log_format=_parse_choice(env, "LOG_FORMAT", "text", ("text", "json")),
             session_timeout=_parse_float(env, "SESSION_TIMEOUT", 30.0, low=6.0, high=1800.0),
             tombstone_retention=_parse_float(
                 env, "TOMBSTONE_RETENTION", 7 * 24 * 3600.0, low=1.0, high=10 * 365 * 86400.0
@@ -276,3 +323,39 @@ def _parse_dlq_suffix(value: str) -> str:
             f"DLQ_SUFFIX {value!r} must be 1-50 letters, digits, '.', '_' or '-' (e.g. .dlq)"
         )
     return value
+
+
+def _parse_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _kafka_security(env: Mapping[str, str]) -> dict[str, str]:
+    protocol = _parse_choice(
+        env,
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    mechanism = _parse_choice(
+        env, "KAFKA_SASL_MECHANISM", "PLAIN", ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    values = {
+        "kafka_security_protocol": protocol,
+        "kafka_sasl_mechanism": mechanism,
+        "kafka_sasl_username": env.get("KAFKA_SASL_USERNAME", ""),
+        "kafka_sasl_password": env.get("KAFKA_SASL_PASSWORD", ""),
+        "kafka_ssl_cafile": env.get("KAFKA_SSL_CAFILE", ""),
+        "kafka_ssl_certfile": env.get("KAFKA_SSL_CERTFILE", ""),
+        "kafka_ssl_keyfile": env.get("KAFKA_SSL_KEYFILE", ""),
+    }
+    if protocol.startswith("SASL") and not values["kafka_sasl_username"]:
+        raise SettingsError(
+            f"KAFKA_SASL_USERNAME is required with KAFKA_SECURITY_PROTOCOL={protocol}"
+        )
+    for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+        if values[name] and not Path(values[name]).is_file():
+            raise SettingsError(f"{name.upper()} {values[name]!r} is not a readable file")
+    return values

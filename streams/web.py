@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import faust
@@ -12,8 +13,21 @@ from streams import metrics
 from streams.mirror import Mirror
 
 
-def register_pages(app: faust.App, mirror: Mirror) -> None:
+def authorized(request: Request, token: str) -> bool:
+    """Tell whether ``request`` carries ``Authorization: Bearer <token>`` (or none is set)."""
+    if not token:
+        return True
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def register_pages(app: faust.App, mirror: Mirror, api_token: str = "") -> None:
     """Add the operational pages to ``app``'s web server."""
+
+    def unauthorized(view: View) -> Response:
+        return view.json(
+            {"error": "unauthorized: send Authorization: Bearer <API_TOKEN>"}, status=401
+        )
 
     @app.page("/health")
     class Health(View):
@@ -27,6 +41,8 @@ def register_pages(app: faust.App, mirror: Mirror) -> None:
         """Readiness: partitions assigned and no rebalance in progress."""
 
         async def get(self, request: Request) -> Response:
+            if not authorized(request, api_token):
+                return unauthorized(self)
             assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
             ready = bool(assigned) and not app.rebalancing
             body: dict[str, Any] = {"ready": ready, "assigned": assigned}
@@ -37,6 +53,8 @@ def register_pages(app: faust.App, mirror: Mirror) -> None:
         """Prometheus metrics, consumer lag refreshed on each scrape."""
 
         async def get(self, request: Request) -> Response:
+            if not authorized(request, api_token):
+                return unauthorized(self)
             for tp in app.consumer.assignment():
                 position = mirror.positions.get((tp.topic, tp.partition))
                 if position is None:

@@ -13,6 +13,7 @@ from models.registry import Registry, default_registry
 from models.store import SqlStore
 from streams.agents import register_agents, register_tombstone_purge
 from streams.errors import SettingsError
+from streams.logs import use_json_logs
 from streams.mirror import Mirror
 from streams.preflight import broker_problem, web_port_problem
 from streams.settings import Settings
@@ -53,6 +54,8 @@ class MirrorApp(faust.App):
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
         await super().on_first_start()
+        if self.mirror_settings.log_format == "json":
+            use_json_logs()
         problem = web_port_problem(self.mirror_settings) or await broker_problem(
             self.mirror_settings
         )
@@ -62,10 +65,28 @@ class MirrorApp(faust.App):
             os._exit(1)
 
 
+def broker_credentials(settings: Settings) -> Any:
+    """Return Faust's credentials for the KAFKA_SECURITY_PROTOCOL, or None for PLAINTEXT."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "SSL":
+        return faust.SSLCredentials(settings.ssl_context())
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=settings.ssl_context() if protocol == "SASL_SSL" else None,
+        )
+    return None
+
+
 def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
     mirror = mirror or build_mirror(settings)
     extra: dict[str, Any] = {"datadir": settings.data_dir} if settings.data_dir else {}
+    credentials = broker_credentials(settings)
+    if credentials is not None:
+        extra["broker_credentials"] = credentials
     app = MirrorApp(
         settings.app_id,
         broker=settings.kafka_broker,
@@ -90,5 +111,5 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     app.mirror_settings = settings
     register_agents(app, mirror, settings)
     register_tombstone_purge(app, mirror, settings)
-    register_pages(app, mirror)
+    register_pages(app, mirror, settings.api_token)
     return app

@@ -28,10 +28,13 @@ from tests.support import (
 )
 
 
-def http_get(url: str) -> tuple[int, str]:
-    """GET ``url``; return status and body (error statuses too)."""
+def http_get(url: str, token: str = "") -> tuple[int, str]:
+    """GET ``url`` (with a bearer token if given); return status and body, errors too."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -92,6 +95,8 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
         data_dir=tmp_path / "data",
     )
     env["TOPIC_PARTITIONS"] = "6"
+    env["API_TOKEN"] = "t0ken"
+    env["LOG_FORMAT"] = "json"
     worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
     try:
@@ -108,15 +113,27 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
         base = f"http://127.0.0.1:{env['WEB_PORT']}"
         status, body = await asyncio.to_thread(http_get, f"{base}/health")
         assert (status, json.loads(body)) == (200, {"status": "ok"})
-        status, body = await asyncio.to_thread(http_get, f"{base}/ready")
+        status, body = await asyncio.to_thread(http_get, f"{base}/ready", "t0ken")
         assert status == 200 and json.loads(body)["ready"] is True
-        status, body = await asyncio.to_thread(http_get, f"{base}/metrics")
+        assert (await asyncio.to_thread(http_get, f"{base}/metrics"))[0] == 401
+        assert (await asyncio.to_thread(http_get, f"{base}/metrics", "wrong"))[0] == 401
+        status, body = await asyncio.to_thread(http_get, f"{base}/metrics", "t0ken")
         assert status == 200
         poison = sum(1 for e in events if e.poison)
         labels = f'entity="planet",outcome="rejected",topic="{topic}"'
         assert f"mirror_events_total{{{labels}}} {float(poison)}" in body
         assert "mirror_batch_seconds_bucket" in body and "mirror_sql_transaction_seconds" in body
         assert f'mirror_consumer_lag{{partition="0",topic="{topic}"}}' in body
+        rejections = [
+            json.loads(line)
+            for line in worker.log_path.read_text().splitlines()
+            if '"rejected ' in line
+        ]
+        assert len(rejections) == poison
+        assert all(r["level"] == "error" and r["topic"] == topic for r in rejections)
+        assert all(
+            isinstance(r["partition"], int) and isinstance(r["offset"], int) for r in rejections
+        )
     finally:
         worker.stop()
 

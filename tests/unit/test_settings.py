@@ -84,3 +84,51 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = Settings.from_env({}, cwd=tmp_path)
     with pytest.raises(AttributeError):
         settings.app_id = "other"  # type: ignore[misc]
+
+
+def test_kafka_security_settings_map_to_faust_and_aiokafka(tmp_path: Path) -> None:
+    import faust
+
+    from streams.worker import broker_credentials
+
+    plain = Settings.from_env({}, cwd=tmp_path)
+    assert plain.kafka_client_options() == {"security_protocol": "PLAINTEXT"}
+    assert broker_credentials(plain) is None
+    sasl = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": "mirror",
+            "KAFKA_SASL_PASSWORD": "s3cret",
+        },
+        cwd=tmp_path,
+    )
+    options = sasl.kafka_client_options()
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("mirror", "s3cret")
+    assert options["ssl_context"] is not None
+    credentials = broker_credentials(sasl)
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.username == "mirror" and credentials.ssl_context is not None
+    assert "s3cret" not in repr(sasl)  # secrets stay out of logs
+    ssl_only = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SSL"}, cwd=tmp_path)
+    assert isinstance(broker_credentials(ssl_only), faust.SSLCredentials)
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "KERBEROS"}, "KAFKA_SECURITY_PROTOCOL"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_USERNAME"),
+        ({"KAFKA_SASL_MECHANISM": "MD5"}, "KAFKA_SASL_MECHANISM"),
+        ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"DLQ_SUFFIX": "has space"}, "DLQ_SUFFIX"),
+    ],
+)
+def test_bad_security_and_logging_values_name_the_variable(
+    env: dict[str, str], name: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(env, cwd=tmp_path)
