@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import uuid
@@ -129,3 +130,70 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
     assert reasons["store_refused"] > 100
     assert len(letters) == sum(reasons.values())
     assert "Traceback" not in worker.log_path.read_text()
+
+
+async def test_a_dead_letter_topic_that_refuses_writes_holds_the_offsets(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    topic = f"{topic_prefix}planet-changed"
+    dlq = f"{topic}.dlq"
+    await create_topic(kafka_bootstrap, topic, partitions=2)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        # Dead letters cannot be written: the topic takes no record over 10 bytes.
+        await admin.create_topics([NewTopic(dlq, 2, 1, topic_configs={"max.message.bytes": "10"})])
+    finally:
+        await admin.close()
+    items = [
+        (f"k{i}".encode(), json.dumps({"planetUuid": f"k{i}", "planetName": "n"}).encode(), None)
+        for i in range(50)
+    ]
+    items.append((b"bad", b"not json", None))
+    items += [
+        (f"m{i}".encode(), json.dumps({"planetUuid": f"m{i}", "planetName": "n"}).encode(), None)
+        for i in range(50)
+    ]
+    await produce_timed(kafka_bootstrap, topic, items)
+    app_id = f"dlqfail-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+        BATCH_SIZE="20",
+    )
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 120
+        while "could not write 1 dead letters" not in worker.log_path.read_text():
+            worker.assert_alive()
+            assert asyncio.get_running_loop().time() < deadline, worker.tail()
+            await asyncio.sleep(0.2)
+        # Held: the batch with the poison event is not committed, so its key is not there.
+        ends = await end_offsets(kafka_bootstrap, topic)
+        applied = set(read_planets(pg_url))
+        assert "bad" not in applied and len(applied) < 100
+        assert sum(ends.values()) == 101
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:  # the fix: the topic takes ordinary records again
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, dlq, {"max.message.bytes": "1048588"})]
+            )
+        finally:
+            await admin.close()
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        assert len(read_planets(pg_url)) == 100
+        letters = await read_all(kafka_bootstrap, dlq)
+        assert [(k, v, h["dlq.reason"]) for k, v, h in letters] == [
+            (b"bad", b"not json", "bad_json")
+        ]
+        assert worker.starts == 1
+    finally:
+        worker.stop()

@@ -203,3 +203,17 @@ def test_a_refused_newest_event_does_not_hide_an_older_good_one(pg_url: str) -> 
     assert [r.outcome for r in result.results] == [Outcome.APPLIED, Outcome.REJECTED]
     assert rows(mirror) == {"p1": "good"}
     store.dispose()
+
+
+def test_values_from_events_are_parameters_never_sql(mirror: Mirror) -> None:
+    payload = "x'); DROP TABLE servicea_planet; --"
+    quoted_key = "k' OR '1'='1"
+    mirror.apply(
+        PLANET,
+        [
+            rec({"planetUuid": quoted_key, "planetName": payload}),
+            rec({"planetUuid": "other", "planetName": "o"}),
+            rec({"planetUuid": quoted_key + "x", "changeType": "DELETED"}),
+        ],
+    )
+    assert rows(mirror) == {quoted_key: payload, "other": "o"}
