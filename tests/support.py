@@ -242,6 +242,18 @@ class WorkerProcess:
             return "(no log)"
 
 
+def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m streams ARGS`` with ``env`` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def worker_env(
     *,
     bootstrap: str,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -12,26 +9,15 @@ from sqlalchemy import create_engine, text
 
 from tests.integration.test_mirror import read_planets
 from tests.support import (
-    ROOT,
     WorkerProcess,
     create_topic,
     expected_planets,
     planet_stream,
     produce,
+    run_cli,
     wait_caught_up,
     worker_env,
 )
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 async def test_status_verify_and_rebuild(
@@ -58,7 +44,7 @@ async def test_status_verify_and_rebuild(
     expected = expected_planets(events)
     assert read_planets(pg_url) == expected
 
-    status = cli(env, "status")
+    status = run_cli(env, "status")
     assert status.returncode == 0, status.stderr
     assert f"{topic} (group {app_id}):" in status.stdout
     assert f"table servicea_planet: {len(expected)} rows" in status.stdout
@@ -67,7 +53,7 @@ async def test_status_verify_and_rebuild(
     ]
     assert lag_column == ["0", "0", "0", "0"]
 
-    verify = cli(env, "verify", "planet")
+    verify = run_cli(env, "verify", "planet")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert f"matches {topic}: {len(expected)} rows" in verify.stdout
 
@@ -80,20 +66,20 @@ async def test_status_verify_and_rebuild(
         conn.execute(text("DELETE FROM servicea_planet WHERE uuid = :u"), {"u": gone})
         conn.execute(text("INSERT INTO servicea_planet VALUES ('ghost', 'boo', 0, 0, 0)"))
     engine.dispose()
-    broken = cli(env, "verify", "planet")
+    broken = run_cli(env, "verify", "planet")
     assert broken.returncode == 1
     assert f"row '{victim}' differs: name: table 'tampered'" in broken.stdout
     assert f"missing row '{gone}'" in broken.stdout
     assert "extra row 'ghost'" in broken.stdout
     assert "differs from" in broken.stdout and "in 3 rows" in broken.stdout
 
-    rebuilt = cli(env, "rebuild", "planet")
+    rebuilt = run_cli(env, "rebuild", "planet")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"rebuilt servicea_planet from {len(events)} records: {len(expected)} rows" in (
         rebuilt.stdout
     )
     assert read_planets(pg_url) == expected
-    assert cli(env, "verify", "planet").returncode == 0
+    assert run_cli(env, "verify", "planet").returncode == 0
 
 
 def test_cli_errors_are_one_clear_line(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -110,7 +96,7 @@ def test_cli_errors_are_one_clear_line(kafka_bootstrap: str, tmp_path: Path) -> 
         ({**base, "DATABASE_URL": "nonsense"}, ["status"], "DATABASE_URL"),
     ]
     for env, args, message in cases:
-        done = cli(env, *args)
+        done = run_cli(env, *args)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)

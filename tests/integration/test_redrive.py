@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,20 +12,16 @@ from models.planet import Planet
 from models.registry import build_spec
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
-from tests.support import ROOT, WorkerProcess, create_topic, produce, wait_caught_up, worker_env
+from tests.support import (
+    WorkerProcess,
+    create_topic,
+    produce,
+    run_cli,
+    wait_caught_up,
+    worker_env,
+)
 
 PLANET = build_spec(Planet)
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_redrive_after_a_fix_applies_the_dead_letters(
@@ -74,17 +67,17 @@ async def test_redrive_after_a_fix_applies_the_dead_letters(
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         assert read_planets(pg_url) == good
 
-        listed = cli(env, "dlq", "list", "--reason", "store_refused", "--limit", "3")
+        listed = run_cli(env, "dlq", "list", "--reason", "store_refused", "--limit", "3")
         assert listed.returncode == 0, listed.stderr
         assert "50 dead letters" in listed.stdout and "store_refused" in listed.stdout
 
-        dry = cli(env, "dlq", "redrive", "--dry-run")
+        dry = run_cli(env, "dlq", "redrive", "--dry-run")
         assert "would redrive 55 dead letters" in dry.stdout
         assert "bad_json: 5" in dry.stdout and "store_refused: 50" in dry.stdout
 
         with engine.begin() as conn:  # the fix
             conn.execute(text("ALTER TABLE servicea_planet DROP CONSTRAINT no_forbidden"))
-        sent = cli(env, "dlq", "redrive", "--reason", "store_refused")
+        sent = run_cli(env, "dlq", "redrive", "--reason", "store_refused")
         assert sent.returncode == 0, sent.stderr
         assert "redrove 50 dead letters" in sent.stdout
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
@@ -99,14 +92,14 @@ def test_dlq_commands_fail_with_one_clear_line(kafka_bootstrap: str, tmp_path: P
         "KAFKA_BROKER": f"kafka://{kafka_bootstrap.split(',')[0]}",
         "TOPIC_PREFIX": f"none-{uuid.uuid4().hex[:6]}.",
     }
-    unknown = cli(env, "dlq", "list", "moon")
+    unknown = run_cli(env, "dlq", "list", "moon")
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines() == [
         "error: unknown kind 'moon'; declared kinds: planet"
     ]
-    missing = cli(env, "dlq", "list")
+    missing = run_cli(env, "dlq", "list")
     assert missing.returncode == 1
     assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
-    down = cli({"KAFKA_BROKER": "kafka://127.0.0.1:1"}, "dlq", "list")
+    down = run_cli({"KAFKA_BROKER": "kafka://127.0.0.1:1"}, "dlq", "list")
     assert down.returncode == 1
     assert "cannot reach Kafka" in down.stderr and "Traceback" not in down.stderr
