@@ -14,9 +14,13 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.errors import MirrorError
+
+if TYPE_CHECKING:
+    from models.registry import EntitySpec
+    from streams.mirror import Mirror
 from streams.settings import Settings
 
 PLANETS = ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune", "Pluto"]
@@ -80,13 +84,7 @@ def cmd_sample_events(settings: Settings, count: int) -> int:
 
 def cmd_show(settings: Settings, kind: str, wait: float) -> int:
     """Print the rows of one entity's table."""
-    from streams.worker import build_mirror
-
-    mirror = build_mirror(settings)
-    spec = mirror.registry.by_kind(kind)
-    if spec is None:
-        known = ", ".join(s.kind for s in mirror.registry)
-        raise MirrorError(f"unknown kind {kind!r}; declared kinds: {known}")
+    mirror, spec = _entity(settings, kind)
     deadline = time.monotonic() + wait
     mirror.store.create_tables([spec])
     rows = mirror.store.rows(spec)
@@ -100,7 +98,7 @@ def cmd_show(settings: Settings, kind: str, wait: float) -> int:
     return 0
 
 
-def _entity(settings: Settings, kind: str) -> tuple[Any, Any]:
+def _entity(settings: Settings, kind: str) -> tuple[Mirror, EntitySpec]:
     """Return the Mirror and the spec of ``kind``, or fail naming the declared kinds."""
     from streams.worker import build_mirror
 
@@ -183,17 +181,12 @@ def cmd_rebuild(settings: Settings, kind: str) -> int:
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     """List or redrive the dead letters of one entity's topic."""
-    from models.registry import default_registry
     from streams.deadletters import dead_letter_topic
     from streams.redrive import Selection, read_dead_letters, redrive
-    from streams.worker import load_entities
 
-    load_entities(settings, default_registry)
-    spec = default_registry.by_kind(args.kind)
-    if spec is None:
-        known = ", ".join(s.kind for s in default_registry)
-        raise MirrorError(f"unknown kind {args.kind!r}; declared kinds: {known}")
-    topic = dead_letter_topic(f"{settings.topic_prefix}{spec.topic}", settings.dlq_suffix)
+    mirror, spec = _entity(settings, args.kind)
+    mirror.store.dispose()
+    topic = dead_letter_topic(mirror.source_topic(spec), settings.dlq_suffix)
     selection = Selection(args.reason, args.partition, args.from_offset, args.to_offset)
     if args.action == "redrive":
         sent = asyncio.run(redrive(settings, topic, selection, dry_run=args.dry_run))
