@@ -409,6 +409,26 @@ class SqlStore:
             result = conn.execute(select(spec.table))
             return {row[spec.key_column]: dict(row) for row in result.mappings()}
 
+    def get(self, spec: EntitySpec, key: Any) -> dict[str, Any] | None:
+        """Return the row of ``key``, or None."""
+        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
+            query = select(spec.table).where(spec.table.c[spec.key_column] == key)
+            row = conn.execute(query).mappings().first()
+            return dict(row) if row is not None else None
+
+    def page(
+        self, spec: EntitySpec, *, limit: int, after: Any = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return up to ``limit`` rows with keys after ``after``, in key order, and the total."""
+        key = spec.table.c[spec.key_column]
+        query = select(spec.table).order_by(key).limit(limit)
+        if after is not None:
+            query = query.where(key > after)
+        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
+            rows = [dict(row) for row in conn.execute(query).mappings()]
+            total = int(conn.execute(select(func.count()).select_from(spec.table)).scalar_one())
+        return rows, total
+
     def count(self, spec: EntitySpec) -> int:
         """Count the entity's rows."""
         with self._wrapped(f"count {spec.kind}"), self.engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -9,7 +10,7 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import metrics
+from streams import api, metrics
 from streams.mirror import Mirror
 
 
@@ -47,6 +48,31 @@ def register_pages(app: faust.App, mirror: Mirror, api_token: str = "") -> None:
             ready = bool(assigned) and not app.rebalancing
             body: dict[str, Any] = {"ready": ready, "assigned": assigned}
             return self.json(body, status=200 if ready else 503)
+
+    @app.page("/entities/{kind}")
+    class Entities(View):
+        """A page of one kind's rows from the SQL store."""
+
+        async def get(self, request: Request, kind: str) -> Response:
+            if not authorized(request, api_token):
+                return unauthorized(self)
+            query = dict(request.query)
+            status, body = await asyncio.to_thread(
+                api.list_entities, mirror.registry, mirror.store, kind, query
+            )
+            return self.json(body, status=status)
+
+    @app.page("/entities/{kind}/{key}")
+    class Entity(View):
+        """One entity by key."""
+
+        async def get(self, request: Request, kind: str, key: str) -> Response:
+            if not authorized(request, api_token):
+                return unauthorized(self)
+            status, body = await asyncio.to_thread(
+                api.get_entity, mirror.registry, mirror.store, kind, key
+            )
+            return self.json(body, status=status)
 
     @app.page("/metrics")
     class Metrics(View):

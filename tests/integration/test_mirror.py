@@ -124,6 +124,21 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
         assert f"mirror_events_total{{{labels}}} {float(poison)}" in body
         assert "mirror_batch_seconds_bucket" in body and "mirror_sql_transaction_seconds" in body
         assert f'mirror_consumer_lag{{partition="0",topic="{topic}"}}' in body
+        some_key, some_name = sorted(expected_planets(events).items())[0]
+        status, body = await asyncio.to_thread(
+            http_get, f"{base}/entities/planet/{some_key}", "t0ken"
+        )
+        assert (status, json.loads(body)) == (200, {"uuid": some_key, "name": some_name})
+        status, body = await asyncio.to_thread(http_get, f"{base}/entities/planet/nope", "t0ken")
+        assert status == 404 and "error" in json.loads(body)
+        status, body = await asyncio.to_thread(http_get, f"{base}/entities/planet?limit=5", "t0ken")
+        page = json.loads(body)
+        assert status == 200 and len(page["items"]) == 5
+        assert page["total"] == len(expected_planets(events))
+        status, _ = await asyncio.to_thread(http_get, f"{base}/entities/planet?limit=x", "t0ken")
+        assert status == 400
+        assert (await asyncio.to_thread(http_get, f"{base}/entities/moon", "t0ken"))[0] == 404
+        assert (await asyncio.to_thread(http_get, f"{base}/entities/planet"))[0] == 401
         rejections = [
             json.loads(line)
             for line in worker.log_path.read_text().splitlines()

@@ -1,0 +1,88 @@
+"""The read API over mirrored entities, independent of the web framework.
+
+``GET /entities/{kind}`` lists rows from the SQL store, by key, paginated with ``limit`` and
+``after`` (the last key of the previous page), with the total count; ``GET
+/entities/{kind}/{key}`` returns one row or 404. Malformed parameters and keys get 400 with a
+JSON error; unknown kinds 404. Bookkeeping columns (``mirror_*``) are left out of the bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Integer, String
+
+from models.registry import EntitySpec, Registry
+from models.store import SqlStore
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+Reply = tuple[int, dict[str, Any]]
+
+
+def _error(status: int, message: str) -> Reply:
+    return status, {"error": message}
+
+
+def parse_key(spec: EntitySpec, raw: str) -> Any:
+    """Convert a key from a URL to the key column's type; ValueError when malformed."""
+    column = spec.table.c[spec.key_column]
+    if isinstance(column.type, Integer):
+        return int(raw)
+    if not raw:
+        raise ValueError("empty key")
+    if isinstance(column.type, String) and column.type.length and len(raw) > column.type.length:
+        raise ValueError(f"longer than {column.type.length} characters")
+    return raw
+
+
+def public(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a row without bookkeeping columns, JSON-ready."""
+    return {k: v for k, v in row.items() if not k.startswith("mirror_")}
+
+
+def get_entity(registry: Registry, store: SqlStore, kind: str, raw_key: str) -> Reply:
+    """Answer ``GET /entities/{kind}/{key}`` from the SQL store."""
+    spec = registry.by_kind(kind)
+    if spec is None:
+        return _error(404, f"unknown kind {kind!r}")
+    try:
+        key = parse_key(spec, raw_key)
+    except ValueError as exc:
+        return _error(400, f"malformed {kind} key {raw_key!r}: {exc}")
+    row = store.get(spec, key)
+    if row is None:
+        return _error(404, f"no {kind} {raw_key!r}")
+    return 200, public(row)
+
+
+def list_entities(
+    registry: Registry, store: SqlStore, kind: str, query: Mapping[str, str]
+) -> Reply:
+    """Answer ``GET /entities/{kind}?limit=&after=`` from the SQL store."""
+    spec = registry.by_kind(kind)
+    if spec is None:
+        return _error(404, f"unknown kind {kind!r}")
+    unknown = sorted(set(query) - {"limit", "after"})
+    if unknown:
+        return _error(400, f"unknown parameters {unknown}; use limit and after")
+    try:
+        limit = int(query.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        return _error(400, f"limit must be an integer, got {query.get('limit')!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        return _error(400, f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    after = None
+    if "after" in query:
+        try:
+            after = parse_key(spec, query["after"])
+        except ValueError as exc:
+            return _error(400, f"malformed after {query['after']!r}: {exc}")
+    rows, total = store.page(spec, limit=limit, after=after)
+    items = [public(row) for row in rows]
+    body: dict[str, Any] = {"items": items, "total": total, "limit": limit}
+    if len(items) == limit:
+        body["next_after"] = rows[-1][spec.key_column]
+    return 200, body
