@@ -1,1 +1,1 @@
-"""streams."""
+"""The stream side: settings, the pure routing core, the Mirror, Faust agents, and operations."""
