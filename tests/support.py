@@ -242,6 +242,27 @@ class WorkerProcess:
             return "(no log)"
 
 
+def make_worker(
+    bootstrap: str,
+    database_url: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    name: str = "test",
+    **extra: str,
+) -> tuple[WorkerProcess, str]:
+    """Return a (not yet started) worker with its own consumer group, and that group's id."""
+    app_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=bootstrap,
+        database_url=database_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+        **extra,
+    )
+    return WorkerProcess(env, tmp_path / "worker.log"), app_id
+
+
 def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m streams ARGS`` with ``env`` added to this environment."""
     return subprocess.run(

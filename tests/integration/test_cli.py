@@ -9,14 +9,13 @@ from sqlalchemy import create_engine, text
 
 from tests.integration.test_mirror import read_planets
 from tests.support import (
-    WorkerProcess,
     create_topic,
     expected_planets,
+    make_worker,
     planet_stream,
     produce,
     run_cli,
     wait_caught_up,
-    worker_env,
 )
 
 
@@ -27,15 +26,8 @@ async def test_status_verify_and_rebuild(
     await create_topic(kafka_bootstrap, topic, partitions=4)
     events = planet_stream(2_000, 60, seed=21, poison_every=40)
     await produce(kafka_bootstrap, topic, ((e.key.encode(), e.value) for e in events))
-    app_id = f"cli-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
-    )
-    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "cli")
+    env = dict(worker.env)
     worker.start()
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from tests.support import (
     create_topic,
     end_offsets,
     expected_state,
+    make_worker,
     produce_timed,
     wait_caught_up,
-    worker_env,
 )
 
 PLANET = build_spec(Planet)
@@ -68,21 +67,13 @@ def store(pg_url: str) -> Iterator[SqlStore]:
     store.dispose()
 
 
-def make_worker(
-    kafka_bootstrap: str, db_url: str, prefix: str, tmp_path: Path, **extra: str
+def eo_worker(
+    kafka_bootstrap: str, db_url: str, prefix: str, tmp_path: Path
 ) -> tuple[WorkerProcess, str]:
-    app_id = f"eo-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=db_url,
-        app_id=app_id,
-        topic_prefix=prefix,
-        data_dir=tmp_path / "data",
-        SESSION_TIMEOUT="6",
-        BATCH_SIZE="500",
-        **extra,
+    """A worker whose killed members leave the group after 6 s (Kafka's minimum)."""
+    return make_worker(
+        kafka_bootstrap, db_url, prefix, tmp_path, "eo", SESSION_TIMEOUT="6", BATCH_SIZE="500"
     )
-    return WorkerProcess(env, tmp_path / "worker.log"), app_id
 
 
 @pytest.mark.slow
@@ -92,7 +83,7 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
     topic = f"{topic_prefix}{TOPIC}"
     await create_topic(kafka_bootstrap, topic, partitions=4)
     sent = chaotic_stream(20_000, 400, seed=2026)
-    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path)
+    worker, app_id = eo_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path)
     rng = random.Random(99)
     worker.start()
     producing = asyncio.create_task(
@@ -156,7 +147,7 @@ async def test_replaying_from_the_beginning_changes_nothing(
     positions = await produce_timed(
         kafka_bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent)
     )
-    worker, app_id = make_worker(kafka_bootstrap, db_url, topic_prefix, tmp_path)
+    worker, app_id = eo_worker(kafka_bootstrap, db_url, topic_prefix, tmp_path)
     store = SqlStore.from_url(db_url)
     try:
         worker.start()
@@ -193,7 +184,7 @@ async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
     topic = f"{topic_prefix}{TOPIC}"
     await create_topic(kafka_bootstrap, topic, partitions=4)
     sent = chaotic_stream(8_000, 200, seed=5)
-    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path)
+    worker, app_id = eo_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path)
     worker.start()
     producing = asyncio.create_task(
         produce_timed(

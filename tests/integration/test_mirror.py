@@ -18,6 +18,7 @@ from tests.support import (
     create_topic,
     expected_planets,
     expected_state,
+    make_worker,
     partitions_of,
     planet_stream,
     produce,
@@ -162,16 +163,9 @@ async def test_events_keyed_otherwise_are_repartitioned_by_entity_key(
     positions = await produce_timed(
         kafka_bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent)
     )
-    app_id = f"mirror-test-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
-        REPARTITION="planet",
+    worker, app_id = make_worker(
+        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "mirror-test", REPARTITION="planet"
     )
-    worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
     repartition = f"{app_id}-{topic}-repartition"
     try:

@@ -13,13 +13,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.deadletters import headers_dict
 from tests.integration.test_mirror import read_planets
 from tests.support import (
-    WorkerProcess,
     create_topic,
     end_offsets,
+    make_worker,
     partitions_of,
     produce_timed,
     wait_caught_up,
-    worker_env,
 )
 
 POISON = {
@@ -88,15 +87,7 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
         if kind == "good":
             assert key is not None and value is not None
             expected[key.decode()] = json.loads(value)["planetName"]
-    app_id = f"poison-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
-    )
-    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "poison")
     worker.start()
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
@@ -158,16 +149,9 @@ async def test_a_dead_letter_topic_that_refuses_writes_holds_the_offsets(
         for i in range(50)
     ]
     await produce_timed(kafka_bootstrap, topic, items)
-    app_id = f"dlqfail-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
-        BATCH_SIZE="20",
+    worker, app_id = make_worker(
+        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "dlqfail", BATCH_SIZE="20"
     )
-    worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
     try:
         deadline = asyncio.get_running_loop().time() + 120

@@ -13,12 +13,11 @@ from models.registry import build_spec
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
 from tests.support import (
-    WorkerProcess,
     create_topic,
+    make_worker,
     produce,
     run_cli,
     wait_caught_up,
-    worker_env,
 )
 
 PLANET = build_spec(Planet)
@@ -53,15 +52,8 @@ async def test_redrive_after_a_fix_applies_the_dead_letters(
     items += [(b"x", b"not json at all")] * 5
     await produce(kafka_bootstrap, topic, items)
 
-    app_id = f"redrive-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
-    )
-    worker = WorkerProcess(env, tmp_path / "worker.log")
+    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "redrive")
+    env = dict(worker.env)
     worker.start()
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
