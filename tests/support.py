@@ -287,7 +287,7 @@ def worker_env(
     """Return the environment of a test worker."""
     return {
         "DATA_DIR": str(data_dir),
-        "KAFKA_BROKER": f"kafka://{bootstrap.split(',')[0]}",
+        "KAFKA_BROKER": ";".join(f"kafka://{host}" for host in bootstrap.split(",")),
         "DATABASE_URL": database_url,
         "APP_ID": app_id,
         "WEB_PORT": str(free_port()),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,8 @@ from tests.support import (
     create_topic,
     end_offsets,
     expected_state,
+    make_worker,
     produce_timed,
-    worker_env,
 )
 
 PLANET = build_spec(Planet)
@@ -63,18 +62,11 @@ async def test_the_worker_resumes_after_the_broker_restarts(
     positions = await produce_timed(
         kafka_bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent)
     )
-    app_id = f"faults-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=pg_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
-        BATCH_SIZE="200",
+    worker, app_id = make_worker(
+        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "faults", BATCH_SIZE="200"
     )
     store = SqlStore.from_url(pg_url)
     store.create_tables([PLANET])
-    worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
     try:
         await wait_progress(store, app_id, worker, at_least=1)
@@ -99,20 +91,17 @@ async def test_losing_one_broker_of_three_loses_nothing(
     topic = f"{topic_prefix}planet-changed"
     await create_topic(kafka_cluster_bootstrap, topic, partitions=4, replicas=3)
     sent = chaotic_stream(10_000, 300, seed=9)
-    app_id = f"faults3-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_cluster_bootstrap,
-        database_url=pg_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
+    worker, app_id = make_worker(
+        kafka_cluster_bootstrap,
+        pg_url,
+        topic_prefix,
+        tmp_path,
+        "faults3",
         BATCH_SIZE="200",
         TOPIC_REPLICAS="3",
     )
-    env["KAFKA_BROKER"] = ";".join(f"kafka://{h}" for h in kafka_cluster_bootstrap.split(","))
     store = SqlStore.from_url(pg_url)
     store.create_tables([PLANET])
-    worker = WorkerProcess(env, tmp_path / "worker.log")
     positions = await produce_timed(
         kafka_cluster_bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent[:5_000])
     )

@@ -87,18 +87,17 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
     kafka_bootstrap: str, sqlite_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     topic = f"{topic_prefix}planet-changed"
-    app_id = f"mirror-test-{uuid.uuid4().hex[:8]}"
-    env = worker_env(
-        bootstrap=kafka_bootstrap,
-        database_url=sqlite_url,
-        app_id=app_id,
-        topic_prefix=topic_prefix,
-        data_dir=tmp_path / "data",
+    worker, app_id = make_worker(
+        kafka_bootstrap,
+        sqlite_url,
+        topic_prefix,
+        tmp_path,
+        "mirror-test",
+        TOPIC_PARTITIONS="6",
+        API_TOKEN="t0ken",
+        LOG_FORMAT="json",
     )
-    env["TOPIC_PARTITIONS"] = "6"
-    env["API_TOKEN"] = "t0ken"
-    env["LOG_FORMAT"] = "json"
-    worker = WorkerProcess(env, tmp_path / "worker.log")
+    env = worker.env
     worker.start()
     try:
         deadline = time.monotonic() + 120
