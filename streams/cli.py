@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import MirrorError
+from streams.preflight import unreachable_broker
 
 if TYPE_CHECKING:
     from models.registry import EntitySpec
@@ -56,10 +57,7 @@ async def _publish(settings: Settings, topic: str, events: Sequence[tuple[str, A
         await asyncio.wait_for(producer.start(), timeout=15)
     except (KafkaError, OSError, TimeoutError) as exc:
         await producer.stop()
-        raise MirrorError(
-            f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
-            "start it (./run kafka start) or fix KAFKA_BROKER"
-        ) from None
+        raise MirrorError(unreachable_broker(settings, exc)) from None
     try:
         for key, event in events:
             await producer.send_and_wait(topic, json.dumps(event).encode(), key=key.encode())

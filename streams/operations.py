@@ -20,6 +20,7 @@ from models.store import offsets_table
 from streams.errors import MirrorError
 from streams.guard import Current, resolve
 from streams.mirror import Mirror, fast_loads
+from streams.preflight import unreachable_broker
 from streams.routing import EntityKey, SourceRecord, route
 from streams.settings import Settings
 
@@ -37,10 +38,7 @@ async def _admin_call(settings: Settings, call: Callable[[Any], Any]) -> Any:
         await asyncio.wait_for(admin.start(), timeout=20)
     except (KafkaError, OSError, TimeoutError) as exc:
         await admin.close()
-        raise MirrorError(
-            f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
-            "start the broker or fix KAFKA_BROKER"
-        ) from None
+        raise MirrorError(unreachable_broker(settings, exc)) from None
     try:
         return await call(admin)
     finally:

@@ -14,6 +14,14 @@ import socket
 from streams.settings import Settings
 
 
+def unreachable_broker(settings: Settings, exc: BaseException) -> str:
+    """Say, in one line, that the brokers do not answer and what to fix."""
+    return (
+        f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
+        "start the broker (./run kafka start) or fix KAFKA_BROKER"
+    )
+
+
 def web_port_problem(settings: Settings) -> str | None:
     """Return why the worker cannot listen on WEB_HOST:WEB_PORT, or None."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -47,10 +55,7 @@ async def broker_problem(settings: Settings, timeout: float = 20.0) -> str | Non
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=timeout)
     except (KafkaError, OSError, TimeoutError) as exc:
-        return (
-            f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
-            "start the broker (./run kafka start) or fix KAFKA_BROKER"
-        )
+        return unreachable_broker(settings, exc)
     finally:
         aiokafka_log.setLevel(level)
         await client.close()

@@ -24,6 +24,7 @@ from streams.deadletters import (
 )
 from streams.errors import MirrorError
 from streams.operations import partitions_of
+from streams.preflight import unreachable_broker
 from streams.routing import ORIGIN_HEADER, Origin
 from streams.settings import Settings
 
@@ -96,7 +97,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
         await asyncio.wait_for(consumer.start(), timeout=20)
     except (KafkaError, OSError, TimeoutError) as exc:
         await consumer.stop()
-        raise MirrorError(f"cannot reach Kafka at {settings.kafka_broker}: {exc!r}") from None
+        raise MirrorError(unreachable_broker(settings, exc)) from None
     try:
         partitions = await partitions_of(settings, topic)
         if not partitions:
