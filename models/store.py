@@ -226,17 +226,10 @@ class StoreTransaction:
         found: dict[EntityKey, Current] = {}
         if not keys:
             return found
-        key_sets = [list(keys[i : i + _CHUNK]) for i in range(0, len(keys), _CHUNK)]
         for table, is_row in ((spec.table, True), (spec.tombstone_table, False)):
             key_col = table.c[spec.key_column]
             cols = [key_col, *(table.c[c] for c in VERSION_COLUMNS)]
-            if self.dialect == "postgresql":
-                # One array parameter instead of thousands of IN placeholders to compile.
-                keys_param = bindparam("keys", list(keys), type_=postgresql.ARRAY(key_col.type))
-                wheres = [key_col == any_(keys_param)]
-            else:
-                wheres = [key_col.in_(chunk) for chunk in key_sets]
-            for where in wheres:
+            for where in self._key_filters(key_col, keys):
                 query = select(*cols).where(where).with_for_update()
                 for row in self.conn.execute(query):
                     key = row[0]
@@ -248,6 +241,25 @@ class StoreTransaction:
                         else Current(row=was.row, tombstone=version)
                     )
         return found
+
+    def rows_of(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Any]:
+        """Return the rows of ``keys`` as this transaction sees them (absent keys left out)."""
+        found: dict[EntityKey, Any] = {}
+        key_col = spec.table.c[spec.key_column]
+        for where in self._key_filters(key_col, keys):
+            for row in self.conn.execute(select(spec.table).where(where)).mappings():
+                found[row[spec.key_column]] = dict(row)
+        return found
+
+    def _key_filters(self, key_col: Any, keys: Sequence[EntityKey]) -> list[Any]:
+        """Return WHERE clauses that together select ``keys`` of ``key_col``."""
+        if not keys:
+            return []
+        if self.dialect == "postgresql":
+            # One array parameter instead of thousands of IN placeholders to compile.
+            keys_param = bindparam("keys", list(keys), type_=postgresql.ARRAY(key_col.type))
+            return [key_col == any_(keys_param)]
+        return [key_col.in_(list(keys[i : i + _CHUNK])) for i in range(0, len(keys), _CHUNK)]
 
     def write(self, spec: EntitySpec, plan: Plan) -> list[Refusal]:
         """Carry out ``plan``; return the writes the database refused (the rest commit).

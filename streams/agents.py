@@ -25,6 +25,7 @@ from streams.errors import DeadLetterError, MirrorError
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.routing import ORIGIN_HEADER, Origin, Rejection, SourceRecord, entity_key_of
 from streams.settings import Settings
+from tables.cache import EntityCache
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +97,28 @@ async def apply_batch(
     spec: EntitySpec,
     events: Sequence[EventT[Any]],
     before_commit: Callable[[list[Rejection]], None] | None = None,
+    *,
+    read_back: bool = False,
 ) -> BatchResult:
     """Apply one batch of Faust events, retrying until its transaction commits."""
     records = [record_from_event(event) for event in events]
     first = records[0]
     what = f"apply {len(records)} {spec.kind} events from {first.topic}"
     result: BatchResult = await retry_forever(
-        what, lambda: mirror.apply(spec, records, before_commit)
+        what, lambda: mirror.apply(spec, records, before_commit, read_back=read_back)
     )
     return result
+
+
+async def update_cache(app: faust.App, cache: EntityCache, result: BatchResult) -> None:
+    """Put a committed batch's state in the cache, retrying until the changelog has it all."""
+    started = time.perf_counter()
+    await retry_forever(
+        f"write {len(result.states)} {cache.spec.kind} entries to {cache.changelog}",
+        None,
+        coroutine=functools.partial(cache.put, app, result.states),
+    )
+    metrics.CACHE_SECONDS.labels(cache.spec.kind).observe(time.perf_counter() - started)
 
 
 async def send_dead_letters(app: faust.App, topic: str, rejections: Sequence[Rejection]) -> None:
@@ -146,9 +160,13 @@ def dead_letter_sender(
 
 
 def make_agent(
-    app: faust.App, mirror: Mirror, spec: EntitySpec, settings: Settings
+    app: faust.App,
+    mirror: Mirror,
+    spec: EntitySpec,
+    settings: Settings,
+    cache: EntityCache | None = None,
 ) -> Callable[[faust.Stream[Any]], Any]:
-    """Build the agent function that mirrors ``spec``'s topic."""
+    """Build the agent function that mirrors ``spec``'s topic (and fills its ``cache``)."""
     dlq_name = dead_letter_topic(mirror.source_topic(spec), settings.dlq_suffix)
 
     async def mirror_entity(stream: faust.Stream[Any]) -> AsyncIterator[None]:
@@ -168,7 +186,13 @@ def make_agent(
         async def apply_in_order() -> None:
             while True:
                 batch, read_at = await ready.get()
-                await apply_batch(mirror, spec, batch, to_dead_letters)
+                result = await apply_batch(
+                    mirror, spec, batch, to_dead_letters, read_back=cache is not None
+                )
+                if cache is not None:
+                    # After the commit (the cache shows only committed state), before the
+                    # acks (a crash in between replays the batch, which rewrites the cache).
+                    await update_cache(app, cache, result)
                 metrics.BATCH_SIZE.labels(spec.kind).observe(len(batch))
                 metrics.BATCH_SECONDS.labels(spec.kind).observe(time.perf_counter() - read_at)
                 for event in batch:
@@ -260,8 +284,14 @@ def register_tombstone_purge(app: faust.App, mirror: Mirror, settings: Settings)
     app.timer(interval, name=f"{settings.app_id}.purge-tombstones")(purge_tombstones)
 
 
-def register_agents(app: faust.App, mirror: Mirror, settings: Settings) -> None:
-    """Declare one topic and one agent per registered entity."""
+def register_agents(
+    app: faust.App,
+    mirror: Mirror,
+    settings: Settings,
+    caches: Mapping[str, EntityCache] | None = None,
+) -> None:
+    """Declare one topic and one agent per registered entity (filling its cache, if any)."""
+    caches = caches or {}
     for spec in mirror.registry:
         topic = _raw_topic(app, mirror.source_topic(spec), settings)
         agent_fun: Any
@@ -272,7 +302,7 @@ def register_agents(app: faust.App, mirror: Mirror, settings: Settings) -> None:
                 agent_fun
             )
             topic = _raw_topic(app, target, settings)
-        agent_fun = make_agent(app, mirror, spec, settings)
+        agent_fun = make_agent(app, mirror, spec, settings, caches.get(spec.kind))
         # One instance per agent: concurrency > 1 can commit past an event still in flight
         # (faust-streaming#606).
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)

@@ -9,6 +9,7 @@ JSON error; unknown kinds 404. Bookkeeping columns (``mirror_*``) are left out o
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, String
@@ -43,8 +44,18 @@ def public(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not k.startswith("mirror_")}
 
 
-def get_entity(registry: Registry, store: SqlStore, kind: str, raw_key: str) -> Reply:
-    """Answer ``GET /entities/{kind}/{key}`` from the SQL store."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The entity a ``/entities/{kind}/{key}`` URL names."""
+
+    spec: EntitySpec
+    key: Any
+    """The key converted to the key column's type."""
+    raw_key: str
+
+
+def entity_target(registry: Registry, kind: str, raw_key: str) -> Target | Reply:
+    """Return what ``/entities/{kind}/{key}`` names, or the 404/400 reply when it is wrong."""
     spec = registry.by_kind(kind)
     if spec is None:
         return _error(404, f"unknown kind {kind!r}")
@@ -52,10 +63,22 @@ def get_entity(registry: Registry, store: SqlStore, kind: str, raw_key: str) -> 
         key = parse_key(spec, raw_key)
     except ValueError as exc:
         return _error(400, f"malformed {kind} key {raw_key!r}: {exc}")
-    row = store.get(spec, key)
+    return Target(spec, key, raw_key)
+
+
+def entity_reply(target: Target, row: Mapping[str, Any] | None) -> Reply:
+    """Answer for ``target`` given its state (a row, a cached value, or None)."""
     if row is None:
-        return _error(404, f"no {kind} {raw_key!r}")
+        return _error(404, f"no {target.spec.kind} {target.raw_key!r}")
     return 200, public(row)
+
+
+def get_entity(registry: Registry, store: SqlStore, kind: str, raw_key: str) -> Reply:
+    """Answer ``GET /entities/{kind}/{key}`` from the SQL store."""
+    target = entity_target(registry, kind, raw_key)
+    if not isinstance(target, Target):
+        return target
+    return entity_reply(target, store.get(target.spec, target.key))
 
 
 def list_entities(

@@ -47,3 +47,22 @@ LAG = Gauge(
     ["topic", "partition"],
     registry=registry,
 )
+CACHE_ENTRIES = Gauge(
+    "mirror_cache_entries",
+    "Entries this worker holds in the entity's cached table (refreshed on each scrape).",
+    ["entity"],
+    registry=registry,
+)
+CACHE_SECONDS = Histogram(
+    "mirror_cache_write_seconds",
+    "Time to write one batch's committed state to the cached table's changelog.",
+    ["entity"],
+    registry=registry,
+)
+ROUTED = Counter(
+    "mirror_entity_reads",
+    "Reads by key of cached entities: answered here (local), forwarded to the key's owner, "
+    "or owner unreachable.",
+    ["entity", "result"],
+    registry=registry,
+)

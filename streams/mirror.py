@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -20,6 +21,7 @@ from streams import metrics
 from streams.guard import Plan, resolve
 from streams.routing import (
     Decision,
+    EntityKey,
     Outcome,
     Rejection,
     RejectReason,
@@ -51,6 +53,9 @@ class BatchResult:
     """Outcomes of one applied batch, in consumption order."""
 
     results: list[RecordResult] = field(default_factory=list)
+    states: dict[EntityKey, dict[str, Any] | None] = field(default_factory=dict)
+    """With ``read_back``: the committed row (None when absent) of every key the batch named,
+    replays included, so a replayed batch can repair a cache that missed its first update."""
 
     @property
     def rejections(self) -> list[Rejection]:
@@ -105,11 +110,15 @@ class Mirror:
         spec: EntitySpec,
         records: Sequence[SourceRecord],
         before_commit: Callable[[list[Rejection]], None] | None = None,
+        *,
+        read_back: bool = False,
     ) -> BatchResult:
         """Apply one batch of records of one entity in one transaction.
 
         ``before_commit`` gets the batch's new rejections inside the transaction, before it
         commits (the agents send dead letters there); if it raises, nothing is committed.
+        With ``read_back``, the result's ``states`` hold the rows the transaction commits for
+        every key the batch names (the agents put them in the cache after the commit).
         """
         if not records:
             return BatchResult()
@@ -146,6 +155,10 @@ class Mirror:
                         "StoreError",
                     )
             result = _results(decisions, plan, refused)
+            if read_back:
+                named = list({d.key: None for d in decisions if not isinstance(d, Rejection)})
+                rows = tx.rows_of(spec, named)
+                result.states = {key: rows.get(key) for key in named}
             for topic, ends in next_offsets.items():
                 tx.advance(self.group, topic, ends)
             tx.add_counts(self.group, result.first_delivery_counts())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ ENVIRONMENT: dict[str, str] = {
     "APP_ID": DEFAULT_APP_ID,
     "WEB_PORT": str(DEFAULT_WEB_PORT),
     "WEB_HOST": "127.0.0.1",
+    "CANONICAL_URL": "",
+    "STANDBY_REPLICAS": "0",
     "TOPIC_PARTITIONS": "4",
     "TOPIC_REPLICAS": "1",
     "BATCH_SIZE": "5000",
@@ -73,6 +76,11 @@ class Settings:
     """Port of the worker's HTTP server (one per worker on a machine)."""
     web_host: str = "127.0.0.1"
     """Interface the HTTP server binds to and advertises to other workers."""
+    canonical_url: str = ""
+    """URL other workers reach this one at (routed reads); empty: ``http://WEB_HOST:WEB_PORT``,
+    or the machine's host name when WEB_HOST is a wildcard like 0.0.0.0."""
+    standby_replicas: int = 0
+    """Workers that keep a standby copy of each cached table partition."""
     topic_partitions: int = 4
     """Partitions of entity topics that the worker creates when they are missing."""
     topic_replicas: int = 1
@@ -138,6 +146,16 @@ class Settings:
         return context
 
     @property
+    def advertised_url(self) -> str:
+        """Return the URL other workers use to reach this worker's HTTP server."""
+        if self.canonical_url:
+            return self.canonical_url
+        host = self.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"http://{host}:{self.web_port}"
+
+    @property
     def is_sqlite(self) -> bool:
         """Tell whether the store is the embedded SQLite default (or another SQLite file)."""
         return make_url(self.database_url).get_backend_name() == "sqlite"
@@ -155,6 +173,8 @@ class Settings:
             app_id=_parse_app_id(env.get("APP_ID", DEFAULT_APP_ID)),
             web_port=_parse_int(env, "WEB_PORT", DEFAULT_WEB_PORT, low=1, high=65535),
             web_host=_parse_host(env.get("WEB_HOST", "127.0.0.1")),
+            canonical_url=_parse_url(env.get("CANONICAL_URL", "")),
+            standby_replicas=_parse_int(env, "STANDBY_REPLICAS", 0, low=0, high=10),
             topic_partitions=_parse_int(env, "TOPIC_PARTITIONS", 4, low=1, high=10_000),
             topic_replicas=_parse_int(env, "TOPIC_REPLICAS", 1, low=1, high=100),
             batch_size=_parse_int(env, "BATCH_SIZE", 5000, low=1, high=1_000_000),
@@ -251,6 +271,16 @@ def _parse_app_id(value: str) -> str:
 def _parse_host(value: str) -> str:
     if not re.match(r"^[A-Za-z0-9.:_-]+$", value):
         raise SettingsError(f"WEB_HOST {value!r} is not a host name or address")
+    return value
+
+
+def _parse_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if value and not re.match(r"^https?://[A-Za-z0-9.:_\[\]-]+$", value):
+        raise SettingsError(
+            f"CANONICAL_URL {value!r} must look like http://host:port (how other workers "
+            "reach this one)"
+        )
     return value
 
 

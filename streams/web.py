@@ -1,17 +1,20 @@
-"""HTTP views of a worker on WEB_PORT: ``/health``, ``/ready`` and ``/metrics``."""
+"""HTTP views of a worker on WEB_PORT: ``/health``, ``/ready`` and ``/metrics`` (and, from
+``tables.views``, the entity pages)."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import api, metrics
+from streams import metrics
 from streams.mirror import Mirror
+from tables.cache import EntityCache
+from tables.views import register_entity_views
 
 
 def authorized(request: Request, token: str) -> bool:
@@ -22,13 +25,22 @@ def authorized(request: Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
-def register_pages(app: faust.App, mirror: Mirror, api_token: str = "") -> None:
-    """Add the operational pages to ``app``'s web server."""
+def register_pages(
+    app: faust.App,
+    mirror: Mirror,
+    caches: Mapping[str, EntityCache],
+    api_token: str = "",
+) -> None:
+    """Add the operational pages and the entity pages to ``app``'s web server."""
 
-    def unauthorized(view: View) -> Response:
-        return view.json(
+    def denied(request: Request) -> Response | None:
+        if authorized(request, api_token):
+            return None
+        return app.web.json(
             {"error": "unauthorized: send Authorization: Bearer <API_TOKEN>"}, status=401
         )
+
+    register_entity_views(app, mirror, caches, denied)
 
     @app.page("/health")
     class Health(View):
@@ -39,48 +51,32 @@ def register_pages(app: faust.App, mirror: Mirror, api_token: str = "") -> None:
 
     @app.page("/ready")
     class Ready(View):
-        """Readiness: partitions assigned and no rebalance in progress."""
+        """Readiness: partitions assigned, no rebalance in progress, cached tables recovered."""
 
         async def get(self, request: Request) -> Response:
-            if not authorized(request, api_token):
-                return unauthorized(self)
+            denial = denied(request)
+            if denial is not None:
+                return denial
             assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
-            ready = bool(assigned) and not app.rebalancing
-            body: dict[str, Any] = {"ready": ready, "assigned": assigned}
+            recovering = bool(app.in_recovery)
+            ready = bool(assigned) and not app.rebalancing and not recovering
+            body: dict[str, Any] = {
+                "ready": ready,
+                "assigned": assigned,
+                "rebalancing": bool(app.rebalancing),
+                "tables_recovering": recovering,
+                "tables": sorted(cache.changelog for cache in caches.values()),
+            }
             return self.json(body, status=200 if ready else 503)
-
-    @app.page("/entities/{kind}")
-    class Entities(View):
-        """A page of one kind's rows from the SQL store."""
-
-        async def get(self, request: Request, kind: str) -> Response:
-            if not authorized(request, api_token):
-                return unauthorized(self)
-            query = dict(request.query)
-            status, body = await asyncio.to_thread(
-                api.list_entities, mirror.registry, mirror.store, kind, query
-            )
-            return self.json(body, status=status)
-
-    @app.page("/entities/{kind}/{key}")
-    class Entity(View):
-        """One entity by key."""
-
-        async def get(self, request: Request, kind: str, key: str) -> Response:
-            if not authorized(request, api_token):
-                return unauthorized(self)
-            status, body = await asyncio.to_thread(
-                api.get_entity, mirror.registry, mirror.store, kind, key
-            )
-            return self.json(body, status=status)
 
     @app.page("/metrics")
     class Metrics(View):
         """Prometheus metrics, consumer lag refreshed on each scrape."""
 
         async def get(self, request: Request) -> Response:
-            if not authorized(request, api_token):
-                return unauthorized(self)
+            denial = denied(request)
+            if denial is not None:
+                return denial
             for tp in app.consumer.assignment():
                 position = mirror.positions.get((tp.topic, tp.partition))
                 if position is None:
@@ -90,6 +86,8 @@ def register_pages(app: faust.App, mirror: Mirror, api_token: str = "") -> None:
                     metrics.LAG.labels(tp.topic, str(tp.partition)).set(
                         max(0, highwater - position)
                     )
+            for kind, cache in caches.items():
+                metrics.CACHE_ENTRIES.labels(kind).set(cache.size())
             body = generate_latest(metrics.registry)
             # aiohttp takes the charset apart from the content type.
             content_type = CONTENT_TYPE_LATEST.split(";", 1)[0] + "; version=0.0.4"

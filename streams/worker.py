@@ -18,6 +18,7 @@ from streams.mirror import Mirror
 from streams.preflight import broker_problem, web_port_problem
 from streams.settings import Settings
 from streams.web import register_pages
+from tables.cache import declare_caches
 
 
 def load_entities(settings: Settings, registry: Registry = default_registry) -> Registry:
@@ -96,7 +97,8 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
-        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        canonical_url=settings.advertised_url,
+        table_standby_replicas=settings.standby_replicas,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replicas,
         consumer_auto_offset_reset="earliest",
@@ -109,7 +111,8 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         **extra,
     )
     app.mirror_settings = settings
-    register_agents(app, mirror, settings)
+    caches = declare_caches(app, mirror.registry, settings)
+    register_agents(app, mirror, settings, caches)
     register_tombstone_purge(app, mirror, settings)
-    register_pages(app, mirror, settings.api_token)
+    register_pages(app, mirror, caches, settings.api_token)
     return app

@@ -1,0 +1,120 @@
+"""HTTP views over the mirrored entities: ``/entities/{kind}`` and ``/entities/{kind}/{key}``.
+
+A read of a cached kind is answered by the worker that owns the key's changelog partition,
+from its table; any other worker forwards the request there (Faust's router says where, as
+``@app.table_route`` does). We forward ourselves instead of through ``table_route`` because
+Faust's forwarder turns an unreachable owner (a worker just killed, before the group notices)
+into a 500 traceback and can bounce a request between workers whose assignments disagree
+mid-rebalance: here both are a 503 with a JSON error and ``Retry-After``, which a client retries.
+Kinds whose cache is off, and every list, are read from the SQL store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+import faust
+from faust.web import Request, Response, View
+from yarl import URL
+
+from streams import api, metrics
+from streams.mirror import Mirror
+from tables.cache import EntityCache, cache_key
+
+#: Marks a request a worker forwarded, so that it is never forwarded twice.
+ROUTED_HEADER = "X-Mirror-Routed-By"
+FORWARD_TIMEOUT = 10.0
+
+
+def owner_of(app: faust.App, cache: EntityCache, key: Any) -> URL | None:
+    """Return the URL of the worker owning ``key``'s cache partition, None while unknown."""
+    try:
+        return URL(str(app.router.key_store(cache.table.name, cache_key(key))))
+    except KeyError:  # no assignment yet, or the partition is unassigned mid-rebalance
+        return None
+
+
+def same_worker(url: URL, canonical: URL) -> bool:
+    """Tell whether ``url`` names the worker whose canonical URL is ``canonical``."""
+    return (url.host, url.port) == (canonical.host, canonical.port)
+
+
+def register_entity_views(
+    app: faust.App,
+    mirror: Mirror,
+    caches: Mapping[str, EntityCache],
+    authorized: Callable[[Request], Response | None],
+) -> None:
+    """Add the entity pages to ``app``'s web server (``authorized`` answers 401s)."""
+    canonical = URL(str(app.conf.canonical_url))
+
+    def unavailable(view: View, message: str) -> Response:
+        return view.json({"error": message}, status=503, headers={"Retry-After": "1"})
+
+    async def forward(view: View, request: Request, owner: URL, kind: str) -> Response:
+        headers = {ROUTED_HEADER: str(canonical)}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        target = owner.with_path(request.url.path).with_query(request.url.query)
+        try:
+            async with app.http_client.get(
+                target, headers=headers, timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            metrics.ROUTED.labels(kind, "unreachable").inc()
+            return unavailable(
+                view, f"the worker owning this key ({owner}) did not answer: {exc!r}; retry"
+            )
+        metrics.ROUTED.labels(kind, "forwarded").inc()
+        return view.bytes(body, content_type="application/json", status=status)
+
+    @app.page("/entities/{kind}")
+    class Entities(View):
+        """A page of one kind's rows from the SQL store."""
+
+        async def get(self, request: Request, kind: str) -> Response:
+            denied = authorized(request)
+            if denied is not None:
+                return denied
+            query = dict(request.query)
+            status, body = await asyncio.to_thread(
+                api.list_entities, mirror.registry, mirror.store, kind, query
+            )
+            return self.json(body, status=status)
+
+    @app.page("/entities/{kind}/{key}")
+    class Entity(View):
+        """One entity by key: from the owner's cache, or from SQL when the kind is not cached."""
+
+        async def get(self, request: Request, kind: str, key: str) -> Response:
+            denied = authorized(request)
+            if denied is not None:
+                return denied
+            cache = caches.get(kind)
+            if cache is None:
+                status, body = await asyncio.to_thread(
+                    api.get_entity, mirror.registry, mirror.store, kind, key
+                )
+                return self.json(body, status=status)
+            target = api.entity_target(mirror.registry, kind, key)
+            if not isinstance(target, api.Target):
+                status, body = target
+                return self.json(body, status=status)
+            owner = owner_of(app, cache, target.key)
+            if owner is None or app.rebalancing:
+                return unavailable(self, "workers are rebalancing; retry")
+            if not same_worker(owner, canonical):
+                if ROUTED_HEADER in request.headers:
+                    # The sender thinks we own it and we think not: assignments in flux.
+                    return unavailable(self, "workers disagree on who owns this key; retry")
+                return await forward(self, request, owner, kind)
+            if app.in_recovery:
+                return unavailable(self, f"the {kind} cache is recovering; retry")
+            metrics.ROUTED.labels(kind, "local").inc()
+            status, body = api.entity_reply(target, cache.get(target.key))
+            return self.json(body, status=status)
