@@ -131,11 +131,7 @@ class Mirror:
                 for topic, ends in next_offsets.items()
                 for partition, offset in tx.next_offsets(self.group, topic, list(ends)).items()
             }
-            fresh = [
-                d
-                for d in decisions
-                if d.record.offset >= stored.get((d.record.topic, d.record.partition), 0)
-            ]
+            fresh = _first_deliveries(decisions, stored)
             keys = list({d.key: None for d in fresh if not isinstance(d, Rejection)})
             current = tx.current(spec, keys)
             refused: dict[int, Rejection] = {}
@@ -204,6 +200,27 @@ class Mirror:
         for topic, n in replayed.items():
             self.replayed += n
             metrics.REPLAYED.labels(spec.kind, topic).inc(n)
+
+
+def _first_deliveries(
+    decisions: Sequence[Decision], stored: Mapping[tuple[str, int], int]
+) -> list[Decision]:
+    """Keep decisions at or past the stored offset, each position once.
+
+    A record below its partition's stored offset was applied by an earlier transaction; a
+    position seen twice in one batch (Faust can deliver a record again around a rebalance)
+    is one record, applied and counted once.
+    """
+    seen: set[tuple[str, int, int]] = set()
+    fresh: list[Decision] = []
+    for d in decisions:
+        r = d.record
+        position = (r.topic, r.partition, r.offset)
+        if r.offset < stored.get((r.topic, r.partition), 0) or position in seen:
+            continue
+        seen.add(position)
+        fresh.append(d)
+    return fresh
 
 
 def _next_offsets(records: Sequence[SourceRecord]) -> dict[str, dict[int, int]]:

@@ -133,8 +133,10 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def read_keys(bootstrap: str, topic: str) -> AsyncIterator[tuple[int, bytes]]:
-    """Yield (partition, key) of every keyed record in ``topic``, from the beginning."""
+async def read_records(
+    bootstrap: str, topic: str
+) -> AsyncIterator[tuple[int, bytes | None, bytes | None]]:
+    """Yield (partition, key, value) of every record in ``topic``, from the beginning."""
     ends = await end_offsets(bootstrap, topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
@@ -147,12 +149,27 @@ async def read_keys(bootstrap: str, topic: str) -> AsyncIterator[tuple[int, byte
             batch = await consumer.getmany(timeout_ms=1000)
             for tp, messages in batch.items():
                 for message in messages:
-                    if message.key is not None:
-                        yield tp.partition, message.key
+                    yield tp.partition, message.key, message.value
                     if message.offset + 1 >= remaining.get(tp.partition, 0):
                         remaining.pop(tp.partition, None)
     finally:
         await consumer.stop()
+
+
+async def read_keys(bootstrap: str, topic: str) -> AsyncIterator[tuple[int, bytes]]:
+    """Yield (partition, key) of every keyed record in ``topic``, from the beginning."""
+    async for partition, key, _ in read_records(bootstrap, topic):
+        if key is not None:
+            yield partition, key
+
+
+async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """Return the last value of every key in ``topic`` (None: a tombstone), as compaction would."""
+    latest: dict[bytes, bytes | None] = {}
+    async for _, key, value in read_records(bootstrap, topic):
+        if key is not None:
+            latest[key] = value
+    return latest
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
@@ -375,12 +392,13 @@ class Sent:
 
 
 def chaotic_stream(
-    count: int, entities: int, seed: int, *, foreign_keys: bool = False
+    count: int, entities: int, seed: int, *, foreign_keys: bool = False, keyed: bool = False
 ) -> list[Sent]:
     """Creates, updates, deletes, duplicates, late (older) events, tombstones, un-keyed.
 
     With ``foreign_keys`` the record key is never the entity key (a tenant id, or none),
-    except on Kafka tombstones, which need it.
+    except on Kafka tombstones, which need it. With ``keyed`` every record is keyed by its
+    entity (no un-keyed records), as the contract's producers do.
     """
     rng = random.Random(seed)
     keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(entities)]
@@ -402,7 +420,7 @@ def chaotic_stream(
             out.append(Sent(entity, None, entity.encode(), None, ts))  # Kafka tombstone
             continue
         key: bytes | None = entity.encode()
-        if rng.random() < 0.1:
+        if rng.random() < 0.1 and not keyed:
             key = None  # un-keyed: lands on any partition
         elif foreign_keys:
             key = f"tenant-{rng.randint(0, 5)}".encode()

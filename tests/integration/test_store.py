@@ -182,6 +182,43 @@ def test_a_replayed_batch_changes_nothing_and_is_not_counted_twice(mirror: Mirro
     }
 
 
+def test_a_record_delivered_twice_in_one_batch_is_applied_and_counted_once(
+    mirror: Mirror,
+) -> None:
+    first = rec_at({"planetUuid": "d1", "planetName": "one"}, ts=1000, offset=0)
+    second = rec_at({"planetUuid": "d1", "planetName": "two"}, ts=1001, offset=1)
+    again = rec_at({"planetUuid": "d1", "planetName": "one"}, ts=1000, offset=0)  # a new copy
+    result = mirror.apply(PLANET, [first, second, again], read_back=True)
+    assert [(r.outcome, r.replayed) for r in result.results] == [
+        (Outcome.APPLIED, False),
+        (Outcome.APPLIED, False),
+        (Outcome.SKIPPED, True),
+    ]
+    assert rows(mirror) == {"d1": "two"}
+    assert sum(mirror.store.outcome_counts("test").values()) == 2
+    assert {k: (v or {}).get("name") for k, v in result.states.items()} == {"d1": "two"}
+
+
+def test_read_back_gives_committed_rows_of_every_named_key_replays_included(
+    mirror: Mirror,
+) -> None:
+    batch = [
+        rec_at({"planetUuid": "r1", "planetName": "a"}, ts=1000, offset=0),
+        rec_at({"planetUuid": "r2", "planetName": "b"}, ts=1001, offset=1),
+        rec_at({"planetUuid": "r2", "changeType": "DELETED"}, ts=1002, offset=2),
+        rec_at({"planetUuid": "r3", "changeType": "WEIRD"}, ts=1003, offset=3),
+    ]
+    first = mirror.apply(PLANET, batch, read_back=True)
+    assert {k: (v or {}).get("name") for k, v in first.states.items()} == {
+        "r1": "a",
+        "r2": None,
+    }
+    replay = mirror.apply(PLANET, batch, read_back=True)
+    assert all(r.replayed for r in replay.results)
+    assert replay.states == first.states  # a replay still names its keys: a cache repairs
+    assert mirror.apply(PLANET, batch).states == {}  # nothing read without read_back
+
+
 def test_tombstones_are_purged_after_retention(mirror: Mirror) -> None:
     mirror.apply(PLANET, [rec_at({"planetUuid": "p1", "changeType": "DELETED"}, ts=1, offset=0)])
     assert mirror.store.purge_tombstones(PLANET, older_than_ms=0) == 0

@@ -1,0 +1,208 @@
+"""Three workers share a 6-partition topic; one leaves (SIGTERM or SIGKILL), a new one joins.
+
+At the end the SQL table equals the state computed from what was produced, the cached
+table's changelog holds that state for every key, and every surviving worker answers
+``GET /entities/planet/{key}`` correctly for every key, whichever worker owns it: requests
+are answered locally and routed both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from models.planet import Planet
+from models.registry import build_spec
+from models.store import SqlStore
+from tests.support import (
+    Sent,
+    WorkerProcess,
+    chaotic_stream,
+    create_topic,
+    end_offsets,
+    expected_state,
+    produce_timed,
+    read_latest,
+    wait_caught_up,
+    worker_env,
+)
+
+PLANET = build_spec(Planet)
+PARTITIONS = 6
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[SqlStore]:
+    store = SqlStore.from_url(pg_url)
+    yield store
+    store.dispose()
+
+
+def scaling_worker(
+    name: str, app_id: str, bootstrap: str, db_url: str, prefix: str, tmp_path: Path
+) -> WorkerProcess:
+    """One member of the group ``app_id``, with its own web port, data dir and log."""
+    env = worker_env(
+        bootstrap=bootstrap,
+        database_url=db_url,
+        app_id=app_id,
+        topic_prefix=prefix,
+        data_dir=tmp_path / f"data-{name}",
+        TOPIC_PARTITIONS=str(PARTITIONS),
+        SESSION_TIMEOUT="6",
+        BATCH_SIZE="500",
+    )
+    return WorkerProcess(env, tmp_path / f"worker-{name}.log")
+
+
+def base_url(worker: WorkerProcess) -> str:
+    return f"http://127.0.0.1:{worker.env['WEB_PORT']}"
+
+
+async def wait_ready(
+    http: aiohttp.ClientSession, workers: list[WorkerProcess], timeout: float = 120.0
+) -> None:
+    """Wait until every worker's /ready says ready (assigned, no rebalance, tables recovered)."""
+    deadline = time.monotonic() + timeout
+    pending = list(workers)
+    while pending:
+        for worker in list(pending):
+            worker.assert_alive()
+            try:
+                async with http.get(f"{base_url(worker)}/ready") as response:
+                    if response.status == 200:
+                        pending.remove(worker)
+            except aiohttp.ClientError:
+                pass
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"not ready: {[base_url(w) for w in pending]}\n{pending[0].tail()}")
+        await asyncio.sleep(0.25)
+
+
+async def get_entity(
+    http: aiohttp.ClientSession, worker: WorkerProcess, key: str, timeout: float = 60.0
+) -> tuple[int, dict[str, object]]:
+    """GET one planet, retrying 503s (rebalancing, recovering) until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(f"{base_url(worker)}/entities/planet/{key}") as response:
+            body = await response.json()
+            if response.status != 503:
+                return response.status, body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{base_url(worker)} still answers 503 for {key}: {body}")
+        await asyncio.sleep(0.2)
+
+
+async def wait_sql_state(
+    store: SqlStore, expected: dict[str, str], workers: list[WorkerProcess], timeout: float = 180.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    state: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for worker in workers:
+            worker.assert_alive()
+        rows = await asyncio.to_thread(store.rows, PLANET)
+        state = {str(k): str(v["name"]) for k, v in rows.items()}
+        if state == expected:
+            return
+        await asyncio.sleep(0.25)
+    missing = {k: v for k, v in expected.items() if state.get(k) != v}
+    raise AssertionError(f"SQL differs on {len(missing)} keys, e.g. {list(missing.items())[:3]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"]
+)
+async def test_workers_share_partitions_and_answer_for_every_key(
+    stop_signal: signal.Signals,
+    kafka_bootstrap: str,
+    pg_url: str,
+    store: SqlStore,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
+    app_id = f"scale-{uuid.uuid4().hex[:8]}"
+
+    def member(name: str) -> WorkerProcess:
+        return scaling_worker(name, app_id, kafka_bootstrap, pg_url, topic_prefix, tmp_path)
+
+    a, b, c = member("a"), member("b"), member("c")
+    d = member("d")
+    workers = [a, b, c, d]
+    sent: list[Sent] = chaotic_stream(6_000, 300, seed=31, keyed=True)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        try:
+            for worker in (a, b, c):
+                worker.start()
+            await wait_ready(http, [a, b, c])
+            producing = asyncio.create_task(
+                produce_timed(
+                    kafka_bootstrap,
+                    topic,
+                    ((s.key, s.value, s.timestamp) for s in sent),
+                    chunk=300,
+                    pause=0.3,
+                )
+            )
+            # Leave while events flow: after the first records are applied.
+            deadline = time.monotonic() + 120
+            while sum((await asyncio.to_thread(store.stored_offsets, app_id)).values()) < 600:
+                for worker in (a, b, c):
+                    worker.assert_alive()
+                assert time.monotonic() < deadline, c.tail()
+                await asyncio.sleep(0.1)
+            c.stop(stop_signal)
+            d.start()
+            positions = await producing
+            assert sum((await end_offsets(kafka_bootstrap, topic)).values()) == len(sent)
+            survivors = [a, b, d]
+            expected = expected_state(sent, positions)
+            await wait_sql_state(store, expected, survivors)
+            await wait_caught_up(kafka_bootstrap, app_id, topic, alive=a.assert_alive)
+            # Each record counted once, though some were delivered again after the rebalances.
+            assert sum(store.outcome_counts(app_id).values()) == len(sent)
+            await wait_ready(http, survivors)
+
+            # The changelog, which a new owner recovers from, holds the committed state.
+            changelog = await read_latest(kafka_bootstrap, f"{app_id}-planet-changelog")
+            cached = {
+                key.decode(): json.loads(value)["name"]
+                for key, value in changelog.items()
+                if value is not None
+            }
+            assert cached == expected
+
+            # Every survivor answers for every key, present or deleted.
+            every_key = sorted({s.entity for s in sent})
+            assert len(every_key) > len(expected)  # some entities end deleted
+            for worker in survivors:
+                for key in every_key:
+                    status, body = await get_entity(http, worker, key)
+                    if key in expected:
+                        assert (status, body) == (200, {"uuid": key, "name": expected[key]}), (
+                            base_url(worker)
+                        )
+                    else:
+                        assert status == 404, (base_url(worker), key, body)
+            # Some reads were answered locally and some forwarded, on every survivor.
+            for worker in survivors:
+                async with http.get(f"{base_url(worker)}/metrics") as response:
+                    text = await response.text()
+                assert 'result="local"' in text and 'result="forwarded"' in text, base_url(worker)
+        finally:
+            for worker in workers:
+                worker.stop()
+    assert c.starts == 1 and d.starts == 1
