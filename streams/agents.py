@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -159,12 +159,76 @@ def dead_letter_sender(
     return send
 
 
+class AppliedOffsets:
+    """Next offset per source partition whose records are applied and acknowledged here.
+
+    Faust commits offsets from its own acked-offset bookkeeping. Around a table recovery,
+    faust-streaming 0.15.3 resumes the source partitions before seeking them, delivers some
+    records twice, and its bookkeeping then advances the group's committed offset by one
+    record per commit interval (seen with three workers and a SIGKILL: committed offsets stuck
+    for minutes while every record was applied). These offsets are exact instead: batches are
+    applied in order, and an offset is noted only after its batch committed in SQL, reached the
+    cache and was acknowledged. Committing them (forward only) keeps the group's offsets, and
+    so restarts and lag monitors, right; Faust's own commits go on beside them.
+    """
+
+    def __init__(self) -> None:
+        self.next: dict[Any, int] = {}
+
+    def note(self, events: Sequence[EventT[Any]]) -> None:
+        """Record the offsets after ``events`` (all applied and acknowledged)."""
+        for event in events:
+            message = event.message
+            tp = message.tp
+            if message.offset + 1 > self.next.get(tp, -1):
+                self.next[tp] = message.offset + 1
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        """Drop revoked partitions: another worker's later progress must not be undone."""
+        for tp in tps:
+            self.next.pop(tp, None)
+
+    def due(self, assigned: Iterable[Any], committed: Mapping[Any, int | None]) -> dict[Any, int]:
+        """Return the offsets of ``assigned`` partitions that are ahead of ``committed``."""
+        found = {}
+        for tp in assigned:
+            offset = self.next.get(tp)
+            known = committed.get(tp)
+            if offset is not None and (known is None or offset > known):
+                found[tp] = offset
+        return found
+
+
+def register_offset_commits(app: faust.App, applied: AppliedOffsets) -> None:
+    """Commit ``applied`` offsets every commit interval, and forget revoked partitions."""
+
+    async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        applied.forget(args[0])  # the revoked partitions
+
+    app.on_partitions_revoked.connect(forget_revoked)
+
+    async def commit_applied() -> None:
+        if app.rebalancing:
+            return
+        consumer: Any = app.consumer
+        # Faust keeps what it last committed per partition in _committed_offset; reading it
+        # (and updating it below) keeps its own commits from moving an offset backwards.
+        committed = consumer._committed_offset
+        due = applied.due(consumer.assignment(), committed)
+        if due and await consumer._commit(due):
+            committed.update(due)
+
+    interval = float(app.conf.broker_commit_interval)
+    app.timer(interval, name=f"{app.conf.id}.commit-applied")(commit_applied)
+
+
 def make_agent(
     app: faust.App,
     mirror: Mirror,
     spec: EntitySpec,
     settings: Settings,
     cache: EntityCache | None = None,
+    applied: AppliedOffsets | None = None,
 ) -> Callable[[faust.Stream[Any]], Any]:
     """Build the agent function that mirrors ``spec``'s topic (and fills its ``cache``)."""
     dlq_name = dead_letter_topic(mirror.source_topic(spec), settings.dlq_suffix)
@@ -197,6 +261,8 @@ def make_agent(
                 metrics.BATCH_SECONDS.labels(spec.kind).observe(time.perf_counter() - read_at)
                 for event in batch:
                     await stream.ack(event)
+                if applied is not None:
+                    applied.note(batch)
 
         applier = asyncio.create_task(apply_in_order(), name=f"apply-{spec.kind}")
         try:
@@ -214,7 +280,12 @@ def make_agent(
 
 
 def make_forwarder(
-    app: faust.App, mirror: Mirror, spec: EntitySpec, settings: Settings, target: str
+    app: faust.App,
+    mirror: Mirror,
+    spec: EntitySpec,
+    settings: Settings,
+    target: str,
+    applied: AppliedOffsets | None = None,
 ) -> Callable[[faust.Stream[Any]], Any]:
     """Build the agent that re-keys ``spec``'s topic by entity key into ``target``.
 
@@ -235,6 +306,8 @@ def make_forwarder(
             )
             for event in batch:
                 await stream.ack(event)
+            if applied is not None:
+                applied.note(batch)
             yield None
 
     forward_entity.__name__ = f"forward_{spec.kind}"
@@ -292,17 +365,19 @@ def register_agents(
 ) -> None:
     """Declare one topic and one agent per registered entity (filling its cache, if any)."""
     caches = caches or {}
+    applied = AppliedOffsets()
+    register_offset_commits(app, applied)
     for spec in mirror.registry:
         topic = _raw_topic(app, mirror.source_topic(spec), settings)
         agent_fun: Any
         if spec.repartition or spec.kind in settings.repartition:
             target = repartition_topic(mirror, spec, settings)
-            agent_fun = make_forwarder(app, mirror, spec, settings, target)
+            agent_fun = make_forwarder(app, mirror, spec, settings, target, applied)
             app.agent(topic, name=f"{settings.app_id}.forward-{spec.kind}", concurrency=1)(
                 agent_fun
             )
             topic = _raw_topic(app, target, settings)
-        agent_fun = make_agent(app, mirror, spec, settings, caches.get(spec.kind))
+        agent_fun = make_agent(app, mirror, spec, settings, caches.get(spec.kind), applied)
         # One instance per agent: concurrency > 1 can commit past an event still in flight
         # (faust-streaming#606).
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)

@@ -10,6 +10,8 @@ import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Sequence
+from typing import Any
 
 from streams.settings import Settings
 
@@ -38,8 +40,26 @@ def web_port_problem(settings: Settings) -> str | None:
     return None
 
 
-async def broker_problem(settings: Settings, timeout: float = 20.0) -> str | None:
-    """Return why the Kafka bootstrap servers do not answer, or None."""
+def partition_problem(settings: Settings, partitions: dict[str, int | None]) -> str | None:
+    """Return why a cached entity's topic cannot be co-partitioned with its table, or None.
+
+    ``partitions`` maps each cached entity's source topic to its partition count (None when
+    the topic does not exist yet: the worker creates it with TOPIC_PARTITIONS).
+    """
+    for topic, count in sorted(partitions.items()):
+        if count is not None and count != settings.topic_partitions:
+            return (
+                f"topic {topic} has {count} partitions but TOPIC_PARTITIONS is "
+                f"{settings.topic_partitions}; set TOPIC_PARTITIONS={count} (a cached table's "
+                "changelog must have as many partitions as its source topic)"
+            )
+    return None
+
+
+async def broker_problem(
+    settings: Settings, cached_topics: Sequence[str] = (), timeout: float = 20.0
+) -> str | None:
+    """Return why the Kafka bootstrap servers do not answer, or a topic does not fit, or None."""
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
@@ -54,9 +74,19 @@ async def broker_problem(settings: Settings, timeout: float = 20.0) -> str | Non
     aiokafka_log.setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=timeout)
+        counts: dict[str, int | None] = {}
+        if cached_topics:
+            # Metadata of all topics: asking for named ones could auto-create them.
+            cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
+            counts = {topic: _partition_count(cluster, topic) for topic in cached_topics}
     except (KafkaError, OSError, TimeoutError) as exc:
         return unreachable_broker(settings, exc)
     finally:
         aiokafka_log.setLevel(level)
         await client.close()
-    return None
+    return partition_problem(settings, counts)
+
+
+def _partition_count(cluster: Any, topic: str) -> int | None:
+    partitions = cluster.partitions_for_topic(topic)
+    return None if partitions is None else len(partitions)

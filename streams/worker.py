@@ -51,6 +51,8 @@ class MirrorApp(faust.App):
     """A Faust app that checks its broker and web port before starting."""
 
     mirror_settings: Settings
+    #: Source topics of cached entities, checked to have TOPIC_PARTITIONS partitions.
+    cached_topics: list[str]
 
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
@@ -58,7 +60,7 @@ class MirrorApp(faust.App):
         if self.mirror_settings.log_format == "json":
             use_json_logs()
         problem = web_port_problem(self.mirror_settings) or await broker_problem(
-            self.mirror_settings
+            self.mirror_settings, self.cached_topics
         )
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
@@ -112,6 +114,11 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     )
     app.mirror_settings = settings
     caches = declare_caches(app, mirror.registry, settings)
+    app.cached_topics = [
+        mirror.source_topic(cache.spec)
+        for cache in caches.values()
+        if not (cache.spec.repartition or cache.spec.kind in settings.repartition)
+    ]
     register_agents(app, mirror, settings, caches)
     register_tombstone_purge(app, mirror, settings)
     register_pages(app, mirror, caches, settings.api_token)

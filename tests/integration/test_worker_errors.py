@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, create_topic, free_port
 
 
 def run_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -65,4 +65,27 @@ def test_a_busy_web_port_is_one_clear_line(tmp_path: Path) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 1
     assert f"WEB_PORT {port} on 127.0.0.1 is already in use" in output
+    assert "Traceback" not in output
+
+
+async def test_a_source_topic_with_other_partitions_than_its_cache_is_one_clear_line(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    await create_topic(kafka_bootstrap, f"{topic_prefix}planet-changed", partitions=3)
+    done = run_worker(
+        {
+            "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
+            "TOPIC_PREFIX": topic_prefix,
+            "TOPIC_PARTITIONS": "4",
+            "WEB_PORT": str(free_port()),
+            "APP_ID": "copartition",
+        },
+        tmp_path,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert (
+        f"error: topic {topic_prefix}planet-changed has 3 partitions but TOPIC_PARTITIONS is 4; "
+        "set TOPIC_PARTITIONS=3"
+    ) in output
     assert "Traceback" not in output
