@@ -21,6 +21,7 @@ from faust.types import EventT
 from models.registry import EntitySpec
 from streams import metrics
 from streams.deadletters import dead_letter_headers, dead_letter_topic
+from streams.delivery import DeliveryGuard, Verdict
 from streams.errors import DeadLetterError, MirrorError
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.routing import ORIGIN_HEADER, Origin, Rejection, SourceRecord, entity_key_of
@@ -30,6 +31,8 @@ from tables.cache import EntityCache
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+#: A partition behind its end that admitted nothing for this long is sought again.
+STALL_RESEEK_SECONDS = 5.0
 
 
 def record_from_event(event: EventT[Any]) -> SourceRecord:
@@ -199,13 +202,83 @@ class AppliedOffsets:
         return found
 
 
-def register_offset_commits(app: faust.App, applied: AppliedOffsets) -> None:
-    """Commit ``applied`` offsets every commit interval, and forget revoked partitions."""
+def register_positioning(
+    app: faust.App,
+    mirror: Mirror,
+    guard: DeliveryGuard,
+    applied: AppliedOffsets,
+    topics: set[str],
+) -> None:
+    """After every rebalance, seek the mirrored partitions of ``topics`` to their stored offsets.
+
+    The stored offsets are committed with the data, so they are exact; Kafka's committed offsets
+    can lag them. Until a partition is sought, the guard drops its records (unacknowledged:
+    they are read again from the stored offset).
+    """
 
     async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        applied.forget(args[0])  # the revoked partitions
+        revoked = args[0]
+        applied.forget(revoked)
+        guard.forget(revoked)
 
     app.on_partitions_revoked.connect(forget_revoked)
+
+    async def position_partitions() -> None:
+        while not app.should_stop:
+            try:
+                await position_pending()
+                await reseek_stalled()
+            except Exception:  # never let positioning stop: held-back partitions would stall
+                log.exception("positioning partitions failed; retrying")
+            await asyncio.sleep(0.1)
+
+    async def position_pending() -> None:
+        if app.rebalancing:
+            return  # Faust seeks to Kafka's committed offsets at the end; we seek after
+        pending = [
+            tp
+            for tp in app.consumer.assignment()
+            if tp.topic in topics and tp not in guard.expected
+        ]
+        if not pending:
+            return
+        try:
+            stored = await asyncio.to_thread(mirror.store.stored_offsets, mirror.group)
+        except MirrorError as exc:  # the partitions stay held back; try again shortly
+            log.warning("cannot read stored offsets to position partitions: %s", exc)
+            return
+        for tp in pending:
+            offset = stored.get((tp.topic, tp.partition), 0)
+            try:
+                await app.consumer.seek(tp, offset)
+            except Exception as exc:  # e.g. revoked meanwhile: the next round decides
+                log.warning("could not seek %s to its stored offset %d: %r", tp, offset, exc)
+                continue
+            guard.sought(tp, offset, time.monotonic())
+            log.info("reading %s[%d] from its stored offset %d", tp.topic, tp.partition, offset)
+
+    async def reseek_stalled() -> None:
+        if app.rebalancing:
+            return
+        consumer: Any = app.consumer
+        ends = {tp: consumer.highwater(tp) or 0 for tp in list(guard.expected)}
+        stalled: list[Any] = guard.stalled(time.monotonic(), STALL_RESEEK_SECONDS, ends)
+        for tp in stalled:
+            offset = guard.expected_offset(tp)
+            log.warning(
+                "%s[%d] made no progress; reading again from %d", tp.topic, tp.partition, offset
+            )
+            try:
+                await consumer.seek(tp, offset)
+            except Exception as exc:  # revoked meanwhile
+                log.warning("could not seek %s: %r", tp, exc)
+            guard.resought(tp, time.monotonic())
+
+    app.task(position_partitions)
+
+
+def register_offset_commits(app: faust.App, applied: AppliedOffsets) -> None:
+    """Commit ``applied`` offsets every commit interval."""
 
     async def commit_applied() -> None:
         if app.rebalancing:
@@ -229,6 +302,7 @@ def make_agent(
     settings: Settings,
     cache: EntityCache | None = None,
     applied: AppliedOffsets | None = None,
+    guard: DeliveryGuard | None = None,
 ) -> Callable[[faust.Stream[Any]], Any]:
     """Build the agent function that mirrors ``spec``'s topic (and fills its ``cache``)."""
     dlq_name = dead_letter_topic(mirror.source_topic(spec), settings.dlq_suffix)
@@ -269,7 +343,9 @@ def make_agent(
             async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait):
                 if applier.done():
                     applier.result()  # re-raise what stopped it (never expected)
-                await ready.put((list(events), time.perf_counter()))
+                batch = list(events) if guard is None else await admit(app, stream, guard, events)
+                if batch:
+                    await ready.put((batch, time.perf_counter()))
                 yield None
         finally:
             applier.cancel()
@@ -277,6 +353,38 @@ def make_agent(
     mirror_entity.__name__ = f"mirror_{spec.kind}"
     mirror_entity.__qualname__ = mirror_entity.__name__
     return mirror_entity
+
+
+async def admit(
+    app: faust.App, stream: Any, guard: DeliveryGuard, events: Sequence[EventT[Any]]
+) -> list[EventT[Any]]:
+    """Return the events the guard admits, in order; seek partitions it holds back."""
+    admitted: list[EventT[Any]] = []
+    for event in events:
+        message = event.message
+        verdict = guard.admit(message.tp, message.offset, time.monotonic())
+        if verdict is Verdict.ADMIT:
+            admitted.append(event)
+            continue
+        metrics.HELD_BACK.labels(message.topic).inc()
+        if verdict is Verdict.SEEK:
+            expected = guard.expected_offset(message.tp)
+            log.warning(
+                "%s[%d]: got offset %d while expecting %d; reading again from %d",
+                message.topic,
+                message.partition,
+                message.offset,
+                expected,
+                expected,
+            )
+            try:
+                await app.consumer.seek(message.tp, expected)
+            except Exception as exc:  # revoked meanwhile: its new owner positions it
+                log.warning("could not seek %s: %r", message.tp, exc)
+        # Acknowledged so that Faust does not wait for it at the next rebalance or stop; it is
+        # read again from the stored offset, which alone says what is applied.
+        await stream.ack(event)
+    return admitted
 
 
 def make_forwarder(
@@ -366,7 +474,10 @@ def register_agents(
     """Declare one topic and one agent per registered entity (filling its cache, if any)."""
     caches = caches or {}
     applied = AppliedOffsets()
+    guard = DeliveryGuard()
+    mirrored: set[str] = set()
     register_offset_commits(app, applied)
+    register_positioning(app, mirror, guard, applied, mirrored)
     for spec in mirror.registry:
         topic = _raw_topic(app, mirror.source_topic(spec), settings)
         agent_fun: Any
@@ -377,7 +488,8 @@ def register_agents(
                 agent_fun
             )
             topic = _raw_topic(app, target, settings)
-        agent_fun = make_agent(app, mirror, spec, settings, caches.get(spec.kind), applied)
+        mirrored.add(topic.get_topic_name())
+        agent_fun = make_agent(app, mirror, spec, settings, caches.get(spec.kind), applied, guard)
         # One instance per agent: concurrency > 1 can commit past an event still in flight
         # (faust-streaming#606).
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)

@@ -66,3 +66,10 @@ ROUTED = Counter(
     ["entity", "result"],
     registry=registry,
 )
+HELD_BACK = Counter(
+    "mirror_held_back_records",
+    "Records delivered out of order (before their partition was sought to its stored offset, "
+    "or past the next expected offset), dropped unapplied and read again in order.",
+    ["topic"],
+    registry=registry,
+)

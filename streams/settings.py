@@ -38,6 +38,7 @@ ENVIRONMENT: dict[str, str] = {
     "WEB_HOST": "127.0.0.1",
     "CANONICAL_URL": "",
     "STANDBY_REPLICAS": "0",
+    "RECOVERY_STALL_TIMEOUT": "60",
     "TOPIC_PARTITIONS": "4",
     "TOPIC_REPLICAS": "1",
     "BATCH_SIZE": "5000",
@@ -81,6 +82,8 @@ class Settings:
     or the machine's host name when WEB_HOST is a wildcard like 0.0.0.0."""
     standby_replicas: int = 0
     """Workers that keep a standby copy of each cached table partition."""
+    recovery_stall_timeout: float = 60.0
+    """Seconds a cached table's recovery may make no progress before the worker exits."""
     topic_partitions: int = 4
     """Partitions of entity topics that the worker creates when they are missing."""
     topic_replicas: int = 1
@@ -175,6 +178,9 @@ class Settings:
             web_host=_parse_host(env.get("WEB_HOST", "127.0.0.1")),
             canonical_url=_parse_url(env.get("CANONICAL_URL", "")),
             standby_replicas=_parse_int(env, "STANDBY_REPLICAS", 0, low=0, high=10),
+            recovery_stall_timeout=_parse_float(
+                env, "RECOVERY_STALL_TIMEOUT", 60.0, low=5.0, high=86400.0
+            ),
             topic_partitions=_parse_int(env, "TOPIC_PARTITIONS", 4, low=1, high=10_000),
             topic_replicas=_parse_int(env, "TOPIC_REPLICAS", 1, low=1, high=100),
             batch_size=_parse_int(env, "BATCH_SIZE", 5000, low=1, high=1_000_000),

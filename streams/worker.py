@@ -19,6 +19,7 @@ from streams.preflight import broker_problem, web_port_problem
 from streams.settings import Settings
 from streams.web import register_pages
 from tables.cache import declare_caches
+from tables.watchdog import register_recovery_watchdog
 
 
 def load_entities(settings: Settings, registry: Registry = default_registry) -> Registry:
@@ -122,4 +123,6 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     register_agents(app, mirror, settings, caches)
     register_tombstone_purge(app, mirror, settings)
     register_pages(app, mirror, caches, settings.api_token)
+    if caches:
+        register_recovery_watchdog(app, settings.recovery_stall_timeout)
     return app

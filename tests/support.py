@@ -213,6 +213,7 @@ class WorkerProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
+    stalls: int = field(default=0)
 
     def start(self) -> None:
         """Start the worker (the log file is appended to across restarts)."""
@@ -229,6 +230,15 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def supervise(self) -> None:
+        """Restart the worker if its table recovery stalled (exit 3), as a supervisor would;
+        fail with the log's tail if it exited otherwise."""
+        if self.proc is not None and self.proc.poll() == 3:
+            self.stalls += 1
+            self.start()
+            return
+        self.assert_alive()
 
     def assert_alive(self) -> None:
         """Fail with the log's tail if the worker has exited."""

@@ -58,6 +58,7 @@ def scaling_worker(
         data_dir=tmp_path / f"data-{name}",
         TOPIC_PARTITIONS=str(PARTITIONS),
         SESSION_TIMEOUT="6",
+        RECOVERY_STALL_TIMEOUT="15",
         BATCH_SIZE="500",
     )
     return WorkerProcess(env, tmp_path / f"worker-{name}.log")
@@ -75,7 +76,7 @@ async def wait_ready(
     pending = list(workers)
     while pending:
         for worker in list(pending):
-            worker.assert_alive()
+            worker.supervise()
             try:
                 async with http.get(f"{base_url(worker)}/ready") as response:
                     if response.status == 200:
@@ -109,7 +110,7 @@ async def wait_sql_state(
     state: dict[str, str] = {}
     while time.monotonic() < deadline:
         for worker in workers:
-            worker.assert_alive()
+            worker.supervise()
         rows = await asyncio.to_thread(store.rows, PLANET)
         state = {str(k): str(v["name"]) for k, v in rows.items()}
         if state == expected:
@@ -161,7 +162,7 @@ async def test_workers_share_partitions_and_answer_for_every_key(
             deadline = time.monotonic() + 120
             while sum((await asyncio.to_thread(store.stored_offsets, app_id)).values()) < 600:
                 for worker in (a, b, c):
-                    worker.assert_alive()
+                    worker.supervise()
                 assert time.monotonic() < deadline, c.tail()
                 await asyncio.sleep(0.1)
             c.stop(stop_signal)
@@ -171,7 +172,9 @@ async def test_workers_share_partitions_and_answer_for_every_key(
             survivors = [a, b, d]
             expected = expected_state(sent, positions)
             await wait_sql_state(store, expected, survivors)
-            await wait_caught_up(kafka_bootstrap, app_id, topic, alive=a.assert_alive)
+            await wait_caught_up(
+                kafka_bootstrap, app_id, topic, alive=lambda: [w.supervise() for w in survivors]
+            )
             # Each record counted once, though some were delivered again after the rebalances.
             assert sum(store.outcome_counts(app_id).values()) == len(sent)
             await wait_ready(http, survivors)
@@ -205,4 +208,6 @@ async def test_workers_share_partitions_and_answer_for_every_key(
         finally:
             for worker in workers:
                 worker.stop()
-    assert c.starts == 1 and d.starts == 1
+    assert c.starts == 1
+    # A worker whose table recovery stalled exits (tables/watchdog.py) and is restarted here.
+    assert all(w.starts == 1 + w.stalls for w in workers), [(w.starts, w.stalls) for w in workers]
