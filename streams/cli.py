@@ -162,6 +162,31 @@ def cmd_verify(settings: Settings, kind: str, limit: int) -> int:
         print(f"{spec.table.name} differs from {mirror.source_topic(spec)} in {len(found)} rows")
         return 1
     print(f"{spec.table.name} matches {mirror.source_topic(spec)}: {len(actual)} rows")
+    if not spec.cached:
+        return 0
+    return verify_cache(settings, spec, actual, limit)
+
+
+def verify_cache(
+    settings: Settings, spec: EntitySpec, rows: dict[Any, dict[str, Any]], limit: int
+) -> int:
+    """Compare the cached table's changelog with the SQL rows; exit 1 when they differ."""
+    from streams import operations
+    from tables.cache import cache_key, cached_value, changelog_topic
+
+    topic = changelog_topic(settings.app_id, spec.kind)
+    cached = asyncio.run(operations.cache_state(settings, topic))
+    if cached is None:
+        print(f"no cache yet: {topic} does not exist (no worker of {settings.app_id} has run)")
+        return 0
+    expected = {cache_key(k).decode(): cached_value(row) for k, row in rows.items()}
+    found = operations.cache_differences(expected, cached)
+    for line in found[:limit]:
+        print(line)
+    if found:
+        print(f"the cache ({topic}) differs from {spec.table.name} in {len(found)} keys")
+        return 1
+    print(f"the cache ({topic}) matches {spec.table.name}: {len(cached)} entries")
     return 0
 
 

@@ -241,3 +241,34 @@ async def rebuild(settings: Settings, mirror: Mirror, spec: EntitySpec) -> int:
         applied += len(records)
         await asyncio.to_thread(rebuilder.apply, spec, records)
     return applied
+
+
+async def cache_state(settings: Settings, topic: str) -> dict[str, Any] | None:
+    """Read a cached table's changelog: the last value per key (None when the topic is absent)."""
+    if not await partitions_of(settings, topic):
+        return None
+    latest: dict[str, Any] = {}
+    async for records in read_topic(settings, topic):
+        for record in records:
+            if record.key is None:
+                continue
+            key = record.key.decode()
+            if record.value is None:
+                latest.pop(key, None)
+            else:
+                latest[key] = fast_loads(record.value)
+    return latest
+
+
+def cache_differences(expected: dict[str, Any], cached: dict[str, Any]) -> list[str]:
+    """Describe how a cached table differs from the values its SQL rows imply."""
+    lines = []
+    for key in sorted(set(expected) | set(cached)):
+        want, got = expected.get(key), cached.get(key)
+        if want is None:
+            lines.append(f"cache has an entry the table lacks {key!r}: {got}")
+        elif got is None:
+            lines.append(f"cache lacks {key!r}: {want}")
+        elif want != got:
+            lines.append(f"cache entry {key!r} differs: cache {got}, table {want}")
+    return lines

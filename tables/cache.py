@@ -45,6 +45,17 @@ def encode_value(value: Mapping[str, Any]) -> bytes:
     return orjson.dumps(value, default=str)
 
 
+def changelog_topic(app_id: str, kind: str) -> str:
+    """Return the changelog topic of ``kind``'s cached table (Faust's naming)."""
+    return f"{app_id}-{kind}-changelog"
+
+
+def cached_value(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Return what the cache holds for ``row``: its public columns as they read back as JSON."""
+    value: dict[str, Any] = orjson.loads(encode_value(public(row)))
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class EntityCache:
     """The cached table of one entity kind."""
@@ -78,9 +89,9 @@ class EntityCache:
         sent: list[tuple[bytes, dict[str, Any] | None, Any]] = []
         for key, row in states.items():
             k = cache_key(key)
-            encoded = None if row is None else encode_value(public(row))
             # Kept as it reads back from the changelog, so recovered and written entries agree.
-            value = None if encoded is None else orjson.loads(encoded)
+            value = None if row is None else cached_value(row)
+            encoded = None if value is None else encode_value(value)
             # Straight to the producer (as dead letters go) rather than through table[k] = v:
             # one awaitable per record, no per-key buffer round trip, and we can wait for all.
             future = await app.producer.send(

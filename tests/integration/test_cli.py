@@ -48,6 +48,8 @@ async def test_status_verify_and_rebuild(
     verify = run_cli(env, "verify", "planet")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert f"matches {topic}: {len(expected)} rows" in verify.stdout
+    cache = f"the cache ({app_id}-planet-changelog) matches servicea_planet"
+    assert f"{cache}: {len(expected)} entries" in verify.stdout
 
     victim, gone = sorted(expected)[:2]
     engine = create_engine(pg_url)
