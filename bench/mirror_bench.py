@@ -149,6 +149,7 @@ def run_mirror(
         "WEB_PORT": str(_free_port()),
         "DATA_DIR": str(workdir / app_id),
         "BATCH_SIZE": str(batch_size),
+        "TOPIC_PARTITIONS": str(len(ends)),
     }
     store = SqlStore.from_url(db_url)
     store.create_tables([PLANET])

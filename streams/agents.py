@@ -250,7 +250,7 @@ def register_positioning(
         for tp in pending:
             offset = stored.get((tp.topic, tp.partition), 0)
             try:
-                await app.consumer.seek(tp, offset)
+                await app.consumer.seek_wait({tp: offset})
             except Exception as exc:  # e.g. revoked meanwhile: the next round decides
                 log.warning("could not seek %s to its stored offset %d: %r", tp, offset, exc)
                 continue
@@ -269,7 +269,7 @@ def register_positioning(
                 "%s[%d] made no progress; reading again from %d", tp.topic, tp.partition, offset
             )
             try:
-                await consumer.seek(tp, offset)
+                await consumer.seek_wait({tp: offset})
             except Exception as exc:  # revoked meanwhile
                 log.warning("could not seek %s: %r", tp, exc)
             guard.resought(tp, time.monotonic())
@@ -378,7 +378,7 @@ async def admit(
                 expected,
             )
             try:
-                await app.consumer.seek(message.tp, expected)
+                await app.consumer.seek_wait({message.tp: expected})
             except Exception as exc:  # revoked meanwhile: its new owner positions it
                 log.warning("could not seek %s: %r", message.tp, exc)
         # Acknowledged so that Faust does not wait for it at the next rebalance or stop; it is

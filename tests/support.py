@@ -231,17 +231,16 @@ class WorkerProcess:
                 start_new_session=True,
             )
 
-    def supervise(self) -> None:
-        """Restart the worker if its table recovery stalled (exit 3), as a supervisor would;
-        fail with the log's tail if it exited otherwise."""
+    def assert_alive(self) -> None:
+        """Fail with the log's tail if the worker has exited.
+
+        A worker whose table recovery stalled exits with status 3 (tables/watchdog.py) to be
+        restarted; it is restarted here, as a supervisor would, and counted in ``stalls``.
+        """
         if self.proc is not None and self.proc.poll() == 3:
             self.stalls += 1
             self.start()
             return
-        self.assert_alive()
-
-    def assert_alive(self) -> None:
-        """Fail with the log's tail if the worker has exited."""
         if self.proc is None or self.proc.poll() is not None:
             code = None if self.proc is None else self.proc.returncode
             raise AssertionError(f"worker exited ({code}); log tail:\n{self.tail()}")

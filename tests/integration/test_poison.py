@@ -150,7 +150,13 @@ async def test_a_dead_letter_topic_that_refuses_writes_holds_the_offsets(
     ]
     await produce_timed(kafka_bootstrap, topic, items)
     worker, app_id = make_worker(
-        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "dlqfail", BATCH_SIZE="20"
+        kafka_bootstrap,
+        pg_url,
+        topic_prefix,
+        tmp_path,
+        "dlqfail",
+        BATCH_SIZE="20",
+        TOPIC_PARTITIONS="2",
     )
     worker.start()
     try:

@@ -76,7 +76,7 @@ async def wait_ready(
     pending = list(workers)
     while pending:
         for worker in list(pending):
-            worker.supervise()
+            worker.assert_alive()
             try:
                 async with http.get(f"{base_url(worker)}/ready") as response:
                     if response.status == 200:
@@ -110,7 +110,7 @@ async def wait_sql_state(
     state: dict[str, str] = {}
     while time.monotonic() < deadline:
         for worker in workers:
-            worker.supervise()
+            worker.assert_alive()
         rows = await asyncio.to_thread(store.rows, PLANET)
         state = {str(k): str(v["name"]) for k, v in rows.items()}
         if state == expected:
@@ -162,7 +162,7 @@ async def test_workers_share_partitions_and_answer_for_every_key(
             deadline = time.monotonic() + 120
             while sum((await asyncio.to_thread(store.stored_offsets, app_id)).values()) < 600:
                 for worker in (a, b, c):
-                    worker.supervise()
+                    worker.assert_alive()
                 assert time.monotonic() < deadline, c.tail()
                 await asyncio.sleep(0.1)
             c.stop(stop_signal)
@@ -173,7 +173,7 @@ async def test_workers_share_partitions_and_answer_for_every_key(
             expected = expected_state(sent, positions)
             await wait_sql_state(store, expected, survivors)
             await wait_caught_up(
-                kafka_bootstrap, app_id, topic, alive=lambda: [w.supervise() for w in survivors]
+                kafka_bootstrap, app_id, topic, alive=lambda: [w.assert_alive() for w in survivors]
             )
             # Each record counted once, though some were delivered again after the rebalances.
             assert sum(store.outcome_counts(app_id).values()) == len(sent)
