@@ -165,14 +165,15 @@ def dead_letter_sender(
 class AppliedOffsets:
     """Next offset per source partition whose records are applied and acknowledged here.
 
-    Faust commits offsets from its own acked-offset bookkeeping. Around a table recovery,
-    faust-streaming 0.15.3 resumes the source partitions before seeking them, delivers some
-    records twice, and its bookkeeping then advances the group's committed offset by one
-    record per commit interval (seen with three workers and a SIGKILL: committed offsets stuck
-    for minutes while every record was applied). These offsets are exact instead: batches are
-    applied in order, and an offset is noted only after its batch committed in SQL, reached the
-    cache and was acknowledged. Committing them (forward only) keeps the group's offsets, and
-    so restarts and lag monitors, right; Faust's own commits go on beside them.
+    Faust would commit from its own acked-offset bookkeeping. Around a table recovery,
+    faust-streaming 0.15.3 resumes the source partitions before seeking them and delivers some
+    records twice; its bookkeeping then advanced the group's committed offset by one record
+    per commit interval (seen with three workers and a SIGKILL), and acknowledging records
+    dropped for being out of order would let it run ahead of what is applied. These offsets
+    are exact instead: an offset is noted when its batch has committed in SQL, reached the cache
+    and been acknowledged, or when the partition is sought to its stored offset. They are the
+    only offsets committed (forward only; ``worker.AppliedOffsetsConsumer`` turns Faust's own
+    commits off), which keeps the group's offsets, restarts and lag monitors right.
     """
 
     def __init__(self) -> None:
@@ -182,9 +183,12 @@ class AppliedOffsets:
         """Record the offsets after ``events`` (all applied and acknowledged)."""
         for event in events:
             message = event.message
-            tp = message.tp
-            if message.offset + 1 > self.next.get(tp, -1):
-                self.next[tp] = message.offset + 1
+            self.applied_below(message.tp, message.offset + 1)
+
+    def applied_below(self, tp: Any, offset: int) -> None:
+        """Record that every record of ``tp`` below ``offset`` is applied (a stored offset)."""
+        if offset > self.next.get(tp, -1):
+            self.next[tp] = offset
 
     def forget(self, tps: Iterable[Any]) -> None:
         """Drop revoked partitions: another worker's later progress must not be undone."""
@@ -255,6 +259,7 @@ def register_positioning(
                 log.warning("could not seek %s to its stored offset %d: %r", tp, offset, exc)
                 continue
             guard.sought(tp, offset, time.monotonic())
+            applied.applied_below(tp, offset)  # so Kafka's committed offset catches up too
             log.info("reading %s[%d] from its stored offset %d", tp.topic, tp.partition, offset)
 
     async def reseek_stalled() -> None:
@@ -381,8 +386,9 @@ async def admit(
                 await app.consumer.seek_wait({message.tp: expected})
             except Exception as exc:  # revoked meanwhile: its new owner positions it
                 log.warning("could not seek %s: %r", message.tp, exc)
-        # Acknowledged so that Faust does not wait for it at the next rebalance or stop; it is
-        # read again from the stored offset, which alone says what is applied.
+        # Acknowledged so that Faust does not wait for it at the next rebalance or stop. Faust
+        # commits nothing itself (worker.AppliedOffsetsConsumer): the record is read again from
+        # the stored offset, and only applied offsets are committed.
         await stream.ack(event)
     return admitted
 

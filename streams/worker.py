@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 
 from models.registry import Registry, default_registry
 from models.store import SqlStore
@@ -48,12 +49,31 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
     )
 
 
+class AppliedOffsetsConsumer(AiokafkaConsumer):
+    """Faust's aiokafka consumer, leaving every offset commit to ``AppliedOffsets``.
+
+    Faust commits from its acked-offset bookkeeping, which runs ahead of what is applied once
+    records are delivered out of order around a rebalance (the agents acknowledge records they
+    drop and read again) and crawls behind after a seek. The agents commit the offsets they have
+    applied instead (streams/agents.py), so Kafka's committed offsets never pass an unapplied
+    record.
+    """
+
+    def _new_offset(self, tp: Any) -> int | None:
+        return None
+
+
 class MirrorApp(faust.App):
     """A Faust app that checks its broker and web port before starting."""
 
     mirror_settings: Settings
     #: Source topics of cached entities, checked to have TOPIC_PARTITIONS partitions.
     cached_topics: list[str]
+
+    def _new_transport(self) -> Any:
+        transport: Any = super()._new_transport()
+        transport.Consumer = AppliedOffsetsConsumer  # this app's transport only
+        return transport
 
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
