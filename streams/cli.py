@@ -74,7 +74,10 @@ def cmd_sample_events(settings: Settings, count: int) -> int:
             events.append((key, {"planetUuid": key, "planetName": f"Exoplanet {i}"}))
     else:
         events = events[:count]
+    from streams.operations import ensure_topic
+
     topic = f"{settings.topic_prefix}planet-changed"
+    asyncio.run(ensure_topic(settings, topic))
     asyncio.run(_publish(settings, topic, events))
     print(f"sent {len(events)} events to {topic} at {settings.kafka_broker}")
     return 0

@@ -8,6 +8,7 @@ workers must have produced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -58,6 +59,25 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
 
     result: list[int] = await _admin_call(settings, call)
     return result
+
+
+async def ensure_topic(settings: Settings, topic: str) -> None:
+    """Create ``topic`` with TOPIC_PARTITIONS and TOPIC_REPLICAS when it is missing.
+
+    A broker that auto-creates topics would give it its default partition count, which a
+    cached entity's changelog cannot be co-partitioned with.
+    """
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    async def call(admin: Any) -> None:
+        if topic in await admin.list_topics():
+            return
+        new = NewTopic(topic, settings.topic_partitions, settings.topic_replicas)
+        with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile, by a worker
+            await admin.create_topics([new])
+
+    await _admin_call(settings, call)
 
 
 async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[int, int]:
