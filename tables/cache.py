@@ -15,7 +15,6 @@ applies an entity also owns its cache entry and its changelog partition (co-part
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,6 @@ import orjson
 from models.registry import EntitySpec, Registry
 from streams.api import public
 from streams.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 def cache_key(key: Any) -> bytes:
@@ -50,10 +47,16 @@ def changelog_topic(app_id: str, kind: str) -> str:
     return f"{app_id}-{kind}-changelog"
 
 
+def cache_entry(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """Return the changelog value of ``row`` and what the cache holds for it (as read back)."""
+    encoded = encode_value(public(row))
+    value: dict[str, Any] = orjson.loads(encoded)
+    return encoded, value
+
+
 def cached_value(row: Mapping[str, Any]) -> dict[str, Any]:
     """Return what the cache holds for ``row``: its public columns as they read back as JSON."""
-    value: dict[str, Any] = orjson.loads(encode_value(public(row)))
-    return value
+    return cache_entry(row)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +93,7 @@ class EntityCache:
         for key, row in states.items():
             k = cache_key(key)
             # Kept as it reads back from the changelog, so recovered and written entries agree.
-            value = None if row is None else cached_value(row)
-            encoded = None if value is None else encode_value(value)
+            encoded, value = (None, None) if row is None else cache_entry(row)
             # Straight to the producer (as dead letters go) rather than through table[k] = v:
             # one awaitable per record, no per-key buffer round trip, and we can wait for all.
             future = await app.producer.send(
