@@ -206,6 +206,21 @@ class AppliedOffsets:
         return found
 
 
+async def seek_partition(app: faust.App, tp: Any, offset: int) -> bool:
+    """Seek ``tp`` to ``offset`` through the consumer's thread; False (logged) when it fails.
+
+    ``seek_wait``, not ``seek``: Faust's ``seek`` calls aiokafka from this thread while the
+    consumer thread fetches, which raced (``KeyError: TopicPartition``) and killed the worker.
+    A partition revoked meanwhile fails here; its new owner positions it.
+    """
+    try:
+        await app.consumer.seek_wait({tp: offset})
+    except Exception as exc:  # any failure leaves the partition to the next round or owner
+        log.warning("could not seek %s to %d: %r", tp, offset, exc)
+        return False
+    return True
+
+
 def register_positioning(
     app: faust.App,
     mirror: Mirror,
@@ -216,8 +231,8 @@ def register_positioning(
     """After every rebalance, seek the mirrored partitions of ``topics`` to their stored offsets.
 
     The stored offsets are committed with the data, so they are exact; Kafka's committed offsets
-    can lag them. Until a partition is sought, the guard drops its records (unacknowledged:
-    they are read again from the stored offset).
+    can lag them. Until a partition is sought, the guard drops its records (acknowledged, but
+    never committed: they are read again from the stored offset).
     """
 
     async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -253,11 +268,8 @@ def register_positioning(
             return
         for tp in pending:
             offset = stored.get((tp.topic, tp.partition), 0)
-            try:
-                await app.consumer.seek_wait({tp: offset})
-            except Exception as exc:  # e.g. revoked meanwhile: the next round decides
-                log.warning("could not seek %s to its stored offset %d: %r", tp, offset, exc)
-                continue
+            if not await seek_partition(app, tp, offset):
+                continue  # still pending: the next round tries again
             guard.sought(tp, offset, time.monotonic())
             applied.applied_below(tp, offset)  # so Kafka's committed offset catches up too
             log.info("reading %s[%d] from its stored offset %d", tp.topic, tp.partition, offset)
@@ -273,10 +285,7 @@ def register_positioning(
             log.warning(
                 "%s[%d] made no progress; reading again from %d", tp.topic, tp.partition, offset
             )
-            try:
-                await consumer.seek_wait({tp: offset})
-            except Exception as exc:  # revoked meanwhile
-                log.warning("could not seek %s: %r", tp, exc)
+            await seek_partition(app, tp, offset)
             guard.resought(tp, time.monotonic())
 
     app.task(position_partitions)
@@ -289,8 +298,8 @@ def register_offset_commits(app: faust.App, applied: AppliedOffsets) -> None:
         if app.rebalancing:
             return
         consumer: Any = app.consumer
-        # Faust keeps what it last committed per partition in _committed_offset; reading it
-        # (and updating it below) keeps its own commits from moving an offset backwards.
+        # Faust's record of what is committed per partition (set from Kafka at each
+        # assignment); kept up to date here so each offset is committed once.
         committed = consumer._committed_offset
         due = applied.due(consumer.assignment(), committed)
         if due and await consumer._commit(due):
@@ -382,10 +391,7 @@ async def admit(
                 expected,
                 expected,
             )
-            try:
-                await app.consumer.seek_wait({message.tp: expected})
-            except Exception as exc:  # revoked meanwhile: its new owner positions it
-                log.warning("could not seek %s: %r", message.tp, exc)
+            await seek_partition(app, message.tp, expected)
         # Acknowledged so that Faust does not wait for it at the next rebalance or stop. Faust
         # commits nothing itself (worker.AppliedOffsetsConsumer): the record is read again from
         # the stored offset, and only applied offsets are committed.
