@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import MirrorError
-from streams.preflight import unreachable_broker
+from streams.preflight import start_client
 
 if TYPE_CHECKING:
     from models.registry import EntitySpec
@@ -45,7 +45,6 @@ def sample_events() -> list[tuple[str, dict[str, Any]]]:
 
 async def _publish(settings: Settings, topic: str, events: Sequence[tuple[str, Any]]) -> None:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
 
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.broker_hosts,
@@ -53,11 +52,7 @@ async def _publish(settings: Settings, topic: str, events: Sequence[tuple[str, A
         acks="all",
         request_timeout_ms=10_000,
     )
-    try:
-        await asyncio.wait_for(producer.start(), timeout=15)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        await producer.stop()
-        raise MirrorError(unreachable_broker(settings, exc)) from None
+    await start_client(settings, producer.start(), producer.stop, timeout=15)
     try:
         for key, event in events:
             await producer.send_and_wait(topic, json.dumps(event).encode(), key=key.encode())

@@ -21,25 +21,20 @@ from models.store import offsets_table
 from streams.errors import MirrorError
 from streams.guard import Current, resolve
 from streams.mirror import Mirror, fast_loads
-from streams.preflight import unreachable_broker
+from streams.preflight import start_client
 from streams.routing import EntityKey, SourceRecord, route
 from streams.settings import Settings
 
 
 async def _admin_call(settings: Settings, call: Callable[[Any], Any]) -> Any:
     from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.broker_hosts,
         **settings.kafka_client_options(),
         request_timeout_ms=15_000,
     )
-    try:
-        await asyncio.wait_for(admin.start(), timeout=20)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        await admin.close()
-        raise MirrorError(unreachable_broker(settings, exc)) from None
+    await start_client(settings, admin.start(), admin.close, timeout=20)
     try:
         return await call(admin)
     finally:

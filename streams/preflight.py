@@ -10,9 +10,10 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from streams.errors import MirrorError
 from streams.settings import Settings
 
 
@@ -22,6 +23,23 @@ def unreachable_broker(settings: Settings, exc: BaseException) -> str:
         f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
         "start the broker (./run kafka start) or fix KAFKA_BROKER"
     )
+
+
+async def start_client(
+    settings: Settings,
+    start: Awaitable[Any],
+    close: Callable[[], Awaitable[Any]],
+    timeout: float,
+) -> None:
+    """Await a Kafka client's ``start``; if the brokers do not answer, ``close`` it and raise
+    :class:`MirrorError` with the one line of :func:`unreachable_broker`."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.wait_for(start, timeout=timeout)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await close()
+        raise MirrorError(unreachable_broker(settings, exc)) from None
 
 
 def web_port_problem(settings: Settings) -> str | None:

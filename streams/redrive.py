@@ -8,7 +8,6 @@ instead of overwriting newer state.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from streams.deadletters import (
 )
 from streams.errors import MirrorError
 from streams.operations import partitions_of
-from streams.preflight import unreachable_broker
+from streams.preflight import start_client
 from streams.routing import ORIGIN_HEADER, Origin
 from streams.settings import Settings
 
@@ -85,7 +84,6 @@ class Selection:
 async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[DeadLetter]:
     """Yield every record of ``topic`` from the beginning to its current end."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import KafkaError
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
@@ -93,11 +91,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    try:
-        await asyncio.wait_for(consumer.start(), timeout=20)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        await consumer.stop()
-        raise MirrorError(unreachable_broker(settings, exc)) from None
+    await start_client(settings, consumer.start(), consumer.stop, timeout=20)
     try:
         partitions = await partitions_of(settings, topic)
         if not partitions:
