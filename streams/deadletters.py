@@ -9,9 +9,13 @@ two can only send a dead letter twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
-from streams.routing import Rejection
+from streams.errors import DeadLetterError, MirrorError
+from streams.routing import Rejection, first_of
+from streams.settings import Settings
 
 REASON = "dlq.reason"
 DETAIL = "dlq.detail"
@@ -34,7 +38,7 @@ def dead_letter_topic(source_topic: str, suffix: str) -> str:
 
 def dead_letter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
     """Return the record's own headers plus the ``dlq.*`` ones describing the rejection."""
-    first = rejection.record.first
+    first = first_of(rejection.record)
     own = [(k, v) for k, v in rejection.record.headers if k not in DLQ_HEADERS]
     return [
         *own,
@@ -51,3 +55,85 @@ def dead_letter_headers(rejection: Rejection) -> list[tuple[str, bytes]]:
 def headers_dict(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     """Decode ``dlq.*`` headers (for the command line and tests)."""
     return {k: v.decode("utf-8", "replace") for k, v in headers if k in DLQ_HEADERS}
+
+
+class DeadLetterRefused(MirrorError):
+    """The broker will never take this dead letter (too large, not allowed): hold its partition."""
+
+    def __init__(self, rejection: Rejection, cause: BaseException) -> None:
+        self.rejection = rejection
+        self.cause = cause
+        record = rejection.record
+        super().__init__(
+            f"the dead letter of {record.topic}[{record.partition}]@{record.offset} "
+            f"({len(record.value or b'')} bytes) cannot be written: {type(cause).__name__}: {cause}"
+        )
+
+
+class DeadLetterWriter:
+    """Sends rejected records to dead-letter topics with a producer of its own.
+
+    Its own producer, sized for the largest record a dead-letter topic takes (a source topic's
+    ``max.message.bytes`` can exceed the producer default of 1 MB), idempotent with acks from
+    all replicas: a dead letter is confirmed before its batch commits.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+        self._max_bytes = 1024 * 1024
+        self._lock = asyncio.Lock()
+
+    async def prepare(self, source: str, topic: str) -> None:
+        """Create ``topic`` when missing, to take any record of ``source``; size the producer."""
+        from streams.topics import ensure_dead_letter_topic
+
+        limit = await ensure_dead_letter_topic(self.settings, source, topic)
+        # Room for the dlq.* headers and the batch framing around one record.
+        self._max_bytes = max(self._max_bytes, limit + 64 * 1024)
+
+    async def write(self, topic: str, rejections: Sequence[Rejection]) -> None:
+        """Send ``rejections`` to ``topic`` and wait until the broker has each of them.
+
+        Raises :class:`DeadLetterRefused` for a record the broker will never take (the others
+        sent before it are on the broker), :class:`DeadLetterError` for a passing failure.
+        """
+        from aiokafka.errors import KafkaError
+
+        producer = await self._ready()
+        for rejection in rejections:
+            record = rejection.record
+            try:
+                future = await producer.send(
+                    topic, record.value, key=record.key, headers=dead_letter_headers(rejection)
+                )
+                await future
+            except KafkaError as exc:
+                if getattr(exc, "retriable", False):
+                    raise DeadLetterError(
+                        f"could not write dead letters to {topic} yet: {exc!r}"
+                    ) from exc
+                raise DeadLetterRefused(rejection, exc) from exc
+
+    async def close(self) -> None:
+        """Stop the producer."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def _ready(self) -> Any:
+        async with self._lock:
+            if self._producer is None:
+                from aiokafka import AIOKafkaProducer
+
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.broker_hosts,
+                    **self.settings.kafka_client_options(),
+                    acks="all",
+                    enable_idempotence=True,
+                    max_request_size=self._max_bytes,
+                    request_timeout_ms=30_000,
+                )
+                await producer.start()
+                self._producer = producer
+            return self._producer

@@ -6,6 +6,8 @@ isinstance chain. Subclasses are one line each.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MirrorError(Exception):
     """Root of every error this project raises on purpose."""
@@ -33,5 +35,19 @@ class StoreUnavailableError(StoreError):
 
 class DeadLetterError(MirrorError):
     """Dead letters could not be written; the batch is not committed and will be retried."""
+
+    retriable = True
+
+
+class StoreRefusals(MirrorError):
+    """The database refused some rows; the batch was rolled back so they can be dead-lettered."""
+
+    def __init__(self, rejections: list[Any]) -> None:
+        self.rejections = rejections
+        super().__init__(f"the database refused {len(rejections)} rows")
+
+
+class CacheError(MirrorError):
+    """The cached table's changelog could not be written yet; the write is retried."""
 
     retriable = True

@@ -73,3 +73,28 @@ HELD_BACK = Counter(
     ["topic"],
     registry=registry,
 )
+LOST = Counter(
+    "mirror_lost_records",
+    "Records deleted from their topic (retention) before they were applied.",
+    ["topic", "partition"],
+    registry=registry,
+)
+DEAD_LETTER_FAILURES = Counter(
+    "mirror_dead_letter_failures",
+    "Dead letters the broker refused for good (too large); each holds its partition a while.",
+    ["topic", "partition"],
+    registry=registry,
+)
+BATCH_FAILURES = Counter(
+    "mirror_batch_failures",
+    "Batches that failed for a reason no retry fixes; their partitions are held a while.",
+    ["entity"],
+    registry=registry,
+)
+HELD = Gauge(
+    "mirror_held_partitions",
+    "Partitions not being read, by reason: backlog (their agent is behind), dead_letter (a dead "
+    "letter cannot be written), failed (a batch failed for good).",
+    ["topic", "partition", "reason"],
+    registry=registry,
+)

@@ -18,14 +18,15 @@ import orjson
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
 from streams import metrics
+from streams.errors import StoreRefusals
 from streams.guard import Plan, resolve
 from streams.routing import (
     Decision,
     EntityKey,
     Outcome,
+    Record,
     Rejection,
     RejectReason,
-    SourceRecord,
     route_batch,
 )
 
@@ -40,7 +41,7 @@ fast_loads = orjson.loads
 class RecordResult:
     """The outcome of one consumed record, with its decision."""
 
-    record: SourceRecord
+    record: Record
     outcome: Outcome
     decision: Decision
     replayed: bool = False
@@ -93,6 +94,10 @@ class Mirror:
         #: Next offset to apply per (topic, partition), as committed by this process.
         self.positions: dict[tuple[str, int], int] = {}
 
+    def note_stored(self, partition: tuple[str, int], offset: int) -> None:
+        """Note the offset stored for ``partition`` (read when it was positioned)."""
+        self.positions[partition] = offset
+
     def source_topic(self, spec: EntitySpec) -> str:
         """Return the real topic name of ``spec`` (with the configured prefix)."""
         return f"{self.topic_prefix}{spec.topic}"
@@ -108,21 +113,33 @@ class Mirror:
     def apply(
         self,
         spec: EntitySpec,
-        records: Sequence[SourceRecord],
+        records: Sequence[Record],
         before_commit: Callable[[list[Rejection]], None] | None = None,
         *,
         read_back: bool = False,
+        decisions: Sequence[Decision] | None = None,
+        refused: Mapping[tuple[str, int, int], Rejection] | None = None,
     ) -> BatchResult:
         """Apply one batch of records of one entity in one transaction.
 
-        ``before_commit`` gets the batch's new rejections inside the transaction, before it
-        commits (the agents send dead letters there); if it raises, nothing is committed.
-        With ``read_back``, the result's ``states`` hold the rows the transaction commits for
-        every key the batch names (the agents put them in the cache after the commit).
+        ``decisions`` are the records' routes when the caller has them already. ``before_commit``
+        gets the batch's new rejections inside the transaction, before it commits; if it
+        raises, nothing is committed. With ``refused`` (positions the database refused before,
+        dead-lettered since), a row the database refuses now rolls the transaction back with
+        :class:`~streams.errors.StoreRefusals`, so the caller can dead-letter it first; without
+        it such a row is rejected in the same transaction. With ``read_back``, the result's
+        ``states`` hold the rows the transaction commits for every key the batch names (the
+        agents put them in the cache after the commit).
         """
         if not records:
             return BatchResult()
-        decisions = route_batch(records, spec, fast_loads)  # pure work, before any lock
+        if decisions is None:
+            decisions = route_batch(records, spec, fast_loads)  # pure work, before any lock
+        if refused:
+            decisions = [
+                refused.get((d.record.topic, d.record.partition, d.record.offset), d)
+                for d in decisions
+            ]
         next_offsets = _next_offsets(records)
         started = time.perf_counter()
         with self.store.transaction(_describe(spec, records)) as tx:
@@ -134,23 +151,35 @@ class Mirror:
             fresh = _first_deliveries(decisions, stored)
             keys = list({d.key: None for d in fresh if not isinstance(d, Rejection)})
             current = tx.current(spec, keys)
-            refused: dict[int, Rejection] = {}
+            rejected_here: dict[int, Rejection] = {}
             while True:
                 # A write the database refuses is taken out and the batch resolved again, so
                 # an older good event of the same key still applies, as it would one by one.
                 # Writes that went through are repeated as no-ops (same version).
-                plan = resolve([d for d in fresh if id(d.record) not in refused], current)
+                plan = resolve([d for d in fresh if id(d.record) not in rejected_here], current)
                 refusals = tx.write(spec, plan)
                 if not refusals:
                     break
+                if refused is not None:
+                    raise StoreRefusals(
+                        [
+                            Rejection(
+                                RejectReason.STORE_REFUSED,
+                                refusal.message,
+                                refusal.write.record,
+                                "StoreError",
+                            )
+                            for refusal in refusals
+                        ]
+                    )
                 for refusal in refusals:
-                    refused[id(refusal.write.record)] = Rejection(
+                    rejected_here[id(refusal.write.record)] = Rejection(
                         RejectReason.STORE_REFUSED,
                         refusal.message,
                         refusal.write.record,
                         "StoreError",
                     )
-            result = _results(decisions, plan, refused)
+            result = _results(decisions, plan, rejected_here)
             if read_back:
                 named = list({d.key: None for d in decisions if not isinstance(d, Rejection)})
                 rows = tx.rows_of(spec, named)
@@ -223,7 +252,7 @@ def _first_deliveries(
     return fresh
 
 
-def _next_offsets(records: Sequence[SourceRecord]) -> dict[str, dict[int, int]]:
+def _next_offsets(records: Sequence[Record]) -> dict[str, dict[int, int]]:
     """Return, per topic and partition, the offset after the batch's last record."""
     ends: dict[str, dict[int, int]] = {}
     for r in records:
@@ -253,7 +282,7 @@ def _results(
     return result
 
 
-def _describe(spec: EntitySpec, records: Sequence[SourceRecord]) -> str:
+def _describe(spec: EntitySpec, records: Sequence[Record]) -> str:
     first, last = records[0], records[-1]
     return (
         f"apply {len(records)} {spec.kind} records "

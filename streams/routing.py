@@ -121,6 +121,42 @@ class SourceRecord:
         return (first.timestamp, first.partition, first.offset)
 
 
+class Record(Protocol):
+    """What the core reads of a consumed record: a :class:`SourceRecord`, or aiokafka's own
+    ``ConsumerRecord`` as the worker gets it (same fields; timestamps in milliseconds)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Any: ...
+
+
+def first_of(record: Record) -> Origin:
+    """Return where ``record`` was first produced (itself, unless forwarded)."""
+    origin = getattr(record, "origin", None)
+    if origin is not None:
+        return origin  # type: ignore[no-any-return]
+    return Origin(record.topic, record.partition, record.offset, record.timestamp)
+
+
+def position_of(record: Record) -> Version:
+    """Return ``(timestamp, partition, offset)`` where first produced: the default version."""
+    origin = getattr(record, "origin", None)
+    if origin is not None:
+        return (origin.timestamp, origin.partition, origin.offset)
+    return (record.timestamp, record.partition, record.offset)
+
+
 class Entity(Protocol):
     """What the core needs to know of a declared entity (see ``models.registry``)."""
 
@@ -154,7 +190,7 @@ class Upsert:
     key: EntityKey
     row: Mapping[str, Any]
     change_type: ChangeType
-    record: SourceRecord
+    record: Record
     version: Version
 
 
@@ -163,7 +199,7 @@ class Delete:
     """Delete the entity; its absence is not an error."""
 
     key: EntityKey
-    record: SourceRecord
+    record: Record
     version: Version | None
     """None for a Kafka tombstone of an entity with a version field: it has no version of
     its own and deletes whatever state is there."""
@@ -176,7 +212,7 @@ class Rejection:
 
     reason: RejectReason
     detail: str
-    record: SourceRecord
+    record: Record
     error_type: str = ""
 
     @property
@@ -194,7 +230,7 @@ Decision = Upsert | Delete | Rejection
 JsonLoads = Callable[[str], Any]
 
 
-def decode_value(record: SourceRecord, loads: JsonLoads = json.loads) -> dict[str, Any] | Rejection:
+def decode_value(record: Record, loads: JsonLoads = json.loads) -> dict[str, Any] | Rejection:
     """Decode a record value into a JSON object, or say why it is not one."""
     raw = record.value
     if raw is None:
@@ -243,7 +279,7 @@ def _valid_key(value: Any) -> bool:
     return isinstance(value, int)
 
 
-def route(record: SourceRecord, entity: Entity, loads: JsonLoads = json.loads) -> Decision:
+def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Decision:
     """Decide what one record means for its entity: upsert, delete or reject."""
     if record.value is None:
         return _route_tombstone(record, entity)
@@ -261,7 +297,7 @@ def route(record: SourceRecord, entity: Entity, loads: JsonLoads = json.loads) -
     version = _version_of(event, record, entity)
     if isinstance(version, Rejection):
         return version
-    first = record.first
+    first = first_of(record)
     event[TIMESTAMP_FIELD] = first.timestamp
     event[TOPIC_FIELD] = first.topic
     event[PARTITION_FIELD] = first.partition
@@ -309,12 +345,10 @@ def route(record: SourceRecord, entity: Entity, loads: JsonLoads = json.loads) -
     return Upsert(key=key, row=row, change_type=change, record=record, version=version)
 
 
-def _version_of(
-    event: Mapping[str, Any], record: SourceRecord, entity: Entity
-) -> Version | Rejection:
+def _version_of(event: Mapping[str, Any], record: Record, entity: Entity) -> Version | Rejection:
     field_name = entity.version_field
     if field_name is None:
-        return record.position
+        return position_of(record)
     value = event.get(field_name)
     if isinstance(value, bool) or not isinstance(value, int):
         return Rejection(
@@ -325,7 +359,7 @@ def _version_of(
     return (value, 0, 0)
 
 
-def _route_tombstone(record: SourceRecord, entity: Entity) -> Decision:
+def _route_tombstone(record: Record, entity: Entity) -> Decision:
     """A Kafka tombstone (null value) deletes the entity named by the record key."""
     if not record.key:
         return Rejection(RejectReason.MISSING_KEY, "tombstone without a record key", record)
@@ -338,19 +372,19 @@ def _route_tombstone(record: SourceRecord, entity: Entity) -> Decision:
             record,
             type(exc).__name__,
         )
-    version = None if entity.version_field else record.position
+    version = None if entity.version_field else position_of(record)
     return Delete(key=key, record=record, version=version)
 
 
 def route_batch(
-    records: Iterable[SourceRecord], entity: Entity, loads: JsonLoads = json.loads
+    records: Iterable[Record], entity: Entity, loads: JsonLoads = json.loads
 ) -> list[Decision]:
     """Route every record of a batch, in consumption order."""
     return [route(record, entity, loads) for record in records]
 
 
 def entity_key_of(
-    record: SourceRecord, entity: Entity, loads: JsonLoads = json.loads
+    record: Record, entity: Entity, loads: JsonLoads = json.loads
 ) -> EntityKey | None:
     """Return the entity key a record is about, or None when it cannot be told.
 

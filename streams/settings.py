@@ -59,6 +59,7 @@ ENVIRONMENT: dict[str, str] = {
     "API_TOKEN": "",
     "LOG_FORMAT": "text",
     "SESSION_TIMEOUT": "30",
+    "SHUTDOWN_TIMEOUT": "30",
     "TOMBSTONE_RETENTION": str(7 * 24 * 3600),
 }
 
@@ -121,6 +122,8 @@ class Settings:
     """``text`` (Faust's) or ``json``: one JSON object per line."""
     session_timeout: float = 30.0
     """Seconds before the group gives a silent worker's partitions to the others."""
+    shutdown_timeout: float = 30.0
+    """Seconds a stopping worker may take; then it exits anyway (uncommitted work is replayed)."""
     tombstone_retention: float = 7 * 24 * 3600.0
     """Seconds a delete's tombstone is kept; a later event older than the delete is skipped
     only while its tombstone lasts."""
@@ -195,6 +198,7 @@ class Settings:
             api_token=env.get("API_TOKEN", ""),
             log_format=_parse_choice(env, "LOG_FORMAT", "text", ("text", "json")),
             session_timeout=_parse_float(env, "SESSION_TIMEOUT", 30.0, low=6.0, high=1800.0),
+            shutdown_timeout=_parse_float(env, "SHUTDOWN_TIMEOUT", 30.0, low=1.0, high=3600.0),
             tombstone_retention=_parse_float(
                 env, "TOMBSTONE_RETENTION", 7 * 24 * 3600.0, low=1.0, high=10 * 365 * 86400.0
             ),

@@ -88,6 +88,11 @@ def register_pages(
                     )
             for kind, cache in caches.items():
                 metrics.CACHE_ENTRIES.labels(kind).set(cache.size())
+            metrics.HELD.clear()
+            handoff = getattr(app, "handoff", None)
+            for tp, reasons in handoff.held.items() if handoff is not None else ():
+                for reason in reasons:
+                    metrics.HELD.labels(tp[0], str(tp[1]), reason).set(1)
             body = generate_latest(metrics.registry)
             # aiohttp takes the charset apart from the content type.
             content_type = CONTENT_TYPE_LATEST.split(";", 1)[0] + "; version=0.0.4"

@@ -5,17 +5,25 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 from typing import Any
 
 import faust
-from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 
 from models.registry import Registry, default_registry
 from models.store import SqlStore
-from streams.agents import register_agents, register_tombstone_purge
+from streams.agents import (
+    EntityAgents,
+    register_agents,
+    register_tombstone_purge,
+    repartition_topic,
+)
 from streams.errors import SettingsError
+from streams.faust_bridge import MirrorConsumer
+from streams.handoff import Handoff
 from streams.logs import use_json_logs
 from streams.mirror import Mirror
+from streams.positioner import Positioner
 from streams.preflight import broker_problem, web_port_problem
 from streams.settings import Settings
 from streams.web import register_pages
@@ -49,30 +57,22 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
     )
 
 
-class AppliedOffsetsConsumer(AiokafkaConsumer):
-    """Faust's aiokafka consumer, leaving every offset commit to ``AppliedOffsets``.
-
-    Faust commits from its acked-offset bookkeeping, which runs ahead of what is applied once
-    records are delivered out of order around a rebalance (the agents acknowledge records they
-    drop and read again) and crawls behind after a seek. The agents commit the offsets they have
-    applied instead (streams/agents.py), so Kafka's committed offsets never pass an unapplied
-    record.
-    """
-
-    def _new_offset(self, tp: Any) -> int | None:
-        return None
-
-
 class MirrorApp(faust.App):
-    """A Faust app that checks its broker and web port before starting."""
+    """A Faust app whose consumer hands mirrored topics over in batches (``streams.faust_bridge``).
+
+    It checks its broker and web port before starting, and never takes longer than
+    SHUTDOWN_TIMEOUT to stop.
+    """
 
     mirror_settings: Settings
     #: Source topics of cached entities, checked to have TOPIC_PARTITIONS partitions.
     cached_topics: list[str]
+    handoff: Handoff
+    entity_agents: EntityAgents
 
     def _new_transport(self) -> Any:
         transport: Any = super()._new_transport()
-        transport.Consumer = AppliedOffsetsConsumer  # this app's transport only
+        transport.Consumer = MirrorConsumer  # this app's transport only
         return transport
 
     async def on_first_start(self) -> None:
@@ -88,6 +88,36 @@ class MirrorApp(faust.App):
             # Nothing has started yet; exiting here spares Faust's shutdown traceback.
             os._exit(1)
 
+    async def on_mirror_revoked(self, revoked: set[Any]) -> None:
+        """Let batches in flight finish and commit what is applied, before partitions move."""
+        await self.entity_agents.on_revoked(revoked)
+
+    async def on_stop(self) -> None:
+        """Stop within SHUTDOWN_TIMEOUT, whatever a batch in flight is waiting for."""
+        arm_exit_deadline(self.mirror_settings.shutdown_timeout)
+        await super().on_stop()
+        await self.entity_agents.dead_letters.close()
+
+
+def arm_exit_deadline(seconds: float) -> None:
+    """Exit the process ``seconds`` from now unless it has ended by then.
+
+    A batch can be stuck where cancelling does not reach (a thread waiting on the database);
+    the process exits anyway, as after a crash: nothing uncommitted is lost, it is read again.
+    """
+
+    def expire() -> None:
+        message = (
+            f"warning: the worker did not stop within SHUTDOWN_TIMEOUT ({seconds:.0f} s); "
+            "exiting now (what was not committed is read again at the next start)"
+        )
+        print(message, file=sys.stderr, flush=True)
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
 
 def broker_credentials(settings: Settings) -> Any:
     """Return Faust's credentials for the KAFKA_SECURITY_PROTOCOL, or None for PLAINTEXT."""
@@ -101,6 +131,14 @@ def broker_credentials(settings: Settings) -> Any:
             mechanism=settings.kafka_sasl_mechanism,
             ssl_context=settings.ssl_context() if protocol == "SASL_SSL" else None,
         )
+    return None
+
+
+def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
+    """Return the entity applied from ``topic`` (its source or its repartition topic)."""
+    for spec in mirror.registry:
+        if topic in (mirror.source_topic(spec), repartition_topic(mirror, spec, settings)):
+            return spec
     return None
 
 
@@ -140,7 +178,23 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         for cache in caches.values()
         if not (cache.spec.repartition or cache.spec.kind in settings.repartition)
     ]
-    register_agents(app, mirror, settings, caches)
+    # A partition's backlog waiting for its agent, above which it is not fetched.
+    app.handoff = Handoff(high_water=2 * settings.batch_size)
+    agents = register_agents(app, mirror, settings, app.handoff, caches)
+    app.entity_agents = agents
+    positioner = Positioner(
+        app,
+        app.handoff,
+        mirror,
+        cached_topics={
+            topic
+            for topic in app.handoff.feeds
+            if (spec := _spec_of(mirror, topic, settings)) is not None and spec.cached
+        },
+        on_positioned=agents.applied.applied_below,
+        kafka_offset_topics=agents.kafka_offset_topics,
+    )
+    app.task(positioner.run)
     register_tombstone_purge(app, mirror, settings)
     register_pages(app, mirror, caches, settings.api_token)
     if caches:

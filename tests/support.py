@@ -268,6 +268,37 @@ class WorkerProcess:
             return "(no log)"
 
 
+def metric_value(text: str, sample: str) -> float | None:
+    """Return the value of one sample line (name and labels as printed) of Prometheus text."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def wait_for_metric(
+    worker: WorkerProcess, sample: str, at_least: float, timeout: float = 120.0
+) -> float:
+    """Wait until the worker's ``/metrics`` shows ``sample`` at ``at_least`` or more."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
+    deadline = time.monotonic() + timeout
+    value: float | None = None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        while time.monotonic() < deadline:
+            worker.assert_alive()
+            try:
+                async with http.get(url) as response:
+                    value = metric_value(await response.text(), sample)
+            except aiohttp.ClientError:
+                value = None
+            if value is not None and value >= at_least:
+                return value
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{sample} is {value}, not {at_least} or more\n{worker.tail()}")
+
+
 def make_worker(
     bootstrap: str,
     database_url: str,

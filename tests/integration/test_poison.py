@@ -13,12 +13,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams.deadletters import headers_dict
 from tests.integration.test_mirror import read_planets
 from tests.support import (
+    WorkerProcess,
     create_topic,
     end_offsets,
     make_worker,
     partitions_of,
     produce_timed,
     wait_caught_up,
+    wait_for_metric,
 )
 
 POISON = {
@@ -123,7 +125,7 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
     assert "Traceback" not in worker.log_path.read_text()
 
 
-async def test_a_dead_letter_topic_that_refuses_writes_holds_the_offsets(
+async def test_a_dead_letter_the_broker_refuses_holds_only_its_partition(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -148,7 +150,14 @@ async def test_a_dead_letter_topic_that_refuses_writes_holds_the_offsets(
         (f"m{i}".encode(), json.dumps({"planetUuid": f"m{i}", "planetName": "n"}).encode(), None)
         for i in range(50)
     ]
-    await produce_timed(kafka_bootstrap, topic, items)
+    positions = await produce_timed(kafka_bootstrap, topic, items)
+    bad_partition, bad_offset = positions[50][1], positions[50][2]
+    # While held: every record of the other partition, and those before the bad one of its own.
+    expected_while_held = {
+        key.decode()
+        for (key, _, _), (_, partition, offset) in zip(items, positions, strict=True)
+        if key != b"bad" and (partition != bad_partition or offset < bad_offset)
+    }
     worker, app_id = make_worker(
         kafka_bootstrap,
         pg_url,
@@ -160,16 +169,14 @@ async def test_a_dead_letter_topic_that_refuses_writes_holds_the_offsets(
     )
     worker.start()
     try:
-        deadline = asyncio.get_running_loop().time() + 120
-        while "could not write 1 dead letters" not in worker.log_path.read_text():
-            worker.assert_alive()
-            assert asyncio.get_running_loop().time() < deadline, worker.tail()
-            await asyncio.sleep(0.2)
-        # Held: the batch with the poison event is not committed, so its key is not there.
-        ends = await end_offsets(kafka_bootstrap, topic)
-        applied = set(read_planets(pg_url))
-        assert "bad" not in applied and len(applied) < 100
-        assert sum(ends.values()) == 101
+        labels = f'partition="{bad_partition}",reason="dead_letter",topic="{topic}"'
+        await wait_for_metric(worker, f"mirror_held_partitions{{{labels}}}", 1.0)
+        await wait_for_metric(
+            worker,
+            f'mirror_dead_letter_failures_total{{partition="{bad_partition}",topic="{topic}"}}',
+            1.0,
+        )
+        await wait_rows(pg_url, expected_while_held, worker)
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:  # the fix: the topic takes ordinary records again
@@ -187,3 +194,16 @@ async def test_a_dead_letter_topic_that_refuses_writes_holds_the_offsets(
         assert worker.starts == 1
     finally:
         worker.stop()
+
+
+async def wait_rows(pg_url: str, expected: set[str], worker: WorkerProcess) -> None:
+    """Wait until the planet table holds exactly ``expected`` keys."""
+    deadline = asyncio.get_running_loop().time() + 120
+    rows: set[str] = set()
+    while asyncio.get_running_loop().time() < deadline:
+        worker.assert_alive()
+        rows = set(read_planets(pg_url))
+        if rows == expected:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"rows differ: missing {expected - rows}, extra {rows - expected}")

@@ -1,0 +1,283 @@
+"""The order of one batch's effects, written down once.
+
+For a batch of one entity's records (several partitions, each in order):
+
+1. **Route** every record (pure: ``streams.routing``); rejections are known before any SQL.
+2. **Dead letters** of the records rejected for the first time are sent, and confirmed by the
+   broker, before the transaction that moves their partition's stored offset past them commits.
+   A dead letter the broker will never take (too large) holds its partition from that record
+   on (``mirror_held_partitions``), and the rest of the batch goes on.
+3. **One SQL transaction** applies the batch with its stored offsets and outcome counts
+   (``streams.mirror``). A row the database refuses rolls the transaction back; it is
+   dead-lettered (step 2) and the transaction runs again without it.
+4. **The cache**, after the commit: the committed state of the batch's keys goes to the cached
+   table and its changelog, confirmed; so the cache never shows state the database does not
+   have.
+5. **Kafka offsets**: only then are the batch's offsets noted as applied; they are committed to
+   the group every commit interval (``AppliedOffsets``).
+
+A crash between two steps repeats the later ones when the batch is read again: a dead letter
+may be sent twice, a replay changes nothing in SQL and rewrites the cache, and the Kafka offset
+only lags. Errors that a retry can fix (the database or the broker unreachable) are retried
+with backoff, holding the batch (back-pressure); an error no retry can fix holds the batch's
+partitions for a while with one error line saying what failed, and they are read again after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from models.registry import EntitySpec
+from streams import metrics
+from streams.deadletters import DeadLetterRefused, DeadLetterWriter
+from streams.errors import MirrorError, StoreRefusals
+from streams.handoff import Handoff
+from streams.mirror import BatchResult, Mirror, fast_loads
+from streams.routing import Decision, Rejection, route_batch
+from tables.cache import EntityCache
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_BACKOFF = 30.0
+#: How long the partitions of a batch that failed for good are held before they are read again.
+FAILED_HOLD_SECONDS = 60.0
+DEAD_LETTER = "dead_letter"
+FAILED = "failed"
+
+Position = tuple[str, int, int]
+
+
+class AppliedOffsets:
+    """Next offset per source partition whose records have had every effect here.
+
+    Noted when a batch's checkpoint is complete, or when a partition is positioned (records
+    below its start need nothing more). These are the only offsets committed to the group
+    (forward only), which keeps its offsets, restarts and lag monitors right.
+    """
+
+    def __init__(self) -> None:
+        self.next: dict[Any, int] = {}
+        self.committed: dict[Any, int] = {}
+
+    def note(self, records: Iterable[Any]) -> None:
+        """Record the offsets after ``records`` (all applied)."""
+        for record in records:
+            self.applied_below((record.topic, record.partition), record.offset + 1)
+
+    def applied_below(self, tp: Any, offset: int) -> None:
+        """Record that every record of ``tp`` below ``offset`` has had its effects."""
+        key = (tp[0], tp[1])
+        if offset > self.next.get(key, -1):
+            self.next[key] = offset
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        """Drop revoked partitions: another worker's later progress must not be undone."""
+        for tp in tps:
+            self.next.pop((tp[0], tp[1]), None)
+            self.committed.pop((tp[0], tp[1]), None)
+
+    def due(self, assigned: Iterable[Any]) -> dict[Any, int]:
+        """Return the offsets of ``assigned`` partitions ahead of what was committed."""
+        found = {}
+        for tp in assigned:
+            key = (tp[0], tp[1])
+            offset = self.next.get(key)
+            if offset is not None and offset > self.committed.get(key, -1):
+                found[tp] = offset
+        return found
+
+    def committed_now(self, offsets: Mapping[Any, int]) -> None:
+        """Note that ``offsets`` were committed."""
+        for tp, offset in offsets.items():
+            self.committed[(tp[0], tp[1])] = offset
+
+
+class Checkpoint:
+    """Carries one entity's batches through their effects, in the order above."""
+
+    def __init__(
+        self,
+        mirror: Mirror,
+        spec: EntitySpec,
+        dead_letters: DeadLetterWriter,
+        dlq_topic: str,
+        handoff: Handoff,
+        applied: AppliedOffsets,
+        cache: EntityCache | None = None,
+        write_cache: Callable[[EntityCache, Mapping[Any, Any]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.mirror = mirror
+        self.spec = spec
+        self.dead_letters = dead_letters
+        self.dlq_topic = dlq_topic
+        self.handoff = handoff
+        self.applied = applied
+        self.cache = cache
+        self.write_cache = write_cache
+        self._hold_backoff: dict[Any, float] = {}
+        self.busy = asyncio.Event()
+        """Set while a batch is being carried through (a revocation waits for it)."""
+
+    async def commit(self, records: Sequence[Any]) -> None:
+        """Carry ``records`` through every effect; return when done (or held for later)."""
+        self.busy.set()
+        started = time.perf_counter()
+        try:
+            decisions = await asyncio.to_thread(route_batch, records, self.spec, fast_loads)
+            result = await self._apply(list(records), decisions)
+        finally:
+            self.busy.clear()
+        if result is None:
+            return
+        kept, outcome = result
+        for record in kept:
+            self._hold_backoff.pop((record.topic, record.partition), None)
+        if self.cache is not None and self.write_cache is not None:
+            cache = self.cache
+            await _retrying(
+                f"write {len(outcome.states)} {self.spec.kind} entries to {cache.changelog}",
+                lambda: self.write_cache(cache, outcome.states),  # type: ignore[misc]
+            )
+        self.applied.note(kept)
+        metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(kept))
+        metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - started)
+
+    async def _apply(
+        self, records: list[Any], decisions: list[Decision]
+    ) -> tuple[list[Any], BatchResult] | None:
+        refused: dict[Position, Rejection] = {}
+        sent: set[Position] = set()
+        while records:
+            try:
+                await self._dead_letter(decisions, refused, sent)
+                apply = functools.partial(
+                    asyncio.to_thread,
+                    self.mirror.apply,
+                    self.spec,
+                    records,
+                    decisions=decisions,
+                    refused=refused,
+                    read_back=self.cache is not None,
+                )
+                outcome: BatchResult = await _retrying(
+                    f"apply {len(records)} {self.spec.kind} records", apply
+                )
+                return records, outcome
+            except StoreRefusals as refusals:
+                for rejection in refusals.rejections:
+                    refused[_position(rejection.record)] = rejection
+            except DeadLetterRefused as exc:
+                records, decisions = self._hold_from(exc, records, decisions)
+            except MirrorError as exc:  # not retriable: no retry can fix it soon
+                self._hold_failed(records, exc)
+                return None
+            except Exception as exc:  # a bug: say where, once, and keep the other partitions going
+                log.exception("applying %d %s records failed", len(records), self.spec.kind)
+                self._hold_failed(records, exc)
+                return None
+        return None
+
+    async def _dead_letter(
+        self,
+        decisions: Sequence[Decision],
+        refused: Mapping[Position, Rejection],
+        sent: set[Position],
+    ) -> None:
+        """Send the dead letters of first deliveries not sent yet (before their commit)."""
+        stored = self.mirror.positions
+        due = []
+        for decision in [*decisions, *refused.values()]:
+            if not isinstance(decision, Rejection):
+                continue
+            record = decision.record
+            position = _position(record)
+            if position in sent:
+                continue
+            if record.offset < stored.get((record.topic, record.partition), 0):
+                continue  # applied (and dead-lettered) by an earlier transaction
+            due.append(decision)
+            sent.add(position)
+        if due:
+            await _retrying(
+                f"write {len(due)} dead letters to {self.dlq_topic}",
+                lambda: self.dead_letters.write(self.dlq_topic, due),
+            )
+
+    def _hold_from(
+        self, exc: DeadLetterRefused, records: list[Any], decisions: list[Decision]
+    ) -> tuple[list[Any], list[Decision]]:
+        """Hold the partition of a dead letter the broker refuses, from that record on."""
+        bad = exc.rejection.record
+        tp = (bad.topic, bad.partition)
+        delay = min(max(5.0, self._hold_backoff.get(tp, 0.0) * 2), 60.0)
+        self._hold_backoff[tp] = delay
+        log.error(
+            "%s; holding %s[%d] from offset %d for %.0f s, then trying again (raise the "
+            "dead-letter topic's max.message.bytes, or fix the record's producer)",
+            exc,
+            bad.topic,
+            bad.partition,
+            bad.offset,
+            delay,
+            extra={"topic": bad.topic, "partition": bad.partition, "offset": bad.offset},
+        )
+        metrics.DEAD_LETTER_FAILURES.labels(bad.topic, str(bad.partition)).inc()
+        self._hold(tp, DEAD_LETTER, delay)
+        kept = [
+            (r, d)
+            for r, d in zip(records, decisions, strict=True)
+            if (r.topic, r.partition) != tp or r.offset < bad.offset
+        ]
+        return [r for r, _ in kept], [d for _, d in kept]
+
+    def _hold_failed(self, records: Sequence[Any], exc: BaseException) -> None:
+        tps = sorted({(r.topic, r.partition) for r in records})
+        log.error(
+            "applying %d %s records of %s failed and a retry will not fix it: %s; holding "
+            "these partitions for %.0f s, then reading them again",
+            len(records),
+            self.spec.kind,
+            ", ".join(f"{t}[{p}]" for t, p in tps),
+            exc,
+            FAILED_HOLD_SECONDS,
+        )
+        metrics.BATCH_FAILURES.labels(self.spec.kind).inc()
+        for tp in tps:
+            self._hold(tp, FAILED, FAILED_HOLD_SECONDS)
+
+    def _hold(self, key: tuple[str, int], reason: str, seconds: float) -> None:
+        from aiokafka import TopicPartition
+
+        tp = TopicPartition(*key)
+        self.handoff.forget([tp])
+        self.handoff.hold(tp, reason, until=time.monotonic() + seconds)
+
+
+async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Await ``attempt()`` until it succeeds, with backoff while its errors are retriable.
+
+    A retriable error (the database or the broker unreachable) holds the batch: the
+    back-pressure a failing dependency should cause. Any other error is raised to the caller.
+    """
+    delay = 0.5
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await attempt()
+        except MirrorError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, tries, delay, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_BACKOFF)
+
+
+def _position(record: Any) -> Position:
+    return (record.topic, record.partition, record.offset)

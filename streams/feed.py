@@ -1,0 +1,122 @@
+"""The hand-off between the consumer and one entity's agent: fetched records, in batches.
+
+The consumer puts each fetched run of a partition's records here as one item (no per-record
+work); the agent takes up to a batch of records at a time, across partitions, each partition's
+records in order. A feed reports when a partition's backlog passes its high-water mark, so the
+consumer stops fetching that partition until the agent has caught up (back-pressure without
+stopping the other partitions or topics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
+
+
+class Feed:
+    """Runs of fetched records of one topic waiting for its agent, in the order they came."""
+
+    def __init__(
+        self,
+        high_water: int,
+        on_backlog: Callable[[Hashable, bool], None] = lambda tp, full: None,
+    ) -> None:
+        self.high_water = high_water
+        """Records of one partition waiting here above which it is reported full."""
+        self._on_backlog = on_backlog
+        self._runs: deque[tuple[Hashable, Sequence[Any]]] = deque()
+        self._size = 0
+        self._backlog: Counter[Hashable] = Counter()
+        self._full: set[Hashable] = set()
+        self._arrived = asyncio.Event()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def backlog(self, partition: Hashable) -> int:
+        """Count the records of ``partition`` waiting here."""
+        return self._backlog[partition]
+
+    def put(self, partition: Hashable, records: Sequence[Any]) -> None:
+        """Append one fetched run of ``partition``'s records (in offset order)."""
+        if not records:
+            return
+        self._runs.append((partition, records))
+        self._size += len(records)
+        self._backlog[partition] += len(records)
+        if self._backlog[partition] > self.high_water and partition not in self._full:
+            self._full.add(partition)
+            self._on_backlog(partition, True)
+        self._arrived.set()
+
+    def drop(self, partitions: Iterable[Hashable]) -> int:
+        """Remove every waiting record of ``partitions`` (revoked, or held); return how many."""
+        gone = set(partitions)
+        if not gone:
+            return 0
+        kept: deque[tuple[Hashable, Sequence[Any]]] = deque()
+        dropped = 0
+        for partition, records in self._runs:
+            if partition in gone:
+                dropped += len(records)
+            else:
+                kept.append((partition, records))
+        self._runs = kept
+        self._size -= dropped
+        for partition in gone:
+            self._backlog.pop(partition, None)
+            self._release(partition)
+        return dropped
+
+    async def take(self, max_records: int, linger: float) -> list[Any]:
+        """Wait for records, then return up to ``max_records`` of them, oldest runs first.
+
+        Once the first record is here, wait up to ``linger`` seconds for a full batch; records
+        that arrived while the previous batch was applied have waited already.
+        """
+        while not self._size:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self._size < max_records and linger > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + linger
+            while self._size < max_records:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+        return self._pop(max_records)
+
+    def _pop(self, max_records: int) -> list[Any]:
+        batch: list[Any] = []
+        touched: set[Hashable] = set()
+        while self._runs and len(batch) < max_records:
+            partition, records = self._runs[0]
+            room = max_records - len(batch)
+            if len(records) <= room:
+                self._runs.popleft()
+                taken = records
+            else:
+                taken = records[:room]
+                self._runs[0] = (partition, records[room:])
+            batch.extend(taken)
+            self._backlog[partition] -= len(taken)
+            touched.add(partition)
+        self._size -= len(batch)
+        for partition in touched:
+            if self._backlog[partition] <= 0:
+                del self._backlog[partition]
+            if self._backlog[partition] <= self.high_water:
+                self._release(partition)
+        return batch
+
+    def _release(self, partition: Hashable) -> None:
+        if partition in self._full:
+            self._full.discard(partition)
+            self._on_backlog(partition, False)

@@ -1,0 +1,123 @@
+"""What the consumer hands the mirror: each fetched run of a mirrored partition, admitted in order.
+
+The consumer (``streams.faust_bridge``) calls :meth:`Handoff.deliver` with every fetched run of
+records of a mirrored topic's partition, and asks :meth:`Handoff.fetchable` which partitions to
+fetch. A run is admitted only in order from where its partition was positioned
+(``streams.core.positions``) and goes to its topic's :class:`~streams.feed.Feed`, which the
+entity's agent takes batches from. Partitions not positioned yet, and partitions held (a full
+feed, a dead letter that cannot be written, a failing batch), are not fetched.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
+
+from streams.core.positions import Jump, ReadPositions
+from streams.feed import Feed
+
+log = logging.getLogger(__name__)
+
+#: Why a partition is held (not fetched); a partition may be held for several reasons.
+BACKLOG = "backlog"
+
+
+class Handoff:
+    """Feeds of the mirrored topics, the read positions of their partitions, and holds."""
+
+    def __init__(self, high_water: int) -> None:
+        self.high_water = high_water
+        self.feeds: dict[str, Feed] = {}
+        self.positions = ReadPositions()
+        self.held: dict[Hashable, dict[str, float | None]] = {}
+        """Why each held partition is held, with when the hold ends (None: on release)."""
+        self.fetched_at = 0
+        """The position epoch noted before the fetch now under way was issued."""
+        self.on_jump: Callable[[Jump], None] = lambda jump: None
+        """Told when a partition's records skip offsets (to check for retention losses)."""
+        self.on_refused: Callable[[Hashable], None] = lambda tp: None
+        """Told when a positioned partition's run was refused: it must be positioned again."""
+
+    def add_topic(self, topic: str) -> Feed:
+        """Mirror ``topic``: its records go to the returned feed instead of Faust's streams."""
+        feed = Feed(self.high_water, self._backlog_changed)
+        self.feeds[topic] = feed
+        return feed
+
+    def is_mirrored(self, topic: str) -> bool:
+        """Tell whether ``topic``'s records are handed over here."""
+        return topic in self.feeds
+
+    def hold(self, tp: Hashable, reason: str, until: float | None = None) -> None:
+        """Stop fetching ``tp`` until :meth:`release` for ``reason`` (or the time ``until``)."""
+        self.held.setdefault(tp, {})[reason] = until
+
+    def release(self, tp: Hashable, reason: str) -> None:
+        """Undo :meth:`hold` for ``reason``."""
+        reasons = self.held.get(tp)
+        if reasons is not None:
+            reasons.pop(reason, None)
+            if not reasons:
+                del self.held[tp]
+
+    def release_expired(self, now: float) -> list[Hashable]:
+        """Release holds whose time has come; return the partitions no longer held at all."""
+        freed = []
+        for tp, reasons in list(self.held.items()):
+            for reason, until in list(reasons.items()):
+                if until is not None and until <= now:
+                    del reasons[reason]
+            if not reasons:
+                del self.held[tp]
+                freed.append(tp)
+        return freed
+
+    def unfetchable(self, assigned: Iterable[Any]) -> set[Any]:
+        """Return the mirrored partitions of ``assigned`` not to fetch now."""
+        positioned = self.positions.positioned()
+        return {
+            tp
+            for tp in assigned
+            if tp.topic in self.feeds and (tp not in positioned or tp in self.held)
+        }
+
+    def forget(self, tps: Iterable[Any]) -> None:
+        """Stop handing over ``tps`` (revoked, or to be positioned again); drop what waits."""
+        mirrored = [tp for tp in tps if tp.topic in self.feeds]
+        self.positions.forget(mirrored)
+        by_topic: defaultdict[str, list[Any]] = defaultdict(list)
+        for tp in mirrored:
+            by_topic[tp.topic].append(tp)
+        for topic, partitions in by_topic.items():
+            self.feeds[topic].drop(partitions)
+
+    def deliver(self, tp: Any, records: Sequence[Any]) -> bool:
+        """Hand on a fetched run of ``tp``'s records (offset order); False if it was refused."""
+        if not records:
+            return True
+        admission = self.positions.admit(tp, records[0].offset, records[-1].offset, self.fetched_at)
+        if admission is None:
+            if self.positions.expected(tp) is not None:
+                self.on_refused(tp)
+            return False
+        if admission.jump is not None:
+            self.on_jump(admission.jump)
+        start = admission.from_offset
+        if records[0].offset < start:
+            index = bisect.bisect_left(records, start, key=_offset)
+            records = records[index:]
+        self.feeds[tp.topic].put(tp, records)
+        return True
+
+    def _backlog_changed(self, tp: Hashable, full: bool) -> None:
+        if full:
+            self.hold(tp, BACKLOG)
+        else:
+            self.release(tp, BACKLOG)
+
+
+def _offset(record: Any) -> int:
+    return int(record.offset)

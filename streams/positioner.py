@@ -1,0 +1,181 @@
+"""Positions each assigned mirrored partition before it is fetched, at its stored offset.
+
+After each rebalance (and whenever the hand-off refuses a run), an assigned mirrored partition
+is not positioned, so the consumer does not fetch it. This task positions such partitions: it
+reads the offsets stored with the data (they say exactly what is applied), the group's Kafka
+offsets and the partitions' log starts, decides where to start
+(:func:`streams.core.positions.start_offset`), seeks, and only then lets the partition be
+fetched. A stored offset below the log start means records deleted by retention before they
+were applied: one error line per partition with the range and the count, and
+``mirror_lost_records_total``. The same check runs when a partition's records skip offsets
+while it is read (a worker that falls behind its topic's retention).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streams import metrics
+from streams.core.positions import Jump, lost_below_log_start, start_offset
+from streams.errors import MirrorError
+from streams.faust_bridge import position_partitions
+from streams.handoff import Handoff
+from streams.mirror import Mirror
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+#: Seconds between two log-start checks of one partition after its records skipped offsets.
+JUMP_CHECK_INTERVAL = 1.0
+
+
+class Positioner:
+    """The task that positions assigned, unpositioned mirrored partitions."""
+
+    def __init__(
+        self,
+        app: Any,
+        handoff: Handoff,
+        mirror: Mirror,
+        cached_topics: set[str],
+        on_positioned: Callable[[Any, int], None],
+        kafka_offset_topics: set[str] | None = None,
+    ) -> None:
+        self.app = app
+        self.handoff = handoff
+        self.mirror = mirror
+        self.cached_topics = cached_topics
+        """Topics whose unconfirmed records (applied, not yet in the cache) are replayed."""
+        self.on_positioned = on_positioned
+        self.kafka_offset_topics = kafka_offset_topics or set()
+        """Topics whose progress is the group's Kafka offset (forwarded: nothing in SQL)."""
+        """Told each partition's start offset: records below it need no commit of their own."""
+        self.wake = asyncio.Event()
+        self._delay = 0.0
+        self._jump_checked: dict[Any, float] = {}
+        handoff.on_jump = self.check_jump
+        handoff.on_refused = self.refused
+
+    def refused(self, tp: Any) -> None:
+        """Position ``tp`` again: a run of it was refused, so its fetch position moved on."""
+        self.handoff.forget([tp])
+        self.wake.set()
+
+    async def run(self) -> None:
+        """Position pending partitions until the app stops."""
+        while not self.app.should_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=0.2)
+            self.wake.clear()
+            if self.app.rebalancing:
+                continue
+            self.handoff.release_expired(time.monotonic())
+            pending = self.pending()
+            if not pending:
+                continue
+            try:
+                await self.position(pending)
+                self._delay = 0.0
+            except (MirrorError, OSError, TimeoutError) as exc:
+                self._delay = min(max(0.5, self._delay * 2), MAX_BACKOFF)
+                log.warning(
+                    "cannot position %d partitions yet, retrying in %.1fs: %s",
+                    len(pending),
+                    self._delay,
+                    exc,
+                )
+                await asyncio.sleep(self._delay)
+            except Exception as exc:  # the broker's own errors (aiokafka) and the like
+                self._delay = min(max(0.5, self._delay * 2), MAX_BACKOFF)
+                log.warning(
+                    "cannot position %d partitions yet, retrying in %.1fs: %r",
+                    len(pending),
+                    self._delay,
+                    exc,
+                )
+                await asyncio.sleep(self._delay)
+
+    def pending(self) -> list[Any]:
+        """Return the assigned mirrored partitions that are neither positioned nor held."""
+        handoff = self.handoff
+        positioned = handoff.positions.positioned()
+        return sorted(
+            (
+                tp
+                for tp in self.app.consumer.assignment()
+                if handoff.is_mirrored(tp.topic) and tp not in positioned and tp not in handoff.held
+            ),
+            key=lambda tp: (tp.topic, tp.partition),
+        )
+
+    async def position(self, tps: list[Any]) -> None:
+        """Seek ``tps`` to where they start, then let them be fetched."""
+        consumer = self.app.consumer
+        stored = await asyncio.to_thread(self.mirror.store.stored_offsets, self.mirror.group)
+        losses: list[tuple[Any, int, int]] = []
+
+        def choose(tp: Any, committed: int | None, log_start: int) -> int:
+            key = (tp.topic, tp.partition)
+            kept = committed if tp.topic in self.kafka_offset_topics else stored.get(key)
+            start = start_offset(
+                kept, committed, log_start, replay_unconfirmed=tp.topic in self.cached_topics
+            )
+            if start.lost:
+                losses.append((tp, kept or 0, start.lost))
+            if kept is not None:
+                self.mirror.note_stored(key, max(kept, start.offset))
+            return start.offset
+
+        starts = await position_partitions(consumer, tps, choose)
+        for tp, expected, count in losses:
+            self.lost(tp, expected, count)
+        assigned = consumer.assignment()
+        for tp, offset in starts.items():
+            if tp not in assigned:
+                continue  # revoked meanwhile: its next owner positions it
+            self.handoff.positions.position(tp, offset)
+            self.on_positioned(tp, offset)
+            log.info("reading %s[%d] from offset %d", tp.topic, tp.partition, offset)
+
+    def lost(self, tp: Any, expected: int, count: int) -> None:
+        """Say that ``count`` records of ``tp`` from ``expected`` on were gone before applied."""
+        metrics.LOST.labels(tp.topic, str(tp.partition)).inc(count)
+        log.error(
+            "%s[%d]: %d records (offsets %d to %d) were deleted from the topic (retention) "
+            "before they were applied; reading on from offset %d. Their entities may be stale "
+            "until changed again: rebuild from the source if that matters",
+            tp.topic,
+            tp.partition,
+            count,
+            expected,
+            expected + count - 1,
+            expected + count,
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": expected},
+        )
+
+    def check_jump(self, jump: Jump) -> None:
+        """Find out, in the background, whether a jump skipped records lost to retention."""
+        tp = jump.partition
+        now = time.monotonic()
+        if now - self._jump_checked.get(tp, -JUMP_CHECK_INTERVAL) < JUMP_CHECK_INTERVAL:
+            return
+        self._jump_checked[tp] = now
+        task = asyncio.ensure_future(self._check_jump(jump))
+        task.add_done_callback(_log_failure)
+
+    async def _check_jump(self, jump: Jump) -> None:
+        tp: Any = jump.partition
+        log_starts = await self.app.consumer.earliest_offsets(tp)
+        lost = lost_below_log_start(jump.expected, jump.delivered, int(log_starts.get(tp) or 0))
+        if lost:
+            self.lost(tp, jump.expected, lost)
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("log start check failed: %r", task.exception())

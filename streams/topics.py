@@ -1,0 +1,88 @@
+"""Kafka topics the worker needs: facts about source topics, and dead-letter topics made to fit."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from streams.preflight import start_client
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = "max.message.bytes"
+#: Kafka's default ``message.max.bytes``, for a broker that does not say.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+async def _admin(settings: Settings) -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        request_timeout_ms=15_000,
+    )
+    await start_client(settings, admin.start(), admin.close, timeout=20)
+    return admin
+
+
+async def topic_facts(admin: Any, topic: str) -> tuple[int, int] | None:
+    """Return ``(partitions, max.message.bytes)`` of ``topic``, or None when it is missing."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    if topic not in await admin.list_topics():
+        return None
+    partitions = 0
+    for item in await admin.describe_topics([topic]):
+        if item.get("topic") == topic and not item.get("error_code"):
+            partitions = len(item.get("partitions", []))
+    limit = DEFAULT_MAX_MESSAGE_BYTES
+    described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    for response in described:
+        for resource in response.resources:
+            for entry in resource[4]:
+                if entry[0] == MAX_MESSAGE_BYTES and entry[1] is not None:
+                    limit = int(entry[1])
+    return partitions, limit
+
+
+async def ensure_dead_letter_topic(settings: Settings, source: str, topic: str) -> int:
+    """Create ``topic`` when missing, taking records as large as ``source`` does; return its limit.
+
+    A dead letter is the rejected record itself plus headers, so the dead-letter topic must
+    take whatever its source topic takes; a record too large for it would hold its partition.
+    """
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = await _admin(settings)
+    try:
+        source_facts = await topic_facts(admin, source)
+        want = DEFAULT_MAX_MESSAGE_BYTES if source_facts is None else source_facts[1]
+        partitions = settings.topic_partitions if source_facts is None else source_facts[0]
+        existing = await topic_facts(admin, topic)
+        if existing is None:
+            new = NewTopic(
+                topic,
+                max(1, partitions),
+                settings.topic_replicas,
+                topic_configs={MAX_MESSAGE_BYTES: str(want + 64 * 1024)},
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
+                await admin.create_topics([new])
+            return want + 64 * 1024
+        if existing[1] < want:
+            log.warning(
+                "dead-letter topic %s takes records up to %d bytes but %s takes %d: a larger "
+                "rejected record will hold its partition; raise %s's max.message.bytes",
+                topic,
+                existing[1],
+                source,
+                want,
+                topic,
+            )
+        return int(existing[1])
+    finally:
+        await admin.close()
