@@ -87,7 +87,7 @@ def cmd_show(settings: Settings, kind: str, wait: float) -> int:
     while not rows and time.monotonic() < deadline:
         time.sleep(0.5)
         rows = mirror.store.rows(spec)
-    print(f"{spec.table.name} in {settings.database_url}: {len(rows)} rows")
+    print(f"{spec.table.name} in {settings.database_url_safe}: {len(rows)} rows")
     for row in sorted(rows.values(), key=lambda r: str(r[spec.key_column])):
         print("  " + json.dumps(row, default=str))
     mirror.store.dispose()

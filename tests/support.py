@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -266,6 +267,25 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+async def wait_ready(worker: WorkerProcess, token: str = "", timeout: float = 120.0) -> None:
+    """Wait until the worker's ``/ready`` answers 200 (partitions assigned, tables recovered)."""
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/ready"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        while True:
+            worker.assert_alive()
+            try:
+                async with http.get(url, headers=headers) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} never answered 200; log tail:\n{worker.tail()}")
+            await asyncio.sleep(0.25)
 
 
 def make_worker(
