@@ -30,6 +30,11 @@ def load_entities(settings: Settings, registry: Registry = default_registry) -> 
             importlib.import_module(module)
         except ImportError as exc:
             raise SettingsError(f"ENTITY_MODULES: cannot import {module!r}: {exc}") from None
+        except Exception as exc:  # the module's own code failed: say which, in one line
+            detail = " ".join(str(exc).split()) or "(no message)"
+            raise SettingsError(
+                f"ENTITY_MODULES: importing {module!r} failed: {type(exc).__name__}: {detail}"
+            ) from None
     if not len(registry):
         raise SettingsError(
             f"ENTITY_MODULES {','.join(settings.entity_modules)!r} declare no entity "

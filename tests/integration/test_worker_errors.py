@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, create_topic, free_port
+from tests.support import ROOT, create_topic, free_port, run_cli
 
 
 def run_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -89,3 +89,41 @@ async def test_a_source_topic_with_other_partitions_than_its_cache_is_one_clear_
         "set TOPIC_PARTITIONS=3"
     ) in output
     assert "Traceback" not in output
+
+
+BROKEN_MODULES = {
+    "raises_at_import": ('raise RuntimeError("no config for this module")\n', "RuntimeError"),
+    "bad_syntax": ("def broken(:\n", "SyntaxError"),
+    "bad_entity": (
+        "from sqlalchemy import String\n"
+        "from sqlalchemy.orm import Mapped, mapped_column\n"
+        "from models import Base, MirroredEntity\n\n\n"
+        "class Moon(MirroredEntity, Base):\n"
+        '    __tablename__ = "moon"\n'
+        '    __topic__ = "moon-changed"\n'
+        '    __event_fields__ = {"code": "moonCode", "colour": "moonColour"}\n\n'
+        "    code: Mapped[str] = mapped_column(String(8), primary_key=True)\n",
+        "RegistryError",
+    ),
+}
+
+
+@pytest.mark.parametrize("module", sorted(BROKEN_MODULES))
+def test_an_entity_module_that_fails_to_import_is_one_line(module: str, tmp_path: Path) -> None:
+    source, error = BROKEN_MODULES[module]
+    (tmp_path / f"{module}.py").write_text(source)
+    env = {
+        "ENTITY_MODULES": f"models.planet,{module}",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+        "WEB_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+    }
+    expected = f"error: ENTITY_MODULES: importing '{module}' failed: {error}: "
+    done = run_worker(env, tmp_path)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    for command in (["show", "planet"], ["status"]):
+        done_cli = run_cli(env, *command)
+        assert done_cli.returncode == 1, done_cli.stdout + done_cli.stderr
+        assert done_cli.stderr.splitlines() == [lines[0]]
