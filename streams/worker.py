@@ -16,7 +16,7 @@ from streams.agents import register_agents, register_tombstone_purge
 from streams.errors import SettingsError
 from streams.logs import use_json_logs
 from streams.mirror import Mirror
-from streams.preflight import broker_problem, web_port_problem
+from streams.preflight import broker_problem, database_problem, web_port_problem
 from streams.settings import Settings
 from streams.web import register_pages
 from tables.cache import declare_caches
@@ -85,8 +85,10 @@ class MirrorApp(faust.App):
         await super().on_first_start()
         if self.mirror_settings.log_format == "json":
             use_json_logs()
-        problem = web_port_problem(self.mirror_settings) or await broker_problem(
-            self.mirror_settings, self.cached_topics
+        problem = (
+            web_port_problem(self.mirror_settings)
+            or await database_problem(self.mirror_settings)
+            or await broker_problem(self.mirror_settings, self.cached_topics)
         )
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)

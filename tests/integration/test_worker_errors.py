@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.support import ROOT, create_topic, free_port, run_cli
 
@@ -127,3 +128,57 @@ def test_an_entity_module_that_fails_to_import_is_one_line(module: str, tmp_path
         done_cli = run_cli(env, *command)
         assert done_cli.returncode == 1, done_cli.stdout + done_cli.stderr
         assert done_cli.stderr.splitlines() == [lines[0]]
+
+
+SECRET = "Wr0ngSecretPw"
+
+#: Database settings that cannot work, and what the one line must say failed.
+BAD_DATABASES = {
+    "closed port": "Connection refused",
+    "wrong password": "password authentication failed",
+    "unknown host": 'could not translate host name "no-such-host.invalid"',
+    "missing database": 'database "no_such_database" does not exist',
+    "sqlite in a missing directory": "unable to open database file",
+}
+
+
+def bad_database_url(case: str, pg_server_url: str, tmp_path: Path) -> str:
+    """Return the DATABASE_URL of ``case``, with SECRET as its password where it has one."""
+    server = make_url(pg_server_url).set(password=SECRET)
+    urls = {
+        "closed port": server.set(port=free_port()),
+        "wrong password": server,
+        "unknown host": server.set(host="no-such-host.invalid"),
+        "missing database": make_url(pg_server_url).set(database="no_such_database"),
+        "sqlite in a missing directory": make_url(f"sqlite:///{tmp_path / 'no' / 'm.sqlite3'}"),
+    }
+    return urls[case].render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATABASES))
+def test_an_unusable_database_is_one_line_naming_database_url(
+    case: str, pg_server_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    url = bad_database_url(case, pg_server_url, tmp_path)
+    env = {
+        "DATABASE_URL": url,
+        "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
+        "WEB_PORT": str(free_port()),
+        "APP_ID": "bad-database",
+    }
+    masked = make_url(url).render_as_string(hide_password=True)
+    expected = f"error: cannot use the database at DATABASE_URL {masked}: "
+    done = run_worker(env, tmp_path)
+    output = done.stdout + done.stderr
+    # Faust's worker logs what is printed to stderr, so the line has a log prefix.
+    errors = [
+        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
+    ]
+    assert done.returncode == 1, output[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert BAD_DATABASES[case] in errors[0], errors[0]
+    assert "Traceback" not in output and SECRET not in output
+    for command in (["show", "planet"], ["status"], ["verify", "planet"], ["rebuild", "planet"]):
+        done_cli = run_cli(env, *command)
+        assert done_cli.returncode == 1, (command, done_cli.stdout, done_cli.stderr)
+        assert done_cli.stderr.splitlines() == errors, command
