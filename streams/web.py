@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
 from aiohttp import web as aiohttp_web
+from aiohttp.http_exceptions import BadHttpMessage
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -53,6 +55,22 @@ def token_guard(token: str) -> Any:
     return require_token
 
 
+class MalformedRequestWarning(logging.Filter):
+    """Log a request aiohttp cannot parse (it answers 400) as one warning, not an error with a
+    traceback: an over-long URL or a scanner's garbage is the client's fault, not ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite aiohttp's record of a :class:`BadHttpMessage`; pass every other record."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            detail = " ".join(exc.message.split())
+            record.msg = "refused a malformed HTTP request with %d: %s"
+            record.args = (exc.code, detail if len(detail) <= 200 else detail[:200] + "...")
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def register_pages(
     app: faust.App,
     mirror: Mirror,
@@ -61,6 +79,9 @@ def register_pages(
 ) -> None:
     """Add the operational pages and the entity pages to ``app``'s web server, every one
     but ``/health`` behind ``api_token`` when it is set."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestWarning) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestWarning())
     if api_token:
         web_app: aiohttp_web.Application = app.web.web_app  # type: ignore[attr-defined]
         web_app.middlewares.append(token_guard(api_token))

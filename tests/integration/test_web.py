@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from sqlalchemy.engine import make_url
 
 from streams.settings import Settings
 from streams.worker import build_app
 from tests.support import (
+    TcpProxy,
     WorkerProcess,
     create_topic,
     expected_planets,
@@ -126,3 +128,96 @@ async def test_a_read_forwarded_to_the_owning_worker_passes_the_token_on(
     finally:
         for worker in workers:
             worker.stop()
+
+
+#: An entity read by key from SQL (not cached), declared in a module of the test's own.
+MOONS = """
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models import Base, MirroredEntity
+
+
+class Moon(MirroredEntity, Base):
+    __tablename__ = "servicea_moon"
+    __topic__ = "moon-changed"
+    __event_fields__ = {"code": "moonCode", "name": "moonName"}
+    __cached__ = False
+
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+"""
+
+
+async def test_bad_parameters_are_400_and_a_store_outage_is_503(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "moons.py").write_text(MOONS)
+    database = make_url(pg_url)
+    assert database.host is not None and database.port is not None
+    proxy = await TcpProxy(database.host, database.port).start()
+    worker, _ = make_worker(
+        kafka_bootstrap,
+        database.set(port=proxy.port).render_as_string(hide_password=False),
+        topic_prefix,
+        tmp_path,
+        "web",
+        ENTITY_MODULES="models.planet,moons",
+        PYTHONPATH=str(tmp_path),
+    )
+    base = f"http://127.0.0.1:{worker.env['WEB_PORT']}"
+    long_key = "k" * 100_000
+    worker.start()
+    try:
+        await wait_ready(worker)
+        # What the requests log comes after this (two entities can race to create the
+        # bookkeeping tables at start, which logs a retried error: not what is tested here).
+        ready_at = worker.log_path.stat().st_size
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+            async def answer(path: str) -> tuple[int, str | None]:
+                async with http.get(base + path) as response:
+                    return response.status, response.headers.get("Retry-After")
+
+            store_up = {
+                path: await answer(path)
+                for path in (
+                    "/entities/planet?limit=2",
+                    "/entities/planet?limit=2&after=%00",
+                    "/entities/planet?after=a%00b",
+                    "/entities/planet/%00",
+                    "/entities/moon/x%00",
+                    "/entities/moon/x",
+                    f"/entities/planet/{long_key}",
+                )
+            }
+            await proxy.close()
+            store_down = {
+                path: await answer(path)
+                for path in (
+                    "/entities/planet?limit=2",
+                    "/entities/moon?limit=2",
+                    "/entities/moon/x",
+                )
+            }
+            cached = await answer("/entities/planet/not-there")
+    finally:
+        worker.stop()
+        await proxy.close()
+    assert store_up == {
+        "/entities/planet?limit=2": (200, None),
+        "/entities/planet?limit=2&after=%00": (400, None),
+        "/entities/planet?after=a%00b": (400, None),
+        "/entities/planet/%00": (400, None),
+        "/entities/moon/x%00": (400, None),
+        "/entities/moon/x": (404, None),
+        f"/entities/planet/{long_key}": (400, None),
+    }
+    assert store_down == dict.fromkeys(store_down, (503, "1"))
+    assert cached == (404, None)  # a cached kind is read from its table, not the store
+    with worker.log_path.open("rb") as file:
+        file.seek(ready_at)
+        log = file.read().decode(errors="replace")
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-5000:]
+    too_long = [line for line in log.splitlines() if "refused a malformed HTTP request" in line]
+    assert len(too_long) == 1 and "[WARNING]" in too_long[0], too_long
