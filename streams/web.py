@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import faust
 from aiohttp import web as aiohttp_web
 from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.typedefs import Handler, Middleware
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -22,8 +23,6 @@ from tables.views import register_entity_views
 #: Paths served without the token: liveness probes carry no credentials.
 OPEN_PATHS = frozenset({"/health"})
 
-Handler = Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]]
-
 
 def authorized(headers: Mapping[str, str], token: str) -> bool:
     """Tell whether ``headers`` carry ``Authorization: Bearer <token>`` (or none is set)."""
@@ -33,7 +32,7 @@ def authorized(headers: Mapping[str, str], token: str) -> bool:
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
-def token_guard(token: str) -> Any:
+def token_guard(token: str) -> Middleware:
     """Return an aiohttp middleware answering 401 to any request without the token.
 
     A middleware, not a check per view: it covers every route of the server, Faust's own
