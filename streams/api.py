@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, String
+from sqlalchemy import BigInteger, Integer, SmallInteger, String
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
@@ -27,13 +27,34 @@ def _error(status: int, message: str) -> Reply:
     return status, {"error": message}
 
 
+def _integer_bounds(column_type: Integer) -> tuple[int, int]:
+    """Return the range of an integer key column, in SQL's sizes (SMALLINT, INTEGER, BIGINT)."""
+    bits = 32
+    if isinstance(column_type, BigInteger):
+        bits = 64
+    elif isinstance(column_type, SmallInteger):
+        bits = 16
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
 def parse_key(spec: EntitySpec, raw: str) -> Any:
-    """Convert a key from a URL to the key column's type; ValueError when malformed."""
+    """Convert a key from a URL to the key column's type; ValueError when malformed or when
+    the column could not hold it (the database would refuse it: a 400, not a 500)."""
     column = spec.table.c[spec.key_column]
     if isinstance(column.type, Integer):
-        return int(raw)
+        value = int(raw)
+        low, high = _integer_bounds(column.type)
+        if not low <= value <= high:
+            raise ValueError(f"out of the key column's range {low}..{high}")
+        return value
     if not raw:
         raise ValueError("empty key")
+    if "\x00" in raw:
+        raise ValueError("contains a NUL character, which no text column holds")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (a lone surrogate)") from None
     if isinstance(column.type, String) and column.type.length and len(raw) > column.type.length:
         raise ValueError(f"longer than {column.type.length} characters")
     return raw

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import MirrorError
-from streams.preflight import start_client
+from streams.preflight import database_problem, start_client
 
 if TYPE_CHECKING:
     from models.registry import EntitySpec
@@ -87,7 +87,7 @@ def cmd_show(settings: Settings, kind: str, wait: float) -> int:
     while not rows and time.monotonic() < deadline:
         time.sleep(0.5)
         rows = mirror.store.rows(spec)
-    print(f"{spec.table.name} in {settings.database_url}: {len(rows)} rows")
+    print(f"{spec.table.name} in {settings.database_url_safe}: {len(rows)} rows")
     for row in sorted(rows.values(), key=lambda r: str(r[spec.key_column])):
         print("  " + json.dumps(row, default=str))
     mirror.store.dispose()
@@ -235,6 +235,17 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(show())
 
 
+#: The commands that read or write the mirror's tables.
+DATABASE_COMMANDS = ("show", "status", "verify", "rebuild")
+
+
+def require_database(settings: Settings) -> None:
+    """Fail with the one line of :func:`database_problem` when DATABASE_URL is unusable."""
+    problem = asyncio.run(database_problem(settings))
+    if problem:
+        raise MirrorError(problem)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line."""
     parser = argparse.ArgumentParser(prog="python -m streams")
@@ -264,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         settings = Settings.from_env()
+        if args.command in DATABASE_COMMANDS:
+            require_database(settings)
         if args.command == "sample-events":
             return cmd_sample_events(settings, args.count)
         if args.command == "dlq":

@@ -1,7 +1,8 @@
 """Checks run before a worker starts, so expected failures are one clear line.
 
 Without them, an unreachable broker or a busy web port ends the worker with Faust's
-traceback; an operator needs the one thing to fix.
+traceback, and an unusable database keeps it retrying forever; an operator needs the one
+thing to fix.
 """
 
 from __future__ import annotations
@@ -56,6 +57,43 @@ def web_port_problem(settings: Settings) -> str | None:
                 )
             return f"cannot listen on WEB_HOST {settings.web_host}:{settings.web_port}: {exc}"
     return None
+
+
+def _check_connect(settings: Settings, timeout: float) -> None:
+    """Open one connection to DATABASE_URL and run ``SELECT 1`` (raises the driver's error)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    # psycopg2 waits this long per host for a connection; SQLite opens a file.
+    connect_args = {} if settings.is_sqlite else {"connect_timeout": max(2, round(timeout))}
+    engine = create_engine(settings.database_url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+
+
+async def database_problem(settings: Settings, timeout: float = 5.0) -> str | None:
+    """Return why DATABASE_URL cannot be used at all (unreachable, refused, missing), or None.
+
+    Checked once at start: a database that goes away later is back-pressure, not an exit.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        # A name lookup is not bound by connect_timeout: bound the whole check too.
+        await asyncio.wait_for(asyncio.to_thread(_check_connect, settings, timeout), 3 * timeout)
+    except SQLAlchemyError as exc:
+        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    except TimeoutError:
+        detail = f"no answer within {3 * timeout:.0f} s"
+    else:
+        return None
+    return (
+        f"cannot use the database at DATABASE_URL {settings.database_url_safe}: {detail}; "
+        "fix DATABASE_URL or start the database"
+    )
 
 
 def partition_problem(settings: Settings, partitions: dict[str, int | None]) -> str | None:

@@ -70,8 +70,9 @@ class Settings:
 
     kafka_broker: str = DEFAULT_KAFKA_BROKER
     """Faust broker URL(s), e.g. ``kafka://127.0.0.1:9092``; several separated by ``;``."""
-    database_url: str = f"sqlite:///{DEFAULT_SQLITE_FILE}"
-    """SQLAlchemy URL of the mirror store; SQLite in the working directory by default."""
+    database_url: str = field(default=f"sqlite:///{DEFAULT_SQLITE_FILE}", repr=False)
+    """SQLAlchemy URL of the mirror store; SQLite in the working directory by default. It may
+    hold a password: show :attr:`database_url_safe` instead."""
     app_id: str = DEFAULT_APP_ID
     """Faust app id, which is also the Kafka consumer group."""
     web_port: int = DEFAULT_WEB_PORT
@@ -160,6 +161,11 @@ class Settings:
         if host in ("0.0.0.0", "::", ""):
             host = socket.gethostname()
         return f"http://{host}:{self.web_port}"
+
+    @property
+    def database_url_safe(self) -> str:
+        """Return DATABASE_URL with its password masked, the only form fit to print or log."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
 
     @property
     def is_sqlite(self) -> bool:

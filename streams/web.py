@@ -1,13 +1,17 @@
 """HTTP views of a worker on WEB_PORT: ``/health``, ``/ready`` and ``/metrics`` (and, from
-``tables.views``, the entity pages)."""
+``tables.views``, the entity pages), and the API_TOKEN guard over every route of the server."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import faust
+from aiohttp import web as aiohttp_web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.typedefs import Handler, Middleware
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -16,13 +20,54 @@ from streams.mirror import Mirror
 from tables.cache import EntityCache
 from tables.views import register_entity_views
 
+#: Paths served without the token: liveness probes carry no credentials.
+OPEN_PATHS = frozenset({"/health"})
 
-def authorized(request: Request, token: str) -> bool:
-    """Tell whether ``request`` carries ``Authorization: Bearer <token>`` (or none is set)."""
+
+def authorized(headers: Mapping[str, str], token: str) -> bool:
+    """Tell whether ``headers`` carry ``Authorization: Bearer <token>`` (or none is set)."""
     if not token:
         return True
-    given = request.headers.get("Authorization", "")
+    given = headers.get("Authorization", "")
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def token_guard(token: str) -> Middleware:
+    """Return an aiohttp middleware answering 401 to any request without the token.
+
+    A middleware, not a check per view: it covers every route of the server, Faust's own
+    pages (``/``, ``/router/``, ``/table/``) included, and any route added later.
+    """
+
+    @aiohttp_web.middleware
+    async def require_token(
+        request: aiohttp_web.Request, handler: Handler
+    ) -> aiohttp_web.StreamResponse:
+        if request.path in OPEN_PATHS or authorized(request.headers, token):
+            return await handler(request)
+        return aiohttp_web.json_response(
+            {"error": "unauthorized: send Authorization: Bearer <API_TOKEN>"},
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    return require_token
+
+
+class MalformedRequestWarning(logging.Filter):
+    """Log a request aiohttp cannot parse (it answers 400) as one warning, not an error with a
+    traceback: an over-long URL or a scanner's garbage is the client's fault, not ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite aiohttp's record of a :class:`BadHttpMessage`; pass every other record."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            detail = " ".join(exc.message.split())
+            record.msg = "refused a malformed HTTP request with %d: %s"
+            record.args = (exc.code, detail if len(detail) <= 200 else detail[:200] + "...")
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def register_pages(
@@ -31,16 +76,15 @@ def register_pages(
     caches: Mapping[str, EntityCache],
     api_token: str = "",
 ) -> None:
-    """Add the operational pages and the entity pages to ``app``'s web server."""
-
-    def denied(request: Request) -> Response | None:
-        if authorized(request, api_token):
-            return None
-        return app.web.json(
-            {"error": "unauthorized: send Authorization: Bearer <API_TOKEN>"}, status=401
-        )
-
-    register_entity_views(app, mirror, caches, denied)
+    """Add the operational pages and the entity pages to ``app``'s web server, every one
+    but ``/health`` behind ``api_token`` when it is set."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestWarning) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestWarning())
+    if api_token:
+        web_app: aiohttp_web.Application = app.web.web_app  # type: ignore[attr-defined]
+        web_app.middlewares.append(token_guard(api_token))
+    register_entity_views(app, mirror, caches)
 
     @app.page("/health")
     class Health(View):
@@ -54,9 +98,6 @@ def register_pages(
         """Readiness: partitions assigned, no rebalance in progress, cached tables recovered."""
 
         async def get(self, request: Request) -> Response:
-            denial = denied(request)
-            if denial is not None:
-                return denial
             assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
             recovering = bool(app.in_recovery)
             ready = bool(assigned) and not app.rebalancing and not recovering
@@ -74,9 +115,6 @@ def register_pages(
         """Prometheus metrics, consumer lag refreshed on each scrape."""
 
         async def get(self, request: Request) -> Response:
-            denial = denied(request)
-            if denial is not None:
-                return denial
             for tp in app.consumer.assignment():
                 position = mirror.positions.get((tp.topic, tp.partition))
                 if position is None:

@@ -24,7 +24,7 @@ from streams.handoff import Handoff
 from streams.logs import use_json_logs
 from streams.mirror import Mirror
 from streams.positioner import Positioner
-from streams.preflight import broker_problem, web_port_problem
+from streams.preflight import broker_problem, database_problem, web_port_problem
 from streams.settings import Settings
 from streams.web import register_pages
 from tables.cache import declare_caches
@@ -38,6 +38,11 @@ def load_entities(settings: Settings, registry: Registry = default_registry) -> 
             importlib.import_module(module)
         except ImportError as exc:
             raise SettingsError(f"ENTITY_MODULES: cannot import {module!r}: {exc}") from None
+        except Exception as exc:  # the module's own code failed: say which, in one line
+            detail = " ".join(str(exc).split()) or "(no message)"
+            raise SettingsError(
+                f"ENTITY_MODULES: importing {module!r} failed: {type(exc).__name__}: {detail}"
+            ) from None
     if not len(registry):
         raise SettingsError(
             f"ENTITY_MODULES {','.join(settings.entity_modules)!r} declare no entity "
@@ -80,8 +85,10 @@ class MirrorApp(faust.App):
         await super().on_first_start()
         if self.mirror_settings.log_format == "json":
             use_json_logs()
-        problem = web_port_problem(self.mirror_settings) or await broker_problem(
-            self.mirror_settings, self.cached_topics
+        problem = (
+            web_port_problem(self.mirror_settings)
+            or await database_problem(self.mirror_settings)
+            or await broker_problem(self.mirror_settings, self.cached_topics)
         )
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)

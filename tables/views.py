@@ -6,12 +6,14 @@ from its table; any other worker forwards the request there (Faust's router says
 Faust's forwarder turns an unreachable owner (a worker just killed, before the group notices)
 into a 500 traceback and can bounce a request between workers whose assignments disagree
 mid-rebalance: here both are a 503 with a JSON error and ``Retry-After``, which a client retries.
-Kinds whose cache is off, and every list, are read from the SQL store.
+Kinds whose cache is off, and every list, are read from the SQL store; while it is down they
+answer 503 with ``Retry-After`` too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,12 +23,15 @@ from faust.web import Request, Response, View
 from yarl import URL
 
 from streams import api, metrics
+from streams.errors import StoreUnavailableError
 from streams.mirror import Mirror
 from tables.cache import EntityCache, cache_key
 
 #: Marks a request a worker forwarded, so that it is never forwarded twice.
 ROUTED_HEADER = "X-Mirror-Routed-By"
 FORWARD_TIMEOUT = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def owner_of(app: faust.App, cache: EntityCache, key: Any) -> URL | None:
@@ -46,13 +51,21 @@ def register_entity_views(
     app: faust.App,
     mirror: Mirror,
     caches: Mapping[str, EntityCache],
-    authorized: Callable[[Request], Response | None],
 ) -> None:
-    """Add the entity pages to ``app``'s web server (``authorized`` answers 401s)."""
+    """Add the entity pages to ``app``'s web server (streams/web.py guards them with the token)."""
     canonical = URL(str(app.conf.canonical_url))
 
     def unavailable(view: View, message: str) -> Response:
         return view.json({"error": message}, status=503, headers={"Retry-After": "1"})
+
+    async def from_store(view: View, read: Callable[..., api.Reply], *args: Any) -> Response:
+        """Answer from the SQL store; while it cannot be reached, 503 (retry), not a 500."""
+        try:
+            status, body = await asyncio.to_thread(read, mirror.registry, mirror.store, *args)
+        except StoreUnavailableError as exc:
+            log.warning("answered 503: the database is unavailable: %s", exc)
+            return unavailable(view, "the database is unavailable; retry")
+        return view.json(body, status=status)
 
     async def forward(view: View, request: Request, owner: URL, kind: str) -> Response:
         headers = {ROUTED_HEADER: str(canonical)}
@@ -78,29 +91,16 @@ def register_entity_views(
         """A page of one kind's rows from the SQL store."""
 
         async def get(self, request: Request, kind: str) -> Response:
-            denied = authorized(request)
-            if denied is not None:
-                return denied
-            query = dict(request.query)
-            status, body = await asyncio.to_thread(
-                api.list_entities, mirror.registry, mirror.store, kind, query
-            )
-            return self.json(body, status=status)
+            return await from_store(self, api.list_entities, kind, dict(request.query))
 
     @app.page("/entities/{kind}/{key}")
     class Entity(View):
         """One entity by key: from the owner's cache, or from SQL when the kind is not cached."""
 
         async def get(self, request: Request, kind: str, key: str) -> Response:
-            denied = authorized(request)
-            if denied is not None:
-                return denied
             cache = caches.get(kind)
             if cache is None:
-                status, body = await asyncio.to_thread(
-                    api.get_entity, mirror.registry, mirror.store, kind, key
-                )
-                return self.json(body, status=status)
+                return await from_store(self, api.get_entity, kind, key)
             target = api.entity_target(mirror.registry, kind, key)
             if not isinstance(target, api.Target):
                 status, body = target

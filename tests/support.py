@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -280,8 +281,6 @@ async def wait_for_metric(
     worker: WorkerProcess, sample: str, at_least: float, timeout: float = 120.0
 ) -> float:
     """Wait until the worker's ``/metrics`` shows ``sample`` at ``at_least`` or more."""
-    import aiohttp
-
     url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
     deadline = time.monotonic() + timeout
     value: float | None = None
@@ -297,6 +296,25 @@ async def wait_for_metric(
                 return value
             await asyncio.sleep(0.2)
     raise TimeoutError(f"{sample} is {value}, not {at_least} or more\n{worker.tail()}")
+
+
+async def wait_ready(worker: WorkerProcess, token: str = "", timeout: float = 120.0) -> None:
+    """Wait until the worker's ``/ready`` answers 200 (partitions assigned, tables recovered)."""
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/ready"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        while True:
+            worker.assert_alive()
+            try:
+                async with http.get(url, headers=headers) as response:
+                    if response.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} never answered 200; log tail:\n{worker.tail()}")
+            await asyncio.sleep(0.25)
 
 
 def make_worker(
@@ -352,6 +370,49 @@ def worker_env(
         "TOPIC_PARTITIONS": "4",
         **extra,
     }
+
+
+class TcpProxy:
+    """Forward a local port to ``host:port``; ``close`` is an outage of what is behind it.
+
+    Lets a test take "the database" away from one worker without stopping the shared server.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> TcpProxy:
+        """Listen on a free port of 127.0.0.1 (``self.port``)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def close(self) -> None:
+        """Stop listening (new connections are refused) and cut every open connection."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(
+            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.support import ROOT, create_topic, free_port
+from tests.support import ROOT, create_topic, free_port, run_cli
 
 
 def run_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -89,3 +90,95 @@ async def test_a_source_topic_with_other_partitions_than_its_cache_is_one_clear_
         "set TOPIC_PARTITIONS=3"
     ) in output
     assert "Traceback" not in output
+
+
+BROKEN_MODULES = {
+    "raises_at_import": ('raise RuntimeError("no config for this module")\n', "RuntimeError"),
+    "bad_syntax": ("def broken(:\n", "SyntaxError"),
+    "bad_entity": (
+        "from sqlalchemy import String\n"
+        "from sqlalchemy.orm import Mapped, mapped_column\n"
+        "from models import Base, MirroredEntity\n\n\n"
+        "class Moon(MirroredEntity, Base):\n"
+        '    __tablename__ = "moon"\n'
+        '    __topic__ = "moon-changed"\n'
+        '    __event_fields__ = {"code": "moonCode", "colour": "moonColour"}\n\n'
+        "    code: Mapped[str] = mapped_column(String(8), primary_key=True)\n",
+        "RegistryError",
+    ),
+}
+
+
+@pytest.mark.parametrize("module", sorted(BROKEN_MODULES))
+def test_an_entity_module_that_fails_to_import_is_one_line(module: str, tmp_path: Path) -> None:
+    source, error = BROKEN_MODULES[module]
+    (tmp_path / f"{module}.py").write_text(source)
+    env = {
+        "ENTITY_MODULES": f"models.planet,{module}",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}",
+        "WEB_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+    }
+    expected = f"error: ENTITY_MODULES: importing '{module}' failed: {error}: "
+    done = run_worker(env, tmp_path)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    for command in (["show", "planet"], ["status"]):
+        done_cli = run_cli(env, *command)
+        assert done_cli.returncode == 1, done_cli.stdout + done_cli.stderr
+        assert done_cli.stderr.splitlines() == [lines[0]]
+
+
+SECRET = "Wr0ngSecretPw"
+
+#: Database settings that cannot work, and what the one line must say failed.
+BAD_DATABASES = {
+    "closed port": "Connection refused",
+    "wrong password": "password authentication failed",
+    "unknown host": 'could not translate host name "no-such-host.invalid"',
+    "missing database": 'database "no_such_database" does not exist',
+    "sqlite in a missing directory": "unable to open database file",
+}
+
+
+def bad_database_url(case: str, pg_server_url: str, tmp_path: Path) -> str:
+    """Return the DATABASE_URL of ``case``, with SECRET as its password where it has one."""
+    server = make_url(pg_server_url).set(password=SECRET)
+    urls = {
+        "closed port": server.set(port=free_port()),
+        "wrong password": server,
+        "unknown host": server.set(host="no-such-host.invalid"),
+        "missing database": make_url(pg_server_url).set(database="no_such_database"),
+        "sqlite in a missing directory": make_url(f"sqlite:///{tmp_path / 'no' / 'm.sqlite3'}"),
+    }
+    return urls[case].render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATABASES))
+def test_an_unusable_database_is_one_line_naming_database_url(
+    case: str, pg_server_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    url = bad_database_url(case, pg_server_url, tmp_path)
+    env = {
+        "DATABASE_URL": url,
+        "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
+        "WEB_PORT": str(free_port()),
+        "APP_ID": "bad-database",
+    }
+    masked = make_url(url).render_as_string(hide_password=True)
+    expected = f"error: cannot use the database at DATABASE_URL {masked}: "
+    done = run_worker(env, tmp_path)
+    output = done.stdout + done.stderr
+    # Faust's worker logs what is printed to stderr, so the line has a log prefix.
+    errors = [
+        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
+    ]
+    assert done.returncode == 1, output[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
+    assert BAD_DATABASES[case] in errors[0], errors[0]
+    assert "Traceback" not in output and SECRET not in output
+    for command in (["show", "planet"], ["status"], ["verify", "planet"], ["rebuild", "planet"]):
+        done_cli = run_cli(env, *command)
+        assert done_cli.returncode == 1, (command, done_cli.stdout, done_cli.stderr)
+        assert done_cli.stderr.splitlines() == errors, command

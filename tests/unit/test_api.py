@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from sqlalchemy import BigInteger, Column, Integer, MetaData, SmallInteger, Table
 
 import models.planet  # noqa: F401  (declares Planet in the default registry)
-from models.registry import default_registry
+from models.registry import EntitySpec, default_registry
 from models.store import SqlStore
-from streams.api import get_entity, list_entities
+from streams.api import get_entity, list_entities, parse_key
 from streams.mirror import Mirror
 from streams.routing import SourceRecord
 
@@ -49,6 +52,8 @@ def test_get_returns_the_row_without_bookkeeping(store: SqlStore) -> None:
         ("planet", "nope", 404, "no planet 'nope'"),
         ("moon", "p01", 404, "unknown kind 'moon'"),
         ("planet", "x" * 65, 400, "malformed planet key"),
+        ("planet", "a\x00b", 400, "contains a NUL character"),
+        ("planet", "\ud800", 400, "not valid Unicode text"),
     ],
 )
 def test_get_errors(store: SqlStore, kind: str, key: str, status: int, error: str) -> None:
@@ -76,6 +81,7 @@ def test_pages_walk_every_row_once_in_key_order(store: SqlStore) -> None:
         ({"limit": "0"}, "limit must be between 1 and 1000"),
         ({"limit": "5000"}, "limit must be between 1 and 1000"),
         ({"after": "y" * 65}, "malformed after"),
+        ({"after": "\x00"}, "contains a NUL character"),
         ({"offset": "3"}, "unknown parameters ['offset']"),
     ],
 )
@@ -88,3 +94,23 @@ def test_list_errors_are_400_with_a_json_error(
 
 def test_list_of_an_unknown_kind_is_404(store: SqlStore) -> None:
     assert list_entities(default_registry, store, "moon", {})[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("column", "raw", "error"),
+    [
+        (SmallInteger(), "40000", "range -32768..32767"),
+        (Integer(), str(2**31), "range -2147483648..2147483647"),
+        (BigInteger(), str(2**63), "range"),
+        (Integer(), "12x", "invalid literal"),
+    ],
+)
+def test_an_integer_key_the_column_cannot_hold_is_malformed(
+    column: Integer, raw: str, error: str
+) -> None:
+    # parse_key reads only the table and the key column of a spec.
+    table = Table("t", MetaData(), Column("k", column, primary_key=True))
+    spec = cast(EntitySpec, SimpleNamespace(table=table, key_column="k"))
+    with pytest.raises(ValueError, match=error):
+        parse_key(spec, raw)
+    assert parse_key(spec, "-7") == -7

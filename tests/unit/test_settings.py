@@ -43,6 +43,15 @@ def test_values_are_read_and_normalised(tmp_path: Path) -> None:
     assert not settings.is_sqlite
 
 
+def test_the_database_password_is_masked_for_display_and_left_out_of_repr(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://u:s3cr%40t@h/db"}, cwd=tmp_path)
+    assert settings.database_url == "postgresql+psycopg2://u:s3cr%40t@h/db"
+    assert settings.database_url_safe == "postgresql+psycopg2://u:***@h/db"
+    assert "s3cr" not in repr(settings)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
