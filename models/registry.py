@@ -10,8 +10,22 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Integer, String, Table, inspect
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    SmallInteger,
+    String,
+    Table,
+    inspect,
+)
 
+from streams.core.columns import ColumnKind, ColumnRule, Invalid, check_row, check_value
 from streams.errors import RegistryError
 
 RowMapper = Callable[[dict[str, Any]], Mapping[str, Any]]
@@ -46,28 +60,31 @@ class EntitySpec:
     mapper: RowMapper
     """Maps an event to column values (``from_kafka_event`` underneath)."""
 
-    required: tuple[str, ...] = ()
-    """NOT NULL columns without a default: a row must give them a value."""
-    max_lengths: tuple[tuple[str, int], ...] = ()
-    """String columns with a length limit."""
+    rules: tuple[ColumnRule, ...] = ()
+    """What each column but the key takes (``streams.core.columns``)."""
+    key_rule: ColumnRule | None = None
+    """What the key column takes."""
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
         return self.mapper(event)
 
-    def check_row(self, row: Mapping[str, Any]) -> str | None:
-        """Say why the table would refuse ``row``, before any SQL is sent.
+    def prepare_row(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Return ``row`` as the table takes it, or raise ``Invalid`` saying why it would not.
 
         Deterministic, unlike a database refusal, which is only seen for the write a batch
         keeps per key. The database's own check stays as the backstop (``store_refused``).
         """
-        for column in self.required:
-            if row.get(column) is None:
-                return f"column {column!r} is NOT NULL but the event gives no value"
-        for column, limit in self.max_lengths:
-            value = row.get(column)
-            if isinstance(value, str) and len(value) > limit:
-                return f"column {column!r} takes at most {limit} characters, got {len(value)}"
+        return check_row(self.rules, row)
+
+    def check_key(self, key: Any) -> str | None:
+        """Say why the key column cannot hold ``key``, or None."""
+        if self.key_rule is None:
+            return None
+        try:
+            check_value(self.key_rule, key)
+        except Invalid as exc:
+            return str(exc)
         return None
 
 
@@ -139,6 +156,22 @@ def build_spec(model: type[Any]) -> EntitySpec:
     if missing_bookkeeping:
         raise RegistryError(f"{name} lacks {missing_bookkeeping}; inherit from MirroredEntity")
     update_columns = tuple(c for c in update_columns if c not in VERSION_COLUMNS)
+    mapper = _mapper_for(model)
+    if mapper == model.row_from_event:  # the field map is the whole mapping
+        unmapped = [
+            c.key
+            for c in table.columns
+            if c.key != key_column
+            and c.key not in VERSION_COLUMNS
+            and c.key not in fields
+            and _required(c)
+        ]
+        if unmapped:
+            raise RegistryError(
+                f"{name}.{unmapped[0]} is NOT NULL without a default, but __event_fields__ "
+                "does not map it: map it, give it a default, make it nullable, or override "
+                "from_kafka_event"
+            )
     return EntitySpec(
         model=model,
         kind=kind,
@@ -151,22 +184,60 @@ def build_spec(model: type[Any]) -> EntitySpec:
         version_field=model.__version_field__,
         tombstone_table=_tombstone_table(table, primary[0]),
         repartition=bool(model.__repartition__),
-        required=tuple(
-            c.key
+        rules=tuple(
+            column_rule(c)
             for c in table.columns
-            if not c.nullable
-            and c.key != key_column
-            and c.key not in VERSION_COLUMNS
-            and c.default is None
-            and c.server_default is None
+            if c.key != key_column and c.key not in VERSION_COLUMNS
         ),
-        max_lengths=tuple(
-            (c.key, int(length))
-            for c in table.columns
-            if isinstance(c.type, String) and (length := c.type.length) is not None
-        ),
-        mapper=_mapper_for(model),
+        key_rule=column_rule(primary[0]),
+        mapper=mapper,
     )
+
+
+def _required(column: Column[Any]) -> bool:
+    """NOT NULL without a default of its own: a created row must give it a value."""
+    return (
+        not column.nullable
+        and not column.primary_key
+        and column.default is None
+        and column.server_default is None
+    )
+
+
+def column_rule(column: Column[Any]) -> ColumnRule:
+    """Say what ``column`` takes, for the checks before any SQL (``streams.core.columns``)."""
+    kind = ColumnKind.OTHER
+    length = None
+    int_range = None
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        python_type = object
+    if isinstance(column.type, JSON):
+        kind = ColumnKind.JSON
+    elif isinstance(column.type, String):
+        kind = ColumnKind.TEXT
+        length = column.type.length
+    elif isinstance(column.type, Boolean):
+        kind = ColumnKind.BOOLEAN
+    elif isinstance(column.type, Integer):
+        kind = ColumnKind.INTEGER
+        bits = (
+            16
+            if isinstance(column.type, SmallInteger)
+            else 64
+            if isinstance(column.type, BigInteger)
+            else 32
+        )
+        int_range = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    elif isinstance(column.type, Float):
+        kind = ColumnKind.FLOAT
+    elif isinstance(column.type, DateTime):
+        kind = ColumnKind.DATETIME
+    elif isinstance(column.type, Date):
+        kind = ColumnKind.DATE
+    del python_type
+    return ColumnRule(column.key, kind, _required(column), length, int_range)
 
 
 def _tombstone_table(table: Table, key: Column[Any]) -> Table:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -126,8 +128,12 @@ def _upsert_statement(
     columns: frozenset[str],
     dialect: str,
 ) -> Any:
-    """Build (once per table and column set) the version-guarded upsert."""
-    stmt = _insert_for(dialect, table)
+    """Build (once per table and column set) the version-guarded upsert.
+
+    It names only ``columns``: the others keep their default on create and their value on
+    update (a model may have columns its events never set).
+    """
+    stmt = _insert_for(dialect, table).values({c: bindparam(c) for c in sorted(columns)})
     update = {c: stmt.excluded[c] for c in (*update_columns, *VERSION_COLUMNS) if c in columns}
     newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
         *(table.c[c] for c in VERSION_COLUMNS)
@@ -393,6 +399,7 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._ddl_lock = threading.Lock()
         if self.dialect not in ("postgresql", "sqlite"):
             raise StoreError(f"unsupported database dialect {self.dialect!r}")
 
@@ -402,12 +409,19 @@ class SqlStore:
         return cls(create_store_engine(url))
 
     def create_tables(self, specs: Sequence[EntitySpec]) -> None:
-        """Create missing tables (entity, tombstone, bookkeeping); existing ones are kept."""
-        with self._wrapped("create tables"):
-            bookkeeping.create_all(self.engine, checkfirst=True)
+        """Create missing tables (entity, tombstone, bookkeeping); existing ones are kept.
+
+        One creation at a time, in this process and across workers (an advisory lock on
+        PostgreSQL): two ``CREATE TABLE IF NOT EXISTS`` of one table at once make one of
+        them fail on PostgreSQL's catalog.
+        """
+        with self._ddl_lock, self._wrapped("create tables"), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('entity-mirror ddl'))"))
+            bookkeeping.create_all(conn, checkfirst=True)
             for spec in specs:
-                spec.table.create(self.engine, checkfirst=True)
-                spec.tombstone_table.create(self.engine, checkfirst=True)
+                spec.table.create(conn, checkfirst=True)
+                spec.tombstone_table.create(conn, checkfirst=True)
 
     @contextmanager
     def transaction(self, what: str) -> Iterator[StoreTransaction]:

@@ -179,8 +179,11 @@ class Entity(Protocol):
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values (calls the model's ``from_kafka_event``)."""
 
-    def check_row(self, row: Mapping[str, Any]) -> str | None:
-        """Say why the table would refuse ``row`` (NOT NULL, length), or None."""
+    def prepare_row(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Return ``row`` as the table takes it; raise ``ValueError`` saying why it would not."""
+
+    def check_key(self, key: Any) -> str | None:
+        """Say why the key column cannot hold ``key`` (a NUL, too long), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +314,9 @@ def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Deci
             return Rejection(
                 RejectReason.BAD_KEY, f"{entity.key_field!r} is not a string or integer", record
             )
+        problem = entity.check_key(key)
+        if problem is not None:
+            return Rejection(RejectReason.BAD_KEY, problem, record)
         return Delete(key=key, record=record, version=version)
 
     try:
@@ -337,11 +343,15 @@ def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Deci
         return Rejection(
             RejectReason.BAD_KEY, f"{entity.key_column!r} is not a string or integer", record
         )
+    problem = entity.check_key(key)
+    if problem is not None:
+        return Rejection(RejectReason.BAD_KEY, problem, record)
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
-    problem = entity.check_row(row)
-    if problem is not None:
-        return Rejection(RejectReason.INVALID_ROW, problem, record)
+    try:
+        row = entity.prepare_row(row)
+    except ValueError as exc:
+        return Rejection(RejectReason.INVALID_ROW, str(exc), record)
     return Upsert(key=key, row=row, change_type=change, record=record, version=version)
 
 
@@ -372,6 +382,9 @@ def _route_tombstone(record: Record, entity: Entity) -> Decision:
             record,
             type(exc).__name__,
         )
+    problem = "tombstone key is empty" if not key else entity.check_key(key)
+    if problem is not None:
+        return Rejection(RejectReason.BAD_KEY, problem, record)
     version = None if entity.version_field else position_of(record)
     return Delete(key=key, record=record, version=version)
 

@@ -246,16 +246,22 @@ class WorkerProcess:
             code = None if self.proc is None else self.proc.returncode
             raise AssertionError(f"worker exited ({code}); log tail:\n{self.tail()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> None:
-        """Stop the worker with ``sig``; SIGKILL if it outlives ``timeout``."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> str:
+        """Stop the worker with ``sig``; SIGKILL if it outlives ``timeout``.
+
+        Return the name of the signal that ended it ("SIGKILL" when ``sig`` was not enough),
+        or "exited" when it had exited already.
+        """
         if self.proc is None or self.proc.poll() is not None:
-            return
+            return "exited"
         os.killpg(self.proc.pid, sig)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+            return "SIGKILL"
+        return signal.Signals(sig).name
 
     def kill(self) -> None:
         """SIGKILL the worker, as a crash would."""

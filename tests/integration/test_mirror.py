@@ -179,3 +179,95 @@ async def test_events_keyed_otherwise_are_repartitioned_by_entity_key(
         partitions_by_entity.setdefault(key, set()).add(partition)
     assert len(partitions_by_entity) >= 80
     assert all(len(parts) == 1 for parts in partitions_by_entity.values())
+
+
+#: An entity with columns its events never set: a nullable one and one with a server default.
+COMETS = """
+from datetime import datetime
+
+from sqlalchemy import DateTime, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models import Base, MirroredEntity
+
+
+class Comet(MirroredEntity, Base):
+    __tablename__ = "servicea_comet"
+    __topic__ = "comet-changed"
+    __event_fields__ = {"code": "cometCode", "name": "cometName"}
+
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    orbits: Mapped[int] = mapped_column(Integer, nullable=False, server_default="7")
+"""
+
+
+async def test_columns_the_events_never_set_keep_their_default_and_their_value(
+    kafka_bootstrap: str, db_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "comets.py").write_text(COMETS)
+    topic = f"{topic_prefix}comet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=2)
+    worker, app_id = make_worker(
+        kafka_bootstrap,
+        db_url,
+        topic_prefix,
+        tmp_path,
+        "comet",
+        ENTITY_MODULES="comets",
+        PYTHONPATH=str(tmp_path),
+        TOPIC_PARTITIONS="2",
+    )
+
+    def comet(code: str, name: str) -> tuple[bytes, bytes]:
+        return code.encode(), json.dumps({"cometCode": code, "cometName": name}).encode()
+
+    def rows() -> dict[str, tuple[str, object, int]]:
+        engine = create_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                found = conn.execute(
+                    text("SELECT code, name, deleted_at, orbits FROM servicea_comet")
+                ).all()
+        finally:
+            engine.dispose()
+        return {str(c): (str(n), d, int(o)) for c, n, d, o in found}
+
+    async def wait_names(names: dict[str, str]) -> dict[str, tuple[str, object, int]]:
+        deadline = time.monotonic() + 120
+        while True:
+            worker.assert_alive()
+            try:
+                found = await asyncio.to_thread(rows)
+            except Exception:  # the table is created when the worker starts
+                found = {}
+            if {c: r[0] for c, r in found.items()} == names:
+                return found
+            assert time.monotonic() < deadline, worker.tail()
+            await asyncio.sleep(0.2)
+
+    worker.start()
+    try:
+        await produce(kafka_bootstrap, topic, [comet("c1", "Halley"), comet("c2", "Encke")])
+        created = await wait_names({"c1": "Halley", "c2": "Encke"})
+        assert created == {"c1": ("Halley", None, 7), "c2": ("Encke", None, 7)}
+        engine = create_engine(db_url)
+        try:
+            with engine.begin() as conn:  # another writer sets the column the events never do
+                conn.execute(
+                    text(
+                        "UPDATE servicea_comet SET deleted_at = :at, orbits = 9 WHERE code = 'c1'"
+                    ),
+                    {"at": "2026-12-01 00:00:00+00:00"},
+                )
+        finally:
+            engine.dispose()
+        await produce(kafka_bootstrap, topic, [comet("c1", "Halley (1P)")])
+        updated = await wait_names({"c1": "Halley (1P)", "c2": "Encke"})
+        assert updated["c1"][1] is not None and updated["c1"][2] == 9  # untouched by the update
+        assert updated["c2"] == ("Encke", None, 7)
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        assert "Traceback" not in worker.log_path.read_text()
+    finally:
+        assert worker.stop() == "SIGTERM"

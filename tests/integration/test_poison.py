@@ -6,10 +6,13 @@ import asyncio
 import json
 import random
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from models.store import SqlStore
 from streams.deadletters import headers_dict
 from tests.integration.test_mirror import read_planets
 from tests.support import (
@@ -23,19 +26,53 @@ from tests.support import (
     wait_for_metric,
 )
 
-POISON = {
-    "bad_encoding": lambda key: b"\xff\xfe\x00 not utf-8",
-    "bad_json": lambda key: b'{"planetUuid": "' + key.encode() + b'", oops',
-    "not_an_object": lambda key: b'["' + key.encode() + b'"]',
-    "missing_key": lambda key: json.dumps({"planetName": "nameless"}).encode(),
-    "unknown_change_type": lambda key: json.dumps(
-        {"planetUuid": key, "planetName": "x", "changeType": "ARCHIVED"}
-    ).encode(),
+#: Kinds of poison: (label, the reason it is rejected with, its record's key and value).
+POISON: list[tuple[str, str, Callable[[str], tuple[bytes | None, bytes | None]]]] = [
+    ("bad_encoding", "bad_encoding", lambda key: (key.encode(), b"\xff\xfe\x00 not utf-8")),
+    (
+        "bad_json",
+        "bad_json",
+        lambda key: (key.encode(), b'{"planetUuid": "' + key.encode() + b'", oops'),
+    ),
+    ("not_an_object", "not_an_object", lambda key: (key.encode(), b'["' + key.encode() + b'"]')),
+    ("missing_key", "missing_key", lambda key: (key.encode(), _json({"planetName": "nameless"}))),
+    (
+        "unknown_change_type",
+        "unknown_change_type",
+        lambda key: (
+            key.encode(),
+            _json({"planetUuid": key, "planetName": "x", "changeType": "ARCHIVED"}),
+        ),
+    ),
     # A row the table would refuse (name is NOT NULL), caught before any SQL.
-    "invalid_row": lambda key: json.dumps({"planetUuid": key, "changeType": "CREATED"}).encode(),
-    # Accepted by the core, refused by PostgreSQL itself (no NUL in text).
-    "store_refused": lambda key: json.dumps({"planetUuid": key, "planetName": "a\x00b"}).encode(),
-}
+    (
+        "no_name",
+        "invalid_row",
+        lambda key: (key.encode(), _json({"planetUuid": key, "changeType": "CREATED"})),
+    ),
+    # Values no text column can hold (PostgreSQL refuses NUL): caught before any SQL, always.
+    (
+        "nul_in_name",
+        "invalid_row",
+        lambda key: (key.encode(), _json({"planetUuid": key, "planetName": "a\x00b"})),
+    ),
+    (
+        "object_as_name",
+        "invalid_row",
+        lambda key: (key.encode(), _json({"planetUuid": key, "planetName": {"a": 1}})),
+    ),
+    (
+        "nul_in_key",
+        "bad_key",
+        lambda key: (key.encode(), _json({"planetUuid": "bad\x00" + key, "planetName": "x"})),
+    ),
+    ("tombstone_nul_key", "bad_key", lambda key: (b"a\x00" + key.encode(), None)),
+]
+REASON_OF = {label: reason for label, reason, _ in POISON}
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
 
 
 async def read_all(
@@ -68,21 +105,17 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
     keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(300)]
     items: list[tuple[bytes | None, bytes | None, int | None]] = []
     expected: dict[str, str] = {}
-    kinds = [kind for kind in POISON for _ in range(1_000)]
-    # Deterministic kinds are dead-lettered every time. A row only the database refuses is
-    # dead-lettered when it is the write its batch keeps for its key; one superseded in its
-    # batch by a newer event never reaches the database (folded, like any older event).
-    exact = set(POISON) - {"store_refused"}
+    makers = {label: make for label, _, make in POISON}
+    kinds = [label for label, _, _ in POISON for _ in range(500)]
     good = 4_000
     plan = ["good"] * good + kinds
     rng.shuffle(plan)
     for i, kind in enumerate(plan):
         key = rng.choice(keys)
         if kind == "good":
-            value = json.dumps({"planetUuid": key, "planetName": f"n{i}"}).encode()
+            items.append((key.encode(), _json({"planetUuid": key, "planetName": f"n{i}"}), None))
         else:
-            value = POISON[kind](key)
-        items.append((key.encode(), value, None))
+            items.append((*makers[kind](key), None))
     positions = await produce_timed(kafka_bootstrap, topic, items)
     # Expected state: good events in order per key (keyed by entity: one partition each).
     for (key, value, _), kind in zip(items, plan, strict=True):
@@ -94,8 +127,16 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
     finally:
-        worker.stop()
+        stopped = worker.stop()
+    assert stopped == "SIGTERM"  # a poison pill never keeps the worker from stopping
     assert read_planets(pg_url) == expected
+    store = SqlStore.from_url(pg_url)
+    try:
+        counts = store.outcome_counts(app_id)
+    finally:
+        store.dispose()
+    assert sum(counts.values()) == len(items)  # one outcome per record, counted once
+    assert counts[(topic, "rejected")] == len(kinds)
 
     dlq = f"{topic}.dlq"
     assert await partitions_of(kafka_bootstrap, dlq)
@@ -110,18 +151,15 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
         if kind == "good":
             assert (partition, offset) not in by_position
             continue
-        if kind not in exact and (partition, offset) not in by_position:
-            continue
         dl_key, dl_value, headers = by_position[(partition, offset)]
         assert (dl_key, dl_value) == (key, value)  # original bytes, unchanged
-        assert headers["dlq.reason"] == kind
+        assert headers["dlq.reason"] == REASON_OF[kind], (kind, headers)
         assert headers["dlq.source.topic"] == topic
         assert headers["dlq.detail"]
         assert int(headers["dlq.source.timestamp"]) > 0
         reasons[kind] = reasons.get(kind, 0) + 1
-    assert {k: n for k, n in reasons.items() if k in exact} == {kind: 1_000 for kind in exact}
-    assert reasons["store_refused"] > 100
-    assert len(letters) == sum(reasons.values())
+    assert reasons == {label: 500 for label, _, _ in POISON}  # every pill, every time
+    assert len(letters) == len(kinds)
     assert "Traceback" not in worker.log_path.read_text()
 
 

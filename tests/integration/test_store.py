@@ -7,9 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import CheckConstraint, Integer, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from models.base import MirroredEntity
 from models.planet import Planet
-from models.registry import EntitySpec, build_spec, default_registry
+from models.registry import EntitySpec, Registry, build_spec, default_registry
 from models.store import SqlStore
 from streams.mirror import Mirror
 from streams.routing import Outcome, Rejection, RejectReason, SourceRecord
@@ -69,28 +72,72 @@ def test_unknown_change_type_leaves_the_row_and_the_batch_goes_on(mirror: Mirror
     assert rows(mirror) == {"p1": "A", "p2": "C"}
 
 
-def test_a_row_the_database_refuses_is_rejected_alone(mirror: Mirror) -> None:
+def test_values_no_column_can_hold_are_rejected_before_any_sql(mirror: Mirror) -> None:
     result = mirror.apply(
         PLANET,
         [
             rec({"planetUuid": "ok1", "planetName": "A"}),
-            rec({"planetUuid": "bad", "changeType": "CREATED"}),  # NOT NULL: caught in Python
-            rec({"planetUuid": "nul", "planetName": "a\x00b"}),  # PostgreSQL refuses NUL
+            rec({"planetUuid": "bad", "changeType": "CREATED"}),  # NOT NULL
+            rec({"planetUuid": "nul", "planetName": "a\x00b"}),  # no NUL in text, anywhere
+            rec({"planetUuid": "o\x00k", "planetName": "C"}),  # nor in a key
+            rec({"planetUuid": "obj", "planetName": {"a": 1}}),  # not text
             rec({"planetUuid": "ok2", "planetName": "B"}),
         ],
     )
     reasons = [
         r.decision.reason if isinstance(r.decision, Rejection) else None for r in result.results
     ]
-    postgres = mirror.store.dialect == "postgresql"
     assert reasons == [
         None,
         RejectReason.INVALID_ROW,
-        RejectReason.STORE_REFUSED if postgres else None,
+        RejectReason.INVALID_ROW,
+        RejectReason.BAD_KEY,
+        RejectReason.INVALID_ROW,
         None,
     ]
-    expected = {"ok1": "A", "ok2": "B"} if postgres else {"ok1": "A", "ok2": "B", "nul": "a\x00b"}
-    assert rows(mirror) == expected
+    assert rows(mirror) == {"ok1": "A", "ok2": "B"}
+
+
+class CheckedBase(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Asteroid(MirroredEntity, CheckedBase):
+    """An entity whose table has a constraint only the database knows (a CHECK)."""
+
+    __tablename__ = "test_asteroid"
+    __topic__ = "asteroid-changed"
+    __event_fields__ = {"code": "code", "mass": "mass"}
+    __table_args__ = (CheckConstraint("mass >= 0", name="mass_not_negative"),)
+
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    mass: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+default_registry.unregister(Asteroid)  # declared for the test below only
+
+
+def test_a_row_the_database_refuses_is_rejected_alone(db_url: str) -> None:
+    registry = Registry()
+    spec = registry.register(Asteroid)
+    store = SqlStore.from_url(db_url)
+    try:
+        store.create_tables([spec])
+        mirror = Mirror(registry, store, group="test")
+        records = [
+            SourceRecord("asteroid-changed", 0, i, 1_000 + i, None, json.dumps(event).encode())
+            for i, event in enumerate(
+                [{"code": "a", "mass": 1}, {"code": "b", "mass": -5}, {"code": "c", "mass": 3}]
+            )
+        ]
+        result = mirror.apply(spec, records)
+        reasons = [
+            r.decision.reason if isinstance(r.decision, Rejection) else None for r in result.results
+        ]
+        assert reasons == [None, RejectReason.STORE_REFUSED, None]
+        assert sorted(store.rows(spec)) == ["a", "c"]
+    finally:
+        store.dispose()
 
 
 def test_kafka_tombstone_deletes_by_record_key(mirror: Mirror) -> None:

@@ -122,3 +122,32 @@ def test_a_model_without_the_mixin_is_refused() -> None:
 
 def test_throwaway_entities_leave_the_default_registry_as_shipped() -> None:
     assert [spec.kind for spec in default_registry] == ["planet"]
+
+
+def test_an_unmapped_not_null_column_without_a_default_is_refused_at_declaration() -> None:
+    with pytest.raises(RegistryError, match=r"Star\.spectral_class is NOT NULL without a default"):
+
+        class Star(MirroredEntity, LocalBase):
+            __tablename__ = "star"
+            __topic__ = "star-changed"
+            __event_fields__ = {"code": "starCode"}
+
+            code: Mapped[str] = mapped_column(String(8), primary_key=True)
+            spectral_class: Mapped[str] = mapped_column(String(4), nullable=False)
+
+
+def test_unmapped_nullable_or_defaulted_columns_are_left_out_of_the_row() -> None:
+    class Nebula(MirroredEntity, LocalBase):
+        __tablename__ = "nebula"
+        __topic__ = "nebula-changed"
+        __event_fields__ = {"code": "nebulaCode", "name": "nebulaName"}
+
+        code: Mapped[str] = mapped_column(String(8), primary_key=True)
+        name: Mapped[str] = mapped_column(String(50), nullable=False)
+        note: Mapped[str | None] = mapped_column(String(50), nullable=True)
+        brightness: Mapped[int] = mapped_column(Integer, nullable=False, server_default="3")
+
+    default_registry.unregister(Nebula)
+    spec = build_spec(Nebula)
+    row = spec.prepare_row(spec.row_from_event({"nebulaCode": "n1", "nebulaName": "Crab"}))
+    assert row == {"code": "n1", "name": "Crab"}

@@ -119,7 +119,10 @@ class Exploding:
     def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("boom")
 
-    def check_row(self, row: Any) -> str | None:
+    def prepare_row(self, row: Any) -> Any:
+        return row
+
+    def check_key(self, key: Any) -> str | None:
         return None
 
 
@@ -144,7 +147,10 @@ def test_record_metadata_is_injected_into_the_event() -> None:
             seen.update(event)
             return {"id": event["id"]}
 
-        def check_row(self, row: Any) -> str | None:
+        def prepare_row(self, row: Any) -> Any:
+            return row
+
+        def check_key(self, key: Any) -> str | None:
             return None
 
     route(record({"id": "a"}, offset=5), Spy())
@@ -184,7 +190,10 @@ class Versioned:
     def row_from_event(self, event: dict[str, Any]) -> dict[str, Any]:
         return {"id": event["id"], "v": event["version"]}
 
-    def check_row(self, row: Any) -> str | None:
+    def prepare_row(self, row: Any) -> Any:
+        return row
+
+    def check_key(self, key: Any) -> str | None:
         return None
 
 

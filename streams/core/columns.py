@@ -1,0 +1,183 @@
+"""What a table's columns take (pure): every value is checked, and made exact, before any SQL.
+
+A value the database would refuse (a NUL character in text, a number out of an integer
+column's range, a date that is not one, a string too long) is found here, for every event, the
+same way on PostgreSQL and SQLite: the event is rejected with a reason naming the column and
+dead-lettered, instead of failing its batch in the database (where it is only seen for the write
+its batch keeps per key, and costs a rollback). The database's own check stays as the backstop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class ColumnKind(StrEnum):
+    """The kinds of column the mirror checks values for."""
+
+    TEXT = "text"
+    INTEGER = "integer"
+    FLOAT = "float"
+    BOOLEAN = "boolean"
+    DATETIME = "datetime"
+    DATE = "date"
+    JSON = "json"
+    OTHER = "other"
+    """Anything else (numeric, uuid, binary, enums): left to the database."""
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnRule:
+    """What one column takes."""
+
+    name: str
+    kind: ColumnKind
+    required: bool = False
+    """NOT NULL without a default: a row that names the column must give it a value."""
+    max_length: int | None = None
+    """Most characters a text column takes."""
+    int_range: tuple[int, int] | None = None
+    """Smallest and largest value an integer column takes."""
+
+
+class Invalid(ValueError):
+    """A value a column cannot take; the message says why."""
+
+
+def check_value(rule: ColumnRule, value: Any) -> Any:
+    """Return ``value`` as the column takes it, or raise :class:`Invalid` saying why not."""
+    if value is None:
+        if rule.required:
+            raise Invalid(f"column {rule.name!r} is NOT NULL but the event gives no value")
+        return None
+    kind = rule.kind
+    if kind is ColumnKind.TEXT:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise Invalid(f"column {rule.name!r} takes text, got {_kind_of(value)}")
+        text = value if isinstance(value, str) else str(value)
+        check_text(rule.name, text)
+        if rule.max_length is not None and len(text) > rule.max_length:
+            raise Invalid(
+                f"column {rule.name!r} takes at most {rule.max_length} characters, got {len(text)}"
+            )
+        return text
+    if kind is ColumnKind.INTEGER:
+        number = _integer(rule.name, value)
+        if rule.int_range is not None and not rule.int_range[0] <= number <= rule.int_range[1]:
+            raise Invalid(f"column {rule.name!r} takes integers in {rule.int_range}, got {number}")
+        return number
+    if kind is ColumnKind.FLOAT:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"column {rule.name!r} takes a number, got {_kind_of(value)}")
+        return value
+    if kind is ColumnKind.BOOLEAN:
+        if not isinstance(value, bool):
+            raise Invalid(f"column {rule.name!r} takes true or false, got {_kind_of(value)}")
+        return value
+    if kind is ColumnKind.DATETIME:
+        return _datetime(rule.name, value)
+    if kind is ColumnKind.DATE:
+        return _date(rule.name, value)
+    if kind is ColumnKind.JSON:
+        _check_json_text(rule.name, value)
+        return value
+    return value
+
+
+def check_text(column: str, text: str) -> None:
+    """Raise :class:`Invalid` for text no database column can hold (NUL, lone surrogates)."""
+    if "\x00" in text:
+        raise Invalid(f"column {column!r} cannot hold a NUL character (0x00)")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid(f"column {column!r} cannot hold a lone surrogate") from None
+
+
+def check_row(rules: Iterable[ColumnRule], row: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``row`` with every value as its column takes it, or raise :class:`Invalid`.
+
+    Columns the row does not name are left out (the database default on create, unchanged on
+    update); a required column is checked whether named or not.
+    """
+    out = dict(row)
+    for rule in rules:
+        if rule.name in out:
+            out[rule.name] = check_value(rule, out[rule.name])
+        elif rule.required:
+            raise Invalid(f"column {rule.name!r} is NOT NULL but the event gives no value")
+    return out
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return type(value).__name__
+
+
+def _integer(column: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise Invalid(f"column {column!r} takes an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise Invalid(f"column {column!r} takes an integer, got {_kind_of(value)} {value!r:.40}")
+
+
+def _datetime(column: str, value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise Invalid(f"column {column!r} takes an ISO 8601 date and time, got {value!r:.40}")
+
+
+def _date(column: str, value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise Invalid(f"column {column!r} takes an ISO 8601 date, got {value!r:.40}")
+
+
+def _check_json_text(column: str, value: Any) -> None:
+    """PostgreSQL's jsonb refuses NUL characters anywhere in a document."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            check_text(column, item)
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str):
+                    check_text(column, k)
+                stack.append(v)
+        elif isinstance(item, list):
+            stack.extend(item)
