@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
 from streams import metrics
+from streams.aiokafka_fixes import needs_raw_headers
 from streams.checkpoint import AppliedOffsets, Checkpoint
 from streams.deadletters import DeadLetterWriter, dead_letter_topic
 from streams.errors import CacheError, MirrorError
@@ -172,7 +173,7 @@ def make_forwarder(
             batch = await feed.take(settings.batch_size, settings.batch_wait)
             await _until_done(
                 f"forward {len(batch)} {spec.kind} events to {target}",
-                functools.partial(_forward, app, spec, target, batch),
+                functools.partial(_forward, app, agents.dead_letters, spec, target, batch),
             )
             agents.applied.note(batch)
 
@@ -181,12 +182,17 @@ def make_forwarder(
     return forward_entity
 
 
-async def _forward(app: faust.App, spec: EntitySpec, target: str, batch: Sequence[Any]) -> None:
+async def _forward(
+    app: faust.App, writer: DeadLetterWriter, spec: EntitySpec, target: str, batch: Sequence[Any]
+) -> None:
     futures = []
     for record in batch:
         key = entity_key_of(record, spec, fast_loads)
         new_key = record.key if key is None else str(key).encode()
         headers = [*_headers(record), (ORIGIN_HEADER, first_of(record).header())]
+        if needs_raw_headers(headers):  # Faust's producer cannot write such header keys
+            futures.append(await writer.send(target, new_key, record.value, headers))
+            continue
         futures.append(
             await app.producer.send(
                 target, new_key, record.value, partition=None, timestamp=None, headers=headers

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from streams.aiokafka_fixes import send_record
 from streams.errors import DeadLetterError, MirrorError
 from streams.routing import Rejection, first_of
 from streams.settings import Settings
@@ -104,8 +105,8 @@ class DeadLetterWriter:
         for rejection in rejections:
             record = rejection.record
             try:
-                future = await producer.send(
-                    topic, record.value, key=record.key, headers=dead_letter_headers(rejection)
+                future = await send_record(
+                    producer, topic, record.key, record.value, dead_letter_headers(rejection)
                 )
                 await future
             except KafkaError as exc:
@@ -114,6 +115,16 @@ class DeadLetterWriter:
                         f"could not write dead letters to {topic} yet: {exc!r}"
                     ) from exc
                 raise DeadLetterRefused(rejection, exc) from exc
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+    ) -> Any:
+        """Send any record with this producer (header keys byte for byte); return its future."""
+        return await send_record(await self._ready(), topic, key, value, headers)
 
     async def close(self) -> None:
         """Stop the producer."""

@@ -18,6 +18,7 @@ from sqlalchemy import delete
 
 from models.registry import EntitySpec
 from models.store import offsets_table
+from streams import aiokafka_fixes
 from streams.errors import MirrorError
 from streams.guard import Current, resolve
 from streams.mirror import Mirror, fast_loads
@@ -108,6 +109,7 @@ async def read_topic(
     """Yield the topic's records in batches, from the beginning to its current end."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    aiokafka_fixes.install()  # records can carry header keys that are not UTF-8
     partitions = await partitions_of(settings, topic)
     if not partitions:
         raise MirrorError(f"topic {topic!r} does not exist")

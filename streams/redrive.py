@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from streams import aiokafka_fixes
+from streams.aiokafka_fixes import send_record
 from streams.deadletters import (
     DLQ_HEADERS,
     REASON,
@@ -85,6 +87,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
     """Yield every record of ``topic`` from the beginning to its current end."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    aiokafka_fixes.install()  # dead letters can carry header keys that are not UTF-8
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
         **settings.kafka_client_options(),
@@ -145,7 +148,7 @@ async def redrive(
             ]
             headers.append((ORIGIN_HEADER, origin.header()))
             futures.append(
-                await producer.send(origin.topic, letter.value, key=letter.key, headers=headers)
+                await send_record(producer, origin.topic, letter.key, letter.value, headers)
             )
         await producer.flush()
         for future in futures:

@@ -12,6 +12,7 @@ import faust
 
 from models.registry import Registry, default_registry
 from models.store import SqlStore
+from streams import aiokafka_fixes
 from streams.agents import (
     EntityAgents,
     register_agents,
@@ -152,6 +153,7 @@ def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
 def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
     mirror = mirror or build_mirror(settings)
+    aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     extra: dict[str, Any] = {"datadir": settings.data_dir} if settings.data_dir else {}
     credentials = broker_credentials(settings)
     if credentials is not None:

@@ -245,3 +245,50 @@ async def wait_rows(pg_url: str, expected: set[str], worker: WorkerProcess) -> N
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"rows differ: missing {expected - rows}, extra {rows - expected}")
+
+
+async def test_a_rejected_record_as_large_as_its_topic_allows_is_dead_lettered(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = f"{topic_prefix}planet-changed"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(20 * 1024 * 1024)}
+        await admin.create_topics([NewTopic(topic, 2, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+    huge = b"x" * (5 * 1024 * 1024)  # not JSON
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=21 * 1024 * 1024,
+    )
+    await producer.start()
+    try:
+        for i in range(20):
+            await producer.send_and_wait(
+                topic, _json({"planetUuid": f"a{i}", "planetName": "n"}), key=f"a{i}".encode()
+            )
+        await producer.send_and_wait(topic, huge, key=b"huge")
+        for i in range(20):
+            await producer.send_and_wait(
+                topic, _json({"planetUuid": f"b{i}", "planetName": "n"}), key=f"b{i}".encode()
+            )
+    finally:
+        await producer.stop()
+    worker, app_id = make_worker(
+        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "huge", TOPIC_PARTITIONS="2"
+    )
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+    finally:
+        assert worker.stop() == "SIGTERM"
+    assert set(read_planets(pg_url)) == {f"a{i}" for i in range(20)} | {f"b{i}" for i in range(20)}
+    letters = await read_all(kafka_bootstrap, f"{topic}.dlq")
+    assert [(k, v == huge, h["dlq.reason"]) for k, v, h in letters] == [(b"huge", True, "bad_json")]

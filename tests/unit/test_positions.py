@@ -1,0 +1,70 @@
+"""Read positions (pure): records admitted in order from where a partition was positioned."""
+
+from __future__ import annotations
+
+from streams.core.positions import (
+    Admission,
+    Jump,
+    ReadPositions,
+    Start,
+    lost_below_log_start,
+    start_offset,
+)
+
+
+def test_an_unpositioned_partition_is_refused() -> None:
+    positions = ReadPositions()
+    assert positions.admit("p0", 0, 9, positions.epoch) is None
+
+
+def test_runs_are_admitted_in_order_from_the_positioned_offset() -> None:
+    positions = ReadPositions()
+    positions.position("p0", 100)
+    fetched = positions.epoch
+    assert positions.admit("p0", 100, 149, fetched) == Admission(100)
+    assert positions.admit("p0", 150, 199, fetched) == Admission(150)
+    assert positions.expected("p0") == 200
+
+
+def test_a_run_fetched_before_the_positioning_is_refused() -> None:
+    positions = ReadPositions()
+    positions.position("p0", 0)
+    before = positions.epoch
+    positions.position("p0", 500)  # sought again: what was fetched before is stale
+    assert positions.admit("p0", 40, 60, before) is None
+    assert positions.admit("p0", 500, 510, positions.epoch) == Admission(500)
+
+
+def test_records_already_handed_on_are_cut_from_an_overlapping_run() -> None:
+    positions = ReadPositions()
+    positions.position("p0", 10)
+    assert positions.admit("p0", 5, 20, positions.epoch) == Admission(10)
+    assert positions.expected("p0") == 21
+
+
+def test_a_run_starting_past_the_expected_offset_is_a_jump() -> None:
+    positions = ReadPositions()
+    positions.position("p0", 10)
+    assert positions.admit("p0", 40, 45, positions.epoch) == Admission(10, Jump("p0", 10, 40))
+
+
+def test_forgotten_partitions_are_refused_until_positioned_again() -> None:
+    positions = ReadPositions()
+    positions.position("p0", 0)
+    positions.forget(["p0"])
+    assert positions.admit("p0", 0, 1, positions.epoch) is None
+    assert positions.positioned() == set()
+
+
+def test_lost_records_are_those_below_the_log_start() -> None:
+    assert lost_below_log_start(expected=100, delivered=140, log_start=130) == 30
+    assert lost_below_log_start(expected=100, delivered=140, log_start=90) == 0  # compacted
+    assert lost_below_log_start(expected=100, delivered=140, log_start=500) == 40
+
+
+def test_reading_starts_at_the_stored_offset_or_the_log_start() -> None:
+    assert start_offset(None, None, 0, replay_unconfirmed=False) == Start(0)
+    assert start_offset(None, 7, 3, replay_unconfirmed=False) == Start(3)  # nothing applied yet
+    assert start_offset(50, 40, 0, replay_unconfirmed=False) == Start(50)
+    assert start_offset(50, 40, 0, replay_unconfirmed=True) == Start(40)  # the cache catches up
+    assert start_offset(50, 40, 80, replay_unconfirmed=True) == Start(80, lost=30)
