@@ -412,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.remove("naive")
     results: dict[str, dict[str, float]] = {}
     not_run: dict[str, str] = {}
+    wrong: dict[str, int] = {}  # keys whose row differs from the newest state, per path
     for i, name in enumerate(steps, start=1):
         print(f"{i}/{len(steps)} {name} ...", flush=True)
         if name == "mirror":
@@ -440,11 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = run_raw_consume(bootstrap, topic, ends)
         else:
             results[name] = run_raw_write(fresh_db(name), events)
-    wrong = {
-        name: measure.table_errors(databases[name], LIVE_ROWS_SQL[name], expected)
-        for name in results
-        if name in LIVE_ROWS_SQL
-    }
+        if name in results:
+            if name in LIVE_ROWS_SQL:
+                wrong[name] = measure.table_errors(databases[name], LIVE_ROWS_SQL[name], expected)
+            print(f"   {name}: {progress_line(results[name], wrong.get(name))}", flush=True)
 
     large: dict[str, float] | None = None
     if args.rss_factor:
@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         wrong["large"] = measure.table_errors(
             databases["large"], LIVE_ROWS_SQL["mirror"], big_expected
         )
+        print(f"   large: {progress_line(large, wrong['large'])}", flush=True)
 
     summary = summarize(args, results, wrong, not_run, large, statistics.median(value_sizes))
     report(args, results, wrong, not_run, summary)
@@ -474,6 +475,16 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             dev_postgres.drop_database(server, f"bench_{run}_{name}")
     return 0
+
+
+def progress_line(figures: dict[str, float], errors: int | None) -> str:
+    """One path's figures as soon as it is measured, so an interrupted run keeps them."""
+    line = f"{figures['events_per_s']:,.0f} events/s, {figures['seconds']:.2f} s"
+    if "peak_rss_mb" in figures:
+        line += f", peak RSS {figures['peak_rss_mb']:.1f} MB"
+    if errors is not None:
+        line += ", table ok" if not errors else f", table WRONG ({errors:,} keys)"
+    return line
 
 
 def ratio(results: dict[str, dict[str, float]], wrong: dict[str, int], path: str) -> float | None:
