@@ -110,8 +110,14 @@ async def create_and_fill(
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+    # Idempotent, so a retried batch cannot land after a later one: every path's table is
+    # checked against the newest event per key in produced order.
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=256 * 1024
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=256 * 1024,
     )
     await producer.start()
     try:
