@@ -1,18 +1,23 @@
-"""Benchmark: this project's worker beside the naive path and the raw limits, in one run.
+"""Benchmark: this project's worker beside its peers, the naive path and the raw limits.
 
-On the real local Kafka broker and PostgreSQL (started by devservices), on the same data:
+On the real local Kafka broker and PostgreSQL (started by devservices), on the same data,
+each path into an empty table of its own database:
 
 1. ``mirror``: one ``faust -A streams.app worker`` process, empty table to caught up:
    events/s end to end and the worker's peak RSS.
-2. ``naive``: the seed's pattern, one event at a time: read the row, then insert, update
+2. ``quix``, ``debezium``: the peers (``bench/peers/``), each from a fresh topic of its own
+   holding the same events (re-encoded for Debezium), timed by the same clock
+   (``bench/measure.py``); ``--no-peers`` leaves them out, as ``--quick`` does.
+3. ``naive``: the seed's pattern, one event at a time: read the row, then insert, update
    or delete it through the same SQLAlchemy model, one transaction per event, consuming
    with aiokafka.
-3. ``raw_consume``: aiokafka reading the topic with no processing at all.
-4. ``raw_write``: every event's row upserted into PostgreSQL with psycopg2
+4. ``raw_consume``: aiokafka reading the topic with no processing at all.
+5. ``raw_write``: every event's row upserted into PostgreSQL with psycopg2
    ``execute_values`` in pages of 2,000 (folded per page), as fast as Python can.
 
-Then a second topic with ``--rss-factor`` times the events, for the worker only, to see
-whether its peak RSS stays flat. Prints a table and one JSON line (``BENCH_JSON {...}``).
+Every table a path leaves is checked against the newest state of each key. Then a second
+topic with ``--rss-factor`` times the events, for the worker only, to see whether its
+peak RSS stays flat. Prints a table and one JSON line (``BENCH_JSON {...}``).
 """
 
 from __future__ import annotations
@@ -23,14 +28,11 @@ import contextlib
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from sqlalchemy import create_engine, delete, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
+from bench import measure  # noqa: E402
+from bench.measure import Event  # noqa: E402
+from bench.peers import PeerSkipped  # noqa: E402
+from bench.peers import debezium as peer_debezium  # noqa: E402
+from bench.peers import quix as peer_quix  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 from models.planet import Planet  # noqa: E402
@@ -49,12 +56,14 @@ from models.registry import build_spec  # noqa: E402
 from models.store import SqlStore  # noqa: E402
 
 PLANET = build_spec(Planet)
-
-
-@dataclass(frozen=True)
-class Event:
-    key: str
-    value: bytes
+PEERS = {"quix": peer_quix, "debezium": peer_debezium}
+#: The live rows (uuid, name) each path's table ends with, for the check against the events.
+LIVE_ROWS_SQL = {
+    "mirror": f"SELECT uuid, name FROM {PLANET.table.name}",
+    "naive": f"SELECT uuid, name FROM {PLANET.table.name}",
+    "raw_write": "SELECT uuid, name FROM raw_planet",
+    **{name: peer.LIVE_ROWS_SQL for name, peer in PEERS.items()},
+}
 
 
 def make_events(count: int, entities: int, seed: int) -> list[Event]:
@@ -91,7 +100,9 @@ def make_events(count: int, entities: int, seed: int) -> list[Event]:
     return events
 
 
-async def create_and_fill(bootstrap: str, topic: str, partitions: int, events: list[Event]) -> None:
+async def create_and_fill(
+    bootstrap: str, topic: str, partitions: int, events: Sequence[Event]
+) -> None:
     """Create ``topic`` and produce ``events`` keyed by entity."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -99,8 +110,14 @@ async def create_and_fill(bootstrap: str, topic: str, partitions: int, events: l
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+    # Idempotent, so a retried batch cannot land after a later one: every path's table is
+    # checked against the newest event per key in produced order.
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=256 * 1024
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=256 * 1024,
     )
     await producer.start()
     try:
@@ -126,20 +143,11 @@ async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, 
         await consumer.stop()
 
 
-def rss_peak_mb(pid: int) -> float:
-    """Peak resident set (VmHWM) of a live process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_mirror(
     bootstrap: str, db_url: str, prefix: str, ends: dict[int, int], workdir: Path, batch_size: int
 ) -> dict[str, float]:
     """Run one worker from an empty table until its stored offsets reach ``ends``."""
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
-    log_path = workdir / f"{app_id}.log"
     env = {
         **os.environ,
         "KAFKA_BROKER": f"kafka://{bootstrap}",
@@ -153,53 +161,26 @@ def run_mirror(
     }
     store = SqlStore.from_url(db_url)
     store.create_tables([PLANET])
-    total = sum(ends.values())
     topic = f"{prefix}planet-changed"
-    with log_path.open("wb") as log:
-        started = time.monotonic()
-        proc = subprocess.Popen(
+
+    async def stored_offsets() -> dict[int, int]:
+        # The worker's applied offsets: stored in the transaction that wrote the rows.
+        return {p: o for (t, p), o in store.stored_offsets(app_id).items() if t == topic}
+
+    try:
+        caught_up = measure.run_process(
             [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
             cwd=ROOT,
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log_path=workdir / f"{app_id}.log",
+            bootstrap=bootstrap,
+            group=app_id,
+            ends=ends,
+            applied=stored_offsets,
         )
-    try:
-        ready_at: float | None = None
-        peak = 0.0
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker died: {log_path.read_text()[-2000:]}")
-            now = time.monotonic()
-            if ready_at is None:
-                # Timing starts when Faust says the worker is ready (partitions assigned);
-                # start-up is reported apart. Polled every 50 ms, like the offsets.
-                if "[^Worker]: Ready" not in log_path.read_text(errors="replace"):
-                    time.sleep(0.05)
-                    continue
-                ready_at = now
-            done = sum(o for (t, _), o in store.stored_offsets(app_id).items() if t == topic)
-            peak = max(peak, rss_peak_mb(proc.pid))
-            if done >= total:
-                break
-            if now - started > 3600:
-                raise TimeoutError("worker did not catch up within an hour")
-            time.sleep(0.05)
-        finished = time.monotonic()
-        peak = max(peak, rss_peak_mb(proc.pid))
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
         store.dispose()
-    assert ready_at is not None
-    return {
-        "events_per_s": total / (finished - ready_at),
-        "seconds": finished - ready_at,
-        "startup_s": ready_at - started,
-        "peak_rss_mb": peak,
-    }
+    return caught_up.figures(sum(ends.values()))
 
 
 async def assigned_consumer(bootstrap: str, topic: str, ends: dict[int, int]) -> AIOKafkaConsumer:
@@ -307,14 +288,16 @@ def run_raw_write(db_url: str, events: Sequence[Event]) -> dict[str, float]:
     page = 2000
     with conn.cursor() as cur:
         for start in range(0, len(decoded), page):
+            # Folded to the newest event per key of the page: an upsert or a delete.
             upserts: dict[str, tuple[str, str, int]] = {}
-            deletes: list[str] = []
+            deletes: set[str] = set()
             for i, event in enumerate(decoded[start : start + page], start=start):
                 key = event["planetUuid"]
                 if event.get("changeType") == "DELETED":
                     upserts.pop(key, None)
-                    deletes.append(key)
+                    deletes.add(key)
                 else:
+                    deletes.discard(key)
                     upserts[key] = (key, event["planetName"], i)
             if upserts:
                 execute_values(
@@ -326,7 +309,7 @@ def run_raw_write(db_url: str, events: Sequence[Event]) -> dict[str, float]:
                     page_size=page,
                 )
             if deletes:
-                cur.execute("DELETE FROM raw_planet WHERE uuid = ANY(%s)", (deletes,))
+                cur.execute("DELETE FROM raw_planet WHERE uuid = ANY(%s)", (list(deletes),))
             conn.commit()
     seconds = time.monotonic() - started
     conn.close()
@@ -341,7 +324,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line; ``--quick`` shrinks the run and leaves the peers out."""
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--entities", type=int, default=20_000)
@@ -360,12 +344,50 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out the slow naive path (while iterating on the worker)",
     )
     parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the peers, Quix Streams and Debezium's JDBC sink (default: not with --quick)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="2,000 events over 200 entities, second run x2 (CI)"
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.entities, args.rss_factor = 2_000, 200, 2
+    if args.peers is None:
+        args.peers = not args.quick
+    return args
 
+
+def run_peer(
+    name: str,
+    bootstrap: str,
+    db_url: Callable[[], str],
+    topic: str,
+    partitions: int,
+    events: Sequence[Event],
+    workdir: Path,
+    batch_size: int,
+) -> dict[str, float] | str:
+    """Run one peer on its own topic of ``events``; return its figures, or why it did not run."""
+    peer = PEERS[name]
+    try:
+        peer.available()
+        asyncio.run(create_and_fill(bootstrap, topic, partitions, peer.encode(events)))
+        ends = asyncio.run(end_offsets(bootstrap, topic, partitions))
+        caught_up = peer.run(bootstrap, db_url(), topic, ends, workdir, batch_size)
+    except PeerSkipped as exc:
+        return f"skipped: {exc}"
+    except Exception as exc:
+        # A peer's failure is a result to report, not a reason to lose the other figures.
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"failed: {type(exc).__name__}: {first}"
+    return caught_up.figures(len(events))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     bootstrap = dev_kafka.start(1)
     server = dev_postgres.start()
     workdir = ROOT / ".cache" / "bench"
@@ -380,25 +402,55 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     events = make_events(args.events, args.entities, args.seed)
-    value_sizes = [len(e.value) for e in events]
+    expected = measure.newest_state(events)
+    value_sizes = [len(e.value or b"") for e in events]
     asyncio.run(create_and_fill(bootstrap, topic, args.partitions, events))
     ends = asyncio.run(end_offsets(bootstrap, topic, args.partitions))
 
-    def fresh_db(name: str) -> str:
-        return dev_postgres.create_database(server, f"bench_{run}_{name}")
+    databases: dict[str, str] = {}
 
+    def fresh_db(name: str) -> str:
+        databases[name] = dev_postgres.create_database(server, f"bench_{run}_{name}")
+        return databases[name]
+
+    steps = ["mirror", *(PEERS if args.peers else ()), "naive", "raw_consume", "raw_write"]
+    if args.skip_naive:
+        steps.remove("naive")
     results: dict[str, dict[str, float]] = {}
-    print("1/4 this project's worker ...", flush=True)
-    results["mirror"] = run_mirror(
-        bootstrap, fresh_db("mirror"), prefix, ends, workdir, args.batch_size
-    )
-    if not args.skip_naive:
-        print("2/4 naive path ...", flush=True)
-        results["naive"] = run_naive(bootstrap, fresh_db("naive"), topic, ends)
-    print("3/4 raw consume ...", flush=True)
-    results["raw_consume"] = run_raw_consume(bootstrap, topic, ends)
-    print("4/4 raw write ...", flush=True)
-    results["raw_write"] = run_raw_write(fresh_db("raw"), events)
+    not_run: dict[str, str] = {}
+    wrong: dict[str, int] = {}  # keys whose row differs from the newest state, per path
+    for i, name in enumerate(steps, start=1):
+        print(f"{i}/{len(steps)} {name} ...", flush=True)
+        if name == "mirror":
+            results[name] = run_mirror(
+                bootstrap, fresh_db(name), prefix, ends, workdir, args.batch_size
+            )
+        elif name in PEERS:
+            outcome = run_peer(
+                name,
+                bootstrap,
+                lambda name=name: fresh_db(name),
+                f"{prefix}{name}.planet-changed",
+                args.partitions,
+                events,
+                workdir,
+                args.batch_size,
+            )
+            if isinstance(outcome, str):
+                print(f"{name}: {outcome}", flush=True)
+                not_run[name] = outcome
+            else:
+                results[name] = outcome
+        elif name == "naive":
+            results[name] = run_naive(bootstrap, fresh_db(name), topic, ends)
+        elif name == "raw_consume":
+            results[name] = run_raw_consume(bootstrap, topic, ends)
+        else:
+            results[name] = run_raw_write(fresh_db(name), events)
+        if name in results:
+            if name in LIVE_ROWS_SQL:
+                wrong[name] = measure.table_errors(databases[name], LIVE_ROWS_SQL[name], expected)
+            print(f"   {name}: {progress_line(results[name], wrong.get(name))}", flush=True)
 
     large: dict[str, float] | None = None
     if args.rss_factor:
@@ -406,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RSS run: {big:,} events ...", flush=True)
         big_prefix = f"bench-{run}-x{args.rss_factor}."
         big_events = make_events(big, args.entities, args.seed + 1)
+        big_expected = measure.newest_state(big_events)
         asyncio.run(
             create_and_fill(bootstrap, f"{big_prefix}planet-changed", args.partitions, big_events)
         )
@@ -416,7 +469,46 @@ def main(argv: list[str] | None = None) -> int:
         large = run_mirror(
             bootstrap, fresh_db("large"), big_prefix, big_ends, workdir, args.batch_size
         )
+        wrong["large"] = measure.table_errors(
+            databases["large"], LIVE_ROWS_SQL["mirror"], big_expected
+        )
+        print(f"   large: {progress_line(large, wrong['large'])}", flush=True)
 
+    summary = summarize(args, results, wrong, not_run, large, statistics.median(value_sizes))
+    report(args, results, wrong, not_run, summary)
+    for name in databases:
+        # Best effort: a leftover bench database harms nothing.
+        with contextlib.suppress(Exception):
+            dev_postgres.drop_database(server, f"bench_{run}_{name}")
+    return 0
+
+
+def progress_line(figures: dict[str, float], errors: int | None) -> str:
+    """One path's figures as soon as it is measured, so an interrupted run keeps them."""
+    line = f"{figures['events_per_s']:,.0f} events/s, {figures['seconds']:.2f} s"
+    if "peak_rss_mb" in figures:
+        line += f", peak RSS {figures['peak_rss_mb']:.1f} MB"
+    if errors is not None:
+        line += ", table ok" if not errors else f", table WRONG ({errors:,} keys)"
+    return line
+
+
+def ratio(results: dict[str, dict[str, float]], wrong: dict[str, int], path: str) -> float | None:
+    """The worker's events/s over ``path``'s; None unless both ran and left correct tables."""
+    if path not in results or wrong.get("mirror", 0) or wrong.get(path, 0):
+        return None
+    return round(results["mirror"]["events_per_s"] / results[path]["events_per_s"], 2)
+
+
+def summarize(
+    args: argparse.Namespace,
+    results: dict[str, dict[str, float]],
+    wrong: dict[str, int],
+    not_run: dict[str, str],
+    large: dict[str, float] | None,
+    value_bytes_median: float,
+) -> dict[str, Any]:
+    """The figures of the run as BENCH_JSON prints them."""
     mirror = results["mirror"]["events_per_s"]
     limit = min(results["raw_consume"]["events_per_s"], results["raw_write"]["events_per_s"])
     summary: dict[str, Any] = {
@@ -424,31 +516,58 @@ def main(argv: list[str] | None = None) -> int:
         "events": args.events,
         "entities": args.entities,
         "partitions": args.partitions,
-        "value_bytes_median": statistics.median(value_sizes),
+        "value_bytes_median": value_bytes_median,
         **{f"{name}_events_per_s": round(r["events_per_s"], 1) for name, r in results.items()},
-        "mirror_vs_naive": (
-            round(mirror / results["naive"]["events_per_s"], 2) if "naive" in results else None
-        ),
+        **{f"{name}_table_ok": errors == 0 for name, errors in wrong.items()},
+        "mirror_vs_naive": ratio(results, wrong, "naive") if "naive" in results else None,
         "mirror_vs_raw_limit": round(mirror / limit, 3),
         "mirror_peak_rss_mb": round(results["mirror"]["peak_rss_mb"], 1),
         "mirror_startup_s": round(results["mirror"]["startup_s"], 2),
     }
+    for name in PEERS:
+        if name in results:
+            summary[f"{name}_peak_rss_mb"] = round(results[name]["peak_rss_mb"], 1)
+            summary[f"{name}_startup_s"] = round(results[name]["startup_s"], 2)
+            summary[f"mirror_vs_{name}"] = ratio(results, wrong, name)
+        elif name in not_run:
+            summary[f"{name}_not_run"] = not_run[name]
     if large is not None:
         summary["large_events"] = args.events * args.rss_factor
         summary["large_events_per_s"] = round(large["events_per_s"], 1)
         summary["large_peak_rss_mb"] = round(large["peak_rss_mb"], 1)
+    return summary
 
+
+def report(
+    args: argparse.Namespace,
+    results: dict[str, dict[str, float]],
+    wrong: dict[str, int],
+    not_run: dict[str, str],
+    summary: dict[str, Any],
+) -> None:
+    """Print the table, the ratios and the BENCH_JSON line."""
     print()
-    print("| path | events/s | seconds |\n| --- | ---: | ---: |")
-    for name, r in results.items():
-        print(f"| {name} | {r['events_per_s']:,.0f} | {r['seconds']:.2f} |")
+    print("| path | events/s | seconds | peak RSS (MB) | final table |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name in ("mirror", *PEERS, "naive", "raw_consume", "raw_write"):
+        if name in not_run:
+            print(f"| {name} | - | - | - | not run: {not_run[name]} |")
+        if name not in results:
+            continue
+        r = results[name]
+        rss = f"{r['peak_rss_mb']:.1f}" if "peak_rss_mb" in r else "-"
+        errors = wrong.get(name)
+        table = "-" if errors is None else f"WRONG ({errors:,} keys)" if errors else "ok"
+        print(f"| {name} | {r['events_per_s']:,.0f} | {r['seconds']:.2f} | {rss} | {table} |")
     print()
-    print(
-        f"mirror / naive = {summary['mirror_vs_naive']}x; "
-        f"mirror / min(raw consume, raw write) = {summary['mirror_vs_raw_limit']}"
-    )
+    for name in (*PEERS, "naive"):
+        if name in results:
+            value = summary.get(f"mirror_vs_{name}")
+            shown = f"{value}x" if value is not None else "n/a (a table is wrong)"
+            print(f"mirror / {name} = {shown}")
+    print(f"mirror / min(raw consume, raw write) = {summary['mirror_vs_raw_limit']}")
     print(f"worker peak RSS: {summary['mirror_peak_rss_mb']} MB at {args.events:,} events", end="")
-    if large is not None:
+    if "large_events" in summary:
         print(
             f", {summary['large_peak_rss_mb']} MB at {summary['large_events']:,} events "
             f"({summary['large_events_per_s']:,.0f} events/s)"
@@ -456,11 +575,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print()
     print("BENCH_JSON " + json.dumps(summary, sort_keys=True), flush=True)
-    for name in ("mirror", "naive", "raw", "large"):
-        # Best effort: a leftover bench database harms nothing.
-        with contextlib.suppress(Exception):
-            dev_postgres.drop_database(server, f"bench_{run}_{name}")
-    return 0
 
 
 if __name__ == "__main__":

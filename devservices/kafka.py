@@ -19,6 +19,8 @@ Cache layout (``<repo>/.cache/kafka``, or ``$MIRROR_CACHE_DIR/kafka``)::
     libs/                 jars of the pinned version, ``.resolved`` marker
     single/node1/         server.properties, data/, kafka.log, kafka.pid
     cluster3/node{1,2,3}/ the same per node, plus cluster3/cluster.id
+    connect/              Kafka Connect and Debezium's JDBC sink for the benchmark's peer
+                          (``connect_jars()``, from connect-pom.xml): libs/, plugins/
 
 Command line: ``python -m devservices.kafka start|stop|status|reset [--nodes 3|--all]``.
 Only the standard library and aiokafka are imported.
@@ -60,6 +62,7 @@ _LAYOUTS = (1, 3)
 _HOST = "127.0.0.1"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _POM = _PACKAGE_DIR / "pom.xml"
+_CONNECT_POM = _PACKAGE_DIR / "connect-pom.xml"
 _LOG_CONFIG = _PACKAGE_DIR / "log4j2.properties"
 _RESOLVED_MARKER = ".resolved"
 _STOP_GRACE = 30.0
@@ -376,44 +379,94 @@ def _java() -> str:
 def _ensure_libs() -> str:
     """Resolve the jars once per pinned version and pom; return the class path."""
     libs = _libs_dir()
-    stamp = f"kafka {KAFKA_VERSION}\npom {hashlib.sha256(_POM.read_bytes()).hexdigest()}\n"
-    marker = libs / _RESOLVED_MARKER
-    if marker.exists() and marker.read_text() == stamp:
-        return str(libs / "*")
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise KafkaDevError("mvn not found on PATH: install Maven 3.8+ to fetch the Kafka jars")
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache, name=".libs.lock"):
-        if marker.exists() and marker.read_text() == stamp:
-            return str(libs / "*")
-        staging = cache / "libs.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        mvn_log = cache / "mvn.log"
-        command = [
-            mvn,
-            "-B",
-            "-q",
-            "-f",
-            str(_POM),
+    resolve_jars(
+        _POM,
+        libs,
+        stamp=_stamp("kafka", _POM),
+        args=[
             f"-Dkafka.version={KAFKA_VERSION}",
             "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
+            "-DoutputDirectory={out}",
             "-DincludeScope=runtime",
-        ]
+        ],
+        expect=[f"kafka_2.13-{KAFKA_VERSION}.jar"],
+    )
+    return str(libs / "*")
+
+
+def _stamp(what: str, pom: Path) -> str:
+    """What a resolved folder was resolved for: the pinned version and the pom's content."""
+    return f"{what} {KAFKA_VERSION}\npom {hashlib.sha256(pom.read_bytes()).hexdigest()}\n"
+
+
+def resolve_jars(
+    pom: Path, folder: Path, *, stamp: str, args: Sequence[str], expect: Sequence[str]
+) -> None:
+    """Resolve ``pom`` with Maven into ``folder`` unless it holds ``stamp`` already.
+
+    ``args`` are mvn's arguments, ``{out}`` standing for the folder being filled; every glob
+    in ``expect`` must match in it. Filled beside ``folder`` and renamed, under a lock, so
+    concurrent callers and an interrupted download never see half a folder.
+    """
+    marker = folder / _RESOLVED_MARKER
+    if marker.exists() and marker.read_text() == stamp:
+        return
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaDevError(f"mvn not found on PATH: install Maven 3.8+ to fetch {pom.name}'s jars")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(folder.parent, name=f".{folder.name}.lock"):
+        if marker.exists() and marker.read_text() == stamp:
+            return
+        staging = folder.with_name(f"{folder.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        mvn_log = folder.with_name(f"mvn-{folder.name}.log")
+        command = [mvn, "-B", "-q", "-f", str(pom), *(a.format(out=staging) for a in args)]
         with mvn_log.open("w") as out:
             done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
-        if done.returncode != 0 or not any(staging.glob(f"kafka_2.13-{KAFKA_VERSION}.jar")):
+        if done.returncode != 0 or not all(any(staging.glob(g)) for g in expect):
             shutil.rmtree(staging, ignore_errors=True)
             raise KafkaDevError(
-                f"mvn could not resolve Kafka {KAFKA_VERSION} jars (exit {done.returncode});"
+                f"mvn could not resolve the jars of {pom.name} (exit {done.returncode});"
                 f" see {mvn_log}"
             )
         (staging / _RESOLVED_MARKER).write_text(stamp)
-        shutil.rmtree(libs, ignore_errors=True)
-        staging.rename(libs)
-    return str(libs / "*")
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectJars:
+    """A resolved Kafka Connect worker, for the benchmark's Debezium peer."""
+
+    java: str
+    """A Java 17+ executable."""
+    classpath: str
+    """The worker's class path (Connect runtime, JSON converter, transforms, logging)."""
+    plugin_path: Path
+    """Folder for Connect's ``plugin.path``: Debezium's JDBC sink plugin archive, unpacked."""
+
+
+def connect_jars() -> ConnectJars:
+    """Resolve Kafka Connect (the broker's version) and Debezium's JDBC sink once; find java."""
+    java = _java()
+    folder = cache_dir() / "connect"
+    resolve_jars(
+        _CONNECT_POM,
+        folder,
+        stamp=_stamp("connect", _CONNECT_POM),
+        args=[
+            f"-Dkafka.version={KAFKA_VERSION}",
+            "-Dconnect.out={out}",
+            "dependency:copy-dependencies@libs",
+            "dependency:unpack@plugin",
+        ],
+        expect=[
+            f"libs/connect-runtime-{KAFKA_VERSION}.jar",
+            "plugins/debezium-connector-jdbc/debezium-connector-jdbc-*.jar",
+        ],
+    )
+    return ConnectJars(java, str(folder / "libs" / "*"), folder / "plugins")
 
 
 # --- storage and configuration ----------------------------------------------------------

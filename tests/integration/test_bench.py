@@ -1,4 +1,7 @@
-"""The benchmark's quick mode completes and reports every figure (it asserts no speed)."""
+"""The benchmark's quick mode completes, reports every figure and leaves correct tables.
+
+It asserts no speed. Quick mode leaves the peers out (``--peers`` adds them).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ FIGURES = {
     "large_events",
     "large_events_per_s",
     "large_peak_rss_mb",
+    # Each table checked against the newest state of each key of the produced events.
+    "mirror_table_ok",
+    "naive_table_ok",
+    "raw_write_table_ok",
+    "large_table_ok",
 }
 
 
@@ -46,4 +54,6 @@ def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_ur
     assert set(figures) == FIGURES
     for name in FIGURES:
         assert figures[name] > 0, name
+    assert all(figures[name] is True for name in FIGURES if name.endswith("_table_ok"))
     assert "| mirror |" in done.stdout and "| naive |" in done.stdout
+    assert "| quix |" not in done.stdout and "| debezium |" not in done.stdout
