@@ -27,10 +27,10 @@ from streams.errors import CacheError, MirrorError
 from streams.faust_bridge import commit_offsets
 from streams.feed import Feed
 from streams.handoff import Handoff
-from streams.mirror import Mirror, fast_loads
+from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.routing import ORIGIN_HEADER, SourceRecord, entity_key_of, first_of
 from streams.settings import Settings
-from tables.cache import EntityCache
+from tables.cache import EntityCache, Entry, cache_entry, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,19 @@ async def retrying(what: str, call: Callable[[], Any]) -> Any:
         delay = min(delay * 2, MAX_BACKOFF)
 
 
-def cache_writer(app: faust.App) -> Callable[[EntityCache, Mapping[Any, Any]], Any]:
-    """Return the checkpoint's cache step: write states, broker errors made retriable."""
+def cache_writer() -> Callable[[EntityCache, BatchResult], Awaitable[None]]:
+    """Return the checkpoint's cache step: write a batch's states, broker errors retriable."""
 
-    async def write(cache: EntityCache, states: Mapping[Any, Any]) -> None:
+    async def write(cache: EntityCache, result: BatchResult) -> None:
         started = time.perf_counter()
+        entries = []
+        for key, (row, record) in result.states.items():
+            k = cache_key(key)
+            # Keyed by entity key, the record's partition is the key's changelog partition.
+            partition = record.partition if record.key == k else None
+            entries.append(Entry(k, None if row is None else cache_entry(row), partition))
         try:
-            await cache.put(app, states)
+            await cache.put(entries)
         except KafkaError as exc:
             raise CacheError(f"cannot write to {cache.changelog} yet: {exc!r}") from exc
         metrics.CACHE_SECONDS.labels(cache.spec.kind).observe(time.perf_counter() - started)
@@ -91,11 +97,13 @@ class EntityAgents:
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         """Let the batches in flight finish, then commit what is applied of ``revoked``."""
-        busy = [c.busy for c in self.checkpoints if c.busy.is_set()]
-        deadline = time.monotonic() + REVOKE_WAIT_SECONDS
-        for event in busy:
-            while event.is_set() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+        waits = [c.idle.wait() for c in self.checkpoints if not c.idle.is_set()]
+        if waits:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(w) for w in waits], timeout=REVOKE_WAIT_SECONDS
+            )
+            for task in pending:
+                task.cancel()
         try:
             await self.commit_applied(sorted(revoked))
         except Exception as exc:  # the next owner starts from the offsets stored with the data
@@ -110,9 +118,10 @@ def make_agent(
     cache: EntityCache | None = None,
 ) -> Callable[[Any], Awaitable[None]]:
     """Build the agent function that mirrors ``spec``'s topic (and fills its ``cache``)."""
-    app, mirror, settings = agents.app, agents.mirror, agents.settings
+    mirror, settings = agents.mirror, agents.settings
     source = mirror.source_topic(spec)
     dlq = dead_letter_topic(source, settings.dlq_suffix)
+    repartitioned = spec.repartition or spec.kind in settings.repartition
     checkpoint = Checkpoint(
         mirror,
         spec,
@@ -121,7 +130,8 @@ def make_agent(
         agents.handoff,
         agents.applied,
         cache,
-        cache_writer(app),
+        cache_writer(),
+        prepare=(lambda records: [with_origin(r) for r in records]) if repartitioned else None,
     )
     agents.checkpoints.append(checkpoint)
 
@@ -131,12 +141,7 @@ def make_agent(
             f"create table {spec.table.name}", lambda: mirror.store.create_tables([spec])
         )
         await _until_done(f"create topic {dlq}", lambda: agents.dead_letters.prepare(source, dlq))
-        repartitioned = spec.repartition or spec.kind in settings.repartition
-        while True:
-            batch = await feed.take(settings.batch_size, settings.batch_wait)
-            if repartitioned:
-                batch = [with_origin(record) for record in batch]
-            await checkpoint.commit(batch)
+        await checkpoint.run(feed, settings.batch_size, settings.batch_wait)
 
     mirror_entity.__name__ = f"mirror_{spec.kind}"
     mirror_entity.__qualname__ = mirror_entity.__name__

@@ -30,12 +30,14 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from models.registry import EntitySpec
 from streams import metrics
 from streams.deadletters import DeadLetterRefused, DeadLetterWriter
 from streams.errors import MirrorError, StoreRefusals
+from streams.feed import Feed
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.routing import Decision, Rejection, route_batch
@@ -98,8 +100,25 @@ class AppliedOffsets:
             self.committed[(tp[0], tp[1])] = offset
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One batch on its way through the stages."""
+
+    records: list[Any]
+    read_at: float
+    decisions: list[Decision] = field(default_factory=list)
+    result: BatchResult | None = None
+
+
 class Checkpoint:
-    """Carries one entity's batches through their effects, in the order above."""
+    """Carries one entity's batches through their effects, in the order above.
+
+    Three stages, each taking one batch at a time and handing it on through a queue of one:
+    routing (pure Python), the SQL transaction (mostly waiting on the database) and the
+    cache with the offsets (mostly waiting on the broker). Batch *n+1* is routed while batch
+    *n* is in the database and batch *n-1* reaches the changelog, each stage in batch order,
+    so the order of effects above holds for every batch and across batches.
+    """
 
     def __init__(
         self,
@@ -110,7 +129,8 @@ class Checkpoint:
         handoff: Handoff,
         applied: AppliedOffsets,
         cache: EntityCache | None = None,
-        write_cache: Callable[[EntityCache, Mapping[Any, Any]], Awaitable[None]] | None = None,
+        write_cache: Callable[[EntityCache, BatchResult], Awaitable[None]] | None = None,
+        prepare: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
         self.mirror = mirror
         self.spec = spec
@@ -120,68 +140,148 @@ class Checkpoint:
         self.applied = applied
         self.cache = cache
         self.write_cache = write_cache
+        self.prepare = prepare
+        """Turns fetched records into the core's (a repartition topic's origin headers)."""
         self._hold_backoff: dict[Any, float] = {}
-        self.busy = asyncio.Event()
-        """Set while a batch is being carried through (a revocation waits for it)."""
+        self._cut: dict[tuple[str, int], int] = {}
+        """Partitions held from an offset on: their later records still on the way are dropped."""
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        """Set when no batch is on its way (a revocation waits for it)."""
+        self.idle.set()
+
+    async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
+        """Take batches from ``feed`` and carry each through every stage, until cancelled."""
+        routed: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        applied: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        stages = [
+            asyncio.create_task(self._route_stage(feed, batch_size, linger, routed)),
+            asyncio.create_task(self._apply_stage(routed, applied)),
+            asyncio.create_task(self._finish_stage(applied)),
+        ]
+        try:
+            done, _ = await asyncio.wait(stages, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a stage only ends by raising (a bug): re-raise it here
+        finally:
+            for task in stages:
+                task.cancel()
+            await asyncio.gather(*stages, return_exceptions=True)
 
     async def commit(self, records: Sequence[Any]) -> None:
-        """Carry ``records`` through every effect; return when done (or held for later)."""
-        self.busy.set()
-        started = time.perf_counter()
-        try:
-            decisions = await asyncio.to_thread(route_batch, records, self.spec, fast_loads)
-            result = await self._apply(list(records), decisions)
-        finally:
-            self.busy.clear()
-        if result is None:
-            return
-        kept, outcome = result
-        for record in kept:
-            self._hold_backoff.pop((record.topic, record.partition), None)
-        if self.cache is not None and self.write_cache is not None:
-            cache = self.cache
-            await _retrying(
-                f"write {len(outcome.states)} {self.spec.kind} entries to {cache.changelog}",
-                lambda: self.write_cache(cache, outcome.states),  # type: ignore[misc]
-            )
-        self.applied.note(kept)
-        metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(kept))
-        metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - started)
+        """Carry one batch through every stage (tests and tools; the agents use :meth:`run`)."""
+        batch = _Batch(list(records), time.perf_counter())
+        self._started()
+        await self._route(batch)
+        if await self._apply(batch):
+            await self._finish(batch)
+        else:
+            self._done()
 
-    async def _apply(
-        self, records: list[Any], decisions: list[Decision]
-    ) -> tuple[list[Any], BatchResult] | None:
+    async def _route_stage(
+        self, feed: Feed, batch_size: int, linger: float, out: asyncio.Queue[_Batch]
+    ) -> None:
+        while True:
+            records = await feed.take(batch_size, linger)
+            batch = _Batch(records, time.perf_counter())
+            self._started()
+            await self._route(batch)
+            await out.put(batch)
+
+    async def _apply_stage(self, source: asyncio.Queue[_Batch], out: asyncio.Queue[_Batch]) -> None:
+        while True:
+            batch = await source.get()
+            if await self._apply(batch):
+                await out.put(batch)
+            else:
+                self._done()
+
+    async def _finish_stage(self, source: asyncio.Queue[_Batch]) -> None:
+        while True:
+            await self._finish(await source.get())
+
+    def _started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def _done(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+
+    async def _route(self, batch: _Batch) -> None:
+        """Stage 1: route every record and send the dead letters of the rejected ones."""
+        if self.prepare is not None:
+            batch.records = self.prepare(batch.records)
+        batch.decisions = await asyncio.to_thread(route_batch, batch.records, self.spec, fast_loads)
+
+    async def _apply(self, batch: _Batch) -> bool:
+        """Stage 2: dead letters, then the transaction; False when nothing is left to finish."""
+        self._drop_cut(batch)
         refused: dict[Position, Rejection] = {}
         sent: set[Position] = set()
-        while records:
+        while batch.records:
             try:
-                await self._dead_letter(decisions, refused, sent)
+                await self._dead_letter(batch.decisions, refused, sent)
                 apply = functools.partial(
                     asyncio.to_thread,
                     self.mirror.apply,
                     self.spec,
-                    records,
-                    decisions=decisions,
+                    batch.records,
+                    decisions=batch.decisions,
                     refused=refused,
                     read_back=self.cache is not None,
                 )
-                outcome: BatchResult = await _retrying(
-                    f"apply {len(records)} {self.spec.kind} records", apply
+                batch.result = await _retrying(
+                    f"apply {len(batch.records)} {self.spec.kind} records", apply
                 )
-                return records, outcome
+                return True
             except StoreRefusals as refusals:
                 for rejection in refusals.rejections:
                     refused[_position(rejection.record)] = rejection
             except DeadLetterRefused as exc:
-                records, decisions = self._hold_from(exc, records, decisions)
+                self._hold_from(exc, batch)
             except MirrorError as exc:  # not retriable: no retry can fix it soon
-                self._hold_failed(records, exc)
-                return None
+                self._hold_failed(batch.records, exc)
+                return False
             except Exception as exc:  # a bug: say where, once, and keep the other partitions going
-                log.exception("applying %d %s records failed", len(records), self.spec.kind)
-                self._hold_failed(records, exc)
-                return None
-        return None
+                log.exception("applying %d %s records failed", len(batch.records), self.spec.kind)
+                self._hold_failed(batch.records, exc)
+                return False
+        return False
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Stage 3: the cache, then the offsets."""
+        result = batch.result
+        assert result is not None
+        if self.cache is not None and self.write_cache is not None:
+            cache, write = self.cache, self.write_cache
+            await _retrying(
+                f"write {len(result.states)} {self.spec.kind} entries to {cache.changelog}",
+                functools.partial(write, cache, result),
+            )
+        for record in batch.records:
+            self._hold_backoff.pop((record.topic, record.partition), None)
+        self.applied.note(batch.records)
+        metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
+        metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - batch.read_at)
+        self._done()
+
+    def _drop_cut(self, batch: _Batch) -> None:
+        """Drop records of partitions held from an offset on, until they are read again."""
+        if not self._cut:
+            return
+        kept_records, kept_decisions = [], []
+        for record, decision in zip(batch.records, batch.decisions, strict=True):
+            tp = (record.topic, record.partition)
+            cut = self._cut.get(tp)
+            if cut is not None:
+                if record.offset > cut:
+                    continue  # read before the hold: it comes again once the hold ends
+                del self._cut[tp]  # read again from the held record (or before): go on
+            kept_records.append(record)
+            kept_decisions.append(decision)
+        batch.records, batch.decisions = kept_records, kept_decisions
 
     async def _dead_letter(
         self,
@@ -209,9 +309,7 @@ class Checkpoint:
                 lambda: self.dead_letters.write(self.dlq_topic, due),
             )
 
-    def _hold_from(
-        self, exc: DeadLetterRefused, records: list[Any], decisions: list[Decision]
-    ) -> tuple[list[Any], list[Decision]]:
+    def _hold_from(self, exc: DeadLetterRefused, batch: _Batch) -> None:
         """Hold the partition of a dead letter the broker refuses, from that record on."""
         bad = exc.rejection.record
         tp = (bad.topic, bad.partition)
@@ -228,33 +326,39 @@ class Checkpoint:
             extra={"topic": bad.topic, "partition": bad.partition, "offset": bad.offset},
         )
         metrics.DEAD_LETTER_FAILURES.labels(bad.topic, str(bad.partition)).inc()
-        self._hold(tp, DEAD_LETTER, delay)
+        self._hold(tp, DEAD_LETTER, delay, bad.offset)
         kept = [
             (r, d)
-            for r, d in zip(records, decisions, strict=True)
+            for r, d in zip(batch.records, batch.decisions, strict=True)
             if (r.topic, r.partition) != tp or r.offset < bad.offset
         ]
-        return [r for r, _ in kept], [d for _, d in kept]
+        batch.records = [r for r, _ in kept]
+        batch.decisions = [d for _, d in kept]
 
     def _hold_failed(self, records: Sequence[Any], exc: BaseException) -> None:
-        tps = sorted({(r.topic, r.partition) for r in records})
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            tp = (r.topic, r.partition)
+            first[tp] = min(r.offset, first.get(tp, r.offset))
         log.error(
             "applying %d %s records of %s failed and a retry will not fix it: %s; holding "
             "these partitions for %.0f s, then reading them again",
             len(records),
             self.spec.kind,
-            ", ".join(f"{t}[{p}]" for t, p in tps),
+            ", ".join(f"{t}[{p}]" for t, p in sorted(first)),
             exc,
             FAILED_HOLD_SECONDS,
         )
         metrics.BATCH_FAILURES.labels(self.spec.kind).inc()
-        for tp in tps:
-            self._hold(tp, FAILED, FAILED_HOLD_SECONDS)
+        for tp, offset in first.items():
+            self._hold(tp, FAILED, FAILED_HOLD_SECONDS, offset)
 
-    def _hold(self, key: tuple[str, int], reason: str, seconds: float) -> None:
+    def _hold(self, key: tuple[str, int], reason: str, seconds: float, cut: int) -> None:
+        """Hold ``key`` a while; its records after ``cut`` already on their way are dropped."""
         from aiokafka import TopicPartition
 
         tp = TopicPartition(*key)
+        self._cut[key] = min(cut, self._cut.get(key, cut))
         self.handoff.forget([tp])
         self.handoff.hold(tp, reason, until=time.monotonic() + seconds)
 

@@ -2,6 +2,8 @@
 
 This is the one code path every input adapter (Faust agents, the MSK/Lambda handler,
 the command line) goes through, so the changeType semantics live in exactly one place.
+Work per record is kept to a few list and dict operations: a batch's outcomes are one list
+aligned with its records, counted once per batch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from models.registry import EntitySpec, Registry
 from models.store import SqlStore
 from streams import metrics
 from streams.errors import StoreRefusals
-from streams.guard import Plan, resolve
+from streams.guard import resolve
 from streams.routing import (
     Decision,
     EntityKey,
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 #: the pure core takes the parser as an argument so it still imports only the stdlib.
 fast_loads = orjson.loads
 
+Position = tuple[str, int, int]
+
 
 @dataclass(frozen=True, slots=True)
 class RecordResult:
@@ -51,25 +55,52 @@ class RecordResult:
 
 @dataclass(slots=True)
 class BatchResult:
-    """Outcomes of one applied batch, in consumption order."""
+    """Outcomes of one applied batch, aligned with its records (consumption order)."""
 
-    results: list[RecordResult] = field(default_factory=list)
-    states: dict[EntityKey, dict[str, Any] | None] = field(default_factory=dict)
-    """With ``read_back``: the committed row (None when absent) of every key the batch named,
-    replays included, so a replayed batch can repair a cache that missed its first update."""
+    decisions: list[Decision] = field(default_factory=list)
+    """The final decision of each record (a row the database refused becomes a rejection)."""
+    outcomes: list[Outcome | None] = field(default_factory=list)
+    """Each record's outcome; None for a replay (below the stored offset: no effect)."""
+    states: dict[EntityKey, tuple[dict[str, Any] | None, Record]] = field(default_factory=dict)
+    """With ``read_back``: the committed row (None: absent) of the keys the batch changed, and
+    of the keys its replays name (the cache may have missed them), each with a record that
+    named it (whose partition is, for a topic keyed by entity, the key's changelog partition)."""
+
+    @property
+    def results(self) -> list[RecordResult]:
+        """Return one :class:`RecordResult` per record (adapters that answer per record)."""
+        return [
+            RecordResult(d.record, Outcome.SKIPPED if o is None else o, d, replayed=o is None)
+            for d, o in zip(self.decisions, self.outcomes, strict=True)
+        ]
 
     @property
     def rejections(self) -> list[Rejection]:
-        """Return the rejections of this batch."""
-        return [r.decision for r in self.results if isinstance(r.decision, Rejection)]
+        """Return the rejections of this batch's first deliveries."""
+        return [
+            d
+            for d, o in zip(self.decisions, self.outcomes, strict=True)
+            if o is Outcome.REJECTED and isinstance(d, Rejection)
+        ]
 
     def count(self, outcome: Outcome) -> int:
         """Count first deliveries with ``outcome`` (replays are not counted)."""
-        return sum(1 for r in self.results if r.outcome is outcome and not r.replayed)
+        return self.outcomes.count(outcome)
 
     def first_delivery_counts(self) -> Counter[tuple[str, str]]:
         """Count first deliveries per (topic, outcome), as stored with the batch."""
-        return Counter((r.record.topic, r.outcome.value) for r in self.results if not r.replayed)
+        counts: Counter[tuple[str, str]] = Counter()
+        topics = {d.record.topic for d in self.decisions}
+        if len(topics) == 1:
+            (topic,) = topics
+            for outcome, n in Counter(self.outcomes).items():
+                if outcome is not None:
+                    counts[(topic, outcome.value)] = n
+            return counts
+        for d, o in zip(self.decisions, self.outcomes, strict=True):
+            if o is not None:
+                counts[(d.record.topic, o.value)] += 1
+        return counts
 
 
 class Mirror:
@@ -114,32 +145,33 @@ class Mirror:
         self,
         spec: EntitySpec,
         records: Sequence[Record],
-        before_commit: Callable[[list[Rejection]], None] | None = None,
         *,
         read_back: bool = False,
         decisions: Sequence[Decision] | None = None,
-        refused: Mapping[tuple[str, int, int], Rejection] | None = None,
+        refused: Mapping[Position, Rejection] | None = None,
+        before_commit: Callable[[list[Rejection]], None] | None = None,
     ) -> BatchResult:
         """Apply one batch of records of one entity in one transaction.
 
-        ``decisions`` are the records' routes when the caller has them already. ``before_commit``
-        gets the batch's new rejections inside the transaction, before it commits; if it
-        raises, nothing is committed. With ``refused`` (positions the database refused before,
-        dead-lettered since), a row the database refuses now rolls the transaction back with
+        ``decisions`` are the records' routes when the caller has them already. With
+        ``refused`` (positions the database refused before, dead-lettered since), a row the
+        database refuses now rolls the transaction back with
         :class:`~streams.errors.StoreRefusals`, so the caller can dead-letter it first; without
-        it such a row is rejected in the same transaction. With ``read_back``, the result's
-        ``states`` hold the rows the transaction commits for every key the batch names (the
-        agents put them in the cache after the commit).
+        it such a row is rejected in the same transaction. ``before_commit`` gets the batch's
+        new rejections inside the transaction, before it commits; if it raises, nothing is
+        committed. With ``read_back``, the result's ``states`` say what the cache needs.
         """
         if not records:
             return BatchResult()
         if decisions is None:
             decisions = route_batch(records, spec, fast_loads)  # pure work, before any lock
+        decisions = list(decisions)
         if refused:
-            decisions = [
-                refused.get((d.record.topic, d.record.partition, d.record.offset), d)
-                for d in decisions
-            ]
+            for i, d in enumerate(decisions):
+                r = d.record
+                gone = refused.get((r.topic, r.partition, r.offset))
+                if gone is not None:
+                    decisions[i] = gone
         next_offsets = _next_offsets(records)
         started = time.perf_counter()
         with self.store.transaction(_describe(spec, records)) as tx:
@@ -149,50 +181,44 @@ class Mirror:
                 for partition, offset in tx.next_offsets(self.group, topic, list(ends)).items()
             }
             fresh = _first_deliveries(decisions, stored)
-            keys = list({d.key: None for d in fresh if not isinstance(d, Rejection)})
+            keys = list(
+                {d.key: None for i in fresh if not isinstance(d := decisions[i], Rejection)}
+            )
             current = tx.current(spec, keys)
-            rejected_here: dict[int, Rejection] = {}
             while True:
                 # A write the database refuses is taken out and the batch resolved again, so
                 # an older good event of the same key still applies, as it would one by one.
                 # Writes that went through are repeated as no-ops (same version).
-                plan = resolve([d for d in fresh if id(d.record) not in rejected_here], current)
-                refusals = tx.write(spec, plan)
+                plan = resolve([decisions[i] for i in fresh], current)
+                refusals, written = tx.write(spec, plan, returning=read_back)
                 if not refusals:
                     break
-                if refused is not None:
-                    raise StoreRefusals(
-                        [
-                            Rejection(
-                                RejectReason.STORE_REFUSED,
-                                refusal.message,
-                                refusal.write.record,
-                                "StoreError",
-                            )
-                            for refusal in refusals
-                        ]
-                    )
-                for refusal in refusals:
-                    rejected_here[id(refusal.write.record)] = Rejection(
+                rejections = {
+                    id(refusal.write.record): Rejection(
                         RejectReason.STORE_REFUSED,
                         refusal.message,
                         refusal.write.record,
                         "StoreError",
                     )
-            result = _results(decisions, plan, rejected_here)
+                    for refusal in refusals
+                }
+                if refused is not None:
+                    raise StoreRefusals(list(rejections.values()))
+                for i, d in enumerate(decisions):
+                    rejection = rejections.get(id(d.record))
+                    if rejection is not None:
+                        decisions[i] = rejection
+            outcomes: list[Outcome | None] = [None] * len(decisions)
+            for i, (_, outcome) in zip(fresh, plan.outcomes, strict=True):
+                outcomes[i] = outcome
+            result = BatchResult(decisions, outcomes)
             if read_back:
-                named = list({d.key: None for d in decisions if not isinstance(d, Rejection)})
-                rows = tx.rows_of(spec, named)
-                result.states = {key: rows.get(key) for key in named}
+                result.states = self._states(tx, spec, plan, written, decisions, outcomes)
             for topic, ends in next_offsets.items():
                 tx.advance(self.group, topic, ends)
             tx.add_counts(self.group, result.first_delivery_counts())
             if before_commit is not None:
-                fresh_rejections = [
-                    r.decision
-                    for r in result.results
-                    if isinstance(r.decision, Rejection) and not r.replayed
-                ]
+                fresh_rejections = result.rejections
                 if fresh_rejections:
                     before_commit(fresh_rejections)
         metrics.SQL_SECONDS.labels(spec.kind).observe(time.perf_counter() - started)
@@ -203,52 +229,97 @@ class Mirror:
         self._note(spec, result)
         return result
 
+    def _states(
+        self,
+        tx: Any,
+        spec: EntitySpec,
+        plan: Any,
+        written: Mapping[EntityKey, dict[str, Any]],
+        decisions: Sequence[Decision],
+        outcomes: Sequence[Outcome | None],
+    ) -> dict[EntityKey, tuple[dict[str, Any] | None, Record]]:
+        """Return what the cache needs: the rows the batch wrote, deleted keys, and the
+        committed rows of keys named by replays or by upserts a newer row stopped."""
+        states: dict[EntityKey, tuple[dict[str, Any] | None, Record]] = {}
+        unknown: dict[EntityKey, Record] = {}
+        for key, upsert in plan.upserts.items():
+            row = written.get(key)
+            if row is None:
+                unknown[key] = upsert.record
+            else:
+                states[key] = (row, upsert.record)
+        for key, delete in plan.deletes.items():
+            states[key] = (None, delete.record)
+        for d, o in zip(decisions, outcomes, strict=True):
+            if o is None and not isinstance(d, Rejection) and d.key not in states:
+                unknown.setdefault(d.key, d.record)
+        if unknown:
+            rows = tx.rows_of(spec, list(unknown))
+            for key, record in unknown.items():
+                states[key] = (rows.get(key), record)
+        return states
+
     def _note(self, spec: EntitySpec, result: BatchResult) -> None:
         """Count (per batch, not per event: this is the hot path) and log the outcomes."""
-        batch_counts: Counter[tuple[str, Outcome]] = Counter()
-        replayed: Counter[str] = Counter()
-        for item in result.results:
-            if item.replayed:
-                replayed[item.record.topic] += 1
-                continue
-            batch_counts[(item.record.topic, item.outcome)] += 1
-            if isinstance(item.decision, Rejection):
+        counts = result.first_delivery_counts()
+        replayed = result.outcomes.count(None)
+        for d, o in zip(result.decisions, result.outcomes, strict=True):
+            if o is Outcome.REJECTED and isinstance(d, Rejection):
                 log.error(
                     "%s",
-                    item.decision.message,
+                    d.message,
                     extra={
-                        "topic": item.record.topic,
-                        "partition": item.record.partition,
-                        "offset": item.record.offset,
-                        "reason": item.decision.reason.value,
+                        "topic": d.record.topic,
+                        "partition": d.record.partition,
+                        "offset": d.record.offset,
+                        "reason": d.reason.value,
                     },
                 )
-        self.counts.update(batch_counts)
-        for (topic, outcome), n in batch_counts.items():
-            metrics.EVENTS.labels(spec.kind, topic, outcome.value).inc(n)
-        for topic, n in replayed.items():
-            self.replayed += n
-            metrics.REPLAYED.labels(spec.kind, topic).inc(n)
+        for (topic, outcome), n in counts.items():
+            self.counts[(topic, Outcome(outcome))] += n
+            metrics.EVENTS.labels(spec.kind, topic, outcome).inc(n)
+        if replayed:
+            topic = result.decisions[0].record.topic
+            self.replayed += replayed
+            metrics.REPLAYED.labels(spec.kind, topic).inc(replayed)
 
 
 def _first_deliveries(
     decisions: Sequence[Decision], stored: Mapping[tuple[str, int], int]
-) -> list[Decision]:
-    """Keep decisions at or past the stored offset, each position once.
+) -> list[int]:
+    """Return the indexes of decisions at or past the stored offset, each position once.
 
     A record below its partition's stored offset was applied by an earlier transaction; a
-    position seen twice in one batch (Faust can deliver a record again around a rebalance)
-    is one record, applied and counted once.
+    position seen twice in one batch (a record delivered again) is one record, applied and
+    counted once.
     """
-    seen: set[tuple[str, int, int]] = set()
-    fresh: list[Decision] = []
-    for d in decisions:
+    fresh: list[int] = []
+    last: dict[tuple[str, int], int] = {}
+    seen: dict[tuple[str, int], set[int]] = {}
+    for i, d in enumerate(decisions):
         r = d.record
-        position = (r.topic, r.partition, r.offset)
-        if r.offset < stored.get((r.topic, r.partition), 0) or position in seen:
+        partition = (r.topic, r.partition)
+        offset = r.offset
+        if offset < stored.get(partition, 0):
             continue
-        seen.add(position)
-        fresh.append(d)
+        if offset > last.get(partition, -1):
+            last[partition] = offset
+            if partition in seen:
+                seen[partition].add(offset)
+            fresh.append(i)
+            continue
+        # A step back: a repeat, or an earlier offset (the MSK adapter orders by timestamp).
+        offsets = seen.get(partition)
+        if offsets is None:
+            offsets = seen[partition] = {
+                decisions[j].record.offset
+                for j in fresh
+                if (decisions[j].record.topic, decisions[j].record.partition) == partition
+            }
+        if offset in offsets:
+            continue
+        offsets.add(offset)
+        fresh.append(i)
     return fresh
 
 
@@ -256,30 +327,13 @@ def _next_offsets(records: Sequence[Record]) -> dict[str, dict[int, int]]:
     """Return, per topic and partition, the offset after the batch's last record."""
     ends: dict[str, dict[int, int]] = {}
     for r in records:
-        per_topic = ends.setdefault(r.topic, {})
-        per_topic[r.partition] = max(per_topic.get(r.partition, 0), r.offset + 1)
+        per_topic = ends.get(r.topic)
+        if per_topic is None:
+            per_topic = ends[r.topic] = {}
+        offset = r.offset + 1
+        if offset > per_topic.get(r.partition, 0):
+            per_topic[r.partition] = offset
     return ends
-
-
-def _results(
-    decisions: Sequence[Decision], plan: Plan, refused: Mapping[int, Rejection]
-) -> BatchResult:
-    """Give every decision its outcome; decisions neither planned nor refused were replays."""
-    outcome_of: dict[int, tuple[Decision, Outcome]] = {
-        id(decision.record): (decision, outcome) for decision, outcome in plan.outcomes
-    }
-    for record_id, rejection in refused.items():
-        outcome_of[record_id] = (rejection, Outcome.REJECTED)
-    result = BatchResult()
-    for decision in decisions:
-        if id(decision.record) not in outcome_of:
-            result.results.append(
-                RecordResult(decision.record, Outcome.SKIPPED, decision, replayed=True)
-            )
-            continue
-        final, outcome = outcome_of[id(decision.record)]
-        result.results.append(RecordResult(final.record, outcome, final))
-    return result
 
 
 def _describe(spec: EntitySpec, records: Sequence[Record]) -> str:

@@ -28,7 +28,7 @@ from streams.positioner import Positioner
 from streams.preflight import broker_problem, database_problem, web_port_problem
 from streams.settings import Settings
 from streams.web import register_pages
-from tables.cache import declare_caches
+from tables.cache import EntityCache, declare_caches
 from tables.watchdog import register_recovery_watchdog
 
 
@@ -75,6 +75,7 @@ class MirrorApp(faust.App):
     cached_topics: list[str]
     handoff: Handoff
     entity_agents: EntityAgents
+    caches: dict[str, EntityCache]
 
     def _new_transport(self) -> Any:
         transport: Any = super()._new_transport()
@@ -105,6 +106,8 @@ class MirrorApp(faust.App):
         arm_exit_deadline(self.mirror_settings.shutdown_timeout)
         await super().on_stop()
         await self.entity_agents.dead_letters.close()
+        for cache in self.caches.values():
+            await cache.writer.close()
 
 
 def arm_exit_deadline(seconds: float) -> None:
@@ -182,6 +185,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     )
     app.mirror_settings = settings
     caches = declare_caches(app, mirror.registry, settings)
+    app.caches = caches
     app.cached_topics = [
         mirror.source_topic(cache.spec)
         for cache in caches.values()

@@ -1,21 +1,24 @@
 """Cached tables: one Faust table per cached entity, holding what the database committed.
 
-The agent that applied a batch puts the committed rows of the batch's keys here, read back in
-the batch's own transaction, after that transaction commits, and acknowledges the batch only
-once the changelog has them all. So the cache never shows state the database does not have
-(invariant 4), and a worker killed between its commit and its changelog write leaves a gap that
-the replay of the batch repairs: a replay changes nothing in SQL but still rewrites its keys.
+The agent that applied a batch puts the committed rows of the batch's keys here, after that
+transaction commits, and acknowledges the batch only once the changelog has them all. So the
+cache never shows state the database does not have (invariant 4), and a worker killed between
+its commit and its changelog write leaves a gap that the replay of the batch repairs (reading
+starts again at the group's Kafka offset, which moves only after the cache write).
 
-Changelog records go where the producer's partitioner puts the entity key: a batch spans
-partitions, so "the current event's partition" (Faust's default) would be wrong, and the key's
-partition is where Faust's router looks for it. When the source topic is keyed by entity key
-(the contract) or repartitioned, that is the partition the event came from, so the worker that
-applies an entity also owns its cache entry and its changelog partition (co-partitioned).
+Entries are the JSON of a row's public columns, kept as bytes: the same bytes in the changelog,
+in this worker's table, and in the table another worker recovers from the changelog. A batch's
+entries are written as one record batch per changelog partition (:class:`ChangelogWriter`), not
+one produce per key. Changelog records go to the partition of the entity key under Kafka's
+default partitioner, where Faust's router looks for them; when the source topic is keyed by
+entity key (the contract) or repartitioned, that is the partition the event came from, so the
+worker that applies an entity also owns its cache entry (co-partitioned).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,9 @@ import orjson
 from models.registry import EntitySpec, Registry
 from streams.api import public
 from streams.settings import Settings
+
+#: Largest record batch the changelog writer builds (one per partition and batch of entries).
+CHANGELOG_BATCH_BYTES = 1024 * 1024
 
 
 def cache_key(key: Any) -> bytes:
@@ -47,16 +53,95 @@ def changelog_topic(app_id: str, kind: str) -> str:
     return f"{app_id}-{kind}-changelog"
 
 
-def cache_entry(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """Return the changelog value of ``row`` and what the cache holds for it (as read back)."""
-    encoded = encode_value(public(row))
-    value: dict[str, Any] = orjson.loads(encoded)
-    return encoded, value
+def cache_entry(row: Mapping[str, Any]) -> bytes:
+    """Return the cache entry (and changelog value) of ``row``."""
+    return encode_value(public(row))
 
 
 def cached_value(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Return what the cache holds for ``row``: its public columns as they read back as JSON."""
-    return cache_entry(row)[1]
+    """Return what a read of the cache answers for ``row``: its public columns as JSON reads."""
+    value: dict[str, Any] = orjson.loads(cache_entry(row))
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One cache write: the table key, the entry (None: the entity is gone), its partition."""
+
+    key: bytes
+    value: bytes | None
+    partition: int | None
+    """The changelog partition, when known from the record (co-partitioned); else hashed."""
+
+
+class ChangelogWriter:
+    """Writes cache entries to changelog topics, one record batch per partition.
+
+    Its own producer (idempotent, acks from all replicas), so that a batch of a few thousand
+    entries is a few record batches built in C, not a few thousand sends through Faust's
+    producer. Sending an entry again is harmless: the last value per key wins.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+        self._partitions: dict[str, list[int]] = {}
+        self._lock = asyncio.Lock()
+
+    async def write(self, topic: str, entries: Iterable[Entry]) -> list[tuple[Entry, int]]:
+        """Write ``entries`` and wait until the broker has them all; return their partitions."""
+        from aiokafka.partitioner import murmur2
+
+        producer = await self._ready()
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = sorted(await producer.partitions_for(topic))
+            self._partitions[topic] = partitions
+        count = len(partitions)
+        batches: dict[int, Any] = {}
+        futures = []
+        placed: list[tuple[Entry, int]] = []
+        for entry in entries:
+            partition = entry.partition
+            if partition is None or partition >= count:
+                partition = partitions[(murmur2(entry.key) & 0x7FFFFFFF) % count]
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=entry.key, value=entry.value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=entry.key, value=entry.value, timestamp=None)
+            placed.append((entry, partition))
+        for partition, batch in batches.items():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        for future in futures:
+            await future
+        return placed
+
+    async def close(self) -> None:
+        """Stop the producer."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def _ready(self) -> Any:
+        async with self._lock:
+            if self._producer is None:
+                from aiokafka import AIOKafkaProducer
+
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.broker_hosts,
+                    **self.settings.kafka_client_options(),
+                    acks="all",
+                    enable_idempotence=True,
+                    max_batch_size=CHANGELOG_BATCH_BYTES,
+                    max_request_size=16 * CHANGELOG_BATCH_BYTES,
+                    request_timeout_ms=30_000,
+                )
+                await producer.start()
+                self._producer = producer
+            return self._producer
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +150,7 @@ class EntityCache:
 
     spec: EntitySpec
     table: Any  # faust.Table; Faust's generic table type does not help mypy here
+    writer: ChangelogWriter
 
     @property
     def changelog(self) -> str:
@@ -74,45 +160,25 @@ class EntityCache:
     def get(self, key: Any) -> dict[str, Any] | None:
         """Return this worker's cached state of ``key``, or None."""
         value = self.table.data.get(cache_key(key))
-        return dict(value) if value is not None else None
+        if value is None:
+            return None
+        decoded: dict[str, Any] = orjson.loads(value)
+        return decoded
 
     def size(self) -> int:
         """Count the entries this worker holds."""
         return len(self.table.data)
 
-    async def put(self, app: faust.App, states: Mapping[Any, Mapping[str, Any] | None]) -> None:
-        """Write ``states`` (None: the entity is absent) and wait until the changelog has them.
-
-        Sending again what was sent is harmless (the last value per key wins), so a caller
-        retries a failed ``put`` with the same states.
-        """
-        if not states:
-            return
-        topic = self.changelog
-        sent: list[tuple[bytes, dict[str, Any] | None, Any]] = []
-        for key, row in states.items():
-            k = cache_key(key)
-            # Kept as it reads back from the changelog, so recovered and written entries agree.
-            encoded, value = (None, None) if row is None else cache_entry(row)
-            # Straight to the producer (as dead letters go) rather than through table[k] = v:
-            # one awaitable per record, no per-key buffer round trip, and we can wait for all.
-            future = await app.producer.send(
-                topic,
-                k,
-                encoded,
-                partition=None,
-                timestamp=None,
-                headers=None,
-            )
-            sent.append((k, value, future))
+    async def put(self, entries: Iterable[Entry]) -> None:
+        """Write ``entries`` to the changelog, then to this worker's table."""
+        placed = await self.writer.write(self.changelog, entries)
         data = self.table.data
-        for k, value, future in sent:
-            metadata = await future
-            if value is None:
-                data.pop(k, None)
+        for entry, partition in placed:
+            if entry.value is None:
+                data.pop(entry.key, None)
             else:
-                data[k] = value
-            _remember_partition(data, k, metadata.partition)
+                data[entry.key] = entry.value
+            _remember_partition(data, entry.key, partition)
 
 
 def _remember_partition(data: Any, key: bytes, partition: int) -> None:
@@ -132,12 +198,15 @@ def declare_caches(
 ) -> dict[str, EntityCache]:
     """Declare a table for every cached entity (``__cached__``, on by default), by kind."""
     caches: dict[str, EntityCache] = {}
+    writer = ChangelogWriter(settings)
     for spec in registry:
         if not spec.cached:
             continue
         table = app.Table(
             spec.kind,
-            key_type=bytes,  # raw keys (see cache_key); values are JSON objects
+            # bytes: raw keys (see cache_key) and raw JSON values, written and recovered alike.
+            key_type=bytes,
+            value_type=bytes,
             partitions=settings.topic_partitions,
             # Our own writes choose the partition by key; this keeps table[k] = v consistent.
             use_partitioner=True,
@@ -146,5 +215,5 @@ def declare_caches(
                 f"mirrored from {spec.topic}"
             ),
         )
-        caches[spec.kind] = EntityCache(spec, table)
+        caches[spec.kind] = EntityCache(spec, table, writer)
     return caches

@@ -243,10 +243,10 @@ def test_a_record_delivered_twice_in_one_batch_is_applied_and_counted_once(
     ]
     assert rows(mirror) == {"d1": "two"}
     assert sum(mirror.store.outcome_counts("test").values()) == 2
-    assert {k: (v or {}).get("name") for k, v in result.states.items()} == {"d1": "two"}
+    assert {k: (v or {}).get("name") for k, (v, _) in result.states.items()} == {"d1": "two"}
 
 
-def test_read_back_gives_committed_rows_of_every_named_key_replays_included(
+def test_read_back_gives_the_rows_a_batch_changed_and_those_its_replays_name(
     mirror: Mirror,
 ) -> None:
     batch = [
@@ -256,14 +256,23 @@ def test_read_back_gives_committed_rows_of_every_named_key_replays_included(
         rec_at({"planetUuid": "r3", "changeType": "WEIRD"}, ts=1003, offset=3),
     ]
     first = mirror.apply(PLANET, batch, read_back=True)
-    assert {k: (v or {}).get("name") for k, v in first.states.items()} == {
-        "r1": "a",
-        "r2": None,
+    assert {k: ((v or {}).get("name"), r.offset) for k, (v, r) in first.states.items()} == {
+        "r1": ("a", 0),
+        "r2": (None, 2),
     }
     replay = mirror.apply(PLANET, batch, read_back=True)
     assert all(r.replayed for r in replay.results)
-    assert replay.states == first.states  # a replay still names its keys: a cache repairs
+    # A replay still names its keys, read back as committed: a cache that missed them repairs.
+    assert {k: (v or {}).get("name") for k, (v, _) in replay.states.items()} == {
+        "r1": "a",
+        "r2": None,
+    }
+    assert replay.states["r1"][0] == first.states["r1"][0]
     assert mirror.apply(PLANET, batch).states == {}  # nothing read without read_back
+    stale = mirror.apply(
+        PLANET, [rec_at({"planetUuid": "r1", "planetName": "old"}, ts=10, offset=4)], read_back=True
+    )
+    assert stale.states == {}  # a stale event changes nothing: the cache has the newer state
 
 
 def test_tombstones_are_purged_after_retention(mirror: Mirror) -> None:
