@@ -49,6 +49,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--entities", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (CPU in Python)"
+    )
     args = parser.parse_args()
     bootstrap = dev_kafka.start(1)
     server = dev_postgres.start()
@@ -99,6 +102,7 @@ def main() -> int:
                 "--output",
                 str(raw),
                 "--nonblocking",
+                *(["--gil"] if args.gil else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

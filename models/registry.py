@@ -7,7 +7,7 @@ Everything else (agent, SQL table, cached table, HTTP routes) is derived from th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -25,10 +25,23 @@ from sqlalchemy import (
     inspect,
 )
 
-from streams.core.columns import ColumnKind, ColumnRule, Invalid, check_row, check_value
+from streams.core.columns import (
+    ColumnKind,
+    ColumnRule,
+    Invalid,
+    RowCheck,
+    check_row,
+    check_value,
+    compile_key_check,
+    compile_row_check,
+)
 from streams.errors import RegistryError
 
 RowMapper = Callable[[dict[str, Any]], Mapping[str, Any]]
+
+#: Record fields the core injects into each event (``streams.routing``): a field map naming
+#: one of them reads them.
+RECORD_FIELDS = ("kafkaRecordTimestamp", "kafkaTopic", "kafkaPartition", "kafkaOffset")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,12 @@ class EntitySpec:
     """What each column but the key takes (``streams.core.columns``)."""
     key_rule: ColumnRule | None = None
     """What the key column takes."""
+    column_kinds: Mapping[str, ColumnKind] = field(default_factory=dict)
+    """The kind of every column, bookkeeping ones included (for the COPY encoding)."""
+    reads_record_fields: bool = True
+    """Whether the mapping reads the record fields injected into events (kafkaTopic ...)."""
+    row_check: RowCheck | None = None
+    key_check: Callable[[Any], str | None] | None = None
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
@@ -75,10 +94,14 @@ class EntitySpec:
         Deterministic, unlike a database refusal, which is only seen for the write a batch
         keeps per key. The database's own check stays as the backstop (``store_refused``).
         """
+        if self.row_check is not None:
+            return self.row_check(row)
         return check_row(self.rules, row)
 
     def check_key(self, key: Any) -> str | None:
         """Say why the key column cannot hold ``key``, or None."""
+        if self.key_check is not None:
+            return self.key_check(key)
         if self.key_rule is None:
             return None
         try:
@@ -157,6 +180,12 @@ def build_spec(model: type[Any]) -> EntitySpec:
         raise RegistryError(f"{name} lacks {missing_bookkeeping}; inherit from MirroredEntity")
     update_columns = tuple(c for c in update_columns if c not in VERSION_COLUMNS)
     mapper = _mapper_for(model)
+    rules = tuple(
+        column_rule(c)
+        for c in table.columns
+        if c.key != key_column and c.key not in VERSION_COLUMNS
+    )
+    key_rule = column_rule(primary[0])
     if mapper == model.row_from_event:  # the field map is the whole mapping
         unmapped = [
             c.key
@@ -184,12 +213,13 @@ def build_spec(model: type[Any]) -> EntitySpec:
         version_field=model.__version_field__,
         tombstone_table=_tombstone_table(table, primary[0]),
         repartition=bool(model.__repartition__),
-        rules=tuple(
-            column_rule(c)
-            for c in table.columns
-            if c.key != key_column and c.key not in VERSION_COLUMNS
-        ),
-        key_rule=column_rule(primary[0]),
+        rules=rules,
+        key_rule=key_rule,
+        column_kinds={c.key: column_rule(c).kind for c in table.columns},
+        reads_record_fields=mapper != model.row_from_event
+        or bool(set(fields.values()) & set(RECORD_FIELDS)),
+        row_check=compile_row_check(rules),
+        key_check=compile_key_check(key_rule),
         mapper=mapper,
     )
 

@@ -51,14 +51,19 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql import column as sa_column
+from sqlalchemy.sql import table as sa_table
 
 from models.base import VERSION_COLUMNS
+from models.copy_format import copy_text, encoder
 from models.registry import EntitySpec
 from streams.errors import StoreError, StoreUnavailableError
 from streams.guard import Current, Plan
 from streams.routing import Delete, EntityKey, Upsert, Version
 
 _CHUNK = 500
+#: Upserts of at least this many rows go through COPY (see models/copy_format.py).
+COPY_FROM_ROWS = 50
 
 #: Bookkeeping tables shared by every entity (separate metadata: never in a user's models).
 bookkeeping = MetaData()
@@ -182,14 +187,60 @@ _VALUES_CLAUSE = re.compile(r" VALUES \((%\(\w+\)s(?:, %\(\w+\)s)*)\)")
 
 
 @functools.lru_cache(maxsize=256)
-def _versions_query(table: Table, key_column: str) -> str:
-    """Return (once per table) the driver SQL reading and locking the versions of ``%(keys)s``."""
-    key = table.c[key_column]
-    query = (
-        select(key, *(table.c[c] for c in VERSION_COLUMNS))
-        .where(key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type))))
-        .with_for_update()
+def _staging_sql(
+    table: Table,
+    key_column: str,
+    update_columns: tuple[str, ...],
+    columns: tuple[str, ...],
+    returning: bool,
+) -> tuple[str, str, str, str]:
+    """Return (once per table and columns) the SQL of a COPY upsert: create the staging
+    table if missing, COPY into it, upsert from it with the version guard, empty it."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    stage = quote(f"mirror_stage_{table.name}"[:63])
+    create = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+        f"SELECT * FROM {quote(table.name)} WITH NO DATA"
     )
+    names = ", ".join(quote(c) for c in columns)
+    copy = f"COPY {stage} ({names}) FROM STDIN"
+    staged = sa_table(f"mirror_stage_{table.name}"[:63], *(sa_column(c) for c in columns))
+    stmt = postgresql.insert(table).from_select(list(columns), select(*staged.c))
+    update = {c: stmt.excluded[c] for c in (*update_columns, *VERSION_COLUMNS) if c in columns}
+    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
+        *(table.c[c] for c in VERSION_COLUMNS)
+    )
+    stmt = stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+    upsert = str(stmt.compile(dialect=dialect))
+    if returning:
+        upsert += " RETURNING " + ", ".join(quote(c) for c in public_columns(table))
+    return create, copy, upsert, f"TRUNCATE {stage}"
+
+
+@functools.lru_cache(maxsize=256)
+def public_columns(table: Table) -> tuple[str, ...]:
+    """Return the columns a reader sees (the bookkeeping ``mirror_*`` ones left out)."""
+    return tuple(c.key for c in table.columns if not c.key.startswith("mirror_"))
+
+
+@functools.lru_cache(maxsize=256)
+def _versions_query(table: Table, key_column: str, lock: bool) -> str:
+    """Return (once per table) the driver SQL reading (and locking) the versions of ``%(keys)s``."""
+    key = table.c[key_column]
+    query = select(key, *(table.c[c] for c in VERSION_COLUMNS)).where(
+        key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type)))
+    )
+    if lock:
+        query = query.with_for_update()
+    return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+
+
+@functools.lru_cache(maxsize=256)
+def _delete_query(table: Table, key_column: str) -> str:
+    """Return (once per table) the driver SQL deleting the rows of ``%(keys)s``."""
+    key = table.c[key_column]
+    query = delete(table).where(key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type))))
     return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
 
@@ -200,7 +251,8 @@ def _values_template(
     """Compile an INSERT to ``INSERT ... VALUES %s ...`` and its column order, once."""
     sql = str(statement.compile(dialect=dialect))
     if returning:
-        sql += " RETURNING *"
+        quote = dialect.identifier_preparer.quote
+        sql += " RETURNING " + ", ".join(quote(c) for c in public_columns(statement.table))
     match = _VALUES_CLAUSE.search(sql)
     if match is None or "%(" in sql[match.end() :]:
         raise StoreError(f"cannot turn {sql[:80]!r}... into a VALUES %s template")
@@ -243,21 +295,30 @@ class StoreTransaction:
         )
         return {int(p): int(o) for p, o in self.conn.execute(query)}
 
-    def current(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Current]:
-        """Return (and lock) the row and tombstone versions of ``keys``."""
+    def current(
+        self, spec: EntitySpec, keys: Sequence[EntityKey], *, lock: bool = True
+    ) -> dict[EntityKey, Current]:
+        """Return the row and tombstone versions of ``keys``, with ``lock`` locking them.
+
+        Locks matter only when another transaction may write the same keys at once: batches
+        of one partition are serialised by the stored offset's row lock, so a batch whose
+        records are all keyed by entity key (each key in one partition) needs none.
+        Rows are read before tombstones: a delete committing meanwhile is then seen in full.
+        """
         found: dict[EntityKey, Current] = {}
         if not keys:
             return found
         if self.dialect == "postgresql":
-            rows = self._fetch(_versions_query(spec.table, spec.key_column), {"keys": list(keys)})
+            params = {"keys": list(keys)}
+            rows = self._fetch(_versions_query(spec.table, spec.key_column, lock), params)
             tombs = self._fetch(
-                _versions_query(spec.tombstone_table, spec.key_column), {"keys": list(keys)}
+                _versions_query(spec.tombstone_table, spec.key_column, lock), params
             )
-            for key, v, p, o in rows:
-                found[key] = Current(row=(int(v), int(p), int(o)))
-            for key, v, p, o in tombs:
+            found = {row[0]: Current(row[1:]) for row in rows}
+            for tomb in tombs:
+                key = tomb[0]
                 was = found.get(key)
-                found[key] = Current(row=None if was is None else was.row, tombstone=(v, p, o))
+                found[key] = Current(None if was is None else was.row, tomb[1:])
             return found
         for table, is_row in ((spec.table, True), (spec.tombstone_table, False)):
             key_col = table.c[spec.key_column]
@@ -276,11 +337,13 @@ class StoreTransaction:
         return found
 
     def rows_of(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Any]:
-        """Return the rows of ``keys`` as this transaction sees them (absent keys left out)."""
+        """Return the public columns (see :func:`public_columns`) of the rows of ``keys`` as
+        this transaction sees them (absent keys left out)."""
         found: dict[EntityKey, Any] = {}
         key_col = spec.table.c[spec.key_column]
+        columns = [spec.table.c[c] for c in public_columns(spec.table)]
         for where in self._key_filters(key_col, keys):
-            for row in self.conn.execute(select(spec.table).where(where)).mappings():
+            for row in self.conn.execute(select(*columns).where(where)).mappings():
                 found[row[spec.key_column]] = dict(row)
         return found
 
@@ -342,7 +405,8 @@ class StoreTransaction:
     def _upsert(
         self, spec: EntitySpec, writes: Sequence[Upsert], returning: bool
     ) -> dict[EntityKey, dict[str, Any]]:
-        """Upsert ``writes`` (one statement per set of columns); return the rows written."""
+        """Upsert ``writes`` (one statement per set of columns); return the rows written (their
+        public columns, :func:`public_columns`)."""
         shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for write in writes:
             row = write.row
@@ -356,7 +420,10 @@ class StoreTransaction:
             columns = (*shape, *VERSION_COLUMNS)
             statement = self._upsert_statement(spec, columns)
             if self.dialect == "postgresql":
-                got = self._execute_values(statement, values, columns, returning=returning)
+                if len(values) >= COPY_FROM_ROWS:
+                    got = self._copy_upsert(spec, columns, values, returning)
+                else:
+                    got = self._execute_values(statement, values, columns, returning=returning)
                 for row in got:
                     written[row[spec.key_column]] = row
             else:
@@ -365,14 +432,52 @@ class StoreTransaction:
             written = self.rows_of(spec, [w.key for w in writes])
         return written
 
-    def _fetch(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """Run a query on the driver's cursor (PostgreSQL); errors re-raised as SQLAlchemy's."""
+    def _copy_upsert(
+        self,
+        spec: EntitySpec,
+        columns: tuple[str, ...],
+        values: Sequence[tuple[Any, ...]],
+        returning: bool,
+    ) -> list[dict[str, Any]]:
+        """Upsert ``values`` through COPY into this session's staging table (PostgreSQL).
+
+        The staging table is temporary (one per session, emptied at each commit) and has the
+        entity table's columns without its constraints; the upsert from it carries the same
+        version guard as the VALUES one. Errors are re-raised as SQLAlchemy's.
+        """
+        import io
+
+        from psycopg2 import Error as PsycopgError
+
+        create, copy, upsert, clear = _staging_sql(
+            spec.table, spec.key_column, spec.update_columns, columns, returning
+        )
+        kinds = spec.column_kinds
+        text = copy_text(values, [encoder(kinds.get(c)) for c in columns])
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(create)
+            cursor.copy_expert(copy, io.StringIO(text))
+            cursor.execute(upsert)
+            got = cursor.fetchall() if returning else []
+            names = [d[0] for d in cursor.description] if returning else []
+            cursor.execute(clear)
+        except PsycopgError as exc:
+            raise DBAPIError.instance(upsert, None, exc, PsycopgError) from exc
+        finally:
+            cursor.close()
+        return [dict(zip(names, row, strict=True)) for row in got]
+
+    def _fetch(
+        self, sql: str, params: Mapping[str, Any], *, rows: bool = True
+    ) -> list[tuple[Any, ...]]:
+        """Run a statement on the driver's cursor (PostgreSQL); errors re-raised as SQLAlchemy's."""
         from psycopg2 import Error as PsycopgError
 
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(sql, params)
-            return list(cursor.fetchall())
+            return list(cursor.fetchall()) if rows else []
         except PsycopgError as exc:
             raise DBAPIError.instance(sql, None, exc, PsycopgError) from exc
         finally:
@@ -431,10 +536,8 @@ class StoreTransaction:
     def _delete(self, spec: EntitySpec, writes: Sequence[Delete]) -> None:
         if not writes:
             return
-        key_col = spec.table.c[spec.key_column]
         keys = [w.key for w in writes]
-        for start in range(0, len(keys), _CHUNK):
-            self.conn.execute(delete(spec.table).where(key_col.in_(keys[start : start + _CHUNK])))
+        self._delete_keys(spec.table, spec.key_column, keys)
         now = int(time.time() * 1000)
         rows = []
         for w in writes:
@@ -445,10 +548,19 @@ class StoreTransaction:
         )
 
     def _clear_tombstones(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> None:
-        key_col = spec.tombstone_table.c[spec.key_column]
+        self._delete_keys(spec.tombstone_table, spec.key_column, keys)
+
+    def _delete_keys(self, table: Table, key_column: str, keys: Sequence[EntityKey]) -> None:
+        """Delete the rows of ``keys`` (one statement with an array on PostgreSQL)."""
+        if not keys:
+            return
+        if self.dialect == "postgresql":
+            self._fetch(_delete_query(table, key_column), {"keys": list(keys)}, rows=False)
+            return
+        key_col = table.c[key_column]
         for start in range(0, len(keys), _CHUNK):
             chunk = list(keys[start : start + _CHUNK])
-            self.conn.execute(delete(spec.tombstone_table).where(key_col.in_(chunk)))
+            self.conn.execute(delete(table).where(key_col.in_(chunk)))
 
     def advance(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
         """Store the next offset per partition (never moving one backwards)."""

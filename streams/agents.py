@@ -30,7 +30,7 @@ from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.routing import ORIGIN_HEADER, SourceRecord, entity_key_of, first_of
 from streams.settings import Settings
-from tables.cache import EntityCache, Entry, cache_entry, cache_key
+from tables.cache import EntityCache, Entry, cache_key, encode_value
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def cache_writer() -> Callable[[EntityCache, BatchResult], Awaitable[None]]:
             k = cache_key(key)
             # Keyed by entity key, the record's partition is the key's changelog partition.
             partition = record.partition if record.key == k else None
-            entries.append(Entry(k, None if row is None else cache_entry(row), partition))
+            # The rows come with their public columns only: encoded as they are.
+            entries.append(Entry(k, None if row is None else encode_value(row), partition))
         try:
             await cache.put(entries)
         except KafkaError as exc:

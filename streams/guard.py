@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from streams.routing import Decision, Delete, EntityKey, Outcome, Rejection, Upsert, Version
 
@@ -19,9 +20,12 @@ from streams.routing import Decision, Delete, EntityKey, Outcome, Rejection, Ups
 ZERO_VERSION: Version = (0, 0, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Current:
-    """What the store holds for one key: the live row's version and/or a tombstone's."""
+class Current(NamedTuple):
+    """What the store holds for one key: the live row's version and/or a tombstone's.
+
+    A named tuple, not a dataclass: a batch reads thousands of them, and creating a named
+    tuple costs less than half.
+    """
 
     row: Version | None = None
     """Version of the live row, None when there is no row."""
@@ -31,8 +35,12 @@ class Current:
     @property
     def version(self) -> Version | None:
         """Return the newest version the store knows of, or None."""
-        known = [v for v in (self.row, self.tombstone) if v is not None]
-        return max(known) if known else None
+        row, tombstone = self
+        if tombstone is None:
+            return row
+        if row is None:
+            return tombstone
+        return max(row, tombstone)
 
 
 NOTHING = Current()

@@ -62,7 +62,8 @@ class BatchResult:
     outcomes: list[Outcome | None] = field(default_factory=list)
     """Each record's outcome; None for a replay (below the stored offset: no effect)."""
     states: dict[EntityKey, tuple[dict[str, Any] | None, Record]] = field(default_factory=dict)
-    """With ``read_back``: the committed row (None: absent) of the keys the batch changed, and
+    """With ``read_back``: the committed row (its public columns; None: absent) of the keys the
+    batch changed, and
     of the keys its replays name (the cache may have missed them), each with a record that
     named it (whose partition is, for a topic keyed by entity, the key's changelog partition)."""
 
@@ -184,7 +185,7 @@ class Mirror:
             keys = list(
                 {d.key: None for i in fresh if not isinstance(d := decisions[i], Rejection)}
             )
-            current = tx.current(spec, keys)
+            current = tx.current(spec, keys, lock=not _keyed_by_entity(decisions, fresh))
             while True:
                 # A write the database refuses is taken out and the batch resolved again, so
                 # an older good event of the same key still applies, as it would one by one.
@@ -321,6 +322,15 @@ def _first_deliveries(
         offsets.add(offset)
         fresh.append(i)
     return fresh
+
+
+def _keyed_by_entity(decisions: Sequence[Decision], fresh: Sequence[int]) -> bool:
+    """Tell whether every record is keyed by its entity key (so each key has one partition)."""
+    for i in fresh:
+        d = decisions[i]
+        if not isinstance(d, Rejection) and d.record.key != str(d.key).encode():
+            return False
+    return True
 
 
 def _next_offsets(records: Sequence[Record]) -> dict[str, dict[int, int]]:

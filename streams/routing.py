@@ -176,6 +176,9 @@ class Entity(Protocol):
     def version_field(self) -> str | None:
         """Event field holding the entity's version (an integer), if the model declares one."""
 
+    # Optional: ``reads_record_fields`` (default True), False when the mapping never reads the
+    # record fields injected into the event (kafkaRecordTimestamp ...), which then are not.
+
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values (calls the model's ``from_kafka_event``)."""
 
@@ -229,8 +232,9 @@ Write = Upsert | Delete
 Decision = Upsert | Delete | Rejection
 
 
-#: Parses JSON text; ``json.loads`` here, orjson's in the worker (same errors: ValueError).
-JsonLoads = Callable[[str], Any]
+#: Parses JSON from UTF-8 bytes; ``json.loads`` here, orjson's in the worker (both raise
+#: ValueError, or its subclass UnicodeDecodeError, on what is not JSON).
+JsonLoads = Callable[[bytes], Any]
 
 
 def decode_value(record: Record, loads: JsonLoads = json.loads) -> dict[str, Any] | Rejection:
@@ -239,14 +243,14 @@ def decode_value(record: Record, loads: JsonLoads = json.loads) -> dict[str, Any
     if raw is None:
         return Rejection(RejectReason.NOT_AN_OBJECT, "value is null", record)
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejection(
-            RejectReason.BAD_ENCODING, f"value is not UTF-8: {exc}", record, type(exc).__name__
-        )
-    try:
-        event = loads(text)
+        event = loads(raw)  # the bytes as they are: orjson checks the UTF-8 as it parses
     except ValueError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return Rejection(
+                RejectReason.BAD_ENCODING, f"value is not UTF-8: {bad}", record, type(bad).__name__
+            )
         return Rejection(
             RejectReason.BAD_JSON, f"value is not JSON: {exc}", record, type(exc).__name__
         )
@@ -300,11 +304,12 @@ def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Deci
     version = _version_of(event, record, entity)
     if isinstance(version, Rejection):
         return version
-    first = first_of(record)
-    event[TIMESTAMP_FIELD] = first.timestamp
-    event[TOPIC_FIELD] = first.topic
-    event[PARTITION_FIELD] = first.partition
-    event[OFFSET_FIELD] = first.offset
+    if getattr(entity, "reads_record_fields", True):
+        first = first_of(record)
+        event[TIMESTAMP_FIELD] = first.timestamp
+        event[TOPIC_FIELD] = first.topic
+        event[PARTITION_FIELD] = first.partition
+        event[OFFSET_FIELD] = first.offset
 
     if change is ChangeType.DELETED and entity.key_field is not None:
         key = event.get(entity.key_field)

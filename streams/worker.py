@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -145,6 +146,20 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
+def tune_garbage_collector() -> None:
+    """Collect cyclic garbage in larger steps than CPython's default, and never rescan start-up.
+
+    A batch allocates tens of thousands of short-lived objects (records, decisions, rows), so
+    the default first threshold (700 allocations) ran the collector hundreds of times a batch,
+    each older-generation pass scanning everything alive, Faust's objects and the batches in
+    flight included: about a third of the worker's time (``./run bench``: 26,389 events/s with
+    the defaults, 33,906 with these thresholds, 34,868 with them and the freeze). Objects of the
+    hot path are freed by reference counting; the collector is only for cycles.
+    """
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()  # what exists now (modules, the app) is never scanned again
+
+
 def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
     """Return the entity applied from ``topic`` (its source or its repartition topic)."""
     for spec in mirror.registry:
@@ -156,6 +171,7 @@ def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
 def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
     mirror = mirror or build_mirror(settings)
+    tune_garbage_collector()
     aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     extra: dict[str, Any] = {"datadir": settings.data_dir} if settings.data_dir else {}
     credentials = broker_credentials(settings)
@@ -192,7 +208,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         if not (cache.spec.repartition or cache.spec.kind in settings.repartition)
     ]
     # A partition's backlog waiting for its agent, above which it is not fetched.
-    app.handoff = Handoff(high_water=2 * settings.batch_size)
+    app.handoff = Handoff(high_water=settings.batch_size)
     agents = register_agents(app, mirror, settings, app.handoff, caches)
     app.entity_agents = agents
     positioner = Positioner(
