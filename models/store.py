@@ -55,10 +55,11 @@ from sqlalchemy.sql import column as sa_column
 from sqlalchemy.sql import table as sa_table
 
 from models.base import VERSION_COLUMNS
-from models.copy_format import copy_text, encoder
+from models.copy_format import copy_text
 from models.registry import EntitySpec
+from streams.core.columns import ColumnKind
 from streams.errors import StoreError, StoreUnavailableError
-from streams.guard import Current, Plan
+from streams.guard import Current, Plan, StoredVersions
 from streams.routing import Delete, EntityKey, Upsert, Version
 
 _CHUNK = 500
@@ -189,13 +190,15 @@ _VALUES_CLAUSE = re.compile(r" VALUES \((%\(\w+\)s(?:, %\(\w+\)s)*)\)")
 @functools.lru_cache(maxsize=256)
 def _staging_sql(
     table: Table,
+    tombstones: Table,
     key_column: str,
     update_columns: tuple[str, ...],
     columns: tuple[str, ...],
     returning: bool,
-) -> tuple[str, str, str, str]:
+) -> tuple[str, str, str, str, str]:
     """Return (once per table and columns) the SQL of a COPY upsert: create the staging
-    table if missing, COPY into it, upsert from it with the version guard, empty it."""
+    table if missing, COPY into it, upsert from it with the version guard, clear the staged
+    keys' tombstones, empty it."""
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
     stage = quote(f"mirror_stage_{table.name}"[:63])
@@ -215,7 +218,65 @@ def _staging_sql(
     upsert = str(stmt.compile(dialect=dialect))
     if returning:
         upsert += " RETURNING " + ", ".join(quote(c) for c in public_columns(table))
-    return create, copy, upsert, f"TRUNCATE {stage}"
+    key = quote(key_column)
+    clear_tombstones = (
+        f"DELETE FROM {quote(tombstones.name)} AS t USING {stage} AS s WHERE t.{key} = s.{key}"
+    )
+    return create, copy, upsert, clear_tombstones, f"TRUNCATE {stage}"
+
+
+@functools.lru_cache(maxsize=256)
+def _delete_staging_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, ...]:
+    """Return (once per table) the SQL of a COPY delete: create the staging table of deletes
+    if missing, COPY into it, delete the staged keys' rows, write their tombstones (unless a
+    newer one is there), empty it."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    name = f"mirror_deletes_{table.name}"[:63]
+    stage = quote(name)
+    columns = (key_column, *VERSION_COLUMNS, "deleted_at")
+    create = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+        f"SELECT * FROM {quote(tombstones.name)} WITH NO DATA"
+    )
+    copy = f"COPY {stage} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    key = quote(key_column)
+    delete_rows = f"DELETE FROM {quote(table.name)} AS t USING {stage} AS s WHERE t.{key} = s.{key}"
+    staged = sa_table(name, *(sa_column(c) for c in columns))
+    stmt = postgresql.insert(tombstones).from_select(list(columns), select(*staged.c))
+    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
+        *(tombstones.c[c] for c in VERSION_COLUMNS)
+    )
+    update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
+    stmt = stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+    return create, copy, delete_rows, str(stmt.compile(dialect=dialect)), f"TRUNCATE {stage}"
+
+
+@functools.lru_cache(maxsize=256)
+def _key_stage_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, str, str, str]:
+    """Return (once per table) the SQL staging a batch's keys with their oldest versions, and
+    the queries reading, against that stage, the row and tombstone versions at least as new
+    (none: locking every row, for batches that need locks)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    stage = quote(f"mirror_keys_{table.name}"[:63])
+    key_type = table.c[key_column].type.compile(dialect=dialect)
+    create = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
+        f"(k {key_type}, v bigint, p bigint, o bigint) ON COMMIT DELETE ROWS"
+    )
+    copy = f"COPY {stage} (k, v, p, o) FROM STDIN"
+    key = quote(key_column)
+    v, p, o = (quote(c) for c in VERSION_COLUMNS)
+
+    def newer(target: Table) -> str:
+        return (
+            f"SELECT t.{key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
+            f"JOIN {quote(target.name)} AS t ON t.{key} = b.k "
+            f"WHERE (t.{v}, t.{p}, t.{o}) >= (b.v, b.p, b.o)"
+        )
+
+    return create, copy, newer(table), newer(tombstones)
 
 
 @functools.lru_cache(maxsize=256)
@@ -296,30 +357,49 @@ class StoreTransaction:
         return {int(p): int(o) for p, o in self.conn.execute(query)}
 
     def current(
-        self, spec: EntitySpec, keys: Sequence[EntityKey], *, lock: bool = True
-    ) -> dict[EntityKey, Current]:
+        self,
+        spec: EntitySpec,
+        keys: Sequence[EntityKey],
+        *,
+        lock: bool = True,
+        at_least: Mapping[EntityKey, Version] | None = None,
+    ) -> StoredVersions:
         """Return the row and tombstone versions of ``keys``, with ``lock`` locking them.
 
         Locks matter only when another transaction may write the same keys at once: batches
         of one partition are serialised by the stored offset's row lock, so a batch whose
         records are all keyed by entity key (each key in one partition) needs none.
         Rows are read before tombstones: a delete committing meanwhile is then seen in full.
+
+        With ``at_least`` (the oldest version of each key in the batch), only versions at least
+        that new are read (PostgreSQL, without locks): an older stored version changes no
+        outcome, since every event of the key is newer, and most keys of a stream in order are
+        such keys. Tombstones are then not all known; the writes clear those of every upserted
+        key (any tombstone of an upserted key is older than the upsert).
         """
         found: dict[EntityKey, Current] = {}
         if not keys:
-            return found
+            return StoredVersions({}, set())
         if self.dialect == "postgresql":
-            params = {"keys": list(keys)}
-            rows = self._fetch(_versions_query(spec.table, spec.key_column, lock), params)
-            tombs = self._fetch(
-                _versions_query(spec.tombstone_table, spec.key_column, lock), params
-            )
-            found = {row[0]: Current(row[1:]) for row in rows}
+            params: dict[str, Any]
+            if at_least is not None and not lock:
+                rows, tombs = self._newer_versions(spec, keys, at_least)
+            else:
+                params = {"keys": list(keys)}
+                rows = self._fetch(_versions_query(spec.table, spec.key_column, lock), params)
+                tombs = self._fetch(
+                    _versions_query(spec.tombstone_table, spec.key_column, lock), params
+                )
+            newest: dict[EntityKey, Version] = {row[0]: row[1:] for row in rows}
+            tombstoned = set()
             for tomb in tombs:
                 key = tomb[0]
-                was = found.get(key)
-                found[key] = Current(None if was is None else was.row, tomb[1:])
-            return found
+                tombstoned.add(key)
+                version = tomb[1:]
+                known = newest.get(key)
+                if known is None or version > known:
+                    newest[key] = version
+            return StoredVersions(newest, tombstoned)
         for table, is_row in ((spec.table, True), (spec.tombstone_table, False)):
             key_col = table.c[spec.key_column]
             cols = [key_col, *(table.c[c] for c in VERSION_COLUMNS)]
@@ -334,7 +414,7 @@ class StoreTransaction:
                         if is_row
                         else Current(row=was.row, tombstone=version)
                     )
-        return found
+        return StoredVersions.of(found)
 
     def rows_of(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> dict[EntityKey, Any]:
         """Return the public columns (see :func:`public_columns`) of the rows of ``keys`` as
@@ -379,7 +459,6 @@ class StoreTransaction:
             with self.conn.begin_nested():
                 written = self._upsert(spec, upserts, returning)
                 self._delete(spec, deletes)
-                self._clear_tombstones(spec, sorted(plan.clear_tombstones, key=str))
             return [], written
         except Exception as exc:
             if not _row_fault(exc):
@@ -392,8 +471,6 @@ class StoreTransaction:
                 with self.conn.begin_nested():
                     if isinstance(write, Upsert):
                         written.update(self._upsert(spec, [write], returning))
-                        if write.key in plan.clear_tombstones:
-                            self._clear_tombstones(spec, [write.key])
                     else:
                         self._delete(spec, [write])
             except Exception as exc:
@@ -408,26 +485,34 @@ class StoreTransaction:
         """Upsert ``writes`` (one statement per set of columns); return the rows written (their
         public columns, :func:`public_columns`)."""
         shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        keys: dict[tuple[str, ...], list[EntityKey]] = {}
         for write in writes:
             row = write.row
             shape = tuple(row)
             values = shapes.get(shape)
             if values is None:
                 values = shapes[shape] = []
+                keys[shape] = []
             values.append((*row.values(), *write.version))
+            keys[shape].append(write.key)
         written: dict[EntityKey, dict[str, Any]] = {}
         for shape, values in shapes.items():
             columns = (*shape, *VERSION_COLUMNS)
             statement = self._upsert_statement(spec, columns)
             if self.dialect == "postgresql":
+                # Every upserted key's tombstone is older than its upsert (or resolve would have
+                # skipped it): each upsert clears its key's, known or not (``current``'s
+                # ``at_least`` does not read them all).
                 if len(values) >= COPY_FROM_ROWS:
                     got = self._copy_upsert(spec, columns, values, returning)
                 else:
                     got = self._execute_values(statement, values, columns, returning=returning)
+                    self._clear_tombstones(spec, keys[shape])
                 for row in got:
                     written[row[spec.key_column]] = row
             else:
                 self.conn.execute(statement, [dict(zip(columns, v, strict=True)) for v in values])
+                self._clear_tombstones(spec, keys[shape])
         if returning and self.dialect != "postgresql":
             written = self.rows_of(spec, [w.key for w in writes])
         return written
@@ -449,11 +534,16 @@ class StoreTransaction:
 
         from psycopg2 import Error as PsycopgError
 
-        create, copy, upsert, clear = _staging_sql(
-            spec.table, spec.key_column, spec.update_columns, columns, returning
+        create, copy, upsert, clear_tombstones, clear = _staging_sql(
+            spec.table,
+            spec.tombstone_table,
+            spec.key_column,
+            spec.update_columns,
+            columns,
+            returning,
         )
         kinds = spec.column_kinds
-        text = copy_text(values, [encoder(kinds.get(c)) for c in columns])
+        text = copy_text(values, [kinds.get(c) for c in columns])
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(create)
@@ -461,12 +551,47 @@ class StoreTransaction:
             cursor.execute(upsert)
             got = cursor.fetchall() if returning else []
             names = [d[0] for d in cursor.description] if returning else []
+            cursor.execute(clear_tombstones)
             cursor.execute(clear)
         except PsycopgError as exc:
             raise DBAPIError.instance(upsert, None, exc, PsycopgError) from exc
         finally:
             cursor.close()
         return [dict(zip(names, row, strict=True)) for row in got]
+
+    def _newer_versions(
+        self, spec: EntitySpec, keys: Sequence[EntityKey], at_least: Mapping[EntityKey, Version]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Stage ``keys`` with their bounds by COPY, then read the versions at least as new.
+
+        COPY, because psycopg2 turns a list parameter into an array literal element by element
+        (measured: about 20 ms for 4,400 keys in four arrays, against 2 ms to stage them).
+        """
+        import io
+
+        from psycopg2 import Error as PsycopgError
+
+        create, copy, rows_sql, tombs_sql = _key_stage_sql(
+            spec.table, spec.tombstone_table, spec.key_column
+        )
+        key_kind = spec.column_kinds.get(spec.key_column)
+        text = copy_text(
+            [(k, *at_least[k]) for k in keys],
+            [key_kind, ColumnKind.INTEGER, ColumnKind.INTEGER, ColumnKind.INTEGER],
+        )
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(create)
+            cursor.copy_expert(copy, io.StringIO(text))
+            cursor.execute(rows_sql)
+            rows = list(cursor.fetchall())
+            cursor.execute(tombs_sql)
+            tombs = list(cursor.fetchall())
+        except PsycopgError as exc:
+            raise DBAPIError.instance(rows_sql, None, exc, PsycopgError) from exc
+        finally:
+            cursor.close()
+        return rows, tombs
 
     def _fetch(
         self, sql: str, params: Mapping[str, Any], *, rows: bool = True
@@ -536,6 +661,9 @@ class StoreTransaction:
     def _delete(self, spec: EntitySpec, writes: Sequence[Delete]) -> None:
         if not writes:
             return
+        if self.dialect == "postgresql" and len(writes) >= COPY_FROM_ROWS:
+            self._copy_delete(spec, writes)
+            return
         keys = [w.key for w in writes]
         self._delete_keys(spec.table, spec.key_column, keys)
         now = int(time.time() * 1000)
@@ -546,6 +674,33 @@ class StoreTransaction:
         self._insert_many(
             _tombstone_upsert(spec.tombstone_table, spec.key_column, self.dialect), rows
         )
+
+    def _copy_delete(self, spec: EntitySpec, writes: Sequence[Delete]) -> None:
+        """Delete ``writes``' rows and write their tombstones through COPY (PostgreSQL)."""
+        import io
+
+        from psycopg2 import Error as PsycopgError
+
+        create, copy, *statements = _delete_staging_sql(
+            spec.table, spec.tombstone_table, spec.key_column
+        )
+        now = int(time.time() * 1000)
+        values = []
+        for w in writes:
+            assert w.version is not None  # resolve() gives every delete a version
+            values.append((w.key, *w.version, now))
+        key_kind = spec.column_kinds.get(spec.key_column)
+        text = copy_text(values, [key_kind, *[ColumnKind.INTEGER] * 4])
+        cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(create)
+            cursor.copy_expert(copy, io.StringIO(text))
+            for statement in statements:
+                cursor.execute(statement)
+        except PsycopgError as exc:
+            raise DBAPIError.instance(copy, None, exc, PsycopgError) from exc
+        finally:
+            cursor.close()
 
     def _clear_tombstones(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> None:
         self._delete_keys(spec.tombstone_table, spec.key_column, keys)

@@ -115,34 +115,47 @@ class EntityAgents:
 def make_agent(
     agents: EntityAgents,
     spec: EntitySpec,
-    feed: Feed,
+    feeds: Sequence[Feed],
     cache: EntityCache | None = None,
 ) -> Callable[[Any], Awaitable[None]]:
-    """Build the agent function that mirrors ``spec``'s topic (and fills its ``cache``)."""
+    """Build the agent function that mirrors ``spec``'s topic (and fills its ``cache``).
+
+    One checkpoint per feed (lane): lanes apply batches of disjoint partitions at once, each in
+    its own transactions, so that while one lane's batch waits on round trips to PostgreSQL,
+    another's is routed or cached.
+    """
     mirror, settings = agents.mirror, agents.settings
     source = mirror.source_topic(spec)
     dlq = dead_letter_topic(source, settings.dlq_suffix)
     repartitioned = spec.repartition or spec.kind in settings.repartition
-    checkpoint = Checkpoint(
-        mirror,
-        spec,
-        agents.dead_letters,
-        dlq,
-        agents.handoff,
-        agents.applied,
-        cache,
-        cache_writer(),
-        prepare=(lambda records: [with_origin(r) for r in records]) if repartitioned else None,
-    )
-    agents.checkpoints.append(checkpoint)
+    checkpoints = [
+        Checkpoint(
+            mirror,
+            spec,
+            agents.dead_letters,
+            dlq,
+            agents.handoff,
+            agents.applied,
+            cache,
+            cache_writer(),
+            prepare=(lambda records: [with_origin(r) for r in records]) if repartitioned else None,
+        )
+        for _ in feeds
+    ]
+    agents.checkpoints.extend(checkpoints)
 
     async def mirror_entity(stream: Any) -> None:
-        # The stream stays empty: records come through the feed (see the module docstring).
+        # The stream stays empty: records come through the feeds (see the module docstring).
         await retrying(
             f"create table {spec.table.name}", lambda: mirror.store.create_tables([spec])
         )
         await _until_done(f"create topic {dlq}", lambda: agents.dead_letters.prepare(source, dlq))
-        await checkpoint.run(feed, settings.batch_size, settings.batch_wait)
+        await asyncio.gather(
+            *(
+                checkpoint.run(feed, settings.batch_size, settings.batch_wait)
+                for checkpoint, feed in zip(checkpoints, feeds, strict=True)
+            )
+        )
 
     mirror_entity.__name__ = f"mirror_{spec.kind}"
     mirror_entity.__qualname__ = mirror_entity.__name__
@@ -162,7 +175,7 @@ async def _until_done(what: str, step: Callable[[], Any]) -> None:
 
 
 def make_forwarder(
-    agents: EntityAgents, spec: EntitySpec, feed: Feed, target: str
+    agents: EntityAgents, spec: EntitySpec, feeds: Sequence[Feed], target: str
 ) -> Callable[[Any], Awaitable[None]]:
     """Build the agent that re-keys ``spec``'s topic by entity key into ``target``.
 
@@ -173,6 +186,8 @@ def make_forwarder(
     so the copy is skipped as a duplicate where it is applied.
     """
     app, settings = agents.app, agents.settings
+
+    (feed,) = feeds  # one lane: forwarding keeps each source partition's order
 
     async def forward_entity(stream: Any) -> None:
         while True:
@@ -266,14 +281,14 @@ def register_agents(
         topic = _raw_topic(app, mirror.source_topic(spec), settings)
         if spec.repartition or spec.kind in settings.repartition:
             target = repartition_topic(mirror, spec, settings)
-            feed = handoff.add_topic(topic.get_topic_name())
+            forwarded = handoff.add_topic(topic.get_topic_name())
             agents.kafka_offset_topics.add(topic.get_topic_name())
             app.agent(topic, name=f"{settings.app_id}.forward-{spec.kind}", concurrency=1)(
-                make_forwarder(agents, spec, feed, target)
+                make_forwarder(agents, spec, forwarded, target)
             )
             topic = _raw_topic(app, target, settings)
-        feed = handoff.add_topic(topic.get_topic_name())
-        agent_fun = make_agent(agents, spec, feed, caches.get(spec.kind))
+        feeds = handoff.add_topic(topic.get_topic_name(), lanes=settings.apply_lanes)
+        agent_fun = make_agent(agents, spec, feeds, caches.get(spec.kind))
         # One instance per agent: batches of one partition must be applied in order.
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)
 

@@ -46,6 +46,21 @@ class Current(NamedTuple):
 NOTHING = Current()
 
 
+@dataclass(frozen=True, slots=True)
+class StoredVersions:
+    """What the store holds for a batch's keys, as the store reads it: the newest version of
+    each key (its row's or its tombstone's) and which keys have a tombstone."""
+
+    newest: Mapping[EntityKey, Version]
+    tombstoned: frozenset[EntityKey] | set[EntityKey]
+
+    @classmethod
+    def of(cls, current: Mapping[EntityKey, Current]) -> StoredVersions:
+        """Build from one :class:`Current` per key."""
+        newest = {k: v for k, c in current.items() if (v := c.version) is not None}
+        return cls(newest, {k for k, c in current.items() if c.tombstone is not None})
+
+
 @dataclass(slots=True)
 class Plan:
     """The writes that carry a batch out, and every decision's outcome in input order."""
@@ -58,8 +73,12 @@ class Plan:
     outcomes: list[tuple[Decision, Outcome]] = field(default_factory=list)
 
 
-def resolve(decisions: Iterable[Decision], current: Mapping[EntityKey, Current]) -> Plan:
+def resolve(
+    decisions: Iterable[Decision], current: Mapping[EntityKey, Current] | StoredVersions
+) -> Plan:
     """Decide which decisions apply (newer than the state) and which are skipped (stale)."""
+    stored = current if isinstance(current, StoredVersions) else StoredVersions.of(current)
+    newest = stored.newest
     plan = Plan()
     versions: dict[EntityKey, Version | None] = {}
     last: dict[EntityKey, Upsert | Delete] = {}
@@ -68,7 +87,7 @@ def resolve(decisions: Iterable[Decision], current: Mapping[EntityKey, Current])
             plan.outcomes.append((decision, Outcome.REJECTED))
             continue
         key = decision.key
-        now = versions[key] if key in versions else current.get(key, NOTHING).version
+        now = versions[key] if key in versions else newest.get(key)
         version = decision.version
         if version is None:
             # A Kafka tombstone without a version of its own deletes what is there.
@@ -83,7 +102,7 @@ def resolve(decisions: Iterable[Decision], current: Mapping[EntityKey, Current])
     for key, write in last.items():
         if isinstance(write, Upsert):
             plan.upserts[key] = write
-            if current.get(key, NOTHING).tombstone is not None:
+            if key in stored.tombstoned:
                 plan.clear_tombstones.add(key)
         else:
             plan.deletes[key] = write

@@ -30,7 +30,8 @@ class Handoff:
 
     def __init__(self, high_water: int) -> None:
         self.high_water = high_water
-        self.feeds: dict[str, Feed] = {}
+        self.feeds: dict[str, list[Feed]] = {}
+        """The feeds of each mirrored topic: partition *p* goes to feed *p mod len(feeds)*."""
         self.positions = ReadPositions()
         self.held: dict[Hashable, dict[str, float | None]] = {}
         """Why each held partition is held, with when the hold ends (None: on release)."""
@@ -41,10 +42,17 @@ class Handoff:
         self.on_refused: Callable[[Hashable], None] = lambda tp: None
         """Told when a positioned partition's run was refused: it must be positioned again."""
 
-    def add_topic(self, topic: str) -> Feed:
-        """Mirror ``topic``: its records go to the returned feed instead of Faust's streams."""
-        feed = Feed(self.high_water, self._backlog_changed)
-        self.feeds[topic] = feed
+    def add_topic(self, topic: str, lanes: int = 1) -> list[Feed]:
+        """Mirror ``topic``: its records go to the returned feeds instead of Faust's streams,
+        partition *p* to feed *p mod lanes* (a lane's batches never mix with another's)."""
+        feeds = [Feed(self.high_water, self._backlog_changed) for _ in range(lanes)]
+        self.feeds[topic] = feeds
+        return feeds
+
+    def feed_of(self, tp: Any) -> Feed:
+        """Return the feed of partition ``tp`` of a mirrored topic."""
+        feeds = self.feeds[tp.topic]
+        feed: Feed = feeds[tp.partition % len(feeds)]
         return feed
 
     def is_mirrored(self, topic: str) -> bool:
@@ -88,11 +96,14 @@ class Handoff:
         """Stop handing over ``tps`` (revoked, or to be positioned again); drop what waits."""
         mirrored = [tp for tp in tps if tp.topic in self.feeds]
         self.positions.forget(mirrored)
-        by_topic: defaultdict[str, list[Any]] = defaultdict(list)
+        by_feed: defaultdict[int, list[Any]] = defaultdict(list)
+        feeds = {}
         for tp in mirrored:
-            by_topic[tp.topic].append(tp)
-        for topic, partitions in by_topic.items():
-            self.feeds[topic].drop(partitions)
+            feed = self.feed_of(tp)
+            feeds[id(feed)] = feed
+            by_feed[id(feed)].append(tp)
+        for key, partitions in by_feed.items():
+            feeds[key].drop(partitions)
 
     def deliver(self, tp: Any, records: Sequence[Any]) -> bool:
         """Hand on a fetched run of ``tp``'s records (offset order); False if it was refused."""
@@ -109,7 +120,7 @@ class Handoff:
         if records[0].offset < start:
             index = bisect.bisect_left(records, start, key=_offset)
             records = records[index:]
-        self.feeds[tp.topic].put(tp, records)
+        self.feed_of(tp).put(tp, records)
         return True
 
     def _backlog_changed(self, tp: Hashable, full: bool) -> None:

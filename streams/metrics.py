@@ -66,13 +66,6 @@ ROUTED = Counter(
     ["entity", "result"],
     registry=registry,
 )
-HELD_BACK = Counter(
-    "mirror_held_back_records",
-    "Records delivered out of order (before their partition was sought to its stored offset, "
-    "or past the next expected offset), dropped unapplied and read again in order.",
-    ["topic"],
-    registry=registry,
-)
 LOST = Counter(
     "mirror_lost_records",
     "Records deleted from their topic (retention) before they were applied.",

@@ -185,7 +185,10 @@ class Mirror:
             keys = list(
                 {d.key: None for i in fresh if not isinstance(d := decisions[i], Rejection)}
             )
-            current = tx.current(spec, keys, lock=not _keyed_by_entity(decisions, fresh))
+            lock = not _keyed_by_entity(decisions, fresh)
+            current = tx.current(
+                spec, keys, lock=lock, at_least=None if lock else _oldest(decisions, fresh)
+            )
             while True:
                 # A write the database refuses is taken out and the batch resolved again, so
                 # an older good event of the same key still applies, as it would one by one.
@@ -322,6 +325,24 @@ def _first_deliveries(
         offsets.add(offset)
         fresh.append(i)
     return fresh
+
+
+#: Below every version: a versionless delete needs the stored version, whatever it is.
+_BOTTOM: tuple[int, int, int] = (-(2**63), -1, -1)
+
+
+def _oldest(decisions: Sequence[Decision], fresh: Sequence[int]) -> dict[EntityKey, Any]:
+    """Return the oldest version of each key among the fresh decisions."""
+    oldest: dict[EntityKey, Any] = {}
+    for i in fresh:
+        d = decisions[i]
+        if isinstance(d, Rejection):
+            continue
+        version = _BOTTOM if d.version is None else d.version
+        known = oldest.get(d.key)
+        if known is None or version < known:
+            oldest[d.key] = version
+    return oldest
 
 
 def _keyed_by_entity(decisions: Sequence[Decision], fresh: Sequence[int]) -> bool:

@@ -30,6 +30,8 @@ from streams.mirror import Mirror
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
+#: How often to look for partitions to position (a rebalance ending sets no event of ours).
+POLL_SECONDS = 0.05
 #: Seconds between two log-start checks of one partition after its records skipped offsets.
 JUMP_CHECK_INTERVAL = 1.0
 
@@ -70,7 +72,7 @@ class Positioner:
         """Position pending partitions until the app stops."""
         while not self.app.should_stop:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=0.2)
+                await asyncio.wait_for(self.wake.wait(), timeout=POLL_SECONDS)
             self.wake.clear()
             if self.app.rebalancing:
                 continue

@@ -43,6 +43,7 @@ ENVIRONMENT: dict[str, str] = {
     "TOPIC_REPLICAS": "1",
     "BATCH_SIZE": "5000",
     "BATCH_WAIT": "0.2",
+    "APPLY_LANES": "2",
     "LOG_LEVEL": "info",
     "TOPIC_PREFIX": "",
     "ENTITY_MODULES": "models.planet",
@@ -94,6 +95,8 @@ class Settings:
     """Most events applied in one SQL transaction."""
     batch_wait: float = 0.2
     """Longest wait, in seconds, for a batch to fill before it is applied anyway."""
+    apply_lanes: int = 2
+    """Batches of one entity applied at once, each from its own partitions (p mod lanes)."""
     log_level: str = "info"
     """Worker log level."""
     topic_prefix: str = ""
@@ -194,6 +197,7 @@ class Settings:
             topic_replicas=_parse_int(env, "TOPIC_REPLICAS", 1, low=1, high=100),
             batch_size=_parse_int(env, "BATCH_SIZE", 5000, low=1, high=1_000_000),
             batch_wait=_parse_float(env, "BATCH_WAIT", 0.2, low=0.001, high=60.0),
+            apply_lanes=_parse_int(env, "APPLY_LANES", 2, low=1, high=16),
             log_level=_parse_log_level(env.get("LOG_LEVEL", "info")),
             topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
             entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),

@@ -208,7 +208,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         if not (cache.spec.repartition or cache.spec.kind in settings.repartition)
     ]
     # A partition's backlog waiting for its agent, above which it is not fetched.
-    app.handoff = Handoff(high_water=settings.batch_size)
+    app.handoff = Handoff(high_water=settings.batch_size // 2)
     agents = register_agents(app, mirror, settings, app.handoff, caches)
     app.entity_agents = agents
     positioner = Positioner(

@@ -391,8 +391,10 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> TcpProxy:
-        """Listen on a free port of 127.0.0.1 (``self.port``)."""
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        """Listen on 127.0.0.1: on a free port first (``self.port``), on the same one again."""
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, reuse_address=True
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import date, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import CheckConstraint, Integer, MetaData, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from models.base import MirroredEntity
@@ -310,3 +322,85 @@ def test_values_from_events_are_parameters_never_sql(mirror: Mirror) -> None:
         ],
     )
     assert rows(mirror) == {quoted_key: payload, "other": "o"}
+
+
+class Probe(MirroredEntity, CheckedBase):
+    """An entity with a column of every kind the COPY encoding handles."""
+
+    __tablename__ = "test_probe"
+    __topic__ = "probe-changed"
+    __event_fields__ = {
+        "code": "code",
+        "label": "label",
+        "note": "note",
+        "count": "count",
+        "ratio": "ratio",
+        "active": "active",
+        "seen_at": "seenAt",
+        "day": "day",
+        "extra": "extra",
+    }
+
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200), nullable=False)
+    note: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    active: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    day: Mapped[date | None] = mapped_column(Date, nullable=True)
+    extra: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+
+default_registry.unregister(Probe)
+
+
+def test_a_large_batch_of_every_column_kind_is_written_exactly(db_url: str) -> None:
+    registry = Registry()
+    spec = registry.register(Probe)
+    store = SqlStore.from_url(db_url)
+    try:
+        store.create_tables([spec])
+        mirror = Mirror(registry, store, group="test")
+        events = [
+            {
+                "code": f"c{i}",
+                "label": ["plain", "tab\there", "new\nline", "back\\slash", "cr\rx", "é ü 中"][
+                    i % 6
+                ]
+                + str(i),
+                "note": None if i % 3 == 0 else f"note {i}",
+                "count": 2**40 + i,
+                "ratio": None if i % 5 == 0 else i / 7,
+                "active": [True, False, None][i % 3],
+                "seenAt": "2026-12-01T10:00:00+00:00" if i % 2 else None,
+                "day": "2026-12-02" if i % 4 else None,
+                "extra": {"i": i, "text": "a\tb\\c\nd"} if i % 2 else None,
+            }
+            for i in range(120)  # past the COPY threshold
+        ]
+        records = [
+            SourceRecord("probe-changed", 0, i, 1_000 + i, None, json.dumps(e).encode())
+            for i, e in enumerate(events)
+        ]
+        result = mirror.apply(spec, records, read_back=True)
+        assert result.count(Outcome.APPLIED) == 120
+        rows = store.rows(spec)
+        for i, event in enumerate(events):
+            row = rows[f"c{i}"]
+            assert row["label"] == event["label"]
+            assert row["note"] == event["note"]
+            assert row["count"] == event["count"]
+            assert row["ratio"] == event["ratio"]
+            assert row["active"] == event["active"]
+            assert (row["seen_at"] is None) == (event["seenAt"] is None)
+            if event["seenAt"]:
+                assert row["seen_at"].replace(tzinfo=None) == datetime(2026, 12, 1, 10)
+            assert row["day"] == (date(2026, 12, 2) if event["day"] else None)
+            assert row["extra"] == event["extra"]
+        # What the upsert returned for the cache is what the table holds.
+        assert result.states["c7"][0] == {
+            k: v for k, v in rows["c7"].items() if not k.startswith("mirror_")
+        }
+    finally:
+        store.dispose()

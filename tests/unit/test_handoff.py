@@ -24,7 +24,7 @@ def run(tp: TP, first: int, last: int) -> list[Rec]:
 
 async def test_admitted_runs_come_out_as_batches_in_partition_order() -> None:
     handoff = Handoff(high_water=1_000)
-    feed = handoff.add_topic("t")
+    (feed,) = handoff.add_topic("t")
     a, b = TP("t", 0), TP("t", 1)
     for tp in (a, b):
         handoff.positions.position(tp, 0)
@@ -40,7 +40,7 @@ async def test_admitted_runs_come_out_as_batches_in_partition_order() -> None:
 
 async def test_a_full_feed_holds_its_partition_until_taken_from() -> None:
     handoff = Handoff(high_water=5)
-    feed = handoff.add_topic("t")
+    (feed,) = handoff.add_topic("t")
     a = TP("t", 0)
     handoff.positions.position(a, 0)
     handoff.fetched_at = handoff.positions.epoch
@@ -62,7 +62,7 @@ def test_unpositioned_partitions_are_not_fetched_and_their_runs_are_refused() ->
 
 def test_forgetting_drops_what_waits() -> None:
     handoff = Handoff(high_water=100)
-    feed = handoff.add_topic("t")
+    (feed,) = handoff.add_topic("t")
     a, b = TP("t", 0), TP("t", 1)
     for tp in (a, b):
         handoff.positions.position(tp, 0)
