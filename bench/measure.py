@@ -119,7 +119,17 @@ def group_offsets(admin: AIOKafkaAdminClient, group: str, topic: str) -> Applied
 
 
 async def _group_state(admin: AIOKafkaAdminClient, group: str) -> str:
-    (response,) = await admin.describe_consumer_groups([group])
+    """Return the group's state ("" while the broker cannot say yet)."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+    except KafkaError as exc:
+        # A broker just started has no group coordinator for a moment
+        # (GroupCoordinatorNotAvailableError): the group is not Stable yet.
+        if not exc.retriable:
+            raise
+        return ""
     return str(response.to_object()["groups"][0]["state"])
 
 

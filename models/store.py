@@ -17,6 +17,7 @@ import functools
 import re
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ from streams.guard import Current, Plan, StoredVersions
 from streams.routing import Delete, EntityKey, Upsert, Version
 
 _CHUNK = 500
+#: First key of the advisory locks serialising an entity's writes (StoreTransaction.serialize).
+ENTITY_LOCK_SPACE = 0x6D697272  # "mirr"
 #: Upserts of at least this many rows go through COPY (see models/copy_format.py).
 COPY_FROM_ROWS = 50
 
@@ -286,14 +289,12 @@ def public_columns(table: Table) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _versions_query(table: Table, key_column: str, lock: bool) -> str:
-    """Return (once per table) the driver SQL reading (and locking) the versions of ``%(keys)s``."""
+def _versions_query(table: Table, key_column: str) -> str:
+    """Return (once per table) the driver SQL reading the versions of ``%(keys)s``."""
     key = table.c[key_column]
     query = select(key, *(table.c[c] for c in VERSION_COLUMNS)).where(
         key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type)))
     )
-    if lock:
-        query = query.with_for_update()
     return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
 
@@ -320,6 +321,11 @@ def _values_template(
     head, tail = sql[: match.start()], sql[match.end() :]
     columns = tuple(re.findall(r"%\((\w+)\)s", match.group(1)))
     return f"{head} VALUES %s{tail}", columns
+
+
+def _entity_lock_id(table_name: str) -> int:
+    """Return a stable 32-bit lock id for an entity table (the same in every process)."""
+    return zlib.crc32(table_name.encode()) - 2**31
 
 
 def _version(row: Any) -> Version:
@@ -356,40 +362,51 @@ class StoreTransaction:
         )
         return {int(p): int(o) for p, o in self.conn.execute(query)}
 
+    def serialize(self, spec: EntitySpec, *, exclusive: bool) -> None:
+        """Keep other transactions of this entity from writing the same keys meanwhile.
+
+        Batches of one partition are serialised by the lock on their stored offsets. Records
+        keyed by their entity key put each key in one partition, so such batches share a lock
+        (``exclusive=False``) and run side by side (apply lanes, workers). A batch with a
+        record keyed otherwise may write keys another partition writes too: it takes the
+        entity's lock alone. Row locks would not do: a key absent from the table and its
+        tombstones has no row to lock, and a delete racing an insert of it would resurrect
+        it. One advisory lock per entity and transaction (PostgreSQL; SQLite's writes are
+        serialised already, ``BEGIN IMMEDIATE``).
+        """
+        if self.dialect != "postgresql":
+            return
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        self._fetch(
+            f"SELECT {function}(%(space)s, %(entity)s)",
+            {"space": ENTITY_LOCK_SPACE, "entity": _entity_lock_id(spec.table.name)},
+        )
+
     def current(
         self,
         spec: EntitySpec,
         keys: Sequence[EntityKey],
         *,
-        lock: bool = True,
         at_least: Mapping[EntityKey, Version] | None = None,
     ) -> StoredVersions:
-        """Return the row and tombstone versions of ``keys``, with ``lock`` locking them.
-
-        Locks matter only when another transaction may write the same keys at once: batches
-        of one partition are serialised by the stored offset's row lock, so a batch whose
-        records are all keyed by entity key (each key in one partition) needs none.
-        Rows are read before tombstones: a delete committing meanwhile is then seen in full.
+        """Return the row and tombstone versions of ``keys`` (see :meth:`serialize`).
 
         With ``at_least`` (the oldest version of each key in the batch), only versions at least
-        that new are read (PostgreSQL, without locks): an older stored version changes no
-        outcome, since every event of the key is newer, and most keys of a stream in order are
-        such keys. Tombstones are then not all known; the writes clear those of every upserted
-        key (any tombstone of an upserted key is older than the upsert).
+        that new are read (PostgreSQL): an older stored version changes no outcome, since every
+        event of the key is newer, and most keys of a stream in order are such keys.
+        Tombstones are then not all known; the writes clear those of every upserted key (any
+        tombstone of an upserted key is older than the upsert).
         """
         found: dict[EntityKey, Current] = {}
         if not keys:
             return StoredVersions({}, set())
         if self.dialect == "postgresql":
-            params: dict[str, Any]
-            if at_least is not None and not lock:
+            if at_least is not None:
                 rows, tombs = self._newer_versions(spec, keys, at_least)
             else:
                 params = {"keys": list(keys)}
-                rows = self._fetch(_versions_query(spec.table, spec.key_column, lock), params)
-                tombs = self._fetch(
-                    _versions_query(spec.tombstone_table, spec.key_column, lock), params
-                )
+                rows = self._fetch(_versions_query(spec.table, spec.key_column), params)
+                tombs = self._fetch(_versions_query(spec.tombstone_table, spec.key_column), params)
             newest: dict[EntityKey, Version] = {row[0]: row[1:] for row in rows}
             tombstoned = set()
             for tomb in tombs:

@@ -74,13 +74,15 @@ class MirrorConsumer(AiokafkaConsumer):
         handoff = self.handoff
         handoff.fetched_at = handoff.positions.epoch
         if active_partitions is not None:
-            skip = handoff.unfetchable(active_partitions)
-            if skip:
-                active_partitions = active_partitions - skip
-                if not active_partitions:
-                    # An empty set would make aiokafka return every partition's records.
-                    await asyncio.sleep(min(timeout, 0.05))
-                    return {}
+            # A copy, always: the fetch filters by this set when it returns, and Faust changes
+            # its own set meanwhile (resume_partitions adds the source partitions to it at the
+            # end of a recovery), which let a fetch issued before positioning return records
+            # of partitions positioned since.
+            active_partitions = set(active_partitions) - handoff.unfetchable(active_partitions)
+            if not active_partitions:
+                # An empty set would make aiokafka return every partition's records.
+                await asyncio.sleep(min(timeout, 0.05))
+                return {}
         return await super()._getmany(active_partitions, timeout)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,7 +175,11 @@ class Mirror:
                     decisions[i] = gone
         next_offsets = _next_offsets(records)
         started = time.perf_counter()
+        keyed = _keyed_by_entity(decisions, range(len(decisions)))
         with self.store.transaction(_describe(spec, records)) as tx:
+            # First, before any row lock: one key's writes must never run in two transactions
+            # at once, and a batch not keyed by entity may share keys with other partitions.
+            tx.serialize(spec, exclusive=not keyed)
             stored = {
                 (topic, partition): offset
                 for topic, ends in next_offsets.items()
@@ -185,10 +189,7 @@ class Mirror:
             keys = list(
                 {d.key: None for i in fresh if not isinstance(d := decisions[i], Rejection)}
             )
-            lock = not _keyed_by_entity(decisions, fresh)
-            current = tx.current(
-                spec, keys, lock=lock, at_least=None if lock else _oldest(decisions, fresh)
-            )
+            current = tx.current(spec, keys, at_least=_oldest(decisions, fresh))
             while True:
                 # A write the database refuses is taken out and the batch resolved again, so
                 # an older good event of the same key still applies, as it would one by one.
@@ -345,9 +346,9 @@ def _oldest(decisions: Sequence[Decision], fresh: Sequence[int]) -> dict[EntityK
     return oldest
 
 
-def _keyed_by_entity(decisions: Sequence[Decision], fresh: Sequence[int]) -> bool:
+def _keyed_by_entity(decisions: Sequence[Decision], indexes: Iterable[int]) -> bool:
     """Tell whether every record is keyed by its entity key (so each key has one partition)."""
-    for i in fresh:
+    for i in indexes:
         d = decisions[i]
         if not isinstance(d, Rejection) and d.record.key != str(d.key).encode():
             return False

@@ -60,6 +60,7 @@ class Positioner:
         self.wake = asyncio.Event()
         self._delay = 0.0
         self._jump_checked: dict[Any, float] = {}
+        self._lost_until: dict[Any, int] = {}
         handoff.on_jump = self.check_jump
         handoff.on_refused = self.refused
 
@@ -145,7 +146,17 @@ class Positioner:
             log.info("reading %s[%d] from offset %d", tp.topic, tp.partition, offset)
 
     def lost(self, tp: Any, expected: int, count: int) -> None:
-        """Say that ``count`` records of ``tp`` from ``expected`` on were gone before applied."""
+        """Say that ``count`` records of ``tp`` from ``expected`` on were gone before applied.
+
+        Each lost offset is said once: positioning the partition again before any of its
+        records is applied finds the same range.
+        """
+        end = expected + count
+        expected = max(expected, self._lost_until.get(tp, expected))
+        count = end - expected
+        if count <= 0:
+            return
+        self._lost_until[tp] = end
         metrics.LOST.labels(tp.topic, str(tp.partition)).inc(count)
         log.error(
             "%s[%d]: %d records (offsets %d to %d) were deleted from the topic (retention) "
