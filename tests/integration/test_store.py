@@ -448,9 +448,7 @@ def test_two_transactions_writing_one_key_at_once_never_resurrect_it(pg_url: str
                 start.wait()
                 mirror.apply(PLANET, records)
 
-            threads = [
-                threading.Thread(target=apply, args=(b, start)) for b in (upserts, deletes)
-            ]
+            threads = [threading.Thread(target=apply, args=(b, start)) for b in (upserts, deletes)]
             for thread in threads:
                 thread.start()
             for thread in threads:
