@@ -292,12 +292,6 @@ def register_agents(
         # One instance per agent: batches of one partition must be applied in order.
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)
 
-    async def commit_applied() -> None:
-        if not app.rebalancing:
-            await agents.commit_applied()
-
-    interval = float(app.conf.broker_commit_interval)
-    app.timer(interval, name=f"{settings.app_id}.commit-applied")(commit_applied)
     return agents
 
 

@@ -186,19 +186,19 @@ class Checkpoint:
             batch = _Batch(records, time.perf_counter())
             self._started()
             await self._route(batch)
-            await out.put(batch)
+            await _hand_on(out, batch)
 
     async def _apply_stage(self, source: asyncio.Queue[_Batch], out: asyncio.Queue[_Batch]) -> None:
         while True:
-            batch = await source.get()
+            batch = await _take(source)
             if await self._apply(batch):
-                await out.put(batch)
+                await _hand_on(out, batch)
             else:
                 self._done()
 
     async def _finish_stage(self, source: asyncio.Queue[_Batch]) -> None:
         while True:
-            await self._finish(await source.get())
+            await self._finish(await _take(source))
 
     def _started(self) -> None:
         self.in_flight += 1
@@ -381,6 +381,23 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, tries, delay, exc)
         await asyncio.sleep(delay)
         delay = min(delay * 2, MAX_BACKOFF)
+
+
+async def _hand_on(queue: asyncio.Queue[_Batch], batch: _Batch) -> None:
+    """Give ``batch`` to the next stage and wait until it has taken it.
+
+    So a stage starts its next batch only once the one it handed on is taken: each stage holds
+    one batch and none waits in between, which keeps three batches a lane in memory, not five.
+    """
+    await queue.put(batch)
+    await queue.join()
+
+
+async def _take(queue: asyncio.Queue[_Batch]) -> _Batch:
+    """Take the next batch from the stage before (releasing it, see :func:`_hand_on`)."""
+    batch = await queue.get()
+    queue.task_done()
+    return batch
 
 
 def _position(record: Any) -> Position:

@@ -78,7 +78,14 @@ class MirrorConsumer(AiokafkaConsumer):
             # its own set meanwhile (resume_partitions adds the source partitions to it at the
             # end of a recovery), which let a fetch issued before positioning return records
             # of partitions positioned since.
-            active_partitions = set(active_partitions) - handoff.unfetchable(active_partitions)
+            active_partitions = set(active_partitions)
+            if self.settled:
+                # Faust pauses the source partitions while it recovers tables; mirrored ones
+                # are read all the same (the cache holds back what the recovery would undo).
+                active_partitions |= {
+                    tp for tp in self.assignment() if handoff.is_mirrored(tp.topic)
+                }
+            active_partitions -= handoff.unfetchable(active_partitions)
             if not active_partitions:
                 # An empty set would make aiokafka return every partition's records.
                 await asyncio.sleep(min(timeout, 0.05))
@@ -100,8 +107,10 @@ class MirrorConsumer(AiokafkaConsumer):
         others = {}
         for tp, run in records.items():
             if handoff.is_mirrored(tp.topic):
-                if active is None or tp in active:
-                    handoff.deliver(tp, run)
+                # Never filtered by Faust's set of active partitions: which mirrored partitions
+                # are fetched is decided in _getmany, and a fetched run not handed on would
+                # leave a gap (its records are consumed).
+                handoff.deliver(tp, run)
             else:
                 others[tp] = run
         if not others:
@@ -134,8 +143,14 @@ class MirrorConsumer(AiokafkaConsumer):
             {tp: o or None for tp, o in committed.items() if o is not None}
         )
 
+    #: Set once an assignment is complete, cleared at each revocation: mirrored partitions
+    #: are positioned and fetched from then on, while Faust may still recover tables (it
+    #: counts the recovery as part of the rebalance and pauses them meanwhile).
+    settled: bool = False
+
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         """Stop handing over revoked partitions; let the app finish their batches in flight."""
+        self.settled = False
         self.handoff.forget(revoked)
         finish = getattr(self.app, "on_mirror_revoked", None)
         if finish is not None:
@@ -146,6 +161,7 @@ class MirrorConsumer(AiokafkaConsumer):
         """Unposition the new assignment: each partition is positioned before it is fetched."""
         self.handoff.forget(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
+        self.settled = True
 
     def verify_event_path(self, now: float, tp: Any) -> None:
         """Check Faust's stream path, for the topics that still take it."""
@@ -198,3 +214,96 @@ async def commit_offsets(consumer: Any, offsets: Mapping[Any, int]) -> bool:
     """Commit ``offsets`` (next offset to read per partition) for the consumer's group."""
     done: bool = await consumer._commit(offsets)
     return done
+
+
+async def request_rejoin(consumer: Any) -> None:
+    """Make the consumer rejoin its group (a rebalance), from the consumer's thread."""
+    thread: Any = consumer._thread
+
+    async def rejoin() -> None:
+        thread._ensure_consumer()._coordinator.request_rejoin()
+
+    await thread.call_thread(rejoin)
+
+
+class LocalTable:
+    """This worker's copy of a cached table (Faust's store), written a batch at a time.
+
+    Faust's tables write through an event context (``table[key] = value`` during a stream
+    event; its RocksDB store asserts one), so the cache writes the store the way Faust's own
+    recovery does (``Store.apply_changelog_batch``): for RocksDB one write batch per partition
+    and the changelog offset it now holds (``set_persisted_offset``, so a restart recovers only
+    what came after); for the in-memory store its dict, and the partition of each key (Faust
+    drops keys of partitions no longer assigned after each recovery, by that index).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def size(self) -> int:
+        """Count the entries of this worker's active partitions (RocksDB: its estimate, as
+        counting would read every key)."""
+        store: Any = self.table.data
+        if hasattr(store, "_dbs_for_actives"):  # faust/stores/rocksdb.py
+            return sum(
+                int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+                for db in store._dbs_for_actives()
+            )
+        return len(store)
+
+    def write(self, entries: Iterable[tuple[bytes, bytes | None, int, int]]) -> None:
+        """Write ``(key, value or None to delete, partition, changelog offset)`` entries."""
+        store: Any = self.table.data
+        if hasattr(store, "_db_for_partition"):  # faust/stores/rocksdb.py
+            from rocksdict import WriteBatch
+
+            batches: dict[int, Any] = {}
+            last: dict[int, int] = {}
+            index = store._key_index
+            for key, value, partition, offset in entries:
+                batch = batches.get(partition)
+                if batch is None:
+                    batch = batches[partition] = WriteBatch(raw_mode=True)
+                if value is None:
+                    batch.delete(key)
+                    index.pop(key, None)
+                else:
+                    batch.put(key, value)
+                    index[key] = partition
+                if offset > last.get(partition, -1):
+                    last[partition] = offset
+            topic = self.table.changelog_topic.get_topic_name()
+            for partition, batch in batches.items():
+                store._db_for_partition(partition).write(batch)
+                store.set_persisted_offset(_tp(topic, partition), last[partition])
+            return
+        data = store.data if hasattr(store, "data") else store  # faust/stores/memory.py
+        partitions = getattr(store, "_key_partition", None)
+        for key, value, partition, _ in entries:
+            if value is None:
+                data.pop(key, None)
+                if partitions is not None:
+                    partitions.pop(key, None)
+            else:
+                data[key] = value
+                if partitions is not None:
+                    partitions[key] = partition
+
+
+def recovering_partitions(app: Any, changelog: str) -> set[int]:
+    """Return the partitions of ``changelog`` this worker is still recovering (none when the
+    tables are not recovering)."""
+    if not app.in_recovery:
+        return set()
+    recovery = app.tables.recovery
+    remaining = recovery.active_remaining()
+    busy = {tp.partition for tp, n in remaining.items() if tp.topic == changelog and n > 0}
+    if any(recovery.buffers.values()):  # read, not yet applied to the store
+        busy |= {tp.partition for tp in recovery.active_tps if tp.topic == changelog}
+    return busy
+
+
+def _tp(topic: str, partition: int) -> Any:
+    from faust.types import TP
+
+    return TP(topic, partition)

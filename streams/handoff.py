@@ -41,6 +41,14 @@ class Handoff:
         """Told when a partition's records skip offsets (to check for retention losses)."""
         self.on_refused: Callable[[Hashable], None] = lambda tp: None
         """Told when a positioned partition's run was refused: it must be positioned again."""
+        self.moved_on: set[Hashable] = set()
+        """Partitions whose fetch position may have moved past records not handed over.
+
+        Records are consumed without being handed over when a run comes while its partition
+        is not positioned (a fetch issued before a rebalance can return after the positioner's
+        seek, with records from the new position), or when a fetch returns while the flow is
+        stopped. A positioning under way for such a partition is redone (``streams.positioner``).
+        """
 
     def add_topic(self, topic: str, lanes: int = 1) -> list[Feed]:
         """Mirror ``topic``: its records go to the returned feeds instead of Faust's streams,
@@ -96,6 +104,7 @@ class Handoff:
         """Stop handing over ``tps`` (revoked, or to be positioned again); drop what waits."""
         mirrored = [tp for tp in tps if tp.topic in self.feeds]
         self.positions.forget(mirrored)
+        self.moved_on.update(mirrored)
         by_feed: defaultdict[int, list[Any]] = defaultdict(list)
         feeds = {}
         for tp in mirrored:
@@ -113,6 +122,8 @@ class Handoff:
         if admission is None:
             if self.positions.expected(tp) is not None:
                 self.on_refused(tp)
+            else:
+                self.moved_on.add(tp)
             return False
         if admission.jump is not None:
             self.on_jump(admission.jump)

@@ -49,7 +49,8 @@ LAG = Gauge(
 )
 CACHE_ENTRIES = Gauge(
     "mirror_cache_entries",
-    "Entries this worker holds in the entity's cached table (refreshed on each scrape).",
+    "Entries this worker holds in the entity's cached table (refreshed on each scrape; "
+    "RocksDB's estimate with TABLE_STORE=rocksdb).",
     ["entity"],
     registry=registry,
 )
@@ -89,5 +90,11 @@ HELD = Gauge(
     "Partitions not being read, by reason: backlog (their agent is behind), dead_letter (a dead "
     "letter cannot be written), failed (a batch failed for good).",
     ["topic", "partition", "reason"],
+    registry=registry,
+)
+RECOVERY_STALLS = Counter(
+    "mirror_recovery_stalls",
+    "Table recoveries that made no progress for RECOVERY_STALL_TIMEOUT: the worker rejoined its "
+    "group (the first time) or exited with status 3 (a second stall in a row).",
     registry=registry,
 )

@@ -75,8 +75,8 @@ class Positioner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=POLL_SECONDS)
             self.wake.clear()
-            if self.app.rebalancing:
-                continue
+            if not getattr(self.app.consumer, "settled", not self.app.rebalancing):
+                continue  # assignment under way
             self.handoff.release_expired(time.monotonic())
             pending = self.pending()
             if not pending:
@@ -119,6 +119,8 @@ class Positioner:
     async def position(self, tps: list[Any]) -> None:
         """Seek ``tps`` to where they start, then let them be fetched."""
         consumer = self.app.consumer
+        moved_on = self.handoff.moved_on
+        moved_on.difference_update(tps)
         stored = await asyncio.to_thread(self.mirror.store.stored_offsets, self.mirror.group)
         losses: list[tuple[Any, int, int]] = []
 
@@ -141,6 +143,12 @@ class Positioner:
         for tp, offset in starts.items():
             if tp not in assigned:
                 continue  # revoked meanwhile: its next owner positions it
+            if tp in moved_on:
+                # Records from the new position were consumed but not handed over (a fetch
+                # issued before the seek returned after it): seek again. No fetch of it is in
+                # flight by then, so once more is enough.
+                self.wake.set()
+                continue
             self.handoff.positions.position(tp, offset)
             self.on_positioned(tp, offset)
             log.info("reading %s[%d] from offset %d", tp.topic, tp.partition, offset)

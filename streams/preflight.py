@@ -96,24 +96,57 @@ async def database_problem(settings: Settings, timeout: float = 5.0) -> str | No
     )
 
 
-def partition_problem(settings: Settings, partitions: dict[str, int | None]) -> str | None:
-    """Return why a cached entity's topic cannot be co-partitioned with its table, or None.
+def partition_problem(
+    pairs: Sequence[tuple[str, str]], partitions: dict[str, int | None]
+) -> str | None:
+    """Return why a cached table's changelog cannot be co-partitioned with its source, or None.
 
-    ``partitions`` maps each cached entity's source topic to its partition count (None when
-    the topic does not exist yet: the worker creates it with TOPIC_PARTITIONS).
+    ``pairs`` are (source topic, changelog topic); ``partitions`` maps topics to their
+    partition count (None when the topic does not exist yet: the worker creates a changelog
+    with its source's count).
     """
-    for topic, count in sorted(partitions.items()):
-        if count is not None and count != settings.topic_partitions:
+    for source, changelog in sorted(pairs):
+        want, have = partitions.get(source), partitions.get(changelog)
+        if want is not None and have is not None and want != have:
             return (
-                f"topic {topic} has {count} partitions but TOPIC_PARTITIONS is "
-                f"{settings.topic_partitions}; set TOPIC_PARTITIONS={count} (a cached table's "
-                "changelog must have as many partitions as its source topic)"
+                f"changelog {changelog} has {have} partitions but its source topic {source} has "
+                f"{want}: a cached table's changelog must have as many partitions as its source "
+                f"topic; delete {changelog} (the cache is rebuilt from the database as "
+                "entities change) or give the source topic as many partitions"
             )
     return None
 
 
+async def topic_partition_counts(
+    settings: Settings, topics: Sequence[str], timeout: float = 10.0
+) -> dict[str, int | None]:
+    """Return the partition count of each of ``topics`` (None: missing); raise MirrorError
+    with one line when the brokers do not answer."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        request_timeout_ms=int(timeout * 1000),
+    )
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout=timeout)
+        # Metadata of all topics: asking for named ones could auto-create them.
+        cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
+        return {topic: _partition_count(cluster, topic) for topic in topics}
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise MirrorError(unreachable_broker(settings, exc)) from None
+    finally:
+        aiokafka_log.setLevel(level)
+        await client.close()
+
+
 async def broker_problem(
-    settings: Settings, cached_topics: Sequence[str] = (), timeout: float = 20.0
+    settings: Settings, cached: Sequence[tuple[str, str]] = (), timeout: float = 20.0
 ) -> str | None:
     """Return why the Kafka bootstrap servers do not answer, or a topic does not fit, or None."""
     from aiokafka.client import AIOKafkaClient
@@ -131,16 +164,17 @@ async def broker_problem(
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=timeout)
         counts: dict[str, int | None] = {}
-        if cached_topics:
+        if cached:
             # Metadata of all topics: asking for named ones could auto-create them.
             cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
-            counts = {topic: _partition_count(cluster, topic) for topic in cached_topics}
+            topics = {topic for pair in cached for topic in pair}
+            counts = {topic: _partition_count(cluster, topic) for topic in topics}
     except (KafkaError, OSError, TimeoutError) as exc:
         return unreachable_broker(settings, exc)
     finally:
         aiokafka_log.setLevel(level)
         await client.close()
-    return partition_problem(settings, counts)
+    return partition_problem(cached, counts)
 
 
 def _partition_count(cluster: Any, topic: str) -> int | None:

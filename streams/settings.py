@@ -44,6 +44,7 @@ ENVIRONMENT: dict[str, str] = {
     "BATCH_SIZE": "5000",
     "BATCH_WAIT": "0.2",
     "APPLY_LANES": "2",
+    "TABLE_STORE": "rocksdb",
     "LOG_LEVEL": "info",
     "TOPIC_PREFIX": "",
     "ENTITY_MODULES": "models.planet",
@@ -97,6 +98,10 @@ class Settings:
     """Longest wait, in seconds, for a batch to fill before it is applied anyway."""
     apply_lanes: int = 2
     """Batches of one entity applied at once, each from its own partitions (p mod lanes)."""
+    table_store: str = "rocksdb"
+    """Where cached tables live: ``rocksdb`` (files under DATA_DIR: a restart or a promoted
+    standby recovers only what changed since) or ``memory`` (recovered from the changelog's
+    start after every rebalance)."""
     log_level: str = "info"
     """Worker log level."""
     topic_prefix: str = ""
@@ -198,6 +203,7 @@ class Settings:
             batch_size=_parse_int(env, "BATCH_SIZE", 5000, low=1, high=1_000_000),
             batch_wait=_parse_float(env, "BATCH_WAIT", 0.2, low=0.001, high=60.0),
             apply_lanes=_parse_int(env, "APPLY_LANES", 2, low=1, high=16),
+            table_store=_parse_choice(env, "TABLE_STORE", "rocksdb", ("rocksdb", "memory")),
             log_level=_parse_log_level(env.get("LOG_LEVEL", "info")),
             topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
             entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import gc
 import importlib
+import logging
 import os
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -20,17 +24,24 @@ from streams.agents import (
     register_tombstone_purge,
     repartition_topic,
 )
-from streams.errors import SettingsError
+from streams.errors import MirrorError, SettingsError
 from streams.faust_bridge import MirrorConsumer
 from streams.handoff import Handoff
 from streams.logs import use_json_logs
 from streams.mirror import Mirror
 from streams.positioner import Positioner
-from streams.preflight import broker_problem, database_problem, web_port_problem
+from streams.preflight import (
+    broker_problem,
+    database_problem,
+    topic_partition_counts,
+    web_port_problem,
+)
 from streams.settings import Settings
 from streams.web import register_pages
-from tables.cache import EntityCache, declare_caches
-from tables.watchdog import register_recovery_watchdog
+from tables.cache import EntityCache, changelog_topic, declare_caches
+from tables.watchdog import recovery_watchdog
+
+log = logging.getLogger(__name__)
 
 
 def load_entities(settings: Settings, registry: Registry = default_registry) -> Registry:
@@ -73,9 +84,12 @@ class MirrorApp(faust.App):
 
     mirror_settings: Settings
     #: Source topics of cached entities, checked to have TOPIC_PARTITIONS partitions.
-    cached_topics: list[str]
+    cached_topics: list[tuple[str, str]]
+    """(source topic, changelog topic) of each cached entity read straight from its topic."""
     handoff: Handoff
     entity_agents: EntityAgents
+    early_tasks: list[tuple[Callable[[], Awaitable[None]], float | None]]
+    """What :meth:`run_early` registered."""
     caches: dict[str, EntityCache]
 
     def _new_transport(self) -> Any:
@@ -97,6 +111,32 @@ class MirrorApp(faust.App):
             print(f"error: {problem}", file=sys.stderr, flush=True)
             # Nothing has started yet; exiting here spares Faust's shutdown traceback.
             os._exit(1)
+
+    def run_early(self, task: Callable[[], Awaitable[None]], every: float | None = None) -> None:
+        """Run ``task`` from the app's start: once, or every ``every`` seconds.
+
+        Faust starts its tasks, timers and web server only once the first table recovery is
+        over (``App.on_started``); the SQL mirror, its commits and the pages (which answer 503
+        for what still recovers) must not wait for it.
+        """
+        self.early_tasks.append((task, every))
+
+    async def on_started(self) -> None:
+        for task, every in self.early_tasks:
+            self.add_future(task() if every is None else self._every(every, task))
+        await self.on_started_init_web_server()  # Faust's own call later finds it started
+        await super().on_started()
+
+    async def _every(self, interval: float, task: Callable[[], Awaitable[None]]) -> None:
+        name = getattr(task, "__qualname__", repr(task))
+        while not self.should_stop:
+            await self.sleep(interval)
+            if self.should_stop:
+                return
+            try:
+                await task()
+            except Exception:  # a timer goes on, as Faust's do
+                log.exception("%s failed; again in %.1f s", name, interval)
 
     async def on_mirror_revoked(self, revoked: set[Any]) -> None:
         """Let batches in flight finish and commit what is applied, before partitions move."""
@@ -160,6 +200,32 @@ def tune_garbage_collector() -> None:
     gc.freeze()  # what exists now (modules, the app) is never scanned again
 
 
+def source_partition_counts(settings: Settings, topics: list[str]) -> dict[str, int | None]:
+    """Return the partition counts of ``topics`` ({} when the brokers do not answer: the
+    start-up check then says so in one line)."""
+    if not topics:
+        return {}
+
+    def ask() -> dict[str, int | None]:
+        return asyncio.run(topic_partition_counts(settings, topics))
+
+    # A thread of its own: the app may be built inside a running event loop (tests).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            return pool.submit(ask).result()
+        except MirrorError:
+            return {}
+
+
+def ensure_data_dir(path: str) -> str:
+    """Create DATA_DIR if it does not exist yet (Faust would crash on a missing one)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"DATA_DIR: cannot create {path!r}: {exc.strerror}") from None
+    return path
+
+
 def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
     """Return the entity applied from ``topic`` (its source or its repartition topic)."""
     for spec in mirror.registry:
@@ -173,14 +239,16 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     mirror = mirror or build_mirror(settings)
     tune_garbage_collector()
     aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
-    extra: dict[str, Any] = {"datadir": settings.data_dir} if settings.data_dir else {}
+    extra: dict[str, Any] = {}
+    if settings.data_dir:
+        extra["datadir"] = ensure_data_dir(settings.data_dir)
     credentials = broker_credentials(settings)
     if credentials is not None:
         extra["broker_credentials"] = credentials
     app = MirrorApp(
         settings.app_id,
         broker=settings.kafka_broker,
-        store="memory://",
+        store=f"{settings.table_store}://",
         autodiscover=False,
         web_enabled=True,
         web_host=settings.web_host,
@@ -200,13 +268,21 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         **extra,
     )
     app.mirror_settings = settings
-    caches = declare_caches(app, mirror.registry, settings)
+    app.early_tasks = []
+    pairs = {
+        spec.kind: (mirror.source_topic(spec), changelog_topic(settings.app_id, spec.kind))
+        for spec in mirror.registry
+        if spec.cached and not (spec.repartition or spec.kind in settings.repartition)
+    }
+    counts = source_partition_counts(settings, [source for source, _ in pairs.values()])
+    caches = declare_caches(
+        app,
+        mirror.registry,
+        settings,
+        {kind: n for kind, (source, _) in pairs.items() if (n := counts.get(source)) is not None},
+    )
     app.caches = caches
-    app.cached_topics = [
-        mirror.source_topic(cache.spec)
-        for cache in caches.values()
-        if not (cache.spec.repartition or cache.spec.kind in settings.repartition)
-    ]
+    app.cached_topics = list(pairs.values())
     # A partition's backlog waiting for its agent, above which it is not fetched.
     app.handoff = Handoff(high_water=settings.batch_size // 2)
     agents = register_agents(app, mirror, settings, app.handoff, caches)
@@ -223,9 +299,22 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         on_positioned=agents.applied.applied_below,
         kafka_offset_topics=agents.kafka_offset_topics,
     )
-    app.task(positioner.run)
+    app.run_early(positioner.run)
+
+    async def commit_applied() -> None:
+        # Also while tables recover: the assignment is settled, and the mirror goes on.
+        if getattr(app.consumer, "settled", False):
+            await agents.commit_applied()
+
+    app.run_early(commit_applied, every=float(app.conf.broker_commit_interval))
+
+    async def flush_held_cache_entries() -> None:
+        for cache in caches.values():
+            cache.flush()
+
+    if caches:
+        app.run_early(flush_held_cache_entries, every=0.5)
+        app.run_early(recovery_watchdog(app, settings.recovery_stall_timeout), every=1.0)
     register_tombstone_purge(app, mirror, settings)
     register_pages(app, mirror, caches, settings.api_token)
-    if caches:
-        register_recovery_watchdog(app, settings.recovery_stall_timeout)
     return app

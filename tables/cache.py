@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import faust
@@ -27,10 +27,21 @@ import orjson
 
 from models.registry import EntitySpec, Registry
 from streams.api import public
+from streams.faust_bridge import LocalTable, recovering_partitions
 from streams.settings import Settings
 
 #: Largest record batch the changelog writer builds (one per partition and batch of entries).
 CHANGELOG_BATCH_BYTES = 1024 * 1024
+
+#: RocksDB options of each table partition. Faust's defaults (faust/stores/rocksdb.py: 64 MiB
+#: write buffers, three of them, and a 2 GiB block cache, per partition) are sized for large
+#: state; a cache entry is a row's JSON, about 100 bytes.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 8 * 1024 * 1024,
+    "block_cache_size": 4 * 1024 * 1024,
+}
 
 
 def cache_key(key: Any) -> bytes:
@@ -96,8 +107,11 @@ class ChangelogWriter:
         self._partitions: dict[str, list[int]] = {}
         self._lock = asyncio.Lock()
 
-    async def write(self, topic: str, entries: Iterable[Entry]) -> list[tuple[Entry, int]]:
-        """Write ``entries`` and wait until the broker has them all; return their partitions."""
+    async def write(
+        self, topic: str, entries: Iterable[Entry]
+    ) -> list[tuple[bytes, bytes | None, int, int]]:
+        """Write ``entries`` and wait until the broker has them all; return each entry as
+        ``(key, value, partition, offset)``, in order."""
         from aiokafka.partitioner import murmur2
 
         producer = await self._ready()
@@ -107,8 +121,9 @@ class ChangelogWriter:
             self._partitions[topic] = partitions
         count = len(partitions)
         batches: dict[int, Any] = {}
-        futures = []
-        placed: list[tuple[Entry, int]] = []
+        # Per record batch sent: its future, and the entries in it (in order).
+        sent: list[tuple[Any, list[tuple[bytes, bytes | None, int]]]] = []
+        open_entries: dict[int, list[tuple[bytes, bytes | None, int]]] = {}
         for entry in entries:
             partition = entry.partition
             if partition is None or partition >= count:
@@ -116,15 +131,21 @@ class ChangelogWriter:
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()
+                open_entries[partition] = []
             if batch.append(key=entry.key, value=entry.value, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                future = await producer.send_batch(batch, topic, partition=partition)
+                sent.append((future, open_entries[partition]))
                 batch = batches[partition] = producer.create_batch()
+                open_entries[partition] = []
                 batch.append(key=entry.key, value=entry.value, timestamp=None)
-            placed.append((entry, partition))
+            open_entries[partition].append((entry.key, entry.value, partition))
         for partition, batch in batches.items():
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        for future in futures:
-            await future
+            future = await producer.send_batch(batch, topic, partition=partition)
+            sent.append((future, open_entries[partition]))
+        placed: list[tuple[bytes, bytes | None, int, int]] = []
+        for future, in_batch in sent:
+            base = (await future).offset  # the record batch's first offset
+            placed.extend((k, v, p, base + i) for i, (k, v, p) in enumerate(in_batch))
         return placed
 
     async def close(self) -> None:
@@ -152,13 +173,22 @@ class ChangelogWriter:
             return self._producer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EntityCache:
-    """The cached table of one entity kind."""
+    """The cached table of one entity kind.
+
+    While Faust recovers this worker's tables, the mirror goes on: entries are written to the
+    changelog as always, but held back from this worker's copy (the recovery, applying older
+    changelog records, would undo them), and applied once the recovery is done. Reads by key of
+    a partition still recovering answer 503 meanwhile.
+    """
 
     spec: EntitySpec
     table: Any  # faust.Table; Faust's generic table type does not help mypy here
     writer: ChangelogWriter
+    app: Any = None
+    pending: dict[bytes, tuple[bytes | None, int, int]] = field(default_factory=dict)
+    """Entries written to the changelog during a recovery, for this worker's copy after it."""
 
     @property
     def changelog(self) -> str:
@@ -167,6 +197,7 @@ class EntityCache:
 
     def get(self, key: Any) -> dict[str, Any] | None:
         """Return this worker's cached state of ``key``, or None."""
+        self.flush()  # a recovery just over: what it held back comes first
         value = self.table.data.get(cache_key(key))
         if value is None:
             return None
@@ -174,39 +205,50 @@ class EntityCache:
         return decoded
 
     def size(self) -> int:
-        """Count the entries this worker holds."""
-        return len(self.table.data)
+        """Count the entries this worker holds (an estimate with RocksDB)."""
+        return LocalTable(self.table).size()
 
     async def put(self, entries: Iterable[Entry]) -> None:
-        """Write ``entries`` to the changelog, then to this worker's table."""
+        """Write ``entries`` to the changelog, then to this worker's table (or hold them while
+        the table recovers)."""
         placed = await self.writer.write(self.changelog, entries)
-        data = self.table.data
-        partitions = getattr(data, "_key_partition", None)
-        for (key, value, _), partition in placed:
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-            if partitions is not None:
-                partitions[key] = partition  # see _remember_partition
+        if self.app is not None and self.app.in_recovery:
+            for key, value, partition, offset in placed:
+                self.pending[key] = (value, partition, offset)
+            return
+        self.flush()
+        LocalTable(self.table).write(placed)
 
+    def flush(self) -> None:
+        """Apply the entries held back during a recovery, once it is over."""
+        if self.pending and (self.app is None or not self.app.in_recovery):
+            held, self.pending = self.pending, {}
+            LocalTable(self.table).write((k, v, p, o) for k, (v, p, o) in held.items())
 
-def _remember_partition(data: Any, key: bytes, partition: int) -> None:
-    """Record a locally written key's partition, as Faust's memory store does for recovered ones.
+    def recovering(self, key: Any) -> bool:
+        """Tell whether ``key``'s partition of this worker's table is still recovering."""
+        if self.app is None:
+            return False
+        busy = recovering_partitions(self.app, self.changelog)
+        if not busy:
+            return False
+        from aiokafka.partitioner import murmur2
 
-    Faust's in-memory store drops, after each recovery, the keys of partitions this worker no
-    longer owns, but only keys it recovered from the changelog carry a partition. Keys written
-    here would otherwise stay behind, stale, after their partition moved to another worker.
-    """
-    partitions = getattr(data, "_key_partition", None)
-    if partitions is not None:
-        partitions[key] = partition
+        return (murmur2(cache_key(key)) & 0x7FFFFFFF) % int(self.table.partitions) in busy
 
 
 def declare_caches(
-    app: faust.App, registry: Registry, settings: Settings
+    app: faust.App,
+    registry: Registry,
+    settings: Settings,
+    partitions: Mapping[str, int] | None = None,
 ) -> dict[str, EntityCache]:
-    """Declare a table for every cached entity (``__cached__``, on by default), by kind."""
+    """Declare a table for every cached entity (``__cached__``, on by default), by kind.
+
+    ``partitions`` gives each kind's changelog partition count: its source topic's, so that
+    partition *n* of both belongs to one worker (TOPIC_PARTITIONS for a topic yet to be made).
+    """
+    partitions = partitions or {}
     caches: dict[str, EntityCache] = {}
     writer = ChangelogWriter(settings)
     for spec in registry:
@@ -217,7 +259,8 @@ def declare_caches(
             # bytes: raw keys (see cache_key) and raw JSON values, written and recovered alike.
             key_type=bytes,
             value_type=bytes,
-            partitions=settings.topic_partitions,
+            partitions=partitions.get(spec.kind, settings.topic_partitions),
+            options=dict(ROCKSDB_OPTIONS) if settings.table_store == "rocksdb" else None,
             # Our own writes choose the partition by key; this keeps table[k] = v consistent.
             use_partitioner=True,
             help=(
@@ -225,5 +268,5 @@ def declare_caches(
                 f"mirrored from {spec.topic}"
             ),
         )
-        caches[spec.kind] = EntityCache(spec, table, writer)
+        caches[spec.kind] = EntityCache(spec, table, writer, app)
     return caches

@@ -106,15 +106,15 @@ def register_entity_views(
                 status, body = target
                 return self.json(body, status=status)
             owner = owner_of(app, cache, target.key)
-            if owner is None or app.rebalancing:
+            if owner is None or (app.rebalancing and not app.in_recovery):
                 return unavailable(self, "workers are rebalancing; retry")
             if not same_worker(owner, canonical):
                 if ROUTED_HEADER in request.headers:
                     # The sender thinks we own it and we think not: assignments in flux.
                     return unavailable(self, "workers disagree on who owns this key; retry")
                 return await forward(self, request, owner, kind)
-            if app.in_recovery:
-                return unavailable(self, f"the {kind} cache is recovering; retry")
+            if cache.recovering(target.key):
+                return unavailable(self, f"this {kind}'s cache partition is recovering; retry")
             metrics.ROUTED.labels(kind, "local").inc()
             status, body = api.entity_reply(target, cache.get(target.key))
             return self.json(body, status=status)

@@ -271,3 +271,29 @@ async def test_columns_the_events_never_set_keep_their_default_and_their_value(
         assert "Traceback" not in worker.log_path.read_text()
     finally:
         assert worker.stop() == "SIGTERM"
+
+
+async def test_a_topic_of_any_partition_count_is_mirrored_and_cached_with_no_setting(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=6)  # TOPIC_PARTITIONS stays 4
+    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "six")
+    assert worker.env["TOPIC_PARTITIONS"] == "4"
+    events = planet_stream(600, 40, seed=3)
+    await produce(kafka_bootstrap, topic, ((e.key.encode(), e.value) for e in events))
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        expected = expected_planets(events)
+        assert read_planets(pg_url) == expected
+        assert await partitions_of(kafka_bootstrap, f"{app_id}-planet-changelog") == list(range(6))
+        base = f"http://127.0.0.1:{worker.env['WEB_PORT']}"
+        for key in sorted({e.key for e in events}):
+            status, body = await asyncio.to_thread(http_get, f"{base}/entities/planet/{key}")
+            if key in expected:
+                assert (status, json.loads(body)) == (200, {"uuid": key, "name": expected[key]})
+            else:
+                assert status == 404, (key, body)
+    finally:
+        assert worker.stop() == "SIGTERM"

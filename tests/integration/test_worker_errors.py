@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,15 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
     assert done.returncode == 2
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: ") and name in lines[0]
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    # A missing DATA_DIR is created; one under a regular file cannot be.
+    (tmp_path / "a-file").write_text("")
+    done = run_worker({"DATA_DIR": str(tmp_path / "a-file" / "data")}, tmp_path)
+    assert done.returncode == 2
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: DATA_DIR: cannot create")
 
 
 def test_an_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
@@ -69,25 +79,27 @@ def test_a_busy_web_port_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
-async def test_a_source_topic_with_other_partitions_than_its_cache_is_one_clear_line(
+async def test_a_changelog_with_other_partitions_than_its_source_is_one_clear_line(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    await create_topic(kafka_bootstrap, f"{topic_prefix}planet-changed", partitions=3)
+    source = f"{topic_prefix}planet-changed"
+    app_id = f"copartition-{uuid.uuid4().hex[:8]}"
+    changelog = f"{app_id}-planet-changelog"
+    await create_topic(kafka_bootstrap, source, partitions=3)
+    await create_topic(kafka_bootstrap, changelog, partitions=4)  # left by an older setup
     done = run_worker(
         {
             "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
             "TOPIC_PREFIX": topic_prefix,
-            "TOPIC_PARTITIONS": "4",
             "WEB_PORT": str(free_port()),
-            "APP_ID": "copartition",
+            "APP_ID": app_id,
         },
         tmp_path,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 1
     assert (
-        f"error: topic {topic_prefix}planet-changed has 3 partitions but TOPIC_PARTITIONS is 4; "
-        "set TOPIC_PARTITIONS=3"
+        f"error: changelog {changelog} has 4 partitions but its source topic {source} has 3"
     ) in output
     assert "Traceback" not in output
 

@@ -60,6 +60,30 @@ def test_unpositioned_partitions_are_not_fetched_and_their_runs_are_refused() ->
     assert handoff.deliver(a, run(a, 0, 3)) is False
 
 
+def test_a_run_dropped_while_unpositioned_is_remembered_for_the_positioner() -> None:
+    # A fetch issued before a rebalance can return after the positioner sought the partition:
+    # its records, from the new position, are consumed; the partition must be sought again.
+    handoff = Handoff(high_water=100)
+    handoff.add_topic("t")
+    a = TP("t", 0)
+    handoff.positions.position(a, 0)
+    handoff.fetched_at = handoff.positions.epoch
+    handoff.forget([a])
+    handoff.moved_on.clear()  # the positioner starts positioning it
+    assert handoff.deliver(a, run(a, 5, 9)) is False
+    assert handoff.moved_on == {a}
+
+
+def test_forgetting_a_partition_marks_it_moved_on() -> None:
+    # A fetch returning while the flow is stopped is forgotten: a positioning under way is
+    # redone.
+    handoff = Handoff(high_water=100)
+    handoff.add_topic("t")
+    a, other = TP("t", 0), TP("changelog", 0)
+    handoff.forget([a, other])
+    assert handoff.moved_on == {a}
+
+
 def test_forgetting_drops_what_waits() -> None:
     handoff = Handoff(high_water=100)
     (feed,) = handoff.add_topic("t")
