@@ -26,13 +26,17 @@ Private Faust attributes are touched here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 
 from streams.handoff import Handoff
+
+log = logging.getLogger(__name__)
 
 #: Longest wait of one fetch for records, in seconds.
 FETCH_WAIT = 0.2
@@ -102,7 +106,12 @@ class MirrorConsumer(AiokafkaConsumer):
             # Fetched while a rebalance stopped the flow: not delivered (as in Faust, which
             # then seeks back); mirrored partitions are positioned again from the store.
             handoff.forget(tp for tp in records if handoff.is_mirrored(tp.topic))
-            await self.perform_seek()
+            try:
+                await self.perform_seek()
+            except KafkaError as exc:
+                # A rebalance is under way; Faust seeks these partitions again when its
+                # recovery ends. An error here would crash the fetcher, and the worker.
+                log.warning("could not seek back after a stopped flow (%r); a rebalance will", exc)
             return
         others = {}
         for tp, run in records.items():
@@ -174,7 +183,10 @@ async def _seek_to_committed(consumer: Any, partitions: Iterable[Any]) -> dict[A
     """In the consumer's thread: aiokafka's ``seek_to_committed`` for ``partitions`` only."""
     from aiokafka import TopicPartition
 
-    tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    # Only those still assigned: the caller's view (Faust's) can lag behind aiokafka's during a
+    # rebalance, and aiokafka raises IllegalStateError for any other (which crashed the fetcher).
+    assigned = consumer.assignment()
+    tps = [tp for p in partitions if (tp := TopicPartition(p.topic, p.partition)) in assigned]
     if not tps:
         return {}  # aiokafka would seek every assigned partition
     result: dict[Any, int | None] = await consumer.seek_to_committed(*tps)
