@@ -387,6 +387,11 @@ def run_peer(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--recovery" in argv:
+        from bench import recovery_bench
+
+        return recovery_bench.main(argv)
     args = parse_args(argv)
     bootstrap = dev_kafka.start(1)
     server = dev_postgres.start()

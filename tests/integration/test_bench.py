@@ -57,3 +57,33 @@ def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_ur
     assert all(figures[name] is True for name in FIGURES if name.endswith("_table_ok"))
     assert "| mirror |" in done.stdout and "| naive |" in done.stdout
     assert "| quix |" not in done.stdout and "| debezium |" not in done.stdout
+
+
+@pytest.mark.slow
+def test_quick_recovery_benchmark_reports_every_event(
+    kafka_bootstrap: str, pg_server_url: str
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/mirror_bench.py",
+            "--recovery",
+            "--sizes",
+            "2000",
+            "--stores",
+            "rocksdb",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RECOVERY_JSON ")]
+    assert len(lines) == 1, done.stdout
+    report = json.loads(lines[0].removeprefix("BENCH_RECOVERY_JSON "))
+    assert report["failed"] == {}
+    figures = report["results"]["2000-rocksdb"]
+    for event in ("load", "join", "leave", "kill", "restart"):
+        assert figures[event]["sql_s"] > 0 and figures[event]["ready_s"] > 0, event
+    assert figures["rows_ok"] is True
