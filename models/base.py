@@ -55,6 +55,14 @@ class MirroredEntity:
 
     Override ``from_kafka_event`` (the hook users of the Lambda pattern know) for anything
     the field map cannot say; it may return an instance of the model or a dict of columns.
+
+    Define a classmethod ``on_batch(conn, applied, deleted)`` for what declarations cannot say
+    (an audit table, a derived count kept in step with the mirror). It is called once per
+    batch that wrote or deleted rows, inside the batch's transaction and on its connection,
+    with ``applied`` (the rows the batch wrote, public columns, by key) and ``deleted`` (the
+    keys it deleted). What it writes commits or rolls back with the batch; if it raises, the
+    batch rolls back and is retried, like a database error. A replayed batch (after a crash)
+    writes nothing new, so the hook sees each change once.
     """
 
     __topic__: ClassVar[str]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -38,6 +38,9 @@ from streams.core.columns import (
 from streams.errors import RegistryError
 
 RowMapper = Callable[[dict[str, Any]], Mapping[str, Any]]
+#: A model's ``on_batch(conn, applied, deleted)``: the rows a batch wrote (by key), the keys
+#: it deleted, called in the batch's transaction on its SQLAlchemy connection.
+BatchHook = Callable[[Any, Mapping[Any, Mapping[str, Any]], list[Any]], None]
 
 #: Record fields the core injects into each event (``streams.routing``): a field map naming
 #: one of them reads them.
@@ -83,6 +86,8 @@ class EntitySpec:
     """Whether the mapping reads the record fields injected into events (kafkaTopic ...)."""
     row_check: RowCheck | None = None
     key_check: Callable[[Any], str | None] | None = None
+    batch_hook: BatchHook | None = None
+    """The model's ``on_batch(conn, applied, deleted)``, when it defines one."""
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
@@ -221,7 +226,18 @@ def build_spec(model: type[Any]) -> EntitySpec:
         row_check=compile_row_check(rules),
         key_check=compile_key_check(key_rule),
         mapper=mapper,
+        batch_hook=_batch_hook(model),
     )
+
+
+def _batch_hook(model: type[Any]) -> BatchHook | None:
+    """Return the model's ``on_batch`` classmethod, or None; refuse one not callable."""
+    hook = getattr(model, "on_batch", None)
+    if hook is None:
+        return None
+    if not callable(hook):
+        raise RegistryError(f"{model.__name__}.on_batch must be a classmethod, not {hook!r}")
+    return cast(BatchHook, hook)
 
 
 def _required(column: Column[Any]) -> bool:

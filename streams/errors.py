@@ -47,6 +47,12 @@ class StoreRefusals(MirrorError):
         super().__init__(f"the database refused {len(rejections)} rows")
 
 
+class BatchHookError(MirrorError):
+    """A model's ``on_batch`` raised: the batch rolls back and is retried, like a database error."""
+
+    retriable = True
+
+
 class CacheError(MirrorError):
     """The cached table's changelog could not be written yet; the write is retried."""
 

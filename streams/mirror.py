@@ -20,7 +20,7 @@ import orjson
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
 from streams import metrics
-from streams.errors import StoreRefusals
+from streams.errors import BatchHookError, StoreRefusals
 from streams.guard import resolve
 from streams.routing import (
     Decision,
@@ -176,6 +176,8 @@ class Mirror:
         next_offsets = _next_offsets(records)
         started = time.perf_counter()
         keyed = _keyed_by_entity(decisions, range(len(decisions)))
+        # The rows written come back for the cache, and for the model's batch hook.
+        returning = read_back or spec.batch_hook is not None
         with self.store.transaction(_describe(spec, records)) as tx:
             # First, before any row lock: one key's writes must never run in two transactions
             # at once, and a batch not keyed by entity may share keys with other partitions.
@@ -195,7 +197,7 @@ class Mirror:
                 # an older good event of the same key still applies, as it would one by one.
                 # Writes that went through are repeated as no-ops (same version).
                 plan = resolve([decisions[i] for i in fresh], current)
-                refusals, written = tx.write(spec, plan, returning=read_back)
+                refusals, written = tx.write(spec, plan, returning=returning)
                 if not refusals:
                     break
                 rejections = {
@@ -213,6 +215,8 @@ class Mirror:
                     rejection = rejections.get(id(d.record))
                     if rejection is not None:
                         decisions[i] = rejection
+            if spec.batch_hook is not None and (written or plan.deletes):
+                _call_batch_hook(spec, tx.conn, written, list(plan.deletes))
             outcomes: list[Outcome | None] = [None] * len(decisions)
             for i, (_, outcome) in zip(fresh, plan.outcomes, strict=True):
                 outcomes[i] = outcome
@@ -375,3 +379,16 @@ def _describe(spec: EntitySpec, records: Sequence[Record]) -> str:
         f"({first.topic}[{first.partition}]@{first.offset} .. "
         f"[{last.partition}]@{last.offset})"
     )
+
+
+def _call_batch_hook(
+    spec: EntitySpec, conn: Any, written: Mapping[EntityKey, Any], deleted: list[EntityKey]
+) -> None:
+    """Call the model's ``on_batch`` in the batch's transaction; its failure is retriable."""
+    assert spec.batch_hook is not None
+    try:
+        spec.batch_hook(conn, written, deleted)
+    except Exception as exc:
+        raise BatchHookError(
+            f"{spec.model.__name__}.on_batch failed, the batch is retried: {exc!r}"
+        ) from exc

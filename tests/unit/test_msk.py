@@ -8,11 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from models.registry import default_registry
+from models.base import MirroredEntity
+from models.registry import Registry, default_registry
 from models.store import SqlStore
 from streams.mirror import Mirror
 from streams.msk import MskEventError, handle_msk_event, records_from_msk_event
+
+
+class LocalBase(DeclarativeBase):
+    """Models of these tests only, outside the app's metadata."""
 
 
 def b64(value: Any) -> str:
@@ -131,3 +138,43 @@ def test_records_out_of_timestamp_order_apply_in_timestamp_order(mirror: Mirror)
 
 def test_an_empty_event_is_fine(mirror: Mirror) -> None:
     assert handle_msk_event({"records": {}}, None, mirror=mirror) == (200, [])
+
+
+def test_the_msk_adapter_calls_a_models_batch_hook_once_per_change(tmp_path: Path) -> None:
+    calls: list[tuple[dict[str, str], list[str]]] = []
+
+    class Star(MirroredEntity, LocalBase):
+        __tablename__ = "star"
+        __topic__ = "star-changed"
+        __event_fields__ = {"uuid": "starUuid", "name": "starName"}
+
+        uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+        name: Mapped[str] = mapped_column(String(64))
+
+        @classmethod
+        def on_batch(cls, conn: Any, applied: Any, deleted: list[str]) -> None:
+            calls.append(({k: row["name"] for k, row in applied.items()}, sorted(deleted)))
+
+    default_registry.unregister(Star)
+    registry = Registry()
+    registry.register(Star)
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'h.sqlite3'}")
+    store.create_tables(list(registry))
+    mirror = Mirror(registry, store, group="lambda")
+    event = msk_event(
+        msk_record(
+            {"starUuid": "a", "starName": "A", "changeType": "CREATED"},
+            ts=1,
+            offset=0,
+            topic="star-changed",
+        ),
+        msk_record({"starUuid": "b", "starName": "B"}, ts=2, offset=1, topic="star-changed"),
+        msk_record(
+            {"starUuid": "a", "changeType": "DELETED"}, ts=3, offset=2, topic="star-changed"
+        ),
+    )
+    handle_msk_event(event, None, mirror=mirror)
+    assert calls == [({"b": "B"}, ["a"])]
+    handle_msk_event(event, None, mirror=mirror)  # Lambda delivers the batch again
+    assert len(calls) == 1
+    store.dispose()

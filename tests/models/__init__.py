@@ -1,0 +1,1 @@
+"""Entities declared for tests only (loaded by workers through ENTITY_MODULES)."""
