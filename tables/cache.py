@@ -223,7 +223,18 @@ class EntityCache:
         """Apply the entries held back during a recovery, once it is over."""
         if self.pending and (self.app is None or not self.app.in_recovery):
             held, self.pending = self.pending, {}
-            LocalTable(self.table).write((k, v, p, o) for k, (v, p, o) in held.items())
+            owned = self._assigned_partitions()
+            LocalTable(self.table).write(
+                (k, v, p, o) for k, (v, p, o) in held.items() if owned is None or p in owned
+            )
+
+    def _assigned_partitions(self) -> set[int] | None:
+        """Return the changelog partitions assigned here (None: no app to ask): entries held
+        for a partition revoked meanwhile belong to its new owner, who recovers them."""
+        if self.app is None:
+            return None
+        changelog = self.changelog
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == changelog}
 
     def recovering(self, key: Any) -> bool:
         """Tell whether ``key``'s partition of this worker's table is still recovering."""
