@@ -33,6 +33,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
+from faust.types import TP
 
 from streams.handoff import Handoff
 
@@ -228,6 +229,16 @@ async def commit_offsets(consumer: Any, offsets: Mapping[Any, int]) -> bool:
     return done
 
 
+def assignment_settled(app: Any) -> bool:
+    """Tell whether the app's mirrored partitions may be positioned, applied and committed:
+    its assignment is complete, though Faust may still recover tables (see
+    :attr:`MirrorConsumer.settled`); Faust's own flag for any other consumer."""
+    consumer = app.consumer
+    if isinstance(consumer, MirrorConsumer):
+        return consumer.settled
+    return not app.rebalancing
+
+
 async def request_rejoin(consumer: Any) -> None:
     """Make the consumer rejoin its group (a rebalance), from the consumer's thread."""
     thread: Any = consumer._thread
@@ -287,7 +298,7 @@ class LocalTable:
             topic = self.table.changelog_topic.get_topic_name()
             for partition, batch in batches.items():
                 store._db_for_partition(partition).write(batch)
-                store.set_persisted_offset(_tp(topic, partition), last[partition])
+                store.set_persisted_offset(TP(topic, partition), last[partition])
             return
         data = store.data if hasattr(store, "data") else store  # faust/stores/memory.py
         partitions = getattr(store, "_key_partition", None)
@@ -313,9 +324,3 @@ def recovering_partitions(app: Any, changelog: str) -> set[int]:
     if any(recovery.buffers.values()):  # read, not yet applied to the store
         busy |= {tp.partition for tp in recovery.active_tps if tp.topic == changelog}
     return busy
-
-
-def _tp(topic: str, partition: int) -> Any:
-    from faust.types import TP
-
-    return TP(topic, partition)

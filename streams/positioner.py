@@ -23,7 +23,7 @@ from typing import Any
 from streams import metrics
 from streams.core.positions import Jump, lost_below_log_start, start_offset
 from streams.errors import MirrorError
-from streams.faust_bridge import position_partitions
+from streams.faust_bridge import assignment_settled, position_partitions
 from streams.handoff import Handoff
 from streams.mirror import Mirror
 
@@ -75,7 +75,7 @@ class Positioner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=POLL_SECONDS)
             self.wake.clear()
-            if not getattr(self.app.consumer, "settled", not self.app.rebalancing):
+            if not assignment_settled(self.app):
                 continue  # assignment under way
             self.handoff.release_expired(time.monotonic())
             pending = self.pending()

@@ -121,34 +121,7 @@ async def topic_partition_counts(
     settings: Settings, topics: Sequence[str], timeout: float = 10.0
 ) -> dict[str, int | None]:
     """Return the partition count of each of ``topics`` (None: missing); raise MirrorError
-    with one line when the brokers do not answer."""
-    from aiokafka.client import AIOKafkaClient
-    from aiokafka.errors import KafkaError
-
-    client = AIOKafkaClient(
-        bootstrap_servers=settings.broker_hosts,
-        **settings.kafka_client_options(),
-        request_timeout_ms=int(timeout * 1000),
-    )
-    aiokafka_log = logging.getLogger("aiokafka")
-    level = aiokafka_log.level
-    aiokafka_log.setLevel(logging.CRITICAL)
-    try:
-        await asyncio.wait_for(client.bootstrap(), timeout=timeout)
-        # Metadata of all topics: asking for named ones could auto-create them.
-        cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
-        return {topic: _partition_count(cluster, topic) for topic in topics}
-    except (KafkaError, OSError, TimeoutError) as exc:
-        raise MirrorError(unreachable_broker(settings, exc)) from None
-    finally:
-        aiokafka_log.setLevel(level)
-        await client.close()
-
-
-async def broker_problem(
-    settings: Settings, cached: Sequence[tuple[str, str]] = (), timeout: float = 20.0
-) -> str | None:
-    """Return why the Kafka bootstrap servers do not answer, or a topic does not fit, or None."""
+    with one line when the brokers do not answer (within ``timeout`` seconds)."""
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
@@ -163,17 +136,27 @@ async def broker_problem(
     aiokafka_log.setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout=timeout)
-        counts: dict[str, int | None] = {}
-        if cached:
-            # Metadata of all topics: asking for named ones could auto-create them.
-            cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
-            topics = {topic for pair in cached for topic in pair}
-            counts = {topic: _partition_count(cluster, topic) for topic in topics}
+        if not topics:
+            return {}
+        # Metadata of all topics: asking for named ones could auto-create them.
+        cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
+        return {topic: _partition_count(cluster, topic) for topic in topics}
     except (KafkaError, OSError, TimeoutError) as exc:
-        return unreachable_broker(settings, exc)
+        raise MirrorError(unreachable_broker(settings, exc)) from None
     finally:
         aiokafka_log.setLevel(level)
         await client.close()
+
+
+async def broker_problem(
+    settings: Settings, cached: Sequence[tuple[str, str]] = (), timeout: float = 20.0
+) -> str | None:
+    """Return why the Kafka bootstrap servers do not answer, or a topic does not fit, or None."""
+    topics = sorted({topic for pair in cached for topic in pair})
+    try:
+        counts = await topic_partition_counts(settings, topics, timeout)
+    except MirrorError as exc:
+        return str(exc)
     return partition_problem(cached, counts)
 
 

@@ -25,7 +25,7 @@ from streams.agents import (
     repartition_topic,
 )
 from streams.errors import MirrorError, SettingsError
-from streams.faust_bridge import MirrorConsumer
+from streams.faust_bridge import MirrorConsumer, assignment_settled
 from streams.handoff import Handoff
 from streams.logs import use_json_logs
 from streams.mirror import Mirror
@@ -83,7 +83,6 @@ class MirrorApp(faust.App):
     """
 
     mirror_settings: Settings
-    #: Source topics of cached entities, checked to have TOPIC_PARTITIONS partitions.
     cached_topics: list[tuple[str, str]]
     """(source topic, changelog topic) of each cached entity read straight from its topic."""
     handoff: Handoff
@@ -303,17 +302,12 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
 
     async def commit_applied() -> None:
         # Also while tables recover: the assignment is settled, and the mirror goes on.
-        if getattr(app.consumer, "settled", False):
+        if assignment_settled(app):
             await agents.commit_applied()
 
     app.run_early(commit_applied, every=float(app.conf.broker_commit_interval))
 
-    async def flush_held_cache_entries() -> None:
-        for cache in caches.values():
-            cache.flush()
-
     if caches:
-        app.run_early(flush_held_cache_entries, every=0.5)
         app.run_early(recovery_watchdog(app, settings.recovery_stall_timeout), every=1.0)
     register_tombstone_purge(app, mirror, settings)
     register_pages(app, mirror, caches, settings.api_token)

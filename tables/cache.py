@@ -44,6 +44,13 @@ ROCKSDB_OPTIONS = {
 }
 
 
+def key_partition(key: bytes, count: int) -> int:
+    """Return the partition of ``key`` among ``count``, as Kafka's default partitioner does."""
+    from aiokafka.partitioner import murmur2
+
+    return int((murmur2(key) & 0x7FFFFFFF) % count)
+
+
 def cache_key(key: Any) -> bytes:
     """Return the table key of an entity key: its text as UTF-8, as the source record's key.
 
@@ -112,8 +119,6 @@ class ChangelogWriter:
     ) -> list[tuple[bytes, bytes | None, int, int]]:
         """Write ``entries`` and wait until the broker has them all; return each entry as
         ``(key, value, partition, offset)``, in order."""
-        from aiokafka.partitioner import murmur2
-
         producer = await self._ready()
         partitions = self._partitions.get(topic)
         if partitions is None:
@@ -127,7 +132,7 @@ class ChangelogWriter:
         for entry in entries:
             partition = entry.partition
             if partition is None or partition >= count:
-                partition = partitions[(murmur2(entry.key) & 0x7FFFFFFF) % count]
+                partition = partitions[key_partition(entry.key, count)]
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()
@@ -219,8 +224,13 @@ class EntityCache:
         self.flush()
         LocalTable(self.table).write(placed)
 
+    async def on_recovered(self) -> None:
+        """Faust's callback once this table's recovery is complete (``Table.on_recover``)."""
+        self.flush()
+
     def flush(self) -> None:
-        """Apply the entries held back during a recovery, once it is over."""
+        """Apply the entries held back during a recovery, once it is over (at its end, and
+        before any read or write after it)."""
         if self.pending and (self.app is None or not self.app.in_recovery):
             held, self.pending = self.pending, {}
             owned = self._assigned_partitions()
@@ -241,11 +251,7 @@ class EntityCache:
         if self.app is None:
             return False
         busy = recovering_partitions(self.app, self.changelog)
-        if not busy:
-            return False
-        from aiokafka.partitioner import murmur2
-
-        return (murmur2(cache_key(key)) & 0x7FFFFFFF) % int(self.table.partitions) in busy
+        return bool(busy) and key_partition(cache_key(key), int(self.table.partitions)) in busy
 
 
 def declare_caches(
@@ -279,5 +285,6 @@ def declare_caches(
                 f"mirrored from {spec.topic}"
             ),
         )
-        caches[spec.kind] = EntityCache(spec, table, writer, app)
+        cache = caches[spec.kind] = EntityCache(spec, table, writer, app)
+        table.on_recover(cache.on_recovered)
     return caches

@@ -21,9 +21,9 @@ class RecoveryProgress:
         if remaining is None:
             self.remaining = self.since = None
             return None
-        if self.remaining is None or self.since is None or remaining < self.remaining:
-            if self.remaining is not None and remaining < self.remaining:
-                self.rejoined = False  # progress: a later stall starts over
+        if self.remaining is not None and remaining < self.remaining:
+            self.rejoined = False  # progress: a later stall starts over
+        if self.since is None or self.remaining is None or remaining < self.remaining:
             self.remaining, self.since = remaining, now
             return None
         if now - self.since < self.stall_seconds:
