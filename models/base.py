@@ -48,6 +48,13 @@ class MirroredEntity:
     - ``__repartition__``: set when the topic's record key is not the entity key; events
       are then forwarded through a repartition topic keyed by entity key, so one worker
       owns each entity (also settable per kind with ``REPARTITION``).
+    - ``__soft_delete__``: a nullable DateTime (or integer: milliseconds) column, e.g.
+      ``"deleted_at"``. A delete (DELETED, or a Kafka tombstone) then sets it to the delete
+      record's time instead of removing the row; a newer create or update clears it, an older
+      one is stale as after any delete. Reads leave such rows out unless asked for them.
+    - ``__partial_updates__``: when True, an UPDATED (or no changeType) event changes only the
+      columns it carries, a field present with ``null`` sets NULL; a create, or an update of
+      an entity the table does not have, must still give every NOT NULL column.
 
     Every table also gets three bookkeeping columns, the version of the state it holds:
     ``mirror_version`` (record timestamp in ms, or the declared version field),
@@ -72,6 +79,8 @@ class MirroredEntity:
     __cached__: ClassVar[bool] = True
     __version_field__: ClassVar[str | None] = None
     __repartition__: ClassVar[bool] = False
+    __soft_delete__: ClassVar[str | None] = None
+    __partial_updates__: ClassVar[bool] = False
 
     mirror_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     mirror_partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -29,10 +29,12 @@ from streams.core.columns import (
     ColumnKind,
     ColumnRule,
     Invalid,
+    PatchCheck,
     RowCheck,
     check_row,
     check_value,
     compile_key_check,
+    compile_patch_check,
     compile_row_check,
 )
 from streams.errors import RegistryError
@@ -88,10 +90,33 @@ class EntitySpec:
     key_check: Callable[[Any], str | None] | None = None
     batch_hook: BatchHook | None = None
     """The model's ``on_batch(conn, applied, deleted)``, when it defines one."""
+    soft_delete: str | None = None
+    """The model's ``__soft_delete__`` column: a delete sets it instead of removing the row."""
+    soft_delete_kind: ColumnKind | None = None
+    """Whether that column holds a timestamp (DATETIME) or milliseconds (INTEGER)."""
+    partial_updates: bool = False
+    """The model's ``__partial_updates__``: an update changes only the columns it carries."""
+    patch_mapper: RowMapper | None = None
+    """Maps an update to the columns it carries (with partial updates)."""
+    patch_check: PatchCheck | None = None
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
         return self.mapper(event)
+
+    def patch_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
+        """Map an update to the columns it carries (fields absent from it are left out)."""
+        assert self.patch_mapper is not None
+        return self.patch_mapper(event)
+
+    def prepare_patch(self, row: Mapping[str, Any]) -> tuple[Mapping[str, Any], tuple[str, ...]]:
+        """Check the columns a partial update names; return the row as the table takes it and
+        the NOT NULL columns it leaves out (or raise ``Invalid`` saying why it would not do)."""
+        assert self.patch_check is not None
+        checked, missing = self.patch_check(row)
+        if self.soft_delete is not None:
+            checked = {**checked, self.soft_delete: None}
+        return checked, missing
 
     def prepare_row(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
         """Return ``row`` as the table takes it, or raise ``Invalid`` saying why it would not.
@@ -99,9 +124,11 @@ class EntitySpec:
         Deterministic, unlike a database refusal, which is only seen for the write a batch
         keeps per key. The database's own check stays as the backstop (``store_refused``).
         """
-        if self.row_check is not None:
-            return self.row_check(row)
-        return check_row(self.rules, row)
+        checked = self.row_check(row) if self.row_check is not None else check_row(self.rules, row)
+        if self.soft_delete is not None:
+            # The mirror owns the column: any create or update of the entity undeletes it.
+            checked = {**checked, self.soft_delete: None}
+        return checked
 
     def check_key(self, key: Any) -> str | None:
         """Say why the key column cannot hold ``key``, or None."""
@@ -153,6 +180,46 @@ def _mapper_for(model: type[Any]) -> RowMapper:
     return mapper
 
 
+def _patch_mapper_for(model: type[Any], mapper: RowMapper) -> RowMapper:
+    """Return the mapping of a partial update: the field map's fields the event has, or the
+    model's own ``from_kafka_event`` (whose result names the columns it carries)."""
+    if mapper != model.row_from_event:
+        return mapper
+    fields = tuple(model.__event_fields__.items())
+
+    def patch(event: dict[str, Any]) -> Mapping[str, Any]:
+        return {column: event[name] for column, name in fields if name in event}
+
+    return patch
+
+
+def _soft_delete_column(model: type[Any], table: Table, key_column: str) -> ColumnKind | None:
+    """Check the model's ``__soft_delete__`` column; return what it holds (None: not declared)."""
+    name = model.__name__
+    column_name = getattr(model, "__soft_delete__", None)
+    if column_name is None:
+        return None
+    if not isinstance(column_name, str) or column_name not in table.columns:
+        raise RegistryError(f"{name}.__soft_delete__ names no column of the table: {column_name!r}")
+    column = table.columns[column_name]
+    if column_name == key_column or column_name.startswith("mirror_") or not column.nullable:
+        raise RegistryError(
+            f"{name}.__soft_delete__ must name a nullable column of its own, not {column_name!r}"
+        )
+    kind = column_rule(column).kind
+    if kind not in (ColumnKind.DATETIME, ColumnKind.INTEGER):
+        raise RegistryError(
+            f"{name}.{column_name} (__soft_delete__) must be a DateTime (the delete's time) or "
+            "an integer column (its milliseconds since the epoch)"
+        )
+    if column_name in model.__event_fields__:
+        raise RegistryError(
+            f"{name}.__event_fields__ maps {column_name!r}, which __soft_delete__ gives to the "
+            "mirror (set by deletes, cleared by creates and updates): map it to no field"
+        )
+    return kind
+
+
 def build_spec(model: type[Any]) -> EntitySpec:
     """Derive an :class:`EntitySpec` from a mapped ``MirroredEntity`` subclass."""
     name = model.__name__
@@ -184,6 +251,13 @@ def build_spec(model: type[Any]) -> EntitySpec:
     if missing_bookkeeping:
         raise RegistryError(f"{name} lacks {missing_bookkeeping}; inherit from MirroredEntity")
     update_columns = tuple(c for c in update_columns if c not in VERSION_COLUMNS)
+    soft_delete_kind = _soft_delete_column(model, table, key_column)
+    soft_delete = model.__soft_delete__ if soft_delete_kind is not None else None
+    if soft_delete is not None and soft_delete not in update_columns:
+        update_columns = (*update_columns, soft_delete)
+    partial_updates = model.__partial_updates__
+    if not isinstance(partial_updates, bool):
+        raise RegistryError(f"{name}.__partial_updates__ must be True or False")
     mapper = _mapper_for(model)
     rules = tuple(
         column_rule(c)
@@ -227,6 +301,11 @@ def build_spec(model: type[Any]) -> EntitySpec:
         key_check=compile_key_check(key_rule),
         mapper=mapper,
         batch_hook=_batch_hook(model),
+        soft_delete=soft_delete,
+        soft_delete_kind=soft_delete_kind,
+        partial_updates=partial_updates,
+        patch_mapper=_patch_mapper_for(model, mapper) if partial_updates else None,
+        patch_check=compile_patch_check(rules) if partial_updates else None,
     )
 
 

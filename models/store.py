@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -41,6 +42,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -61,7 +63,7 @@ from models.registry import EntitySpec
 from streams.core.columns import ColumnKind
 from streams.errors import StoreError, StoreUnavailableError
 from streams.guard import Current, Plan, StoredVersions
-from streams.routing import Delete, EntityKey, Upsert, Version
+from streams.routing import Delete, EntityKey, Upsert, Version, first_of
 
 _CHUNK = 500
 #: First key of the advisory locks serialising an entity's writes (StoreTransaction.serialize).
@@ -164,6 +166,39 @@ def _tombstone_upsert(tomb: Table, key_column: str, dialect: str) -> Any:
     )
     update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
     return stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+
+
+def _guarded_update(table: Table, key_column: str, *, same_version: bool = False) -> Any:
+    """Return an UPDATE of the row ``mirror_key`` setting the version ``mirror_new_*``, only
+    where the row's version is older (the guard is checked again in the database), or as old
+    with ``same_version`` (a Kafka tombstone without a version deletes at the row's own)."""
+    new: tuple[Any, ...] = tuple(bindparam(f"mirror_new_{c}") for c in VERSION_COLUMNS)
+    stored = tuple_(*(table.c[c] for c in VERSION_COLUMNS))
+    older = stored <= tuple_(*new) if same_version else stored < tuple_(*new)
+    return (
+        update(table)
+        .where(table.c[key_column] == bindparam("mirror_key"), older)
+        .values(dict(zip(VERSION_COLUMNS, new, strict=True)))
+    )
+
+
+def _new_version_params(version: Version) -> dict[str, int]:
+    """Return the parameters of :func:`_guarded_update`'s new version."""
+    return {f"mirror_new_{c}": v for c, v in zip(VERSION_COLUMNS, version, strict=True)}
+
+
+@functools.lru_cache(maxsize=256)
+def _patch_statement(table: Table, key_column: str, columns: tuple[str, ...]) -> Any:
+    """Build (once per table and column set) the version-guarded UPDATE of a partial update."""
+    stmt = _guarded_update(table, key_column)
+    return stmt.values({c: bindparam(f"mirror_set_{c}") for c in columns if c != key_column})
+
+
+@functools.lru_cache(maxsize=64)
+def _soft_delete_statement(table: Table, key_column: str, column: str) -> Any:
+    """Build (once per table) the version-guarded UPDATE marking a row deleted."""
+    stmt = _guarded_update(table, key_column, same_version=True)
+    return stmt.values({column: bindparam("mirror_deleted_at")})
 
 
 @functools.lru_cache(maxsize=4)
@@ -408,6 +443,8 @@ class StoreTransaction:
                 rows = self._fetch(_versions_query(spec.table, spec.key_column), params)
                 tombs = self._fetch(_versions_query(spec.tombstone_table, spec.key_column), params)
             newest: dict[EntityKey, Version] = {row[0]: row[1:] for row in rows}
+            # Which keys have a row is known only when every row was read.
+            present = set(newest) if at_least is None else set()
             tombstoned = set()
             for tomb in tombs:
                 key = tomb[0]
@@ -416,7 +453,7 @@ class StoreTransaction:
                 known = newest.get(key)
                 if known is None or version > known:
                     newest[key] = version
-            return StoredVersions(newest, tombstoned)
+            return StoredVersions(newest, tombstoned, present)
         for table, is_row in ((spec.table, True), (spec.tombstone_table, False)):
             key_col = table.c[spec.key_column]
             cols = [key_col, *(table.c[c] for c in VERSION_COLUMNS)]
@@ -470,31 +507,60 @@ class StoreTransaction:
         database's message, and can be redriven after the fix.
         """
         upserts = list(plan.upserts.values())
+        patches = list(plan.patches.values())
         deletes = list(plan.deletes.values())
         written: dict[EntityKey, dict[str, Any]] = {}
         try:
             with self.conn.begin_nested():
-                written = self._upsert(spec, upserts, returning)
-                self._delete(spec, deletes)
+                written = self._write(spec, upserts, patches, deletes, plan.recreated, returning)
             return [], written
         except Exception as exc:
             if not _row_fault(exc):
                 raise
         written = {}
         refused: list[Refusal] = []
-        writes: list[Upsert | Delete] = [*upserts, *deletes]
-        for write in writes:
+        steps: list[tuple[list[Upsert], list[Upsert], list[Delete]]] = [
+            *(([u], [], []) for u in upserts),
+            *(([], [u], []) for u in patches),
+            *(([], [], [d]) for d in deletes),
+        ]
+        for one_upsert, one_patch, one_delete in steps:
             try:
                 with self.conn.begin_nested():
-                    if isinstance(write, Upsert):
-                        written.update(self._upsert(spec, [write], returning))
-                    else:
-                        self._delete(spec, [write])
+                    written.update(
+                        self._write(
+                            spec, one_upsert, one_patch, one_delete, plan.recreated, returning
+                        )
+                    )
             except Exception as exc:
                 if not _row_fault(exc):
                     raise
+                write: Upsert | Delete = (one_upsert or one_patch or one_delete)[0]
                 refused.append(Refusal(write, _first_line(exc)))
         return refused, written
+
+    def _write(
+        self,
+        spec: EntitySpec,
+        upserts: Sequence[Upsert],
+        patches: Sequence[Upsert],
+        deletes: Sequence[Delete],
+        recreated: set[EntityKey],
+        returning: bool,
+    ) -> dict[EntityKey, dict[str, Any]]:
+        """Write in the plan's order (see :class:`~streams.guard.Plan`); return the rows the
+        upserts and patches wrote and, with soft deletes, the rows the deletes marked."""
+        if recreated:
+            again = [u.key for u in upserts if u.key in recreated]
+            self._delete_keys(spec.table, spec.key_column, again)
+        written = self._upsert(spec, upserts, returning)
+        if patches:
+            written.update(self._patch(spec, patches, returning))
+        if spec.soft_delete is not None:
+            written.update(self._soft_delete(spec, deletes, returning))
+        else:
+            self._delete(spec, deletes)
+        return written
 
     def _upsert(
         self, spec: EntitySpec, writes: Sequence[Upsert], returning: bool
@@ -681,16 +747,8 @@ class StoreTransaction:
         if self.dialect == "postgresql" and len(writes) >= COPY_FROM_ROWS:
             self._copy_delete(spec, writes)
             return
-        keys = [w.key for w in writes]
-        self._delete_keys(spec.table, spec.key_column, keys)
-        now = int(time.time() * 1000)
-        rows = []
-        for w in writes:
-            assert w.version is not None  # resolve() gives every delete a version
-            rows.append({spec.key_column: w.key, **_version_values(w.version), "deleted_at": now})
-        self._insert_many(
-            _tombstone_upsert(spec.tombstone_table, spec.key_column, self.dialect), rows
-        )
+        self._delete_keys(spec.table, spec.key_column, [w.key for w in writes])
+        self._write_tombstones(spec, writes)
 
     def _copy_delete(self, spec: EntitySpec, writes: Sequence[Delete]) -> None:
         """Delete ``writes``' rows and write their tombstones through COPY (PostgreSQL)."""
@@ -718,6 +776,69 @@ class StoreTransaction:
             raise DBAPIError.instance(copy, None, exc, PsycopgError) from exc
         finally:
             cursor.close()
+
+    def _patch(
+        self, spec: EntitySpec, writes: Sequence[Upsert], returning: bool
+    ) -> dict[EntityKey, dict[str, Any]]:
+        """Update the columns each partial update carries, on rows the table has (one
+        executemany per set of columns), with the version guard; clear their tombstones.
+
+        An UPDATE, not the upsert: ``INSERT ... ON CONFLICT`` checks NOT NULL on the row it
+        would insert before it finds the conflict, so a patch without every NOT NULL column
+        would be refused even though the row exists.
+        """
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        allowed = set(spec.update_columns)
+        for write in writes:
+            shape = tuple(c for c in write.row if c in allowed)
+            params = {f"mirror_set_{c}": write.row[c] for c in shape}
+            params["mirror_key"] = write.key
+            params.update(_new_version_params(write.version))
+            shapes.setdefault(shape, []).append(params)
+        for shape, rows in shapes.items():
+            self.conn.execute(_patch_statement(spec.table, spec.key_column, shape), rows)
+        keys = [w.key for w in writes]
+        self._clear_tombstones(spec, keys)
+        return self.rows_of(spec, keys) if returning else {}
+
+    def _soft_delete(
+        self, spec: EntitySpec, writes: Sequence[Delete], returning: bool
+    ) -> dict[EntityKey, dict[str, Any]]:
+        """Mark the rows of ``writes`` deleted (their ``__soft_delete__`` column set to the
+        delete record's time, with the version guard) and write their tombstones, which keep
+        older events of keys the table has no row for from creating them."""
+        if not writes:
+            return {}
+        assert spec.soft_delete is not None
+        column = spec.table.c[spec.soft_delete]
+        as_datetime = spec.soft_delete_kind is ColumnKind.DATETIME
+        aware = bool(getattr(column.type, "timezone", False))
+        params = []
+        for w in writes:
+            assert w.version is not None  # resolve() gives every delete a version
+            millis = first_of(w.record).timestamp
+            at: Any = millis
+            if as_datetime:
+                at = datetime.fromtimestamp(millis / 1000, UTC)
+                if not aware:
+                    at = at.replace(tzinfo=None)
+            params.append(
+                {"mirror_key": w.key, "mirror_deleted_at": at, **_new_version_params(w.version)}
+            )
+        self.conn.execute(_soft_delete_statement(spec.table, spec.key_column, column.key), params)
+        self._write_tombstones(spec, writes)
+        return self.rows_of(spec, [w.key for w in writes]) if returning else {}
+
+    def _write_tombstones(self, spec: EntitySpec, writes: Sequence[Delete]) -> None:
+        """Write the tombstones of ``writes`` (unless a newer one is there)."""
+        now = int(time.time() * 1000)
+        rows = []
+        for w in writes:
+            assert w.version is not None  # resolve() gives every delete a version
+            rows.append({spec.key_column: w.key, **_version_values(w.version), "deleted_at": now})
+        self._insert_many(
+            _tombstone_upsert(spec.tombstone_table, spec.key_column, self.dialect), rows
+        )
 
     def _clear_tombstones(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> None:
         self._delete_keys(spec.tombstone_table, spec.key_column, keys)
@@ -809,16 +930,21 @@ class SqlStore:
             return dict(row) if row is not None else None
 
     def page(
-        self, spec: EntitySpec, *, limit: int, after: Any = None
+        self, spec: EntitySpec, *, limit: int, after: Any = None, with_deleted: bool = True
     ) -> tuple[list[dict[str, Any]], int]:
-        """Return up to ``limit`` rows with keys after ``after``, in key order, and the total."""
+        """Return up to ``limit`` rows with keys after ``after``, in key order, and the total;
+        without ``with_deleted``, soft-deleted rows (``__soft_delete__``) are left out of both."""
         key = spec.table.c[spec.key_column]
         query = select(spec.table).order_by(key).limit(limit)
+        counting = select(func.count()).select_from(spec.table)
+        if spec.soft_delete is not None and not with_deleted:
+            live = spec.table.c[spec.soft_delete].is_(None)
+            query, counting = query.where(live), counting.where(live)
         if after is not None:
             query = query.where(key > after)
         with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
             rows = [dict(row) for row in conn.execute(query).mappings()]
-            total = int(conn.execute(select(func.count()).select_from(spec.table)).scalar_one())
+            total = int(conn.execute(counting).scalar_one())
         return rows, total
 
     def count(self, spec: EntitySpec) -> int:

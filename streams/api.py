@@ -4,6 +4,8 @@
 ``after`` (the last key of the previous page), with the total count; ``GET
 /entities/{kind}/{key}`` returns one row or 404. Malformed parameters and keys get 400 with a
 JSON error; unknown kinds 404. Bookkeeping columns (``mirror_*``) are left out of the bodies.
+Entities soft-deleted (a model with ``__soft_delete__``) answer 404 and are left out of lists,
+unless the query says ``include_deleted=true``.
 """
 
 from __future__ import annotations
@@ -87,31 +89,64 @@ def entity_target(registry: Registry, kind: str, raw_key: str) -> Target | Reply
     return Target(spec, key, raw_key)
 
 
-def entity_reply(target: Target, row: Mapping[str, Any] | None) -> Reply:
+INCLUDE_DELETED = "include_deleted"
+
+
+def include_deleted(query: Mapping[str, str]) -> bool | Reply:
+    """Read ``include_deleted`` (``true`` or ``false``, default false), or the 400 reply."""
+    raw = query.get(INCLUDE_DELETED, "false")
+    if raw not in ("true", "false"):
+        return _error(400, f"{INCLUDE_DELETED} must be true or false, got {raw!r}")
+    return raw == "true"
+
+
+def entity_reply(
+    target: Target, row: Mapping[str, Any] | None, *, with_deleted: bool = False
+) -> Reply:
     """Answer for ``target`` given its state (a row, a cached value, or None)."""
     if row is None:
         return _error(404, f"no {target.spec.kind} {target.raw_key!r}")
+    soft = target.spec.soft_delete
+    if soft is not None and row.get(soft) is not None and not with_deleted:
+        return _error(
+            404,
+            f"{target.spec.kind} {target.raw_key!r} is deleted ({soft} {row[soft]}); "
+            f"add ?{INCLUDE_DELETED}=true to read it",
+        )
     return 200, public(row)
 
 
-def get_entity(registry: Registry, store: SqlStore, kind: str, raw_key: str) -> Reply:
-    """Answer ``GET /entities/{kind}/{key}`` from the SQL store."""
+def get_entity(
+    registry: Registry,
+    store: SqlStore,
+    kind: str,
+    raw_key: str,
+    query: Mapping[str, str] | None = None,
+) -> Reply:
+    """Answer ``GET /entities/{kind}/{key}[?include_deleted=]`` from the SQL store."""
     target = entity_target(registry, kind, raw_key)
     if not isinstance(target, Target):
         return target
-    return entity_reply(target, store.get(target.spec, target.key))
+    with_deleted = include_deleted(query or {})
+    if not isinstance(with_deleted, bool):
+        return with_deleted
+    row = store.get(target.spec, target.key)
+    return entity_reply(target, row, with_deleted=with_deleted)
 
 
 def list_entities(
     registry: Registry, store: SqlStore, kind: str, query: Mapping[str, str]
 ) -> Reply:
-    """Answer ``GET /entities/{kind}?limit=&after=`` from the SQL store."""
+    """Answer ``GET /entities/{kind}?limit=&after=&include_deleted=`` from the SQL store."""
     spec = registry.by_kind(kind)
     if spec is None:
         return _error(404, f"unknown kind {kind!r}")
-    unknown = sorted(set(query) - {"limit", "after"})
+    unknown = sorted(set(query) - {"limit", "after", INCLUDE_DELETED})
     if unknown:
-        return _error(400, f"unknown parameters {unknown}; use limit and after")
+        return _error(400, f"unknown parameters {unknown}; use limit, after, {INCLUDE_DELETED}")
+    with_deleted = include_deleted(query)
+    if not isinstance(with_deleted, bool):
+        return with_deleted
     try:
         limit = int(query.get("limit", DEFAULT_LIMIT))
     except ValueError:
@@ -124,7 +159,7 @@ def list_entities(
             after = parse_key(spec, query["after"])
         except ValueError as exc:
             return _error(400, f"malformed after {query['after']!r}: {exc}")
-    rows, total = store.page(spec, limit=limit, after=after)
+    rows, total = store.page(spec, limit=limit, after=after, with_deleted=with_deleted)
     items = [public(row) for row in rows]
     body: dict[str, Any] = {"items": items, "total": total, "limit": limit}
     if len(items) == limit:

@@ -14,7 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from streams.routing import Decision, Delete, EntityKey, Outcome, Rejection, Upsert, Version
+from streams.routing import (
+    Decision,
+    Delete,
+    EntityKey,
+    Outcome,
+    Rejection,
+    RejectReason,
+    Upsert,
+    Version,
+)
 
 #: Version given to a versionless delete of an entity that has no state at all.
 ZERO_VERSION: Version = (0, 0, 0)
@@ -49,39 +58,71 @@ NOTHING = Current()
 @dataclass(frozen=True, slots=True)
 class StoredVersions:
     """What the store holds for a batch's keys, as the store reads it: the newest version of
-    each key (its row's or its tombstone's) and which keys have a tombstone."""
+    each key (its row's or its tombstone's), which keys have a tombstone, and which have a row
+    (read for entities taking partial updates: a patch applies only to a row that exists)."""
 
     newest: Mapping[EntityKey, Version]
     tombstoned: frozenset[EntityKey] | set[EntityKey]
+    present: frozenset[EntityKey] | set[EntityKey] = frozenset()
 
     @classmethod
     def of(cls, current: Mapping[EntityKey, Current]) -> StoredVersions:
         """Build from one :class:`Current` per key."""
         newest = {k: v for k, c in current.items() if (v := c.version) is not None}
-        return cls(newest, {k for k, c in current.items() if c.tombstone is not None})
+        return cls(
+            newest,
+            {k for k, c in current.items() if c.tombstone is not None},
+            {k for k, c in current.items() if c.row is not None},
+        )
 
 
 @dataclass(slots=True)
 class Plan:
-    """The writes that carry a batch out, and every decision's outcome in input order."""
+    """The writes that carry a batch out, and every decision's outcome in input order.
+
+    The store writes, in this order: the rows of ``recreated`` keys go, then ``upserts``
+    (create or update), then ``patches`` (updates of existing rows), then ``deletes``. A key is
+    in ``upserts`` or ``patches``, not both; with soft deletes it may also be in ``deletes``
+    (written, then marked deleted by a newer event of the same batch).
+    """
 
     upserts: dict[EntityKey, Upsert] = field(default_factory=dict)
+    patches: dict[EntityKey, Upsert] = field(default_factory=dict)
+    """Partial updates of rows the table has: only the columns they carry change."""
     deletes: dict[EntityKey, Delete] = field(default_factory=dict)
     """Deletes with their effective (never None) version; each leaves a tombstone."""
+    recreated: set[EntityKey] = field(default_factory=set)
+    """Keys deleted (hard) and created again within the batch: their old row goes first, so
+    columns the new event does not name start from their defaults, as one by one."""
     clear_tombstones: set[EntityKey] = field(default_factory=set)
     """Keys recreated by a newer write, whose older tombstone is now obsolete."""
     outcomes: list[tuple[Decision, Outcome]] = field(default_factory=list)
 
 
 def resolve(
-    decisions: Iterable[Decision], current: Mapping[EntityKey, Current] | StoredVersions
+    decisions: Iterable[Decision],
+    current: Mapping[EntityKey, Current] | StoredVersions,
+    *,
+    soft_deletes: bool = False,
 ) -> Plan:
-    """Decide which decisions apply (newer than the state) and which are skipped (stale)."""
+    """Decide which decisions apply (newer than the state) and which are skipped (stale).
+
+    Per key, the writes a batch applies fold into what the store writes: the last full write,
+    with the partial updates after it merged in (each patch counts, the later field wins).
+    A partial update of an entity the table does not have (and the batch has not created)
+    must give every NOT NULL column; otherwise it is rejected, as a create lacking one is.
+    With ``soft_deletes`` a delete keeps the row, so a patch after it still has a row.
+    """
     stored = current if isinstance(current, StoredVersions) else StoredVersions.of(current)
     newest = stored.newest
+    present = stored.present
     plan = Plan()
     versions: dict[EntityKey, Version | None] = {}
-    last: dict[EntityKey, Upsert | Delete] = {}
+    rows: dict[EntityKey, Upsert] = {}
+    """The row each key's applied writes amount to so far (full or patch)."""
+    gone: set[EntityKey] = set()
+    """Keys whose row a hard delete of this batch removed."""
+    deletes: dict[EntityKey, Delete] = {}
     for decision in decisions:
         if isinstance(decision, Rejection):
             plan.outcomes.append((decision, Outcome.REJECTED))
@@ -96,14 +137,49 @@ def resolve(
         elif now is not None and version <= now:
             plan.outcomes.append((decision, Outcome.SKIPPED))
             continue
-        versions[key] = version
-        last[key] = decision
-        plan.outcomes.append((decision, Outcome.APPLIED))
-    for key, write in last.items():
-        if isinstance(write, Upsert):
-            plan.upserts[key] = write
-            if key in stored.tombstoned:
-                plan.clear_tombstones.add(key)
+        if isinstance(decision, Upsert):
+            if decision.partial:
+                before = rows.get(key)
+                if before is not None:
+                    decision = _merge(before, decision)
+                elif decision.missing and (key in gone or key not in present):
+                    rejection = Rejection(
+                        RejectReason.INVALID_ROW,
+                        f"a partial update of {key!r}, which the table does not have, must give "
+                        f"every NOT NULL column; it lacks {', '.join(decision.missing)}",
+                        decision.record,
+                    )
+                    plan.outcomes.append((rejection, Outcome.REJECTED))
+                    continue
+            if key in gone:
+                plan.recreated.add(key)
+            rows[key] = decision
+            deletes.pop(key, None)
         else:
-            plan.deletes[key] = write
+            deletes[key] = decision
+            if not soft_deletes:
+                rows.pop(key, None)
+                gone.add(key)
+        versions[key] = version
+        plan.outcomes.append((decision, Outcome.APPLIED))
+    for key, write in rows.items():
+        if write.partial and key in present and key not in gone:
+            plan.patches[key] = write
+        else:
+            plan.upserts[key] = write
+        if key in stored.tombstoned:
+            plan.clear_tombstones.add(key)
+    for key, removal in deletes.items():
+        plan.deletes[key] = removal
+        plan.recreated.discard(key)
     return plan
+
+
+def _merge(before: Upsert, patch: Upsert) -> Upsert:
+    """Return the write of ``before`` with ``patch`` applied over it (the patch's version)."""
+    return dataclasses.replace(
+        patch,
+        row={**before.row, **patch.row},
+        partial=before.partial,
+        missing=tuple(c for c in before.missing if c not in patch.row),
+    )

@@ -191,12 +191,16 @@ class Mirror:
             keys = list(
                 {d.key: None for i in fresh if not isinstance(d := decisions[i], Rejection)}
             )
-            current = tx.current(spec, keys, at_least=_oldest(decisions, fresh))
+            # Partial updates need to know which keys have a row at all, so every version is
+            # read; otherwise only versions at least as new as the batch's (see current()).
+            at_least = None if spec.partial_updates else _oldest(decisions, fresh)
+            current = tx.current(spec, keys, at_least=at_least)
+            soft_deletes = spec.soft_delete is not None
             while True:
                 # A write the database refuses is taken out and the batch resolved again, so
                 # an older good event of the same key still applies, as it would one by one.
                 # Writes that went through are repeated as no-ops (same version).
-                plan = resolve([decisions[i] for i in fresh], current)
+                plan = resolve([decisions[i] for i in fresh], current, soft_deletes=soft_deletes)
                 refusals, written = tx.write(spec, plan, returning=returning)
                 if not refusals:
                     break
@@ -218,8 +222,10 @@ class Mirror:
             if spec.batch_hook is not None and (written or plan.deletes):
                 _call_batch_hook(spec, tx.conn, written, list(plan.deletes))
             outcomes: list[Outcome | None] = [None] * len(decisions)
-            for i, (_, outcome) in zip(fresh, plan.outcomes, strict=True):
+            for i, (decision, outcome) in zip(fresh, plan.outcomes, strict=True):
                 outcomes[i] = outcome
+                if outcome is Outcome.REJECTED:  # the guard rejects a patch of a missing row
+                    decisions[i] = decision
             result = BatchResult(decisions, outcomes)
             if read_back:
                 result.states = self._states(tx, spec, plan, written, decisions, outcomes)
@@ -251,14 +257,17 @@ class Mirror:
         committed rows of keys named by replays or by upserts a newer row stopped."""
         states: dict[EntityKey, tuple[dict[str, Any] | None, Record]] = {}
         unknown: dict[EntityKey, Record] = {}
-        for key, upsert in plan.upserts.items():
-            row = written.get(key)
-            if row is None:
-                unknown[key] = upsert.record
-            else:
-                states[key] = (row, upsert.record)
+        for writes in (plan.upserts, plan.patches):
+            for key, upsert in writes.items():
+                row = written.get(key)
+                if row is None:
+                    unknown[key] = upsert.record
+                else:
+                    states[key] = (row, upsert.record)
+        soft = spec.soft_delete is not None
         for key, delete in plan.deletes.items():
-            states[key] = (None, delete.record)
+            # A soft delete keeps the row, marked: the cache holds what reads answer.
+            states[key] = (written.get(key) if soft else None, delete.record)
         for d, o in zip(decisions, outcomes, strict=True):
             if o is None and not isinstance(d, Rejection) and d.key not in states:
                 unknown.setdefault(d.key, d.record)

@@ -196,15 +196,45 @@ async def expected_state(
     """Replay the entity topic through the core in memory: the rows the table must hold."""
     state: dict[EntityKey, Current] = {}
     rows: dict[EntityKey, dict[str, Any]] = {}
+    soft = spec.soft_delete
     async for records in read_topic(settings, mirror.source_topic(spec), progress):
-        plan = resolve([route(r, spec, fast_loads) for r in records], state)
-        for key, upsert in plan.upserts.items():
-            rows[key] = dict(upsert.row)
-            state[key] = Current(row=upsert.version)
-        for key, removal in plan.deletes.items():
+        plan = resolve(
+            [route(r, spec, fast_loads) for r in records], state, soft_deletes=soft is not None
+        )
+        for key in plan.recreated:
             rows.pop(key, None)
-            state[key] = Current(tombstone=removal.version)
+        for key, upsert in plan.upserts.items():
+            rows[key] = {**rows.get(key, {}), **upsert.row}
+            state[key] = Current(row=upsert.version)
+        for key, patch in plan.patches.items():
+            rows[key].update(patch.row)
+            state[key] = Current(row=patch.version)
+        for key, removal in plan.deletes.items():
+            if soft is None:
+                rows.pop(key, None)
+                state[key] = Current(tombstone=removal.version)
+            elif key in rows:  # the row stays, marked deleted
+                rows[key][soft] = SOFT_DELETED
+                state[key] = Current(row=removal.version, tombstone=removal.version)
+            else:
+                state[key] = Current(tombstone=removal.version)
     return rows
+
+
+class _SoftDeleted:
+    """What :func:`expected_state` says of a soft-deleted row's column: set (to any time)."""
+
+    def __eq__(self, other: object) -> bool:
+        return other is not None
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "<deleted>"
+
+
+SOFT_DELETED = _SoftDeleted()
 
 
 def differences(

@@ -188,6 +188,10 @@ class Entity(Protocol):
     def check_key(self, key: Any) -> str | None:
         """Say why the key column cannot hold ``key`` (a NUL, too long), or None."""
 
+    # Optional, for models taking partial updates: ``partial_updates`` (default False),
+    # ``patch_from_event(event)`` (the columns the event carries) and ``prepare_patch(row)``
+    # (like ``prepare_row``, returning the row and the NOT NULL columns it does not give).
+
 
 @dataclass(frozen=True, slots=True)
 class Upsert:
@@ -198,6 +202,12 @@ class Upsert:
     change_type: ChangeType
     record: Record
     version: Version
+    partial: bool = False
+    """A partial update (the model takes them): ``row`` holds only the columns the event
+    carries, and only those change."""
+    missing: tuple[str, ...] = ()
+    """For a partial update: the NOT NULL columns it does not give, which an entity the
+    table does not have yet would need."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,8 +334,10 @@ def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Deci
             return Rejection(RejectReason.BAD_KEY, problem, record)
         return Delete(key=key, record=record, version=version)
 
+    partial = change is ChangeType.UPDATED and getattr(entity, "partial_updates", False)
+    mapping = entity.patch_from_event if partial else entity.row_from_event  # type: ignore[attr-defined]
     try:
-        row = entity.row_from_event(event)
+        row = mapping(event)
     except Exception as exc:  # a user's mapping may raise anything; the worker must go on
         if entity.key_field is not None and entity.key_field not in event:
             return Rejection(
@@ -354,6 +366,9 @@ def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Deci
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
     try:
+        if partial:
+            row, missing = entity.prepare_patch(row)  # type: ignore[attr-defined]
+            return Upsert(key, row, change, record, version, partial=True, missing=missing)
         row = entity.prepare_row(row)
     except ValueError as exc:
         return Rejection(RejectReason.INVALID_ROW, str(exc), record)

@@ -99,11 +99,16 @@ def register_entity_views(
 
         async def get(self, request: Request, kind: str, key: str) -> Response:
             cache = caches.get(kind)
+            query = dict(request.query)
             if cache is None:
-                return await from_store(self, api.get_entity, kind, key)
+                return await from_store(self, api.get_entity, kind, key, query)
             target = api.entity_target(mirror.registry, kind, key)
             if not isinstance(target, api.Target):
                 status, body = target
+                return self.json(body, status=status)
+            with_deleted = api.include_deleted(query)
+            if not isinstance(with_deleted, bool):
+                status, body = with_deleted
                 return self.json(body, status=status)
             owner = owner_of(app, cache, target.key)
             if owner is None or (app.rebalancing and not app.in_recovery):
@@ -116,5 +121,7 @@ def register_entity_views(
             if cache.recovering(target.key):
                 return unavailable(self, f"this {kind}'s cache partition is recovering; retry")
             metrics.ROUTED.labels(kind, "local").inc()
-            status, body = api.entity_reply(target, cache.get(target.key))
+            status, body = api.entity_reply(
+                target, cache.get(target.key), with_deleted=with_deleted
+            )
             return self.json(body, status=status)

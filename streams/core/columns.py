@@ -187,17 +187,37 @@ RowCheck = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
 def compile_row_check(rules: Iterable[ColumnRule]) -> RowCheck:
-    """Return :func:`check_row` for ``rules`` made fast for the common case.
+    """Return :func:`check_row` for ``rules`` made fast for the common case (see
+    :func:`compile_patch_check`)."""
+    patch = compile_patch_check(rules)
+
+    def check(row: Mapping[str, Any]) -> Mapping[str, Any]:
+        checked, missing = patch(row)
+        if missing:
+            raise Invalid(f"column {missing[0]!r} is NOT NULL but the event gives no value")
+        return checked
+
+    return check
+
+
+#: Checks the columns a row names; returns the row and the required columns it does not name.
+PatchCheck = Callable[[Mapping[str, Any]], tuple[Mapping[str, Any], tuple[str, ...]]]
+
+
+def compile_patch_check(rules: Iterable[ColumnRule]) -> PatchCheck:
+    """Return a check of the columns a row names, and the required ones it leaves out.
 
     Per record this runs for every column, so a value that already is what its column takes
     (text of the right length without NUL, an integer in range) is passed on after a type
     test; anything else goes through :func:`check_value`, which converts it or says why not.
-    The row is copied only when a value changes.
+    The row is copied only when a value changes. A partial update may leave required columns
+    out (the row it patches has them); a create may not (:func:`compile_row_check`).
     """
     checks = [(rule.name, _fast(rule), rule) for rule in rules]
 
-    def check(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    def check(row: Mapping[str, Any]) -> tuple[Mapping[str, Any], tuple[str, ...]]:
         out: dict[str, Any] | None = None
+        missing: tuple[str, ...] = ()
         for name, fast, rule in checks:
             if name in row:
                 value = row[name]
@@ -209,8 +229,8 @@ def compile_row_check(rules: Iterable[ColumnRule]) -> RowCheck:
                         out = dict(row)
                     out[name] = checked
             elif rule.required:
-                raise Invalid(f"column {name!r} is NOT NULL but the event gives no value")
-        return row if out is None else out
+                missing += (name,)
+        return (row if out is None else out), missing
 
     return check
 
