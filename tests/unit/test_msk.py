@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+import models.planet  # noqa: F401  (declares Planet in the default registry, run alone too)
 from models.base import MirroredEntity
 from models.registry import Registry, default_registry
 from models.store import SqlStore
@@ -177,4 +178,48 @@ def test_the_msk_adapter_calls_a_models_batch_hook_once_per_change(tmp_path: Pat
     assert calls == [({"b": "B"}, ["a"])]
     handle_msk_event(event, None, mirror=mirror)  # Lambda delivers the batch again
     assert len(calls) == 1
+    store.dispose()
+
+
+def test_the_msk_adapter_honours_soft_deletes_and_partial_updates(tmp_path: Path) -> None:
+    from tests.models.declared_moons import SoftPatchedMoon
+
+    default_registry.unregister(SoftPatchedMoon)  # declared for the worker tests
+    registry = Registry()
+    spec = registry.register(SoftPatchedMoon)
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'moons.sqlite3'}")
+    store.create_tables(list(registry))
+    mirror = Mirror(registry, store, group="lambda")
+    topic = spec.topic
+
+    def moon(offset: int, **event: Any) -> dict[str, Any]:
+        return msk_record(
+            {"moonUuid": "a", "moonVersion": offset + 1, **event},
+            ts=1_000 + offset,
+            offset=offset,
+            topic=topic,
+        )
+
+    first = msk_event(
+        moon(0, changeType="CREATED", moonName="Io", moonSize=3, moonColor="grey"),
+        moon(1, moonSize=4),  # a partial update: name and color stay
+        moon(2, changeType="DELETED"),
+        msk_record(
+            {"moonUuid": "b", "moonVersion": 1, "moonSize": 9}, ts=1_003, offset=3, topic=topic
+        ),
+    )
+    _, results = handle_msk_event(first, None, mirror=mirror)
+    assert [r["status"] for r in results] == [201, 200, 204, 400]
+    assert results[3]["reason"] == "invalid_row" and "lacks name" in results[3]["detail"]
+    row = store.rows(spec)["a"]
+    assert (row["name"], row["size"], row["color"]) == ("Io", 4, "grey")
+    assert row["deleted_at"] is not None  # soft-deleted: the row stays, marked
+    assert "b" not in store.rows(spec)
+
+    again = msk_event(moon(4, moonColor=None))  # a newer patch undeletes; null sets NULL
+    assert handle_msk_event(again, None, mirror=mirror)[0] == 200
+    handle_msk_event(first, None, mirror=mirror)  # Lambda delivers the first batch again
+    row = store.rows(spec)["a"]
+    assert (row["name"], row["size"], row["color"], row["deleted_at"]) == ("Io", 4, None, None)
+    assert store.outcome_counts("lambda") == {(topic, "applied"): 4, (topic, "rejected"): 1}
     store.dispose()
