@@ -151,3 +151,44 @@ def test_unmapped_nullable_or_defaulted_columns_are_left_out_of_the_row() -> Non
     spec = build_spec(Nebula)
     row = spec.prepare_row(spec.row_from_event({"nebulaCode": "n1", "nebulaName": "Crab"}))
     assert row == {"code": "n1", "name": "Crab"}
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"__soft_delete__": "gone"}, r"__soft_delete__ names no column of the table: 'gone'"),
+        ({"__soft_delete__": "name"}, r"must name a nullable column of its own, not 'name'"),
+        ({"__soft_delete__": "label"}, r"Bad\.label \(__soft_delete__\) must be a DateTime"),
+        (
+            {"__soft_delete__": "deleted_at", "__event_fields__": {"uuid": "u", "deleted_at": "d"}},
+            r"maps 'deleted_at', which __soft_delete__ gives to the mirror",
+        ),
+        ({"__partial_updates__": "yes"}, r"__partial_updates__ must be True or False"),
+    ],
+)
+def test_a_wrong_soft_delete_or_partial_updates_declaration_is_refused_in_one_line(
+    attributes: dict[str, Any], message: str
+) -> None:
+    from datetime import datetime
+
+    from sqlalchemy import DateTime
+
+    body: dict[str, Any] = {
+        "__tablename__": f"bad_{abs(hash(message))}",
+        "__topic__": f"bad-{abs(hash(message))}",
+        "__event_fields__": {"uuid": "u"},
+        "__annotations__": {
+            "uuid": Mapped[str],
+            "name": Mapped[str],
+            "label": Mapped[str | None],
+            "deleted_at": Mapped[datetime | None],
+        },
+        "uuid": mapped_column(String(8), primary_key=True),
+        "name": mapped_column(String(8), nullable=False, default="n"),
+        "label": mapped_column(String(8), nullable=True),
+        "deleted_at": mapped_column(DateTime(timezone=True), nullable=True),
+        **attributes,
+    }
+    with pytest.raises(RegistryError, match=message):
+        # A base of its own each time: the declarations share a class name.
+        type("Bad", (MirroredEntity, type("Base", (DeclarativeBase,), {})), body)
