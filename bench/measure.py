@@ -24,6 +24,8 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import create_engine, text
 
+from devservices.processes import note_started
+
 POLL_SECONDS = 0.05
 #: A path that applies nothing for this long has failed (a dead task, a stuck consumer).
 STALL_SECONDS = 120.0
@@ -152,6 +154,7 @@ def run_process(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    note_started(proc.pid)
     try:
         return asyncio.run(watch(proc, launched_at=launched_at, log_path=log_path, **watched))
     finally:

@@ -47,6 +47,7 @@ from bench.measure import Event  # noqa: E402
 from bench.mirror_bench import _free_port, create_and_fill, end_offsets  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
+from devservices.processes import note_started  # noqa: E402
 from models.store import SqlStore  # noqa: E402
 from streams.errors import StoreUnavailableError  # noqa: E402
 
@@ -87,6 +88,7 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        note_started(self.proc.pid)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

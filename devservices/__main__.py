@@ -1,4 +1,4 @@
-"""``python -m devservices kafka|postgres ...`` and ``python -m devservices stop-all``."""
+"""``python -m devservices kafka|postgres ...``, ``stop-all``, and ``stop-started FILE``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the Kafka or PostgreSQL tool, or stop every local service."""
     args = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m devservices {kafka,postgres} ... | stop-all"
+    usage = "usage: python -m devservices {kafka,postgres} ... | stop-all | stop-started FILE"
     if not args:
         print(usage, file=sys.stderr)
         return 2
@@ -27,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         kafka.stop(1)
         kafka.stop(3)
         postgres.stop()
+        return 0
+    if command == "stop-started" and len(rest) == 1:
+        from pathlib import Path
+
+        from devservices import processes
+
+        stopped = processes.stop_started(Path(rest[0]))
+        if stopped:
+            print(f"devservices: stopped {stopped} process(es) a test run left", file=sys.stderr)
         return 0
     print(usage, file=sys.stderr)
     return 2

@@ -26,6 +26,8 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from devservices.processes import note_started
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -232,6 +234,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        note_started(self.proc.pid)
 
     def assert_alive(self) -> None:
         """Fail with the log's tail if the worker has exited, for whatever reason.
