@@ -118,10 +118,8 @@ def resolve(
     present = stored.present
     plan = Plan()
     versions: dict[EntityKey, Version | None] = {}
-    rows: dict[EntityKey, Upsert] = {}
-    """The row each key's applied writes amount to so far (full or patch)."""
-    gone: set[EntityKey] = set()
-    """Keys whose row a hard delete of this batch removed."""
+    rows: dict[EntityKey, Upsert] = {}  # what each key's applied writes amount to so far
+    gone: set[EntityKey] = set()  # keys whose row a hard delete of this batch removed
     deletes: dict[EntityKey, Delete] = {}
     for decision in decisions:
         if isinstance(decision, Rejection):
