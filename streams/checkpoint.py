@@ -29,18 +29,19 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from models.registry import EntitySpec
 from streams import metrics
+from streams.core.staleness import Head
 from streams.deadletters import DeadLetterRefused, DeadLetterWriter
 from streams.errors import MirrorError, StoreRefusals
-from streams.feed import Feed
+from streams.feed import Feed, heads_of, held_heads
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
-from streams.routing import Decision, Rejection, route_batch
+from streams.routing import Decision, Rejection, first_of, route_batch
 from tables.cache import EntityCache
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,14 @@ class AppliedOffsets:
             self.committed[(tp[0], tp[1])] = offset
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Batch:
     """One batch on its way through the stages."""
 
     records: list[Any]
     read_at: float
+    heads: dict[Hashable, Any]
+    """The first record of each partition in the batch (as fetched)."""
     decisions: list[Decision] = field(default_factory=list)
     result: BatchResult | None = None
 
@@ -145,13 +148,17 @@ class Checkpoint:
         self._hold_backoff: dict[Any, float] = {}
         self._cut: dict[tuple[str, int], int] = {}
         """Partitions held from an offset on: their later records still on the way are dropped."""
-        self.in_flight = 0
+        self.in_flight: list[_Batch] = []
+        """The batches on their way, oldest first."""
+        self.feed: Feed | None = None
+        """The feed :meth:`run` takes batches from."""
         self.idle = asyncio.Event()
         """Set when no batch is on its way (a revocation waits for it)."""
         self.idle.set()
 
     async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
         """Take batches from ``feed`` and carry each through every stage, until cancelled."""
+        self.feed = feed
         routed: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         applied: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         stages = [
@@ -170,21 +177,21 @@ class Checkpoint:
 
     async def commit(self, records: Sequence[Any]) -> None:
         """Carry one batch through every stage (tests and tools; the agents use :meth:`run`)."""
-        batch = _Batch(list(records), time.perf_counter())
-        self._started()
+        batch = _Batch(list(records), time.perf_counter(), heads_of(records))
+        self._started(batch)
         await self._route(batch)
         if await self._apply(batch):
             await self._finish(batch)
         else:
-            self._done()
+            self._done(batch)
 
     async def _route_stage(
         self, feed: Feed, batch_size: int, linger: float, out: asyncio.Queue[_Batch]
     ) -> None:
         while True:
             records = await feed.take(batch_size, linger)
-            batch = _Batch(records, time.perf_counter())
-            self._started()
+            batch = _Batch(records, time.perf_counter(), records.heads)
+            self._started(batch)
             await self._route(batch)
             await _hand_on(out, batch)
 
@@ -194,20 +201,35 @@ class Checkpoint:
             if await self._apply(batch):
                 await _hand_on(out, batch)
             else:
-                self._done()
+                self._done(batch)
 
     async def _finish_stage(self, source: asyncio.Queue[_Batch]) -> None:
         while True:
             await self._finish(await _take(source))
 
-    def _started(self) -> None:
-        self.in_flight += 1
+    def _started(self, batch: _Batch) -> None:
+        self.in_flight.append(batch)
         self.idle.clear()
 
-    def _done(self) -> None:
-        self.in_flight -= 1
+    def _done(self, batch: _Batch) -> None:
+        self.in_flight.remove(batch)
         if not self.in_flight:
             self.idle.set()
+
+    def heads(self) -> Iterator[tuple[Hashable, Head]]:
+        """Yield the first record of each partition held here, oldest place first: the
+        batches on their way in order, then the feed (what staleness reads, not records)."""
+        for tp, record in held_heads([batch.heads for batch in self.in_flight], self.feed):
+            cut = self._cut.get((record.topic, record.partition))
+            if cut is not None and record.offset > cut:
+                continue  # dropped when it reaches the database stage
+            yield tp, Head(record.offset, self._first_timestamp(record))
+
+    def _first_timestamp(self, record: Any) -> int:
+        """Return where ``record`` was first produced, as the core sees it (ms)."""
+        if self.prepare is not None:
+            record = self.prepare([record])[0]
+        return first_of(record).timestamp
 
     async def _route(self, batch: _Batch) -> None:
         """Stage 1: route every record and send the dead letters of the rejected ones."""
@@ -265,7 +287,7 @@ class Checkpoint:
         self.applied.note(batch.records)
         metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
         metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - batch.read_at)
-        self._done()
+        self._done(batch)
 
     def _drop_cut(self, batch: _Batch) -> None:
         """Drop records of partitions held from an offset on, until they are read again."""
@@ -282,6 +304,7 @@ class Checkpoint:
             kept_records.append(record)
             kept_decisions.append(decision)
         batch.records, batch.decisions = kept_records, kept_decisions
+        batch.heads = heads_of(kept_records)
 
     async def _dead_letter(
         self,
@@ -334,6 +357,7 @@ class Checkpoint:
         ]
         batch.records = [r for r, _ in kept]
         batch.decisions = [d for _, d in kept]
+        batch.heads = heads_of(batch.records)
 
     def _hold_failed(self, records: Sequence[Any], exc: BaseException) -> None:
         first: dict[tuple[str, int], int] = {}

@@ -43,8 +43,18 @@ SQL_SECONDS = Histogram(
 )
 LAG = Gauge(
     "mirror_consumer_lag",
-    "Records in the partition not yet applied (high watermark minus next offset to apply).",
+    "Records in the partition not yet applied (high watermark minus next offset to apply; "
+    "refreshed every second and on each scrape).",
     ["topic", "partition"],
+    registry=registry,
+)
+STALENESS = Gauge(
+    "mirror_staleness_seconds",
+    "Age of the partition's oldest record not yet applied (now minus its first timestamp; 0 "
+    "when caught up, as mirror_consumer_lag). While that record is not fetched yet: a lower "
+    "bound, the seconds since this worker first saw the partition behind without it. "
+    "Refreshed every second and on each scrape.",
+    ["entity", "topic", "partition"],
     registry=registry,
 )
 CACHE_ENTRIES = Gauge(
