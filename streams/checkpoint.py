@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from models.registry import EntitySpec
@@ -240,6 +241,8 @@ class Checkpoint:
     async def _apply(self, batch: _Batch) -> bool:
         """Stage 2: dead letters, then the transaction; False when nothing is left to finish."""
         self._drop_cut(batch)
+        stored = self.mirror.positions
+        before = {tp: stored.get((r.topic, r.partition), 0) for tp, r in batch.heads.items()}
         refused: dict[Position, Rejection] = {}
         sent: set[Position] = set()
         while batch.records:
@@ -257,6 +260,7 @@ class Checkpoint:
                 batch.result = await _retrying(
                     f"apply {len(batch.records)} {self.spec.kind} records", apply
                 )
+                self._observe_delay(batch, before)
                 return True
             except StoreRefusals as refusals:
                 for rejection in refusals.rejections:
@@ -288,6 +292,23 @@ class Checkpoint:
         metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
         metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - batch.read_at)
         self._done(batch)
+
+    def _observe_delay(self, batch: _Batch, before: Mapping[Hashable, int]) -> None:
+        """Observe the delay from the batch's oldest record not applied before to now, its
+        commit: once per batch (a C-level pass over timestamps), not per record."""
+        records = batch.records
+        if any(head.offset < before[tp] for tp, head in batch.heads.items()):
+            # Replays of applied records (rare: a cached partition's unconfirmed tail).
+            records = [r for r in records if r.offset >= before[(r.topic, r.partition)]]
+        if not records:
+            return
+        if self.prepare is None:
+            oldest = min(map(attrgetter("timestamp"), records))
+        else:  # prepared records carry their origin
+            oldest = min(first_of(r).timestamp for r in records)
+        if oldest >= 0:  # -1: a record without a timestamp (pre-0.10 message format)
+            delay = max(0.0, time.time() - oldest / 1000)
+            metrics.END_TO_END.labels(self.spec.kind).observe(delay)
 
     def _drop_cut(self, batch: _Batch) -> None:
         """Drop records of partitions held from an offset on, until they are read again."""

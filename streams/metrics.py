@@ -57,6 +57,14 @@ STALENESS = Gauge(
     ["entity", "topic", "partition"],
     registry=registry,
 )
+END_TO_END = Histogram(
+    "mirror_end_to_end_delay_seconds",
+    "Per applied batch: from the first timestamp of its oldest record (not a replay) to the "
+    "commit of its SQL transaction. One observation per batch, not per record.",
+    ["entity"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+    registry=registry,
+)
 CACHE_ENTRIES = Gauge(
     "mirror_cache_entries",
     "Entries this worker holds in the entity's cached table (refreshed on each scrape; "
