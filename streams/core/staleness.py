@@ -90,3 +90,15 @@ class Staleness:
         for partition in partitions:
             self.known.pop(partition, None)
             self.behind_since.pop(partition, None)
+
+
+def stored_staleness(
+    next_offset: int, end: int, first_timestamp_ms: int | None, now: float
+) -> float | None:
+    """Return a partition's staleness as the store and the broker tell it (``status``): 0 when
+    the next offset to apply is the end, else the age of the record there (None: not read)."""
+    if next_offset >= end:
+        return 0.0
+    if first_timestamp_ms is None or first_timestamp_ms < 0:
+        return None
+    return max(now - first_timestamp_ms / 1000, BEHIND_FLOOR)

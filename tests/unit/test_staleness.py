@@ -86,3 +86,12 @@ async def test_a_batch_and_a_feed_name_the_first_record_of_each_partition() -> N
     assert {tp: r.offset for tp, r in feed.heads().items()} == {b: 1, a: 5}
     found = [(tp, r.offset) for tp, r in held_heads([batch.heads], feed)]
     assert found == [(a, 0), (b, 0), (b, 1), (a, 5)]
+
+
+def test_the_store_and_the_broker_tell_a_partitions_staleness() -> None:
+    from streams.core.staleness import stored_staleness
+
+    assert stored_staleness(10, 10, None, NOW) == 0.0
+    assert stored_staleness(4, 10, int((NOW - 90) * 1000), NOW) == 90.0
+    assert stored_staleness(4, 10, None, NOW) is None  # the record did not come in time
+    assert stored_staleness(4, 10, int((NOW + 1) * 1000), NOW) == BEHIND_FLOOR
