@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -22,10 +22,11 @@ from models.registry import EntitySpec
 from streams import metrics
 from streams.aiokafka_fixes import needs_raw_headers
 from streams.checkpoint import AppliedOffsets, Checkpoint
+from streams.core.staleness import Head
 from streams.deadletters import DeadLetterWriter, dead_letter_topic
 from streams.errors import CacheError, MirrorError
 from streams.faust_bridge import commit_offsets
-from streams.feed import Feed
+from streams.feed import Feed, Taken, held_heads
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.routing import ORIGIN_HEADER, SourceRecord, entity_key_of, first_of
@@ -74,6 +75,20 @@ def cache_writer() -> Callable[[EntityCache, BatchResult], Awaitable[None]]:
     return write
 
 
+class Forwarding:
+    """What a forwarder holds: its feed and the batch it is forwarding (staleness reads it)."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.batch: Taken | None = None
+
+    def heads(self) -> Iterator[tuple[Hashable, Head]]:
+        """Yield the first record of each partition held here, oldest place first."""
+        batches = [] if self.batch is None else [self.batch.heads]
+        for tp, record in held_heads(batches, self.feed):
+            yield tp, Head(record.offset, first_of(record).timestamp)
+
+
 class EntityAgents:
     """Everything that carries the mirrored topics' batches: feeds, checkpoints, offsets."""
 
@@ -85,8 +100,28 @@ class EntityAgents:
         self.applied = AppliedOffsets()
         self.dead_letters = DeadLetterWriter(settings)
         self.checkpoints: list[Checkpoint] = []
+        self.forwardings: list[Forwarding] = []
         self.kafka_offset_topics: set[str] = set()
         """Topics read from the group's Kafka offsets (forwarded, nothing stored in SQL)."""
+
+    def held_heads(self) -> dict[tuple[str, int], list[Head]]:
+        """Return, per partition, the first records of the places its unapplied records wait
+        in (batches on their way, then feeds), oldest place first."""
+        found: dict[tuple[str, int], list[Head]] = {}
+        lanes: list[Checkpoint | Forwarding] = [*self.checkpoints, *self.forwardings]
+        for lane in lanes:
+            for tp, head in lane.heads():
+                found.setdefault((tp[0], tp[1]), []).append(head)  # type: ignore[index]
+        return found
+
+    def next_offset(self, key: tuple[str, int]) -> int | None:
+        """Return the next offset to apply of ``key``: stored with the data for the mirrored
+        topics, the group's applied offset for the forwarded ones (None: not positioned)."""
+        stored = self.mirror.positions.get(key)
+        applied = self.applied.next.get(key)
+        if stored is None or applied is None:
+            return stored if applied is None else applied
+        return max(stored, applied)
 
     async def commit_applied(self, tps: Sequence[Any] | None = None) -> None:
         """Commit the applied offsets of ``tps`` (default: every assigned partition)."""
@@ -188,15 +223,18 @@ def make_forwarder(
     app, settings = agents.app, agents.settings
 
     (feed,) = feeds  # one lane: forwarding keeps each source partition's order
+    forwarding = Forwarding(feed)
+    agents.forwardings.append(forwarding)
 
     async def forward_entity(stream: Any) -> None:
         while True:
-            batch = await feed.take(settings.batch_size, settings.batch_wait)
+            batch = forwarding.batch = await feed.take(settings.batch_size, settings.batch_wait)
             await _until_done(
                 f"forward {len(batch)} {spec.kind} events to {target}",
                 functools.partial(_forward, app, agents.dead_letters, spec, target, batch),
             )
             agents.applied.note(batch)
+            forwarding.batch = None
 
     forward_entity.__name__ = f"forward_{spec.kind}"
     forward_entity.__qualname__ = forward_entity.__name__

@@ -29,18 +29,20 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from models.registry import EntitySpec
 from streams import metrics
+from streams.core.staleness import Head
 from streams.deadletters import DeadLetterRefused, DeadLetterWriter
 from streams.errors import MirrorError, StoreRefusals
-from streams.feed import Feed
+from streams.feed import Feed, heads_of, held_heads
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
-from streams.routing import Decision, Rejection, route_batch
+from streams.routing import Decision, Rejection, first_of, route_batch
 from tables.cache import EntityCache
 
 log = logging.getLogger(__name__)
@@ -100,12 +102,14 @@ class AppliedOffsets:
             self.committed[(tp[0], tp[1])] = offset
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Batch:
     """One batch on its way through the stages."""
 
     records: list[Any]
     read_at: float
+    heads: dict[Hashable, Any]
+    """The first record of each partition in the batch (as fetched)."""
     decisions: list[Decision] = field(default_factory=list)
     result: BatchResult | None = None
 
@@ -145,13 +149,17 @@ class Checkpoint:
         self._hold_backoff: dict[Any, float] = {}
         self._cut: dict[tuple[str, int], int] = {}
         """Partitions held from an offset on: their later records still on the way are dropped."""
-        self.in_flight = 0
+        self.in_flight: list[_Batch] = []
+        """The batches on their way, oldest first."""
+        self.feed: Feed | None = None
+        """The feed :meth:`run` takes batches from."""
         self.idle = asyncio.Event()
         """Set when no batch is on its way (a revocation waits for it)."""
         self.idle.set()
 
     async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
         """Take batches from ``feed`` and carry each through every stage, until cancelled."""
+        self.feed = feed
         routed: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         applied: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         stages = [
@@ -170,21 +178,21 @@ class Checkpoint:
 
     async def commit(self, records: Sequence[Any]) -> None:
         """Carry one batch through every stage (tests and tools; the agents use :meth:`run`)."""
-        batch = _Batch(list(records), time.perf_counter())
-        self._started()
+        batch = _Batch(list(records), time.perf_counter(), heads_of(records))
+        self._started(batch)
         await self._route(batch)
         if await self._apply(batch):
             await self._finish(batch)
         else:
-            self._done()
+            self._done(batch)
 
     async def _route_stage(
         self, feed: Feed, batch_size: int, linger: float, out: asyncio.Queue[_Batch]
     ) -> None:
         while True:
             records = await feed.take(batch_size, linger)
-            batch = _Batch(records, time.perf_counter())
-            self._started()
+            batch = _Batch(records, time.perf_counter(), records.heads)
+            self._started(batch)
             await self._route(batch)
             await _hand_on(out, batch)
 
@@ -194,20 +202,35 @@ class Checkpoint:
             if await self._apply(batch):
                 await _hand_on(out, batch)
             else:
-                self._done()
+                self._done(batch)
 
     async def _finish_stage(self, source: asyncio.Queue[_Batch]) -> None:
         while True:
             await self._finish(await _take(source))
 
-    def _started(self) -> None:
-        self.in_flight += 1
+    def _started(self, batch: _Batch) -> None:
+        self.in_flight.append(batch)
         self.idle.clear()
 
-    def _done(self) -> None:
-        self.in_flight -= 1
+    def _done(self, batch: _Batch) -> None:
+        self.in_flight.remove(batch)
         if not self.in_flight:
             self.idle.set()
+
+    def heads(self) -> Iterator[tuple[Hashable, Head]]:
+        """Yield the first record of each partition held here, oldest place first: the
+        batches on their way in order, then the feed (what staleness reads, not records)."""
+        for tp, record in held_heads([batch.heads for batch in self.in_flight], self.feed):
+            cut = self._cut.get((record.topic, record.partition))
+            if cut is not None and record.offset > cut:
+                continue  # dropped when it reaches the database stage
+            yield tp, Head(record.offset, self._first_timestamp(record))
+
+    def _first_timestamp(self, record: Any) -> int:
+        """Return where ``record`` was first produced, as the core sees it (ms)."""
+        if self.prepare is not None:
+            record = self.prepare([record])[0]
+        return first_of(record).timestamp
 
     async def _route(self, batch: _Batch) -> None:
         """Stage 1: route every record and send the dead letters of the rejected ones."""
@@ -218,6 +241,8 @@ class Checkpoint:
     async def _apply(self, batch: _Batch) -> bool:
         """Stage 2: dead letters, then the transaction; False when nothing is left to finish."""
         self._drop_cut(batch)
+        stored = self.mirror.positions
+        before = {tp: stored.get((r.topic, r.partition), 0) for tp, r in batch.heads.items()}
         refused: dict[Position, Rejection] = {}
         sent: set[Position] = set()
         while batch.records:
@@ -235,6 +260,7 @@ class Checkpoint:
                 batch.result = await _retrying(
                     f"apply {len(batch.records)} {self.spec.kind} records", apply
                 )
+                self._observe_delay(batch, before)
                 return True
             except StoreRefusals as refusals:
                 for rejection in refusals.rejections:
@@ -265,7 +291,24 @@ class Checkpoint:
         self.applied.note(batch.records)
         metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
         metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - batch.read_at)
-        self._done()
+        self._done(batch)
+
+    def _observe_delay(self, batch: _Batch, before: Mapping[Hashable, int]) -> None:
+        """Observe the delay from the batch's oldest record not applied before to now, its
+        commit: once per batch (a C-level pass over timestamps), not per record."""
+        records = batch.records
+        if any(head.offset < before[tp] for tp, head in batch.heads.items()):
+            # Replays of applied records (rare: a cached partition's unconfirmed tail).
+            records = [r for r in records if r.offset >= before[(r.topic, r.partition)]]
+        if not records:
+            return
+        if self.prepare is None:
+            oldest = min(map(attrgetter("timestamp"), records))
+        else:  # prepared records carry their origin
+            oldest = min(first_of(r).timestamp for r in records)
+        if oldest >= 0:  # -1: a record without a timestamp (pre-0.10 message format)
+            delay = max(0.0, time.time() - oldest / 1000)
+            metrics.END_TO_END.labels(self.spec.kind).observe(delay)
 
     def _drop_cut(self, batch: _Batch) -> None:
         """Drop records of partitions held from an offset on, until they are read again."""
@@ -282,6 +325,7 @@ class Checkpoint:
             kept_records.append(record)
             kept_decisions.append(decision)
         batch.records, batch.decisions = kept_records, kept_decisions
+        batch.heads = heads_of(kept_records)
 
     async def _dead_letter(
         self,
@@ -334,6 +378,7 @@ class Checkpoint:
         ]
         batch.records = [r for r, _ in kept]
         batch.decisions = [d for _, d in kept]
+        batch.heads = heads_of(batch.records)
 
     def _hold_failed(self, records: Sequence[Any], exc: BaseException) -> None:
         first: dict[tuple[str, int], int] = {}

@@ -106,9 +106,11 @@ def _entity(settings: Settings, kind: str) -> tuple[Mirror, EntitySpec]:
     return mirror, spec
 
 
-def cmd_status(settings: Settings) -> int:
-    """Print committed, stored and end offsets with the lag per partition, and table rows."""
+def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
+    """Print committed, stored and end offsets with the lag and staleness per partition, table
+    rows, and the end-to-end delay per entity when workers' ``/metrics`` are given."""
     from streams import operations
+    from streams.core.staleness import stored_staleness
     from streams.worker import build_mirror
 
     mirror = build_mirror(settings)
@@ -116,6 +118,7 @@ def cmd_status(settings: Settings) -> int:
     async def gather() -> list[str]:
         lines = []
         stored = await asyncio.to_thread(mirror.store.stored_offsets, settings.app_id)
+        scraped = [await operations.scrape(settings, url) for url in metrics_urls]
         for spec in mirror.registry:
             topic = mirror.source_topic(spec)
             partitions = await operations.partitions_of(settings, topic)
@@ -125,15 +128,20 @@ def cmd_status(settings: Settings) -> int:
             ends = await operations.end_offsets(settings, topic, partitions)
             committed = await operations.committed_offsets(settings, settings.app_id, topic)
             lines.append(f"{topic} (group {settings.app_id}):")
-            lines.append("  partition  committed  applied        end        lag")
-            for p in partitions:
-                done = stored.get((topic, p), 0)
+            applied = {p: stored.get((topic, p), 0) for p in partitions}
+            behind = {p: done for p, done in applied.items() if done < ends[p]}
+            stamps = await operations.first_timestamps(settings, topic, behind)
+            now = time.time()
+            lines.append("  partition  committed  applied        end        lag  stale (s)")
+            for p, done in applied.items():
+                stale = stored_staleness(done, ends[p], stamps.get(p), now)
                 lines.append(
                     f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
-                    f"  {ends[p] - done:>9}"
+                    f"  {ends[p] - done:>9}  {_seconds(stale):>9}"
                 )
             rows = await asyncio.to_thread(mirror.store.count, spec)
             lines.append(f"  table {spec.table.name}: {rows} rows")
+            lines.append(f"  end-to-end delay: {_delay(scraped, spec.kind, len(metrics_urls))}")
         return lines
 
     mirror.store.create_tables(list(mirror.registry))
@@ -141,6 +149,31 @@ def cmd_status(settings: Settings) -> int:
         print(line)
     mirror.store.dispose()
     return 0
+
+
+def _seconds(value: float | None) -> str:
+    """Format a staleness: 0 when caught up, ``?`` when the record there could not be read."""
+    if value is None:
+        return "?"
+    return "0" if value == 0 else f"{value:.1f}"
+
+
+def _delay(scraped: Sequence[str], kind: str, workers: int) -> str:
+    """Describe the end-to-end delay of ``kind`` from workers' metrics, or why it is unknown."""
+    from streams.operations import delay_summary
+
+    if not workers:
+        return (
+            "not known here (status reads the broker and the store, not a worker's memory; "
+            "--metrics URL reads it from workers)"
+        )
+    summary = delay_summary(scraped, kind)
+    if summary is None:
+        return f"no batch applied yet by the {workers} worker(s) read"
+    return (
+        f"{summary.batches} batches on {workers} worker(s), oldest record's delay mean "
+        f"{summary.mean:.2f} s, p50 <= {summary.p50:g} s, p99 <= {summary.p99:g} s"
+    )
 
 
 def cmd_verify(settings: Settings, kind: str, limit: int) -> int:
@@ -264,7 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     p_dlq.add_argument("--to-offset", type=int, help="only source offsets up to this one")
     p_dlq.add_argument("--dry-run", action="store_true", help="redrive: count, send nothing")
     p_dlq.add_argument("--limit", type=int, default=50, help="list: show at most N")
-    sub.add_parser("status", help="offsets and lag per partition, rows per table")
+    p_status = sub.add_parser(
+        "status", help="offsets, lag and staleness per partition, rows per table"
+    )
+    p_status.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a worker's web URL (repeatable): summarize its end-to-end delay histogram",
+    )
     p_verify = sub.add_parser("verify", help="compare a table with its topic; exit 1 if differ")
     p_verify.add_argument("kind", nargs="?", default="planet")
     p_verify.add_argument("--limit", type=int, default=50, help="show at most N differences")
@@ -282,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dlq":
             return cmd_dlq(settings, args)
         if args.command == "status":
-            return cmd_status(settings)
+            return cmd_status(settings, args.metrics)
         if args.command == "verify":
             return cmd_verify(settings, args.kind, args.limit)
         if args.command == "rebuild":

@@ -11,8 +11,39 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+
+class Taken(list[Any]):
+    """Records taken from a feed in one batch, with the first record of each partition."""
+
+    __slots__ = ("heads",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: dict[Hashable, Any] = {}
+        """The first (oldest) record of each partition in the batch: staleness reads these,
+        never the whole batch."""
+
+
+def heads_of(records: Iterable[Any]) -> dict[Hashable, Any]:
+    """Return the first record of each partition of ``records`` (one pass; off the hot path)."""
+    heads: dict[Hashable, Any] = {}
+    for record in records:
+        heads.setdefault((record.topic, record.partition), record)
+    return heads
+
+
+def held_heads(
+    batches: Iterable[Mapping[Hashable, Any]], feed: Feed | None
+) -> Iterator[tuple[Hashable, Any]]:
+    """Yield the first record of each partition in each of ``batches`` (their heads, oldest
+    batch first), then in ``feed``: where a lane's unapplied records are, oldest first."""
+    for heads in batches:
+        yield from heads.items()
+    if feed is not None:
+        yield from feed.heads().items()
 
 
 class Feed:
@@ -38,6 +69,14 @@ class Feed:
     def backlog(self, partition: Hashable) -> int:
         """Count the records of ``partition`` waiting here."""
         return self._backlog[partition]
+
+    def heads(self) -> dict[Hashable, Any]:
+        """Return the first waiting record of each partition (one look per run, not record)."""
+        heads: dict[Hashable, Any] = {}
+        for partition, records in self._runs:
+            if partition not in heads:
+                heads[partition] = records[0]
+        return heads
 
     def put(self, partition: Hashable, records: Sequence[Any]) -> None:
         """Append one fetched run of ``partition``'s records (in offset order)."""
@@ -70,7 +109,7 @@ class Feed:
             self._release(partition)
         return dropped
 
-    async def take(self, max_records: int, linger: float) -> list[Any]:
+    async def take(self, max_records: int, linger: float) -> Taken:
         """Wait for records, then return up to ``max_records`` of them, oldest runs first.
 
         Once the first record is here, wait up to ``linger`` seconds for a full batch; records
@@ -93,9 +132,9 @@ class Feed:
                     break
         return self._pop(max_records)
 
-    def _pop(self, max_records: int) -> list[Any]:
-        batch: list[Any] = []
-        touched: set[Hashable] = set()
+    def _pop(self, max_records: int) -> Taken:
+        batch = Taken()
+        heads = batch.heads
         while self._runs and len(batch) < max_records:
             partition, records = self._runs[0]
             room = max_records - len(batch)
@@ -107,9 +146,10 @@ class Feed:
                 self._runs[0] = (partition, records[room:])
             batch.extend(taken)
             self._backlog[partition] -= len(taken)
-            touched.add(partition)
+            if partition not in heads:
+                heads[partition] = taken[0]
         self._size -= len(batch)
-        for partition in touched:
+        for partition in heads:
             if self._backlog[partition] <= 0:
                 del self._backlog[partition]
             if self._backlog[partition] <= self.high_water:

@@ -43,8 +43,26 @@ SQL_SECONDS = Histogram(
 )
 LAG = Gauge(
     "mirror_consumer_lag",
-    "Records in the partition not yet applied (high watermark minus next offset to apply).",
+    "Records in the partition not yet applied (high watermark minus next offset to apply; "
+    "refreshed every second and on each scrape).",
     ["topic", "partition"],
+    registry=registry,
+)
+STALENESS = Gauge(
+    "mirror_staleness_seconds",
+    "Age of the partition's oldest record not yet applied (now minus its first timestamp; 0 "
+    "when caught up, as mirror_consumer_lag). While that record is not fetched yet: a lower "
+    "bound, the seconds since this worker first saw the partition behind without it. "
+    "Refreshed every second and on each scrape.",
+    ["entity", "topic", "partition"],
+    registry=registry,
+)
+END_TO_END = Histogram(
+    "mirror_end_to_end_delay_seconds",
+    "Per applied batch: from the first timestamp of its oldest record (not a replay) to the "
+    "commit of its SQL transaction. One observation per batch, not per record.",
+    ["entity"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
     registry=registry,
 )
 CACHE_ENTRIES = Gauge(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,3 +320,113 @@ def cache_differences(expected: dict[str, Any], cached: dict[str, Any]) -> list[
         elif want != got:
             lines.append(f"cache entry {key!r} differs: cache {got}, table {want}")
     return lines
+
+
+async def first_timestamps(
+    settings: Settings, topic: str, offsets: Mapping[int, int], timeout: float = 5.0
+) -> dict[int, int]:
+    """Return the timestamp (ms) of the first record at or after ``offsets[p]``, per partition.
+
+    A short read, for ``status``: a partition whose record does not come within ``timeout``
+    seconds is left out. An offset below the log start reads from the log start (the records
+    in between are gone: the oldest one left is the oldest unapplied).
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    if not offsets:
+        return {}
+    aiokafka_fixes.install()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    found: dict[int, int] = {}
+    try:
+        parts = {p: TopicPartition(topic, p) for p in offsets}
+        consumer.assign(list(parts.values()))
+        for p, tp in parts.items():
+            consumer.seek(tp, offsets[p])
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(found) < len(parts):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            waiting = [tp for p, tp in parts.items() if p not in found]
+            batch = await consumer.getmany(*waiting, timeout_ms=int(min(left, 1.0) * 1000))
+            for tp, messages in batch.items():
+                if messages and tp.partition not in found:
+                    found[tp.partition] = int(messages[0].timestamp)
+                    consumer.pause(tp)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def scrape(settings: Settings, url: str) -> str:
+    """Return the Prometheus text of a worker's ``/metrics`` (with API_TOKEN, if set)."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    target = url.rstrip("/")
+    target = target if target.endswith("/metrics") else f"{target}/metrics"
+    try:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(target, headers=headers) as response,
+        ):
+            if response.status != 200:
+                raise MirrorError(f"{target} answered {response.status}")
+            return await response.text()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise MirrorError(f"cannot read {target}: {exc!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DelaySummary:
+    """The end-to-end delay histogram of one entity, summed over the workers read."""
+
+    batches: int
+    """Observations: one per applied batch (its oldest record's delay)."""
+    mean: float
+    """Mean delay, seconds."""
+    p50: float
+    """Upper bound of the bucket holding the median, seconds (inf: above the last bound)."""
+    p99: float
+    """Upper bound of the bucket holding the 99th percentile, seconds."""
+
+
+def delay_summary(texts: Sequence[str], kind: str) -> DelaySummary | None:
+    """Sum ``mirror_end_to_end_delay_seconds{entity=kind}`` over workers' metrics ``texts``
+    and summarize it (None when no worker has applied a batch of ``kind``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name != "mirror_end_to_end_delay_seconds":
+                continue
+            for sample in family.samples:
+                if sample.labels.get("entity") != kind:
+                    continue
+                if sample.name.endswith("_bucket"):
+                    bound = float(sample.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+                elif sample.name.endswith("_sum"):
+                    total += sample.value
+    if not count:
+        return None
+
+    def quantile(q: float) -> float:
+        for bound in sorted(buckets):
+            if buckets[bound] >= q * count:
+                return bound
+        return math.inf
+
+    return DelaySummary(int(count), total / count, quantile(0.5), quantile(0.99))

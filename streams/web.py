@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
@@ -75,9 +75,11 @@ def register_pages(
     mirror: Mirror,
     caches: Mapping[str, EntityCache],
     api_token: str = "",
+    refresh: Callable[[], None] = lambda: None,
 ) -> None:
     """Add the operational pages and the entity pages to ``app``'s web server, every one
-    but ``/health`` behind ``api_token`` when it is set."""
+    but ``/health`` behind ``api_token`` when it is set; ``refresh`` sets the gauges that
+    are computed when read (lag, staleness) before each scrape."""
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestWarning) for f in server_log.filters):
         server_log.addFilter(MalformedRequestWarning())
@@ -112,18 +114,10 @@ def register_pages(
 
     @app.page("/metrics")
     class Metrics(View):
-        """Prometheus metrics, consumer lag refreshed on each scrape."""
+        """Prometheus metrics, lag, staleness and cache entries refreshed on each scrape."""
 
         async def get(self, request: Request) -> Response:
-            for tp in app.consumer.assignment():
-                position = mirror.positions.get((tp.topic, tp.partition))
-                if position is None:
-                    continue
-                highwater = app.consumer.highwater(tp)
-                if highwater is not None and highwater >= 0:
-                    metrics.LAG.labels(tp.topic, str(tp.partition)).set(
-                        max(0, highwater - position)
-                    )
+            refresh()
             for kind, cache in caches.items():
                 metrics.CACHE_ENTRIES.labels(kind).set(cache.size())
             metrics.HELD.clear()

@@ -26,6 +26,7 @@ from streams.agents import (
 )
 from streams.errors import MirrorError, SettingsError
 from streams.faust_bridge import MirrorConsumer, assignment_settled
+from streams.freshness import Freshness
 from streams.handoff import Handoff
 from streams.logs import use_json_logs
 from streams.mirror import Mirror
@@ -42,6 +43,9 @@ from tables.cache import EntityCache, changelog_topic, declare_caches
 from tables.watchdog import recovery_watchdog
 
 log = logging.getLogger(__name__)
+
+#: Seconds between refreshes of the lag and staleness gauges (also refreshed on each scrape).
+FRESHNESS_INTERVAL = 1.0
 
 
 def load_entities(settings: Settings, registry: Registry = default_registry) -> Registry:
@@ -310,5 +314,14 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     if caches:
         app.run_early(recovery_watchdog(app, settings.recovery_stall_timeout), every=1.0)
     register_tombstone_purge(app, mirror, settings)
-    register_pages(app, mirror, caches, settings.api_token)
+    kinds = {
+        topic: spec.kind
+        for topic in app.handoff.feeds
+        if (spec := _spec_of(mirror, topic, settings)) is not None
+    }
+    freshness = Freshness(app, agents, kinds)
+    # Every second too, not only on scrape: the lower bound of a partition whose oldest
+    # record is not fetched yet counts from when it was first seen behind.
+    app.run_early(freshness.run, every=FRESHNESS_INTERVAL)
+    register_pages(app, mirror, caches, settings.api_token, freshness.refresh)
     return app

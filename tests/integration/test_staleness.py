@@ -1,0 +1,154 @@
+"""Staleness and end-to-end delay through a real worker, broker and PostgreSQL.
+
+The test holds the worker's writes with a table lock (reads still answer), produces records
+whose timestamps are two minutes old, and watches the partitions fall behind and catch up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from sqlalchemy import create_engine, text
+
+from tests.support import (
+    WorkerProcess,
+    create_topic,
+    make_worker,
+    metric_value,
+    produce_timed,
+    run_cli,
+    wait_caught_up,
+    wait_ready,
+)
+
+AGE = 120.0
+
+
+async def wait_metrics(
+    worker: WorkerProcess, what: str, ok: Callable[[str], bool], timeout: float = 120.0
+) -> str:
+    """Wait until the worker's ``/metrics`` text satisfies ``ok``; return that text."""
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
+    deadline = time.monotonic() + timeout
+    body = ""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        while time.monotonic() < deadline:
+            worker.assert_alive()
+            try:
+                async with http.get(url) as response:
+                    body = await response.text()
+            except aiohttp.ClientError:
+                body = ""
+            if body and ok(body):
+                return body
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not seen within {timeout:.0f} s\n{body}\n{worker.tail()}")
+
+
+def planets(count: int, stamp_ms: int) -> list[tuple[bytes, bytes, int]]:
+    keys = [str(uuid.uuid4()) for _ in range(count)]
+    return [
+        (k.encode(), f'{{"planetUuid": "{k}", "planetName": "p{i}"}}'.encode(), stamp_ms)
+        for i, k in enumerate(keys)
+    ]
+
+
+async def test_staleness_counts_while_behind_and_is_zero_once_caught_up(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "stale")
+    worker.start()
+    engine = create_engine(pg_url)
+    lock = None
+    try:
+        await wait_ready(worker)
+        warm = await produce_timed(kafka_bootstrap, topic, planets(40, int(time.time() * 1000)))
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+
+        def sample(name: str, p: int) -> str:
+            return f'{name}{{entity="planet",partition="{p}",topic="{topic}"}}'
+
+        def lag(p: int) -> str:
+            return f'mirror_consumer_lag{{partition="{p}",topic="{topic}"}}'
+
+        def caught_up(body: str) -> bool:
+            return all(
+                metric_value(body, lag(p)) == 0.0
+                and metric_value(body, sample("mirror_staleness_seconds", p)) == 0.0
+                for p in range(4)
+            )
+
+        await wait_metrics(worker, "caught up after the warm-up", caught_up)
+
+        # Hold every write to the table; reads (status counts rows) still answer.
+        lock = engine.connect()
+        lock.execute(text("LOCK TABLE servicea_planet IN SHARE MODE"))
+        old = int((time.time() - AGE) * 1000)
+        sent = await produce_timed(kafka_bootstrap, topic, planets(30, old))
+        behind = sorted({p for _, p, _ in sent})
+
+        def stale(body: str) -> bool:
+            return all(
+                (metric_value(body, sample("mirror_staleness_seconds", p)) or 0) >= AGE
+                and (metric_value(body, lag(p)) or 0) > 0
+                for p in behind
+            )
+
+        body = await wait_metrics(worker, "stale while the writes are held", stale)
+        for p in set(range(4)) - set(behind):  # nothing new there: caught up, both agree
+            assert metric_value(body, lag(p)) == 0.0
+            assert metric_value(body, sample("mirror_staleness_seconds", p)) == 0.0
+
+        url = f"http://127.0.0.1:{worker.env['WEB_PORT']}"
+        status = await asyncio.to_thread(run_cli, worker.env, "status", "--metrics", url)
+        assert status.returncode == 0, status.stderr
+        rows = {
+            int(line.split()[0]): line.split()
+            for line in status.stdout.splitlines()
+            if line.strip()[:1].isdigit()
+        }
+        assert sorted(rows) == [0, 1, 2, 3]
+        for p, columns in rows.items():
+            if p in behind:
+                assert int(columns[-2]) > 0 and float(columns[-1]) >= AGE, status.stdout
+            else:
+                assert columns[-2:] == ["0", "0"], status.stdout
+        assert "end-to-end delay: " in status.stdout and " batches on 1 worker(s)" in status.stdout
+
+        lock.commit()  # the writes go on
+        lock.close()
+        lock = None
+        body = await wait_metrics(worker, "caught up once the writes go on", caught_up)
+
+        batches = metric_value(body, 'mirror_batch_size_count{entity="planet"}')
+        applied = metric_value(body, 'mirror_batch_size_sum{entity="planet"}')
+        delays = metric_value(body, 'mirror_end_to_end_delay_seconds_count{entity="planet"}')
+        assert applied == len(warm) + len(sent)
+        assert batches is not None and batches >= 2 and delays == batches  # one per batch
+        late = metric_value(
+            body, 'mirror_end_to_end_delay_seconds_bucket{entity="planet",le="60.0"}'
+        )
+        assert late is not None and late < delays  # the held batches waited over two minutes
+        total = metric_value(body, 'mirror_end_to_end_delay_seconds_sum{entity="planet"}')
+        assert total is not None and total >= AGE
+
+        status = await asyncio.to_thread(run_cli, worker.env, "status")
+        assert status.returncode == 0, status.stderr
+        tails = [
+            line.split()[-2:] for line in status.stdout.splitlines() if line.strip()[:1].isdigit()
+        ]
+        assert tails == [["0", "0"]] * 4, status.stdout
+        assert "end-to-end delay: not known here" in status.stdout
+    finally:
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+        engine.dispose()
+        worker.stop()
