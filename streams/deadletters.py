@@ -9,12 +9,12 @@ two can only send a dead letter twice.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from streams.aiokafka_fixes import send_record
 from streams.errors import DeadLetterError, MirrorError
+from streams.producers import OwnProducer
 from streams.routing import Rejection, first_of
 from streams.settings import Settings
 
@@ -81,9 +81,10 @@ class DeadLetterWriter:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer: Any = None
         self._max_bytes = 1024 * 1024
-        self._lock = asyncio.Lock()
+        self._producer = OwnProducer(
+            settings, "dead-letter", lambda: {"max_request_size": self._max_bytes}
+        )
 
     async def prepare(self, source: str, topic: str) -> None:
         """Create ``topic`` when missing, to take any record of ``source``; size the producer."""
@@ -101,7 +102,7 @@ class DeadLetterWriter:
         """
         from aiokafka.errors import KafkaError
 
-        producer = await self._ready()
+        producer = await self._producer.get()
         for rejection in rejections:
             record = rejection.record
             try:
@@ -110,7 +111,8 @@ class DeadLetterWriter:
                 )
                 await future
             except KafkaError as exc:
-                if getattr(exc, "retriable", False):
+                broken = await self._producer.discard_if_broken(exc)
+                if broken or getattr(exc, "retriable", False):
                     raise DeadLetterError(
                         f"could not write dead letters to {topic} yet: {exc!r}"
                     ) from exc
@@ -124,27 +126,8 @@ class DeadLetterWriter:
         headers: Sequence[tuple[str, bytes | None]],
     ) -> Any:
         """Send any record with this producer (header keys byte for byte); return its future."""
-        return await send_record(await self._ready(), topic, key, value, headers)
+        return await send_record(await self._producer.get(), topic, key, value, headers)
 
     async def close(self) -> None:
         """Stop the producer."""
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await producer.stop()
-
-    async def _ready(self) -> Any:
-        async with self._lock:
-            if self._producer is None:
-                from aiokafka import AIOKafkaProducer
-
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.broker_hosts,
-                    **self.settings.kafka_client_options(),
-                    acks="all",
-                    enable_idempotence=True,
-                    max_request_size=self._max_bytes,
-                    request_timeout_ms=30_000,
-                )
-                await producer.start()
-                self._producer = producer
-            return self._producer
+        await self._producer.close()

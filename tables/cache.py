@@ -17,7 +17,6 @@ worker that applies an entity also owns its cache entry (co-partitioned).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -28,6 +27,7 @@ import orjson
 from models.registry import EntitySpec, Registry
 from streams.api import public
 from streams.faust_bridge import LocalTable, recovering_partitions
+from streams.producers import OwnProducer
 from streams.settings import Settings
 
 #: Largest record batch the changelog writer builds (one per partition and batch of entries).
@@ -110,24 +110,44 @@ class ChangelogWriter:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer: Any = None
+        self._producer = OwnProducer(
+            settings,
+            "changelog",
+            lambda: {
+                "max_batch_size": CHANGELOG_BATCH_BYTES,
+                "max_request_size": 16 * CHANGELOG_BATCH_BYTES,
+            },
+        )
         self._partitions: dict[str, list[int]] = {}
-        self._lock = asyncio.Lock()
 
     async def write(
         self, topic: str, entries: Iterable[Entry]
     ) -> list[tuple[bytes, bytes | None, int, int]]:
         """Write ``entries`` and wait until the broker has them all; return each entry as
         ``(key, value, partition, offset)``, in order."""
-        producer = await self._ready()
+        producer = await self._producer.get()
+        sent: list[tuple[Any, list[tuple[bytes, bytes | None, int]]]] = []
+        try:
+            return await self._write(producer, topic, entries, sent)
+        except Exception as exc:
+            await self._producer.discard_if_broken(exc, (future for future, _ in sent))
+            raise
+
+    async def _write(
+        self,
+        producer: Any,
+        topic: str,
+        entries: Iterable[Entry],
+        sent: list[tuple[Any, list[tuple[bytes, bytes | None, int]]]],
+    ) -> list[tuple[bytes, bytes | None, int, int]]:
+        """Send ``entries`` as record batches (their futures into ``sent``), then await them."""
         partitions = self._partitions.get(topic)
         if partitions is None:
             partitions = sorted(await producer.partitions_for(topic))
             self._partitions[topic] = partitions
         count = len(partitions)
         batches: dict[int, Any] = {}
-        # Per record batch sent: its future, and the entries in it (in order).
-        sent: list[tuple[Any, list[tuple[bytes, bytes | None, int]]]] = []
+        # Per record batch sent (in ``sent``): its future, and the entries in it (in order).
         open_entries: dict[int, list[tuple[bytes, bytes | None, int]]] = {}
         for entry in entries:
             partition = entry.partition
@@ -155,27 +175,7 @@ class ChangelogWriter:
 
     async def close(self) -> None:
         """Stop the producer."""
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await producer.stop()
-
-    async def _ready(self) -> Any:
-        async with self._lock:
-            if self._producer is None:
-                from aiokafka import AIOKafkaProducer
-
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.broker_hosts,
-                    **self.settings.kafka_client_options(),
-                    acks="all",
-                    enable_idempotence=True,
-                    max_batch_size=CHANGELOG_BATCH_BYTES,
-                    max_request_size=16 * CHANGELOG_BATCH_BYTES,
-                    request_timeout_ms=30_000,
-                )
-                await producer.start()
-                self._producer = producer
-            return self._producer
+        await self._producer.close()
 
 
 @dataclass(slots=True)
