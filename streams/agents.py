@@ -162,7 +162,6 @@ def make_agent(
     mirror, settings = agents.mirror, agents.settings
     source = mirror.source_topic(spec)
     dlq = dead_letter_topic(source, settings.dlq_suffix)
-    repartitioned = spec.repartition or spec.kind in settings.repartition
     checkpoints = [
         Checkpoint(
             mirror,
@@ -173,7 +172,7 @@ def make_agent(
             agents.applied,
             cache,
             cache_writer(),
-            prepare=(lambda records: [with_origin(r) for r in records]) if repartitioned else None,
+            prepare=with_origins,
         )
         for _ in feeds
     ]
@@ -264,6 +263,16 @@ async def _forward(
 
 def _headers(record: Any) -> list[tuple[str, bytes]]:
     return [(k, v if isinstance(v, bytes) else b"") for k, v in (record.headers or ())]
+
+
+def with_origins(records: list[Any]) -> list[Any]:
+    """Return ``records`` with the first positions their ``mirror-origin`` headers name.
+
+    Every mirrored topic, not only repartition topics: a redriven dead letter goes back to its
+    source topic with the header, and must keep its first version (and be skipped as stale if
+    the entity changed since). Records without headers are passed on untouched (the hot path).
+    """
+    return [with_origin(r) if r.headers else r for r in records]
 
 
 def with_origin(record: Any) -> Any:

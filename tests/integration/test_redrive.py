@@ -67,13 +67,25 @@ async def test_redrive_after_a_fix_applies_the_dead_letters(
         assert "would redrive 55 dead letters" in dry.stdout
         assert "bad_json: 5" in dry.stdout and "store_refused: 50" in dry.stdout
 
+        # Ten of the refused planets change meanwhile: their dead letters are older.
+        renamed = {k: f"renamed-{k}" for k in forbidden[:10]}
+        await produce(
+            kafka_bootstrap,
+            topic,
+            (
+                (k.encode(), json.dumps({"planetUuid": k, "planetName": n}).encode())
+                for k, n in renamed.items()
+            ),
+        )
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         with engine.begin() as conn:  # the fix
             conn.execute(text("ALTER TABLE servicea_planet DROP CONSTRAINT no_forbidden"))
         sent = run_cli(env, "dlq", "redrive", "--reason", "store_refused")
         assert sent.returncode == 0, sent.stderr
         assert "redrove 50 dead letters" in sent.stdout
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
-        assert read_planets(pg_url) == {**good, **{k: "forbidden" for k in forbidden}}
+        # A redriven event keeps its first version: stale for the ten renamed since.
+        assert read_planets(pg_url) == {**good, **{k: "forbidden" for k in forbidden}, **renamed}
     finally:
         worker.stop()
         engine.dispose()
