@@ -10,8 +10,8 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,196 +29,90 @@ _APP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _HOST_PORT_RE = re.compile(r"^[A-Za-z0-9._-]+:\d{1,5}$")
 _BROKER_SCHEMES = ("kafka://", "aiokafka://")
 
-#: Every variable the settings read, with its default, for docs and the compose check.
-ENVIRONMENT: dict[str, str] = {
-    "KAFKA_BROKER": DEFAULT_KAFKA_BROKER,
-    "DATABASE_URL": f"sqlite:///./{DEFAULT_SQLITE_FILE}",
-    "APP_ID": DEFAULT_APP_ID,
-    "WEB_PORT": str(DEFAULT_WEB_PORT),
-    "WEB_HOST": "127.0.0.1",
-    "CANONICAL_URL": "",
-    "STANDBY_REPLICAS": "0",
-    "RECOVERY_STALL_TIMEOUT": "60",
-    "TOPIC_PARTITIONS": "4",
-    "TOPIC_REPLICAS": "1",
-    "BATCH_SIZE": "5000",
-    "BATCH_WAIT": "0.2",
-    "APPLY_LANES": "2",
-    "TABLE_STORE": "rocksdb",
-    "LOG_LEVEL": "info",
-    "TOPIC_PREFIX": "",
-    "ENTITY_MODULES": "models.planet",
-    "DATA_DIR": "",
-    "DLQ_SUFFIX": ".dlq",
-    "REPARTITION": "",
-    "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
-    "KAFKA_SASL_MECHANISM": "PLAIN",
-    "KAFKA_SASL_USERNAME": "",
-    "KAFKA_SASL_PASSWORD": "",
-    "KAFKA_SSL_CAFILE": "",
-    "KAFKA_SSL_CERTFILE": "",
-    "KAFKA_SSL_KEYFILE": "",
-    "API_TOKEN": "",
-    "LOG_FORMAT": "text",
-    "SESSION_TIMEOUT": "30",
-    "SHUTDOWN_TIMEOUT": "30",
-    "TOMBSTONE_RETENTION": str(7 * 24 * 3600),
-}
+Parse = Callable[[str, "Read"], Any]
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
-    """Validated configuration of one worker process."""
+class Read:
+    """What a parser knows besides the raw text: the variable, its default, the cwd."""
 
-    kafka_broker: str = DEFAULT_KAFKA_BROKER
-    """Faust broker URL(s), e.g. ``kafka://127.0.0.1:9092``; several separated by ``;``."""
-    database_url: str = field(default=f"sqlite:///{DEFAULT_SQLITE_FILE}", repr=False)
-    """SQLAlchemy URL of the mirror store; SQLite in the working directory by default. It may
-    hold a password: show :attr:`database_url_safe` instead."""
-    app_id: str = DEFAULT_APP_ID
-    """Faust app id, which is also the Kafka consumer group."""
-    web_port: int = DEFAULT_WEB_PORT
-    """Port of the worker's HTTP server (one per worker on a machine)."""
-    web_host: str = "127.0.0.1"
-    """Interface the HTTP server binds to and advertises to other workers."""
-    canonical_url: str = ""
-    """URL other workers reach this one at (routed reads); empty: ``http://WEB_HOST:WEB_PORT``,
-    or the machine's host name when WEB_HOST is a wildcard like 0.0.0.0."""
-    standby_replicas: int = 0
-    """Workers that keep a standby copy of each cached table partition."""
-    recovery_stall_timeout: float = 60.0
-    """Seconds a cached table's recovery may make no progress before the worker exits."""
-    topic_partitions: int = 4
-    """Partitions of entity topics that the worker creates when they are missing."""
-    topic_replicas: int = 1
-    """Replication factor of topics that the worker creates."""
-    batch_size: int = 5000
-    """Most events applied in one SQL transaction."""
-    batch_wait: float = 0.2
-    """Longest wait, in seconds, for a batch to fill before it is applied anyway."""
-    apply_lanes: int = 2
-    """Batches of one entity applied at once, each from its own partitions (p mod lanes)."""
-    table_store: str = "rocksdb"
-    """Where cached tables live: ``rocksdb`` (files under DATA_DIR: a restart or a promoted
-    standby recovers only what changed since) or ``memory`` (recovered from the changelog's
-    start after every rebalance)."""
-    log_level: str = "info"
-    """Worker log level."""
-    topic_prefix: str = ""
-    """Prefix put before every entity topic name (separate environments, tests)."""
-    entity_modules: tuple[str, ...] = ("models.planet",)
-    """Modules imported at start so that their entity declarations register."""
-    data_dir: str = ""
-    """Faust's data directory; empty means ``<APP_ID>-data`` in the working directory."""
-    dlq_suffix: str = ".dlq"
-    """Dead letters of ``<topic>`` go to ``<topic><DLQ_SUFFIX>``."""
-    repartition: tuple[str, ...] = ()
-    """Entity kinds whose topics are not keyed by entity key (besides ``__repartition__``)."""
-    kafka_security_protocol: str = "PLAINTEXT"
-    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
-    kafka_sasl_mechanism: str = "PLAIN"
-    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)."""
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = field(default="", repr=False)
-    kafka_ssl_cafile: str = ""
-    """CA bundle to verify the brokers (SSL, SASL_SSL); empty: the system's."""
-    kafka_ssl_certfile: str = ""
-    """Client certificate for mutual TLS (optional)."""
-    kafka_ssl_keyfile: str = ""
-    api_token: str = field(default="", repr=False)
-    """When set, every HTTP page but /health requires ``Authorization: Bearer <token>``."""
-    log_format: str = "text"
-    """``text`` (Faust's) or ``json``: one JSON object per line."""
-    session_timeout: float = 30.0
-    """Seconds before the group gives a silent worker's partitions to the others."""
-    shutdown_timeout: float = 30.0
-    """Seconds a stopping worker may take; then it exits anyway (uncommitted work is replayed)."""
-    tombstone_retention: float = 7 * 24 * 3600.0
-    """Seconds a delete's tombstone is kept; a later event older than the delete is skipped
-    only while its tombstone lasts."""
+    name: str
+    default: Any
+    cwd: Path
 
-    @property
-    def broker_hosts(self) -> list[str]:
-        """Return the broker addresses as ``host:port`` strings, schemes removed."""
-        return [_strip_scheme(part) for part in _split_brokers(self.kafka_broker)]
 
-    def kafka_client_options(self) -> dict[str, Any]:
-        """Return the security keyword arguments of aiokafka clients (CLI, preflight, tests)."""
-        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            options["ssl_context"] = self.ssl_context()
-        if self.kafka_security_protocol.startswith("SASL"):
-            options["sasl_mechanism"] = self.kafka_sasl_mechanism
-            options["sasl_plain_username"] = self.kafka_sasl_username
-            options["sasl_plain_password"] = self.kafka_sasl_password
-        return options
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """How one environment variable becomes one field of :class:`Settings`."""
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """Build the TLS context for the brokers from the KAFKA_SSL_* files."""
-        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
-        if self.kafka_ssl_certfile:
-            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
-        return context
+    name: str
+    parse: Parse
+    """Turns the variable's text into the field's value, or raises a one-line SettingsError
+    naming the variable."""
+    when_unset: bool = False
+    """Parse even when the variable is unset (with ``""``): the default depends on the cwd."""
+    shown: str | None = None
+    """The default as the README shows it, when it is not the field's default as text."""
 
-    @property
-    def advertised_url(self) -> str:
-        """Return the URL other workers use to reach this worker's HTTP server."""
-        if self.canonical_url:
-            return self.canonical_url
-        host = self.web_host
-        if host in ("0.0.0.0", "::", ""):
-            host = socket.gethostname()
-        return f"http://{host}:{self.web_port}"
 
-    @property
-    def database_url_safe(self) -> str:
-        """Return DATABASE_URL with its password masked, the only form fit to print or log."""
-        return make_url(self.database_url).render_as_string(hide_password=True)
+def env(name: str, parse: Parse, *, when_unset: bool = False, shown: str | None = None) -> Any:
+    """Declare the variable of a field (the field's default is the variable's)."""
+    return {"env": Variable(name, parse, when_unset, shown)}
 
-    @property
-    def is_sqlite(self) -> bool:
-        """Tell whether the store is the embedded SQLite default (or another SQLite file)."""
-        return make_url(self.database_url).get_backend_name() == "sqlite"
 
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None
-    ) -> Settings:
-        """Build settings from environment variables, failing with the variable's name."""
-        env = os.environ if environ is None else environ
-        workdir = Path.cwd() if cwd is None else cwd
-        return cls(
-            kafka_broker=parse_kafka_broker(env.get("KAFKA_BROKER", DEFAULT_KAFKA_BROKER)),
-            database_url=parse_database_url(env.get("DATABASE_URL"), workdir),
-            app_id=_parse_app_id(env.get("APP_ID", DEFAULT_APP_ID)),
-            web_port=_parse_int(env, "WEB_PORT", DEFAULT_WEB_PORT, low=1, high=65535),
-            web_host=_parse_host(env.get("WEB_HOST", "127.0.0.1")),
-            canonical_url=_parse_url(env.get("CANONICAL_URL", "")),
-            standby_replicas=_parse_int(env, "STANDBY_REPLICAS", 0, low=0, high=10),
-            recovery_stall_timeout=_parse_float(
-                env, "RECOVERY_STALL_TIMEOUT", 60.0, low=5.0, high=86400.0
-            ),
-            topic_partitions=_parse_int(env, "TOPIC_PARTITIONS", 4, low=1, high=10_000),
-            topic_replicas=_parse_int(env, "TOPIC_REPLICAS", 1, low=1, high=100),
-            batch_size=_parse_int(env, "BATCH_SIZE", 5000, low=1, high=1_000_000),
-            batch_wait=_parse_float(env, "BATCH_WAIT", 0.2, low=0.001, high=60.0),
-            apply_lanes=_parse_int(env, "APPLY_LANES", 2, low=1, high=16),
-            table_store=_parse_choice(env, "TABLE_STORE", "rocksdb", ("rocksdb", "memory")),
-            log_level=_parse_log_level(env.get("LOG_LEVEL", "info")),
-            topic_prefix=_parse_topic_prefix(env.get("TOPIC_PREFIX", "")),
-            entity_modules=_parse_modules(env.get("ENTITY_MODULES", "models.planet")),
-            data_dir=env.get("DATA_DIR", "").strip(),
-            dlq_suffix=_parse_dlq_suffix(env.get("DLQ_SUFFIX", ".dlq")),
-            repartition=_parse_kinds(env.get("REPARTITION", "")),
-            **_kafka_security(env),
-            api_token=env.get("API_TOKEN", ""),
-            log_format=_parse_choice(env, "LOG_FORMAT", "text", ("text", "json")),
-            session_timeout=_parse_float(env, "SESSION_TIMEOUT", 30.0, low=6.0, high=1800.0),
-            shutdown_timeout=_parse_float(env, "SHUTDOWN_TIMEOUT", 30.0, low=1.0, high=3600.0),
-            tombstone_retention=_parse_float(
-                env, "TOMBSTONE_RETENTION", 7 * 24 * 3600.0, low=1.0, high=10 * 365 * 86400.0
-            ),
-        )
+def _ranged(kind: type[int] | type[float], low: float, high: float) -> Parse:
+    """A parser of an integer (``kind`` int) or a number between ``low`` and ``high``."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(raw: str, read: Read) -> int | float:
+        if raw.strip() == "":
+            return kind(read.default)
+        try:
+            value = kind(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{read.name} must be {what}, got {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{read.name} must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Parse:
+    return _ranged(int, low, high)
+
+
+def _number(low: float, high: float) -> Parse:
+    return _ranged(float, low, high)
+
+
+def _choice(*choices: str) -> Parse:
+    def parse(raw: str, read: Read) -> str:
+        value = raw.strip() or str(read.default)
+        if value not in choices:
+            raise SettingsError(f"{read.name} must be one of {', '.join(choices)}; got {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(raw: str, read: Read) -> str:
+    return raw
+
+
+def _stripped(raw: str, read: Read) -> str:
+    return raw.strip()
+
+
+def _file(raw: str, read: Read) -> str:
+    if raw and not Path(raw).is_file():
+        raise SettingsError(f"{read.name} {raw!r} is not a readable file")
+    return raw
+
+
+def _only(check: Callable[[str], Any]) -> Parse:
+    """A parser from a check of the text alone (its messages name the variable already)."""
+    return lambda raw, read: check(raw)
 
 
 def _split_brokers(value: str) -> list[str]:
@@ -310,34 +204,6 @@ def _parse_url(value: str) -> str:
     return value
 
 
-def _parse_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _parse_float(
-    env: Mapping[str, str], name: str, default: float, *, low: float, high: float
-) -> float:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
-    return value
-
-
 def _parse_log_level(value: str) -> str:
     level = value.strip().lower()
     if level not in ("debug", "info", "warning", "error", "critical"):
@@ -381,37 +247,214 @@ def _parse_dlq_suffix(value: str) -> str:
     return value
 
 
-def _parse_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name, default).strip() or default
-    if value not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated configuration of one worker process.
+
+    Each field declares its environment variable, default and parser once (``env(...)``);
+    :meth:`from_env`, :data:`ENVIRONMENT` and the README's table check all read that. A small
+    hand-written reader rather than pydantic-settings: it keeps the frozen dataclass and
+    the exact one-line messages, in about forty lines.
+    """
+
+    kafka_broker: str = field(
+        default=DEFAULT_KAFKA_BROKER,
+        metadata=env("KAFKA_BROKER", _only(parse_kafka_broker)),
+    )
+    """Faust broker URL(s), e.g. ``kafka://127.0.0.1:9092``; several separated by ``;``."""
+    database_url: str = field(
+        default=f"sqlite:///{DEFAULT_SQLITE_FILE}",
+        repr=False,
+        metadata=env(
+            "DATABASE_URL",
+            lambda raw, read: parse_database_url(raw, read.cwd),
+            when_unset=True,
+            shown=f"sqlite:///<cwd>/{DEFAULT_SQLITE_FILE}",
+        ),
+    )
+    """SQLAlchemy URL of the mirror store; SQLite in the working directory by default. It may
+    hold a password: show :attr:`database_url_safe` instead."""
+    app_id: str = field(default=DEFAULT_APP_ID, metadata=env("APP_ID", _only(_parse_app_id)))
+    """Faust app id, which is also the Kafka consumer group."""
+    web_port: int = field(default=DEFAULT_WEB_PORT, metadata=env("WEB_PORT", _integer(1, 65535)))
+    """Port of the worker's HTTP server (one per worker on a machine)."""
+    web_host: str = field(default="127.0.0.1", metadata=env("WEB_HOST", _only(_parse_host)))
+    """Interface the HTTP server binds to and advertises to other workers."""
+    canonical_url: str = field(
+        default="",
+        metadata=env("CANONICAL_URL", _only(_parse_url), shown="http://WEB_HOST:WEB_PORT"),
+    )
+    """URL other workers reach this one at (routed reads); empty: ``http://WEB_HOST:WEB_PORT``,
+    or the machine's host name when WEB_HOST is a wildcard like 0.0.0.0."""
+    standby_replicas: int = field(default=0, metadata=env("STANDBY_REPLICAS", _integer(0, 10)))
+    """Workers that keep a standby copy of each cached table partition."""
+    recovery_stall_timeout: float = field(
+        default=60.0, metadata=env("RECOVERY_STALL_TIMEOUT", _number(5.0, 86400.0))
+    )
+    """Seconds a cached table's recovery may make no progress before the worker rejoins."""
+    topic_partitions: int = field(default=4, metadata=env("TOPIC_PARTITIONS", _integer(1, 10_000)))
+    """Partitions of entity topics that the worker creates when they are missing."""
+    topic_replicas: int = field(default=1, metadata=env("TOPIC_REPLICAS", _integer(1, 100)))
+    """Replication factor of topics that the worker creates."""
+    batch_size: int = field(default=5000, metadata=env("BATCH_SIZE", _integer(1, 1_000_000)))
+    """Most events applied in one SQL transaction."""
+    batch_wait: float = field(default=0.2, metadata=env("BATCH_WAIT", _number(0.001, 60.0)))
+    """Longest wait, in seconds, for a batch to fill before it is applied anyway."""
+    apply_lanes: int = field(default=2, metadata=env("APPLY_LANES", _integer(1, 16)))
+    """Batches of one entity applied at once, each from its own partitions (p mod lanes)."""
+    table_store: str = field(
+        default="rocksdb", metadata=env("TABLE_STORE", _choice("rocksdb", "memory"))
+    )
+    """Where cached tables live: ``rocksdb`` (files under DATA_DIR: a restart or a promoted
+    standby recovers only what changed since) or ``memory`` (recovered from the changelog's
+    start after every rebalance)."""
+    log_level: str = field(default="info", metadata=env("LOG_LEVEL", _only(_parse_log_level)))
+    """Worker log level."""
+    topic_prefix: str = field(default="", metadata=env("TOPIC_PREFIX", _only(_parse_topic_prefix)))
+    """Prefix put before every entity topic name (separate environments, tests)."""
+    entity_modules: tuple[str, ...] = field(
+        default=("models.planet",),
+        metadata=env("ENTITY_MODULES", _only(_parse_modules)),
+    )
+    """Modules imported at start so that their entity declarations register."""
+    data_dir: str = field(
+        default="", metadata=env("DATA_DIR", _stripped, shown="`<APP_ID>-data` in the cwd")
+    )
+    """Faust's data directory; empty means ``<APP_ID>-data`` in the working directory."""
+    dlq_suffix: str = field(default=".dlq", metadata=env("DLQ_SUFFIX", _only(_parse_dlq_suffix)))
+    """Dead letters of ``<topic>`` go to ``<topic><DLQ_SUFFIX>``."""
+    repartition: tuple[str, ...] = field(
+        default=(), metadata=env("REPARTITION", _only(_parse_kinds))
+    )
+    """Entity kinds whose topics are not keyed by entity key (besides ``__repartition__``)."""
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT",
+        metadata=env(
+            "KAFKA_SECURITY_PROTOCOL", _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        ),
+    )
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+    kafka_sasl_mechanism: str = field(
+        default="PLAIN",
+        metadata=env("KAFKA_SASL_MECHANISM", _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
+    )
+    """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)."""
+    kafka_sasl_username: str = field(default="", metadata=env("KAFKA_SASL_USERNAME", _text))
+    kafka_sasl_password: str = field(
+        default="", repr=False, metadata=env("KAFKA_SASL_PASSWORD", _text)
+    )
+    kafka_ssl_cafile: str = field(default="", metadata=env("KAFKA_SSL_CAFILE", _file))
+    """CA bundle to verify the brokers (SSL, SASL_SSL); empty: the system's."""
+    kafka_ssl_certfile: str = field(default="", metadata=env("KAFKA_SSL_CERTFILE", _file))
+    """Client certificate for mutual TLS (optional)."""
+    kafka_ssl_keyfile: str = field(default="", metadata=env("KAFKA_SSL_KEYFILE", _file))
+    api_token: str = field(default="", repr=False, metadata=env("API_TOKEN", _text))
+    """When set, every HTTP page but /health requires ``Authorization: Bearer <token>``."""
+    log_format: str = field(default="text", metadata=env("LOG_FORMAT", _choice("text", "json")))
+    """``text`` (Faust's) or ``json``: one JSON object per line."""
+    session_timeout: float = field(
+        default=30.0, metadata=env("SESSION_TIMEOUT", _number(6.0, 1800.0))
+    )
+    """Seconds before the group gives a silent worker's partitions to the others."""
+    shutdown_timeout: float = field(
+        default=30.0, metadata=env("SHUTDOWN_TIMEOUT", _number(1.0, 3600.0))
+    )
+    """Seconds a stopping worker may take; then it exits anyway (uncommitted work is replayed)."""
+    tombstone_retention: float = field(
+        default=7 * 24 * 3600.0,
+        metadata=env("TOMBSTONE_RETENTION", _number(1.0, 10 * 365 * 86400.0)),
+    )
+    """Seconds a delete's tombstone is kept; a later event older than the delete is skipped
+    only while its tombstone lasts."""
+
+    @property
+    def broker_hosts(self) -> list[str]:
+        """Return the broker addresses as ``host:port`` strings, schemes removed."""
+        return [_strip_scheme(part) for part in _split_brokers(self.kafka_broker)]
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Return the security keyword arguments of aiokafka clients (CLI, preflight, tests)."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = self.ssl_context()
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password
+        return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Build the TLS context for the brokers from the KAFKA_SSL_* files."""
+        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+        return context
+
+    @property
+    def advertised_url(self) -> str:
+        """Return the URL other workers use to reach this worker's HTTP server."""
+        if self.canonical_url:
+            return self.canonical_url
+        host = self.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"http://{host}:{self.web_port}"
+
+    @property
+    def database_url_safe(self) -> str:
+        """Return DATABASE_URL with its password masked, the only form fit to print or log."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Tell whether the store is the embedded SQLite default (or another SQLite file)."""
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None
+    ) -> Settings:
+        """Build settings from environment variables, failing with the variable's name."""
+        env_vars = os.environ if environ is None else environ
+        workdir = Path.cwd() if cwd is None else cwd
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            variable: Variable = item.metadata["env"]
+            raw = env_vars.get(variable.name)
+            if raw is None and not variable.when_unset:
+                continue  # the field's default
+            values[item.name] = variable.parse(
+                "" if raw is None else raw, Read(variable.name, item.default, workdir)
+            )
+        settings = cls(**values)
+        if settings.kafka_security_protocol.startswith("SASL") and not settings.kafka_sasl_username:
+            raise SettingsError(
+                "KAFKA_SASL_USERNAME is required with "
+                f"KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol}"
+            )
+        return settings
 
 
-def _kafka_security(env: Mapping[str, str]) -> dict[str, str]:
-    protocol = _parse_choice(
-        env,
-        "KAFKA_SECURITY_PROTOCOL",
-        "PLAINTEXT",
-        ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-    )
-    mechanism = _parse_choice(
-        env, "KAFKA_SASL_MECHANISM", "PLAIN", ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-    )
-    values = {
-        "kafka_security_protocol": protocol,
-        "kafka_sasl_mechanism": mechanism,
-        "kafka_sasl_username": env.get("KAFKA_SASL_USERNAME", ""),
-        "kafka_sasl_password": env.get("KAFKA_SASL_PASSWORD", ""),
-        "kafka_ssl_cafile": env.get("KAFKA_SSL_CAFILE", ""),
-        "kafka_ssl_certfile": env.get("KAFKA_SSL_CERTFILE", ""),
-        "kafka_ssl_keyfile": env.get("KAFKA_SSL_KEYFILE", ""),
+def variables() -> dict[str, tuple[Variable, Any]]:
+    """Return every variable the settings read, with its field's default, in field order."""
+    return {
+        item.metadata["env"].name: (item.metadata["env"], item.default) for item in fields(Settings)
     }
-    if protocol.startswith("SASL") and not values["kafka_sasl_username"]:
-        raise SettingsError(
-            f"KAFKA_SASL_USERNAME is required with KAFKA_SECURITY_PROTOCOL={protocol}"
-        )
-    for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
-        if values[name] and not Path(values[name]).is_file():
-            raise SettingsError(f"{name.upper()} {values[name]!r} is not a readable file")
-    return values
+
+
+def shown_default(variable: Variable, default: Any) -> str:
+    """Return a variable's default as the README's table shows it (without backticks)."""
+    if variable.shown is not None:
+        return variable.shown
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    return str(default)
+
+
+#: Every variable the settings read, with the text that gives its default (docs, compose check).
+ENVIRONMENT: dict[str, str] = {
+    name: ("" if variable.when_unset else shown_default(Variable(name, _text), default))
+    for name, (variable, default) in variables().items()
+}

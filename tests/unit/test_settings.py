@@ -141,3 +141,33 @@ def test_bad_security_and_logging_values_name_the_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env(env, cwd=tmp_path)
+
+
+def test_the_readme_table_lists_every_variable_with_its_declared_default() -> None:
+    import re
+
+    from streams.settings import shown_default, variables
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n#", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
+    declared = variables()
+    documented: set[str] = set()
+    for names_cell, default_cell in rows:
+        names = re.findall(r"`([A-Z_*]+)`", names_cell)
+        matched = {
+            name
+            for pattern in names
+            for name in declared
+            if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1]))
+        }
+        assert matched, f"the README documents {names}, which the settings do not declare"
+        documented |= matched
+        if len(names) == 1 and not names[0].endswith("*"):
+            variable, default = declared[names[0]]
+            want = shown_default(variable, default)
+            shown = default_cell.strip()
+            assert shown in (f"`{want}`", want) or (want == "" and shown == "empty"), (
+                f"README says {names[0]} defaults to {shown}; the settings say {want!r}"
+            )
+    assert documented == set(declared), set(declared) - documented
