@@ -49,7 +49,7 @@ from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 from devservices.processes import note_started  # noqa: E402
 from models.store import SqlStore  # noqa: E402
-from streams.errors import StoreUnavailableError  # noqa: E402
+from streams.core.errors import StoreUnavailableError  # noqa: E402
 
 PARTITIONS = 4
 UPDATES = 2_000

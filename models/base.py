@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Self
 from sqlalchemy import BigInteger, Integer
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: Bookkeeping columns every mirrored table gets: the version of the state the row holds.
-VERSION_COLUMNS = ("mirror_version", "mirror_partition", "mirror_offset")
+from models.registry import VERSION_COLUMNS, default_registry, field_map_mapping
+
+__all__ = ["VERSION_COLUMNS", "Base", "MirroredEntity"]
 
 
 class Base(DeclarativeBase):
@@ -89,8 +90,6 @@ class MirroredEntity:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__topic__" in cls.__dict__:
-            from models.registry import default_registry
-
             default_registry.register(cls)
 
     @classmethod
@@ -111,6 +110,7 @@ class MirroredEntity:
         return row
 
     @classmethod
+    @field_map_mapping
     def from_kafka_event(cls, event: Mapping[str, Any]) -> Self:
         """Build an instance from an event; override for custom mappings."""
         return cls(**cls.row_from_event(event))

@@ -37,14 +37,17 @@ from streams.core.columns import (
     compile_patch_check,
     compile_row_check,
 )
-from streams.errors import RegistryError
+from streams.core.errors import RegistryError
 
 RowMapper = Callable[[dict[str, Any]], Mapping[str, Any]]
 #: A model's ``on_batch(conn, applied, deleted)``: the rows a batch wrote (by key), the keys
 #: it deleted, called in the batch's transaction on its SQLAlchemy connection.
 BatchHook = Callable[[Any, Mapping[Any, Mapping[str, Any]], list[Any]], None]
 
-#: Record fields the core injects into each event (``streams.routing``): a field map naming
+#: Bookkeeping columns every mirrored table gets: the version of the state the row holds.
+VERSION_COLUMNS = ("mirror_version", "mirror_partition", "mirror_offset")
+
+#: Record fields the core injects into each event (``streams.core.routing``): a field map naming
 #: one of them reads them.
 RECORD_FIELDS = ("kafkaRecordTimestamp", "kafkaTopic", "kafkaPartition", "kafkaOffset")
 
@@ -154,15 +157,16 @@ def _instance_to_row(instance: Any) -> dict[str, Any]:
     }
 
 
-def _mapper_for(model: type[Any]) -> RowMapper:
-    from models.base import MirroredEntity
+def field_map_mapping(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``MirroredEntity.from_kafka_event`` (models/base.py), the field map's own mapping:
+    a model that does not override it is mapped without building an instance per event."""
+    hook.field_map_mapping = True  # type: ignore[attr-defined]
+    return hook
 
-    base_hook = MirroredEntity.__dict__["from_kafka_event"]
-    custom = any(
-        "from_kafka_event" in klass.__dict__ and klass.__dict__["from_kafka_event"] is not base_hook
-        for klass in model.__mro__
-    )
-    if not custom:
+
+def _mapper_for(model: type[Any]) -> RowMapper:
+    hook = getattr(model.from_kafka_event, "__func__", model.from_kafka_event)
+    if getattr(hook, "field_map_mapping", False):
         # Fast path: the field map gives a dict, no ORM instance is built per event.
         return model.row_from_event  # type: ignore[no-any-return]
 
@@ -245,8 +249,6 @@ def build_spec(model: type[Any]) -> EntitySpec:
             raise RegistryError(f"{name}.__update_columns__ names unknown columns: {missing}")
         update_columns = tuple(declared_updates)
     kind = str(getattr(model, "__kind__", name.lower()))
-    from models.base import VERSION_COLUMNS
-
     missing_bookkeeping = [c for c in VERSION_COLUMNS if c not in table.columns]
     if missing_bookkeeping:
         raise RegistryError(f"{name} lacks {missing_bookkeeping}; inherit from MirroredEntity")

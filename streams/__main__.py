@@ -1,5 +1,5 @@
 """``python -m streams``: the operator's command line."""
 
-from streams.cli import main
+from streams.cli.main import main
 
 raise SystemExit(main())

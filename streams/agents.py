@@ -22,14 +22,14 @@ from models.registry import EntitySpec
 from streams import metrics
 from streams.aiokafka_fixes import needs_raw_headers
 from streams.checkpoint import AppliedOffsets, Checkpoint
+from streams.core.errors import CacheError, MirrorError
+from streams.core.routing import ORIGIN_HEADER, SourceRecord, entity_key_of, first_of
 from streams.core.staleness import Head
 from streams.deadletters import DeadLetterWriter, dead_letter_topic
-from streams.errors import CacheError, MirrorError
 from streams.faust_bridge import commit_offsets
 from streams.feed import Feed, Taken, held_heads
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
-from streams.routing import ORIGIN_HEADER, SourceRecord, entity_key_of, first_of
 from streams.settings import Settings
 from tables.cache import EntityCache, Entry, cache_key, encode_value
 
@@ -279,7 +279,7 @@ def with_origin(record: Any) -> Any:
     """Return ``record`` with the first position its ``mirror-origin`` header names, if any."""
     for name, raw in record.headers or ():
         if name == ORIGIN_HEADER:
-            from streams.routing import Origin
+            from streams.core.routing import Origin
 
             origin = Origin.from_header(raw)
             if origin is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from streams.errors import MirrorError
+from streams.core.errors import MirrorError
 from streams.settings import Settings
 from streams.worker import build_app
 

@@ -2,7 +2,7 @@
 
 For a batch of one entity's records (several partitions, each in order):
 
-1. **Route** every record (pure: ``streams.routing``); rejections are known before any SQL.
+1. **Route** every record (pure: ``streams.core.routing``); rejections are known before any SQL.
 2. **Dead letters** of the records rejected for the first time are sent, and confirmed by the
    broker, before the transaction that moves their partition's stored offset past them commits.
    A dead letter the broker will never take (too large) holds its partition from that record
@@ -36,13 +36,13 @@ from typing import Any, TypeVar
 
 from models.registry import EntitySpec
 from streams import metrics
+from streams.core.errors import MirrorError, StoreRefusals
+from streams.core.routing import Decision, Rejection, first_of, route_batch
 from streams.core.staleness import Head
 from streams.deadletters import DeadLetterRefused, DeadLetterWriter
-from streams.errors import MirrorError, StoreRefusals
 from streams.feed import Feed, heads_of, held_heads
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
-from streams.routing import Decision, Rejection, first_of, route_batch
 from tables.cache import EntityCache
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from streams.aiokafka_fixes import send_record
-from streams.errors import DeadLetterError, MirrorError
+from streams.core.errors import DeadLetterError, MirrorError
+from streams.core.routing import Rejection, first_of
 from streams.producers import OwnProducer
-from streams.routing import Rejection, first_of
 from streams.settings import Settings
 
 REASON = "dlq.reason"

@@ -20,9 +20,9 @@ import orjson
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
 from streams import metrics
-from streams.errors import BatchHookError, StoreRefusals
-from streams.guard import resolve
-from streams.routing import (
+from streams.core.errors import BatchHookError, StoreRefusals
+from streams.core.guard import resolve
+from streams.core.routing import (
     Decision,
     EntityKey,
     Outcome,
@@ -108,7 +108,7 @@ class Mirror:
     """Routes records through the core and applies them with the store, one batch at a time.
 
     ``apply`` either commits the batch (writes, stored offsets, outcome counts) and returns
-    an outcome for every record, or raises a retriable :class:`~streams.errors.MirrorError`
+    an outcome for every record, or raises a retriable :class:`~streams.core.errors.MirrorError`
     having committed nothing, so the caller retries the same batch without acknowledging
     its offsets.
     """
@@ -157,7 +157,7 @@ class Mirror:
         ``decisions`` are the records' routes when the caller has them already. With
         ``refused`` (positions the database refused before, dead-lettered since), a row the
         database refuses now rolls the transaction back with
-        :class:`~streams.errors.StoreRefusals`, so the caller can dead-letter it first; without
+        :class:`~streams.core.errors.StoreRefusals`, so the caller can dead-letter it first; without
         it such a row is rejected in the same transaction. ``before_commit`` gets the batch's
         new rejections inside the transaction, before it commits; if it raises, nothing is
         committed. With ``read_back``, the result's ``states`` say what the cache needs.

@@ -16,8 +16,8 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from streams.core.routing import ChangeType, Outcome, Rejection, RejectReason, SourceRecord
 from streams.mirror import Mirror, RecordResult
-from streams.routing import ChangeType, Outcome, Rejection, RejectReason, SourceRecord
 
 STATUS_BY_CHANGE = {ChangeType.CREATED: 201, ChangeType.UPDATED: 200, ChangeType.DELETED: 204}
 STATUS_REJECTED = 400

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from streams import metrics
+from streams.core.errors import MirrorError
 from streams.core.positions import Jump, lost_below_log_start, start_offset
-from streams.errors import MirrorError
 from streams.faust_bridge import assignment_settled, position_partitions
 from streams.handoff import Handoff
 from streams.mirror import Mirror

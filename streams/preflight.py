@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from streams.errors import MirrorError
+from streams.core.errors import MirrorError
 from streams.settings import Settings
 
 

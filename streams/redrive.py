@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from streams import aiokafka_fixes
 from streams.aiokafka_fixes import send_record
+from streams.cli.operations import partitions_of
+from streams.core.errors import MirrorError
+from streams.core.routing import ORIGIN_HEADER, Origin
 from streams.deadletters import (
     DLQ_HEADERS,
     REASON,
@@ -23,10 +26,7 @@ from streams.deadletters import (
     SOURCE_TOPIC,
     headers_dict,
 )
-from streams.errors import MirrorError
-from streams.operations import partitions_of
 from streams.preflight import start_client
-from streams.routing import ORIGIN_HEADER, Origin
 from streams.settings import Settings
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from streams.errors import SettingsError
+from streams.core.errors import SettingsError
 
 DEFAULT_KAFKA_BROKER = "kafka://127.0.0.1:9092"
 DEFAULT_APP_ID = "entity-mirror"

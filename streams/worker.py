@@ -24,7 +24,7 @@ from streams.agents import (
     register_tombstone_purge,
     repartition_topic,
 )
-from streams.errors import MirrorError, SettingsError
+from streams.core.errors import MirrorError, SettingsError
 from streams.faust_bridge import MirrorConsumer, assignment_settled
 from streams.freshness import Freshness
 from streams.handoff import Handoff

@@ -25,10 +25,10 @@ import faust
 import orjson
 
 from models.registry import EntitySpec, Registry
-from streams.api import public
 from streams.faust_bridge import LocalTable, recovering_partitions
 from streams.producers import OwnProducer
 from streams.settings import Settings
+from tables.api import public
 
 #: Largest record batch the changelog writer builds (one per partition and batch of entries).
 CHANGELOG_BATCH_BYTES = 1024 * 1024

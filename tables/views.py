@@ -22,9 +22,10 @@ import faust
 from faust.web import Request, Response, View
 from yarl import URL
 
-from streams import api, metrics
-from streams.errors import StoreUnavailableError
+from streams import metrics
+from streams.core.errors import StoreUnavailableError
 from streams.mirror import Mirror
+from tables import api
 from tables.cache import EntityCache, cache_key
 
 #: Marks a request a worker forwarded, so that it is never forwarded twice.

@@ -1,7 +1,7 @@
 """Events for the moons of ``tests/models/declared_moons.py`` and what they must leave, one by one.
 
 The oracle applies each event alone, in the order of its partition, under the rules the README
-states; it shares no code with the worker's batch fold (``streams.guard.resolve``), which must
+states; it shares no code with the worker's batch fold (``streams.core.guard.resolve``), which must
 reach the same rows and the same outcome of every event however the events are batched.
 """
 

@@ -26,8 +26,8 @@ from models.base import MirroredEntity
 from models.planet import Planet
 from models.registry import EntitySpec, Registry, build_spec, default_registry
 from models.store import SqlStore
+from streams.core.routing import Outcome, Rejection, RejectReason, SourceRecord
 from streams.mirror import Mirror
-from streams.routing import Outcome, Rejection, RejectReason, SourceRecord
 
 PLANET = build_spec(Planet)
 

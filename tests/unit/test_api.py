@@ -13,9 +13,9 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, SmallInteger, Tabl
 import models.planet  # noqa: F401  (declares Planet in the default registry)
 from models.registry import EntitySpec, default_registry
 from models.store import SqlStore
-from streams.api import get_entity, list_entities, parse_key
+from streams.core.routing import SourceRecord
 from streams.mirror import Mirror
-from streams.routing import SourceRecord
+from tables.api import get_entity, list_entities, parse_key
 
 
 @pytest.fixture

@@ -17,8 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.registry import EntitySpec, build_spec, default_registry
-from streams.guard import Current, Plan, resolve
-from streams.routing import ChangeType, Delete, Rejection, RejectReason, SourceRecord, Upsert, route
+from streams.core.guard import Current, Plan, resolve
+from streams.core.routing import (
+    ChangeType,
+    Delete,
+    Rejection,
+    RejectReason,
+    SourceRecord,
+    Upsert,
+    route,
+)
 from tests.models.declared_moons import PatchedMoon, SoftMoon, SoftPatchedMoon
 from tests.moon_oracle import FIELD_OF, MoonEvent, MoonOracle, moon_stream
 
@@ -29,7 +37,7 @@ for _model in (SoftMoon, PatchedMoon, SoftPatchedMoon):
 
 @dataclass
 class MemoryTable:
-    """What the SQL store does with a plan (models/store.py ``write``), in dictionaries."""
+    """What the SQL store does with a plan (models/store/batch.py ``write``), in dictionaries."""
 
     spec: EntitySpec
     rows: dict[Any, dict[str, Any]] = field(default_factory=dict)

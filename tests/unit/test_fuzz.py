@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from models.planet import Planet
 from models.registry import build_spec
-from streams.guard import resolve
-from streams.routing import Delete, Rejection, SourceRecord, Upsert, route
+from streams.core.guard import resolve
+from streams.core.routing import Delete, Rejection, SourceRecord, Upsert, route
 
 PLANET = build_spec(Planet)
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from models.planet import Planet
 from models.registry import build_spec
-from streams.guard import ZERO_VERSION, Current, Plan, resolve
-from streams.routing import Decision, Delete, Outcome, SourceRecord, Upsert, Version, route
+from streams.core.guard import ZERO_VERSION, Current, Plan, resolve
+from streams.core.routing import Decision, Delete, Outcome, SourceRecord, Upsert, Version, route
 
 PLANET = build_spec(Planet)
 

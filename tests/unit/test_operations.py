@@ -6,7 +6,7 @@ import math
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from streams.operations import DelaySummary, delay_summary
+from streams.cli.operations import DelaySummary, delay_summary
 
 
 def worker_metrics(delays: dict[str, list[float]]) -> str:

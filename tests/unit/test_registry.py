@@ -11,7 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from models.base import MirroredEntity
 from models.planet import Planet
 from models.registry import Registry, build_spec, default_registry
-from streams.errors import RegistryError
+from streams.core.errors import RegistryError
 
 
 class LocalBase(DeclarativeBase):

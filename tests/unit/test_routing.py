@@ -11,7 +11,7 @@ import pytest
 
 from models.planet import Planet
 from models.registry import build_spec
-from streams.routing import (
+from streams.core.routing import (
     ChangeType,
     Delete,
     Origin,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import SettingsError
+from streams.core.errors import SettingsError
 from streams.settings import ENVIRONMENT, Settings
 
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.errors import MirrorError
+from streams.core.errors import MirrorError
 from streams.preflight import database_problem, start_client
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def cmd_sample_events(settings: Settings, count: int) -> int:
             events.append((key, {"planetUuid": key, "planetName": f"Exoplanet {i}"}))
     else:
         events = events[:count]
-    from streams.operations import ensure_topic
+    from streams.cli.operations import ensure_topic
 
     topic = f"{settings.topic_prefix}planet-changed"
     asyncio.run(ensure_topic(settings, topic))
@@ -109,7 +109,7 @@ def _entity(settings: Settings, kind: str) -> tuple[Mirror, EntitySpec]:
 def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
     """Print committed, stored and end offsets with the lag and staleness per partition, table
     rows, and the end-to-end delay per entity when workers' ``/metrics`` are given."""
-    from streams import operations
+    from streams.cli import operations
     from streams.core.staleness import stored_staleness
     from streams.worker import build_mirror
 
@@ -160,7 +160,7 @@ def _seconds(value: float | None) -> str:
 
 def _delay(scraped: Sequence[str], kind: str, workers: int) -> str:
     """Describe the end-to-end delay of ``kind`` from workers' metrics, or why it is unknown."""
-    from streams.operations import delay_summary
+    from streams.cli.operations import delay_summary
 
     if not workers:
         return (
@@ -178,7 +178,7 @@ def _delay(scraped: Sequence[str], kind: str, workers: int) -> str:
 
 def cmd_verify(settings: Settings, kind: str, limit: int) -> int:
     """Compare the table with the state its topic implies; exit 1 when they differ."""
-    from streams import operations
+    from streams.cli import operations
 
     mirror, spec = _entity(settings, kind)
     mirror.store.create_tables([spec])
@@ -202,7 +202,7 @@ def verify_cache(
     settings: Settings, spec: EntitySpec, rows: dict[Any, dict[str, Any]], limit: int
 ) -> int:
     """Compare the cached table's changelog with the SQL rows; exit 1 when they differ."""
-    from streams import operations
+    from streams.cli import operations
     from tables.cache import cache_key, cached_value, changelog_topic
 
     topic = changelog_topic(settings.app_id, spec.kind)
@@ -223,7 +223,7 @@ def verify_cache(
 
 def cmd_rebuild(settings: Settings, kind: str) -> int:
     """Empty the table of ``kind`` and replay its topic from the beginning."""
-    from streams import operations
+    from streams.cli import operations
 
     mirror, spec = _entity(settings, kind)
     replayed = asyncio.run(operations.rebuild(settings, mirror, spec))

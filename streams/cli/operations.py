@@ -20,11 +20,11 @@ from sqlalchemy import delete
 from models.registry import EntitySpec
 from models.store import offsets_table
 from streams import aiokafka_fixes
-from streams.errors import MirrorError
-from streams.guard import Current, resolve
+from streams.core.errors import MirrorError
+from streams.core.guard import Current, resolve
+from streams.core.routing import EntityKey, SourceRecord, route
 from streams.mirror import Mirror, fast_loads
 from streams.preflight import start_client
-from streams.routing import EntityKey, SourceRecord, route
 from streams.settings import Settings
 
 

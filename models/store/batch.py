@@ -1,374 +1,54 @@
-"""The SQL store: carries out a batch's plan on PostgreSQL or SQLite in one transaction.
-
-Per batch, inside one transaction: read the consumer group's stored offsets and the current
-versions of the batch's keys (one query each, with row locks), write the plan (one
-``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` executemany for upserts, ``DELETE ... IN`` for
-deletes, tombstones likewise), advance the stored offsets and add the outcome counts. Never a
-read followed by a write per event.
-
-Guarantee: everything a batch does commits together or not at all, and the stored offset
-of a partition moves with it. A record below the stored offset has had its effect already, so
-a replay after a crash changes nothing and is not counted twice.
-"""
+"""One batch's transaction: read versions and offsets, write the plan, store offsets and counts."""
 
 from __future__ import annotations
 
-import functools
-import re
-import threading
 import time
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    Engine,
-    Integer,
-    MetaData,
-    String,
     Table,
     any_,
     bindparam,
-    create_engine,
     delete,
-    event,
-    func,
     select,
-    text,
-    tuple_,
-    update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import (
-    DataError,
     DBAPIError,
-    IntegrityError,
     OperationalError,
-    SQLAlchemyError,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.sql import column as sa_column
-from sqlalchemy.sql import table as sa_table
 
-from models.base import VERSION_COLUMNS
 from models.copy_format import copy_text
-from models.registry import EntitySpec
+from models.registry import VERSION_COLUMNS, EntitySpec
+from models.store.schema import offsets_table, public_columns
+from models.store.statements import (
+    _CHUNK,
+    COPY_FROM_ROWS,
+    ENTITY_LOCK_SPACE,
+    _counts_upsert,
+    _delete_query,
+    _delete_staging_sql,
+    _entity_lock_id,
+    _key_stage_sql,
+    _new_version_params,
+    _offsets_upsert,
+    _patch_statement,
+    _soft_delete_statement,
+    _staging_sql,
+    _tombstone_upsert,
+    _upsert_statement,
+    _values_template,
+    _version,
+    _version_values,
+    _versions_query,
+)
 from streams.core.columns import ColumnKind
-from streams.errors import StoreError, StoreUnavailableError
-from streams.guard import Current, Plan, StoredVersions
-from streams.routing import Delete, EntityKey, Upsert, Version, first_of
-
-_CHUNK = 500
-#: First key of the advisory locks serialising an entity's writes (StoreTransaction.serialize).
-ENTITY_LOCK_SPACE = 0x6D697272  # "mirr"
-#: Upserts of at least this many rows go through COPY (see models/copy_format.py).
-COPY_FROM_ROWS = 50
-
-#: Bookkeeping tables shared by every entity (separate metadata: never in a user's models).
-bookkeeping = MetaData()
-
-offsets_table = Table(
-    "mirror_offsets",
-    bookkeeping,
-    Column("consumer_group", String(255), primary_key=True),
-    Column("topic", String(255), primary_key=True),
-    Column("partition", Integer, primary_key=True, autoincrement=False),
-    Column("next_offset", BigInteger, nullable=False),
-)
-
-outcomes_table = Table(
-    "mirror_outcomes",
-    bookkeeping,
-    Column("consumer_group", String(255), primary_key=True),
-    Column("topic", String(255), primary_key=True),
-    Column("outcome", String(32), primary_key=True),
-    Column("count", BigInteger, nullable=False),
-)
-
-
-def create_store_engine(url: str) -> Engine:
-    """Create the engine for ``url`` with the settings the mirror relies on."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(
-            parsed,
-            # Batches run in a worker thread (asyncio.to_thread), not the creating thread.
-            connect_args={"check_same_thread": False, "timeout": 30},
-        )
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-            # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred).
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            # WAL lets the CLI and HTTP readers read while the worker writes.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            # Take the write lock up front, so a batch's reads and writes are one atomic step
-            # even with another process writing the same file.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(
-        parsed,
-        # No pre-ping: a round trip per batch. A connection broken by a server restart
-        # fails its batch with a retriable error, SQLAlchemy drops it, the retry reconnects.
-        pool_size=5,
-        max_overflow=5,
-        # Batch UPDATE/DELETE executemany too, not only INSERTs.
-        executemany_mode="values_plus_batch",
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _upsert_statement(
-    table: Table,
-    key_column: str,
-    update_columns: tuple[str, ...],
-    columns: tuple[str, ...],
-    dialect: str,
-) -> Any:
-    """Build (once per table and column set) the version-guarded upsert.
-
-    It names only ``columns``: the others keep their default on create and their value on
-    update (a model may have columns its events never set).
-    """
-    stmt = _insert_for(dialect, table).values({c: bindparam(c) for c in columns})
-    update = {c: stmt.excluded[c] for c in (*update_columns, *VERSION_COLUMNS) if c in columns}
-    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
-        *(table.c[c] for c in VERSION_COLUMNS)
-    )
-    # The guard is also checked here: the row may have been inserted after our read.
-    return stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
-
-
-def _insert_for(dialect: str, table: Table) -> Any:
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-
-
-@functools.lru_cache(maxsize=256)
-def _tombstone_upsert(tomb: Table, key_column: str, dialect: str) -> Any:
-    """Write a tombstone unless a newer one is there."""
-    stmt = _insert_for(dialect, tomb)
-    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
-        *(tomb.c[c] for c in VERSION_COLUMNS)
-    )
-    update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
-    return stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
-
-
-def _guarded_update(table: Table, key_column: str, *, same_version: bool = False) -> Any:
-    """Return an UPDATE of the row ``mirror_key`` setting the version ``mirror_new_*``, only
-    where the row's version is older (the guard is checked again in the database), or as old
-    with ``same_version`` (a Kafka tombstone without a version deletes at the row's own)."""
-    new: tuple[Any, ...] = tuple(bindparam(f"mirror_new_{c}") for c in VERSION_COLUMNS)
-    stored = tuple_(*(table.c[c] for c in VERSION_COLUMNS))
-    older = stored <= tuple_(*new) if same_version else stored < tuple_(*new)
-    return (
-        update(table)
-        .where(table.c[key_column] == bindparam("mirror_key"), older)
-        .values(dict(zip(VERSION_COLUMNS, new, strict=True)))
-    )
-
-
-def _new_version_params(version: Version) -> dict[str, int]:
-    """Return the parameters of :func:`_guarded_update`'s new version."""
-    return {f"mirror_new_{c}": v for c, v in zip(VERSION_COLUMNS, version, strict=True)}
-
-
-@functools.lru_cache(maxsize=256)
-def _patch_statement(table: Table, key_column: str, columns: tuple[str, ...]) -> Any:
-    """Build (once per table and column set) the version-guarded UPDATE of a partial update."""
-    stmt = _guarded_update(table, key_column)
-    return stmt.values({c: bindparam(f"mirror_set_{c}") for c in columns if c != key_column})
-
-
-@functools.lru_cache(maxsize=64)
-def _soft_delete_statement(table: Table, key_column: str, column: str) -> Any:
-    """Build (once per table) the version-guarded UPDATE marking a row deleted."""
-    stmt = _guarded_update(table, key_column, same_version=True)
-    return stmt.values({column: bindparam("mirror_deleted_at")})
-
-
-@functools.lru_cache(maxsize=4)
-def _offsets_upsert(dialect: str) -> Any:
-    """Store a partition's next offset, never moving it backwards."""
-    stmt = _insert_for(dialect, offsets_table)
-    return stmt.on_conflict_do_update(
-        index_elements=["consumer_group", "topic", "partition"],
-        set_={"next_offset": stmt.excluded.next_offset},
-        where=offsets_table.c.next_offset < stmt.excluded.next_offset,
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def _counts_upsert(dialect: str) -> Any:
-    """Add to an outcome count."""
-    stmt = _insert_for(dialect, outcomes_table)
-    return stmt.on_conflict_do_update(
-        index_elements=["consumer_group", "topic", "outcome"],
-        set_={"count": outcomes_table.c.count + stmt.excluded["count"]},
-    )
-
-
-_VALUES_CLAUSE = re.compile(r" VALUES \((%\(\w+\)s(?:, %\(\w+\)s)*)\)")
-
-
-@functools.lru_cache(maxsize=256)
-def _staging_sql(
-    table: Table,
-    tombstones: Table,
-    key_column: str,
-    update_columns: tuple[str, ...],
-    columns: tuple[str, ...],
-    returning: bool,
-) -> tuple[str, str, str, str, str]:
-    """Return (once per table and columns) the SQL of a COPY upsert: create the staging
-    table if missing, COPY into it, upsert from it with the version guard, clear the staged
-    keys' tombstones, empty it."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    quote = dialect.identifier_preparer.quote
-    stage = quote(f"mirror_stage_{table.name}"[:63])
-    create = (
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-        f"SELECT * FROM {quote(table.name)} WITH NO DATA"
-    )
-    names = ", ".join(quote(c) for c in columns)
-    copy = f"COPY {stage} ({names}) FROM STDIN"
-    staged = sa_table(f"mirror_stage_{table.name}"[:63], *(sa_column(c) for c in columns))
-    stmt = postgresql.insert(table).from_select(list(columns), select(*staged.c))
-    update = {c: stmt.excluded[c] for c in (*update_columns, *VERSION_COLUMNS) if c in columns}
-    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
-        *(table.c[c] for c in VERSION_COLUMNS)
-    )
-    stmt = stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
-    upsert = str(stmt.compile(dialect=dialect))
-    if returning:
-        upsert += " RETURNING " + ", ".join(quote(c) for c in public_columns(table))
-    key = quote(key_column)
-    clear_tombstones = (
-        f"DELETE FROM {quote(tombstones.name)} AS t USING {stage} AS s WHERE t.{key} = s.{key}"
-    )
-    return create, copy, upsert, clear_tombstones, f"TRUNCATE {stage}"
-
-
-@functools.lru_cache(maxsize=256)
-def _delete_staging_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, ...]:
-    """Return (once per table) the SQL of a COPY delete: create the staging table of deletes
-    if missing, COPY into it, delete the staged keys' rows, write their tombstones (unless a
-    newer one is there), empty it."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    quote = dialect.identifier_preparer.quote
-    name = f"mirror_deletes_{table.name}"[:63]
-    stage = quote(name)
-    columns = (key_column, *VERSION_COLUMNS, "deleted_at")
-    create = (
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-        f"SELECT * FROM {quote(tombstones.name)} WITH NO DATA"
-    )
-    copy = f"COPY {stage} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
-    key = quote(key_column)
-    delete_rows = f"DELETE FROM {quote(table.name)} AS t USING {stage} AS s WHERE t.{key} = s.{key}"
-    staged = sa_table(name, *(sa_column(c) for c in columns))
-    stmt = postgresql.insert(tombstones).from_select(list(columns), select(*staged.c))
-    newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
-        *(tombstones.c[c] for c in VERSION_COLUMNS)
-    )
-    update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
-    stmt = stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
-    return create, copy, delete_rows, str(stmt.compile(dialect=dialect)), f"TRUNCATE {stage}"
-
-
-@functools.lru_cache(maxsize=256)
-def _key_stage_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, str, str, str]:
-    """Return (once per table) the SQL staging a batch's keys with their oldest versions, and
-    the queries reading, against that stage, the row and tombstone versions at least as new
-    (none: locking every row, for batches that need locks)."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    quote = dialect.identifier_preparer.quote
-    stage = quote(f"mirror_keys_{table.name}"[:63])
-    key_type = table.c[key_column].type.compile(dialect=dialect)
-    create = (
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
-        f"(k {key_type}, v bigint, p bigint, o bigint) ON COMMIT DELETE ROWS"
-    )
-    copy = f"COPY {stage} (k, v, p, o) FROM STDIN"
-    key = quote(key_column)
-    v, p, o = (quote(c) for c in VERSION_COLUMNS)
-
-    def newer(target: Table) -> str:
-        return (
-            f"SELECT t.{key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
-            f"JOIN {quote(target.name)} AS t ON t.{key} = b.k "
-            f"WHERE (t.{v}, t.{p}, t.{o}) >= (b.v, b.p, b.o)"
-        )
-
-    return create, copy, newer(table), newer(tombstones)
-
-
-@functools.lru_cache(maxsize=256)
-def public_columns(table: Table) -> tuple[str, ...]:
-    """Return the columns a reader sees (the bookkeeping ``mirror_*`` ones left out)."""
-    return tuple(c.key for c in table.columns if not c.key.startswith("mirror_"))
-
-
-@functools.lru_cache(maxsize=256)
-def _versions_query(table: Table, key_column: str) -> str:
-    """Return (once per table) the driver SQL reading the versions of ``%(keys)s``."""
-    key = table.c[key_column]
-    query = select(key, *(table.c[c] for c in VERSION_COLUMNS)).where(
-        key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type)))
-    )
-    return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
-
-
-@functools.lru_cache(maxsize=256)
-def _delete_query(table: Table, key_column: str) -> str:
-    """Return (once per table) the driver SQL deleting the rows of ``%(keys)s``."""
-    key = table.c[key_column]
-    query = delete(table).where(key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type))))
-    return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
-
-
-@functools.lru_cache(maxsize=256)
-def _values_template(
-    statement: Any, dialect: Any, returning: bool = False
-) -> tuple[str, tuple[str, ...]]:
-    """Compile an INSERT to ``INSERT ... VALUES %s ...`` and its column order, once."""
-    sql = str(statement.compile(dialect=dialect))
-    if returning:
-        quote = dialect.identifier_preparer.quote
-        sql += " RETURNING " + ", ".join(quote(c) for c in public_columns(statement.table))
-    match = _VALUES_CLAUSE.search(sql)
-    if match is None or "%(" in sql[match.end() :]:
-        raise StoreError(f"cannot turn {sql[:80]!r}... into a VALUES %s template")
-    head, tail = sql[: match.start()], sql[match.end() :]
-    columns = tuple(re.findall(r"%\((\w+)\)s", match.group(1)))
-    return f"{head} VALUES %s{tail}", columns
-
-
-def _entity_lock_id(table_name: str) -> int:
-    """Return a stable 32-bit lock id for an entity table (the same in every process)."""
-    return zlib.crc32(table_name.encode()) - 2**31
-
-
-def _version(row: Any) -> Version:
-    return (int(row.mirror_version), int(row.mirror_partition), int(row.mirror_offset))
-
-
-def _version_values(version: Version) -> dict[str, int]:
-    return dict(zip(VERSION_COLUMNS, version, strict=True))
+from streams.core.guard import Current, Plan, StoredVersions
+from streams.core.routing import Delete, EntityKey, Upsert, Version, first_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,7 +228,7 @@ class StoreTransaction:
         recreated: set[EntityKey],
         returning: bool,
     ) -> dict[EntityKey, dict[str, Any]]:
-        """Write in the plan's order (see :class:`~streams.guard.Plan`); return the rows the
+        """Write in the plan's order (see :class:`~streams.core.guard.Plan`); return the rows the
         upserts and patches wrote and, with soft deletes, the rows the deletes marked."""
         if recreated:
             again = [u.key for u in upserts if u.key in recreated]
@@ -874,121 +554,6 @@ class StoreTransaction:
             for (topic, outcome), n in sorted(counts.items())
         ]
         self._insert_many(_counts_upsert(self.dialect), rows)
-
-
-class SqlStore:
-    """Entry point to the mirror's database: tables, batch transactions, and reads.
-
-    Errors come out wrapped: :class:`StoreUnavailableError` (retriable: connection lost,
-    server down, lock timeout) or :class:`StoreError` (not retriable), naming what was done.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.dialect = engine.dialect.name
-        self._ddl_lock = threading.Lock()
-        if self.dialect not in ("postgresql", "sqlite"):
-            raise StoreError(f"unsupported database dialect {self.dialect!r}")
-
-    @classmethod
-    def from_url(cls, url: str) -> SqlStore:
-        """Build a store for an SQLAlchemy URL."""
-        return cls(create_store_engine(url))
-
-    def create_tables(self, specs: Sequence[EntitySpec]) -> None:
-        """Create missing tables (entity, tombstone, bookkeeping); existing ones are kept.
-
-        One creation at a time, in this process and across workers (an advisory lock on
-        PostgreSQL): two ``CREATE TABLE IF NOT EXISTS`` of one table at once make one of
-        them fail on PostgreSQL's catalog.
-        """
-        with self._ddl_lock, self._wrapped("create tables"), self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('entity-mirror ddl'))"))
-            bookkeeping.create_all(conn, checkfirst=True)
-            for spec in specs:
-                spec.table.create(conn, checkfirst=True)
-                spec.tombstone_table.create(conn, checkfirst=True)
-
-    @contextmanager
-    def transaction(self, what: str) -> Iterator[StoreTransaction]:
-        """Open one transaction for a batch; commit on success, roll back on any error."""
-        with self._wrapped(what), self.engine.begin() as conn:
-            yield StoreTransaction(conn, self.dialect)
-
-    def rows(self, spec: EntitySpec) -> dict[Any, dict[str, Any]]:
-        """Return every row of the entity's table keyed by entity key (tests, CLI)."""
-        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
-            result = conn.execute(select(spec.table))
-            return {row[spec.key_column]: dict(row) for row in result.mappings()}
-
-    def get(self, spec: EntitySpec, key: Any) -> dict[str, Any] | None:
-        """Return the row of ``key``, or None."""
-        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
-            query = select(spec.table).where(spec.table.c[spec.key_column] == key)
-            row = conn.execute(query).mappings().first()
-            return dict(row) if row is not None else None
-
-    def page(
-        self, spec: EntitySpec, *, limit: int, after: Any = None, with_deleted: bool = True
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Return up to ``limit`` rows with keys after ``after``, in key order, and the total;
-        without ``with_deleted``, soft-deleted rows (``__soft_delete__``) are left out of both."""
-        key = spec.table.c[spec.key_column]
-        query = select(spec.table).order_by(key).limit(limit)
-        counting = select(func.count()).select_from(spec.table)
-        if spec.soft_delete is not None and not with_deleted:
-            live = spec.table.c[spec.soft_delete].is_(None)
-            query, counting = query.where(live), counting.where(live)
-        if after is not None:
-            query = query.where(key > after)
-        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
-            rows = [dict(row) for row in conn.execute(query).mappings()]
-            total = int(conn.execute(counting).scalar_one())
-        return rows, total
-
-    def count(self, spec: EntitySpec) -> int:
-        """Count the entity's rows."""
-        with self._wrapped(f"count {spec.kind}"), self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(spec.table)).scalar_one())
-
-    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
-        """Return the durable outcome counts of ``group`` per (topic, outcome)."""
-        t = outcomes_table
-        with self._wrapped("read outcome counts"), self.engine.connect() as conn:
-            query = select(t.c.topic, t.c.outcome, t.c.count).where(t.c.consumer_group == group)
-            return {(topic, outcome): int(n) for topic, outcome, n in conn.execute(query)}
-
-    def stored_offsets(self, group: str) -> dict[tuple[str, int], int]:
-        """Return the stored next offset per (topic, partition) of ``group``."""
-        t = offsets_table
-        with self._wrapped("read stored offsets"), self.engine.connect() as conn:
-            query = select(t.c.topic, t.c.partition, t.c.next_offset).where(
-                t.c.consumer_group == group
-            )
-            return {(topic, int(p)): int(o) for topic, p, o in conn.execute(query)}
-
-    def purge_tombstones(self, spec: EntitySpec, older_than_ms: int) -> int:
-        """Delete tombstones written before ``older_than_ms``; return how many."""
-        t = spec.tombstone_table
-        with self._wrapped(f"purge {spec.kind} tombstones"), self.engine.begin() as conn:
-            result = conn.execute(delete(t).where(t.c.deleted_at < older_than_ms))
-            return int(result.rowcount or 0)
-
-    def dispose(self) -> None:
-        """Close pooled connections."""
-        self.engine.dispose()
-
-    @contextmanager
-    def _wrapped(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (IntegrityError, DataError) as exc:
-            raise StoreError(f"{what}: database refused it: {_first_line(exc)}") from exc
-        except DBAPIError as exc:
-            raise StoreUnavailableError(f"{what}: {_first_line(exc)}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(f"{what}: {_first_line(exc)}") from exc
 
 
 def _row_fault(exc: BaseException) -> bool:

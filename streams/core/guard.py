@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from streams.routing import (
+from streams.core.routing import (
     Decision,
     Delete,
     EntityKey,

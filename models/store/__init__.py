@@ -1,0 +1,161 @@
+"""The SQL store: carries out a batch's plan on PostgreSQL or SQLite in one transaction.
+
+:class:`SqlStore` is the entry point (schema creation, one transaction per batch, the reads of
+the HTTP pages and the command line); ``engine`` sets up SQLAlchemy, ``schema`` holds the
+bookkeeping tables, ``statements`` the SQL (built once per table), ``batch`` the operations of
+one batch's transaction (:class:`StoreTransaction`).
+
+Per batch, inside one transaction: read the consumer group's stored offsets and the current
+versions of the batch's keys (one query each, with row locks), write the plan (one
+``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` executemany for upserts, ``DELETE ... IN`` for
+deletes, tombstones likewise), advance the stored offsets and add the outcome counts. Never a
+read followed by a write per event.
+
+Guarantee: everything a batch does commits together or not at all, and the stored offset
+of a partition moves with it. A record below the stored offset has had its effect already, so
+a replay after a crash changes nothing and is not counted twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+
+from models.registry import EntitySpec
+from models.store.batch import Refusal, StoreTransaction, _first_line
+from models.store.engine import create_store_engine
+from models.store.schema import bookkeeping, offsets_table, outcomes_table, public_columns
+from models.store.statements import COPY_FROM_ROWS, ENTITY_LOCK_SPACE
+from streams.core.errors import StoreError, StoreUnavailableError
+
+__all__ = [
+    "COPY_FROM_ROWS",
+    "ENTITY_LOCK_SPACE",
+    "Refusal",
+    "SqlStore",
+    "StoreTransaction",
+    "create_store_engine",
+    "offsets_table",
+    "outcomes_table",
+    "public_columns",
+]
+
+
+class SqlStore:
+    """Entry point to the mirror's database: tables, batch transactions, and reads.
+
+    Errors come out wrapped: :class:`StoreUnavailableError` (retriable: connection lost,
+    server down, lock timeout) or :class:`StoreError` (not retriable), naming what was done.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._ddl_lock = threading.Lock()
+        if self.dialect not in ("postgresql", "sqlite"):
+            raise StoreError(f"unsupported database dialect {self.dialect!r}")
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlStore:
+        """Build a store for an SQLAlchemy URL."""
+        return cls(create_store_engine(url))
+
+    def create_tables(self, specs: Sequence[EntitySpec]) -> None:
+        """Create missing tables (entity, tombstone, bookkeeping); existing ones are kept.
+
+        One creation at a time, in this process and across workers (an advisory lock on
+        PostgreSQL): two ``CREATE TABLE IF NOT EXISTS`` of one table at once make one of
+        them fail on PostgreSQL's catalog.
+        """
+        with self._ddl_lock, self._wrapped("create tables"), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('entity-mirror ddl'))"))
+            bookkeeping.create_all(conn, checkfirst=True)
+            for spec in specs:
+                spec.table.create(conn, checkfirst=True)
+                spec.tombstone_table.create(conn, checkfirst=True)
+
+    @contextmanager
+    def transaction(self, what: str) -> Iterator[StoreTransaction]:
+        """Open one transaction for a batch; commit on success, roll back on any error."""
+        with self._wrapped(what), self.engine.begin() as conn:
+            yield StoreTransaction(conn, self.dialect)
+
+    def rows(self, spec: EntitySpec) -> dict[Any, dict[str, Any]]:
+        """Return every row of the entity's table keyed by entity key (tests, CLI)."""
+        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
+            result = conn.execute(select(spec.table))
+            return {row[spec.key_column]: dict(row) for row in result.mappings()}
+
+    def get(self, spec: EntitySpec, key: Any) -> dict[str, Any] | None:
+        """Return the row of ``key``, or None."""
+        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
+            query = select(spec.table).where(spec.table.c[spec.key_column] == key)
+            row = conn.execute(query).mappings().first()
+            return dict(row) if row is not None else None
+
+    def page(
+        self, spec: EntitySpec, *, limit: int, after: Any = None, with_deleted: bool = True
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return up to ``limit`` rows with keys after ``after``, in key order, and the total;
+        without ``with_deleted``, soft-deleted rows (``__soft_delete__``) are left out of both."""
+        key = spec.table.c[spec.key_column]
+        query = select(spec.table).order_by(key).limit(limit)
+        counting = select(func.count()).select_from(spec.table)
+        if spec.soft_delete is not None and not with_deleted:
+            live = spec.table.c[spec.soft_delete].is_(None)
+            query, counting = query.where(live), counting.where(live)
+        if after is not None:
+            query = query.where(key > after)
+        with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
+            rows = [dict(row) for row in conn.execute(query).mappings()]
+            total = int(conn.execute(counting).scalar_one())
+        return rows, total
+
+    def count(self, spec: EntitySpec) -> int:
+        """Count the entity's rows."""
+        with self._wrapped(f"count {spec.kind}"), self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(spec.table)).scalar_one())
+
+    def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
+        """Return the durable outcome counts of ``group`` per (topic, outcome)."""
+        t = outcomes_table
+        with self._wrapped("read outcome counts"), self.engine.connect() as conn:
+            query = select(t.c.topic, t.c.outcome, t.c.count).where(t.c.consumer_group == group)
+            return {(topic, outcome): int(n) for topic, outcome, n in conn.execute(query)}
+
+    def stored_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        """Return the stored next offset per (topic, partition) of ``group``."""
+        t = offsets_table
+        with self._wrapped("read stored offsets"), self.engine.connect() as conn:
+            query = select(t.c.topic, t.c.partition, t.c.next_offset).where(
+                t.c.consumer_group == group
+            )
+            return {(topic, int(p)): int(o) for topic, p, o in conn.execute(query)}
+
+    def purge_tombstones(self, spec: EntitySpec, older_than_ms: int) -> int:
+        """Delete tombstones written before ``older_than_ms``; return how many."""
+        t = spec.tombstone_table
+        with self._wrapped(f"purge {spec.kind} tombstones"), self.engine.begin() as conn:
+            result = conn.execute(delete(t).where(t.c.deleted_at < older_than_ms))
+            return int(result.rowcount or 0)
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _wrapped(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (IntegrityError, DataError) as exc:
+            raise StoreError(f"{what}: database refused it: {_first_line(exc)}") from exc
+        except DBAPIError as exc:
+            raise StoreUnavailableError(f"{what}: {_first_line(exc)}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{what}: {_first_line(exc)}") from exc

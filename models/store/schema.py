@@ -1,0 +1,41 @@
+"""The bookkeeping tables every entity shares, and the columns a reader sees."""
+
+from __future__ import annotations
+
+import functools
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+#: Bookkeeping tables shared by every entity (separate metadata: never in a user's models).
+bookkeeping = MetaData()
+
+offsets_table = Table(
+    "mirror_offsets",
+    bookkeeping,
+    Column("consumer_group", String(255), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False),
+)
+
+outcomes_table = Table(
+    "mirror_outcomes",
+    bookkeeping,
+    Column("consumer_group", String(255), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("outcome", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
+
+@functools.lru_cache(maxsize=256)
+def public_columns(table: Table) -> tuple[str, ...]:
+    """Return the columns a reader sees (the bookkeeping ``mirror_*`` ones left out)."""
+    return tuple(c.key for c in table.columns if not c.key.startswith("mirror_"))
