@@ -424,6 +424,7 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             if not exc.retriable:
                 raise
             log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, tries, delay, exc)
+            metrics.BATCH_RETRIES.labels(what.split(" ", 1)[0]).inc()
         await asyncio.sleep(delay)
         delay = min(delay * 2, MAX_BACKOFF)
 

@@ -97,6 +97,13 @@ DEAD_LETTER_FAILURES = Counter(
     ["topic", "partition"],
     registry=registry,
 )
+BATCH_RETRIES = Counter(
+    "mirror_batch_retries",
+    "Attempts of a batch's step (apply, write, route ...) that failed with an error a retry can "
+    "fix (the database or the broker unreachable); the batch is held and tried again.",
+    ["step"],
+    registry=registry,
+)
 BATCH_FAILURES = Counter(
     "mirror_batch_failures",
     "Batches that failed for a reason no retry fixes; their partitions are held a while.",

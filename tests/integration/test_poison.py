@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,9 @@ async def read_all(
         parts = [TopicPartition(topic, p) for p in ends]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + 120
         while len(out) < sum(ends.values()):
+            assert time.monotonic() < deadline, f"read {len(out)} of {sum(ends.values())} records"
             batch = await consumer.getmany(timeout_ms=2000)
             for messages in batch.values():
                 for m in messages:
