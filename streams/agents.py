@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import faust
@@ -270,9 +271,23 @@ def with_origins(records: list[Any]) -> list[Any]:
 
     Every mirrored topic, not only repartition topics: a redriven dead letter goes back to its
     source topic with the header, and must keep its first version (and be skipped as stale if
-    the entity changed since). Records without headers are passed on untouched (the hot path).
+    the entity changed since). The hot path: when no record has headers, or none names its
+    origin, ``records`` itself is returned (callers tell by identity that nothing changed).
     """
-    return [with_origin(r) if r.headers else r for r in records]
+    if not any(map(_headers_of, records)):
+        return records
+    out: list[Any] | None = None
+    for i, record in enumerate(records):
+        if record.headers:
+            prepared = with_origin(record)
+            if prepared is not record:
+                if out is None:
+                    out = list(records)
+                out[i] = prepared
+    return records if out is None else out
+
+
+_headers_of = attrgetter("headers")
 
 
 def with_origin(record: Any) -> Any:

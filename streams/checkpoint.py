@@ -112,6 +112,8 @@ class _Batch:
     """The first record of each partition in the batch (as fetched)."""
     decisions: list[Decision] = field(default_factory=list)
     result: BatchResult | None = None
+    forwarded: bool = False
+    """Whether some records carry the place they were first produced (``mirror-origin``)."""
 
 
 class Checkpoint:
@@ -235,7 +237,9 @@ class Checkpoint:
     async def _route(self, batch: _Batch) -> None:
         """Stage 1: route every record and send the dead letters of the rejected ones."""
         if self.prepare is not None:
-            batch.records = self.prepare(batch.records)
+            prepared = self.prepare(batch.records)
+            batch.forwarded = prepared is not batch.records  # the same list: none has an origin
+            batch.records = prepared
         batch.decisions = await asyncio.to_thread(route_batch, batch.records, self.spec, fast_loads)
 
     async def _apply(self, batch: _Batch) -> bool:
@@ -302,9 +306,9 @@ class Checkpoint:
             records = [r for r in records if r.offset >= before[(r.topic, r.partition)]]
         if not records:
             return
-        if self.prepare is None:
+        if not batch.forwarded:
             oldest = min(map(attrgetter("timestamp"), records))
-        else:  # prepared records carry their origin
+        else:  # some records carry their origin
             oldest = min(first_of(r).timestamp for r in records)
         if oldest >= 0:  # -1: a record without a timestamp (pre-0.10 message format)
             delay = max(0.0, time.time() - oldest / 1000)
