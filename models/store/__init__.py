@@ -117,10 +117,15 @@ class SqlStore:
             total = int(conn.execute(counting).scalar_one())
         return rows, total
 
-    def count(self, spec: EntitySpec) -> int:
-        """Count the entity's rows."""
+    def count(self, spec: EntitySpec, *, deleted: bool = False) -> int:
+        """Count the entity's rows; with ``deleted``, only the soft-deleted ones."""
+        query = select(func.count()).select_from(spec.table)
+        if deleted:
+            if spec.soft_delete is None:
+                return 0
+            query = query.where(spec.table.c[spec.soft_delete].is_not(None))
         with self._wrapped(f"count {spec.kind}"), self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(spec.table)).scalar_one())
+            return int(conn.execute(query).scalar_one())
 
     def outcome_counts(self, group: str) -> dict[tuple[str, str], int]:
         """Return the durable outcome counts of ``group`` per (topic, outcome)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -140,7 +141,13 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
                     f"  {ends[p] - done:>9}  {_seconds(stale):>9}"
                 )
             rows = await asyncio.to_thread(mirror.store.count, spec)
-            lines.append(f"  table {spec.table.name}: {rows} rows")
+            marked = ""
+            if spec.soft_delete is not None:
+                gone = await asyncio.to_thread(
+                    functools.partial(mirror.store.count, spec, deleted=True)
+                )
+                marked = f" ({gone} soft-deleted)"
+            lines.append(f"  table {spec.table.name}: {rows} rows{marked}")
             lines.append(f"  end-to-end delay: {_delay(scraped, spec.kind, len(metrics_urls))}")
         return lines
 

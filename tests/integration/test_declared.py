@@ -66,6 +66,7 @@ async def test_soft_deletes_and_partial_updates_survive_a_sigkill_exactly_once(
         SESSION_TIMEOUT="6",
     )
     store = SqlStore.from_url(db_url)
+    oracles: dict[str, MoonOracle] = {}
 
     async def send(part: slice) -> None:
         for kind, (_, topic, _, _) in MOONS.items():
@@ -96,7 +97,6 @@ async def test_soft_deletes_and_partial_updates_survive_a_sigkill_exactly_once(
         await wait_ready(worker)
         port = worker.env["WEB_PORT"]
 
-        oracles = {}
         for kind, (table, topic, soft, partial) in MOONS.items():
             oracle = oracles[kind] = MoonOracle(soft, partial)
             oracle.apply_all(streams[kind])
@@ -134,3 +134,9 @@ async def test_soft_deletes_and_partial_updates_survive_a_sigkill_exactly_once(
     for kind in MOONS:
         verify = run_cli(dict(worker.env), "verify", kind)
         assert verify.returncode == 0, verify.stdout + verify.stderr
+    status = run_cli(dict(worker.env), "status")
+    assert status.returncode == 0, status.stderr
+    for kind, (table, _, soft, _) in MOONS.items():
+        oracle = oracles[kind]
+        marked = f" ({len(oracle.deleted)} soft-deleted)" if soft else ""
+        assert f"table {table}: {len(oracle.rows)} rows{marked}\n" in status.stdout, status.stdout
