@@ -20,7 +20,10 @@ other apps) goes through Faust's own path unchanged:
    they are fetched at all.
 4. ``_new_offset``: Faust commits nothing itself; ``commit_offsets`` commits what is applied.
 
-Private Faust attributes are touched here and nowhere else.
+:class:`MirrorTransportApp` gives an app this consumer (Faust picks the consumer class through
+its private ``App._new_transport``), and :func:`recovery_remaining` reads how many changelog
+records a table recovery still waits for (the recovery watchdog's measure). Private Faust
+attributes are touched here and nowhere else.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
+import faust
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
@@ -324,3 +328,22 @@ def recovering_partitions(app: Any, changelog: str) -> set[int]:
     if any(recovery.buffers.values()):  # read, not yet applied to the store
         busy |= {tp.partition for tp in recovery.active_tps if tp.topic == changelog}
     return busy
+
+
+class MirrorTransportApp(faust.App):
+    """A Faust app whose transport makes :class:`MirrorConsumer`s (this app's only)."""
+
+    def _new_transport(self) -> Any:
+        transport: Any = super()._new_transport()
+        transport.Consumer = MirrorConsumer
+        return transport
+
+
+def recovery_remaining(app: Any) -> int | None:
+    """Return the changelog records the app's table recovery still waits for (None: none runs).
+
+    ``TableManagerT`` does not declare its recovery service; Faust's ``Recovery`` has it.
+    """
+    if not app.in_recovery:
+        return None
+    return int(app.tables.recovery.active_remaining_total())

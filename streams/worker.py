@@ -25,7 +25,7 @@ from streams.agents import (
     repartition_topic,
 )
 from streams.core.errors import MirrorError, SettingsError
-from streams.faust_bridge import MirrorConsumer, assignment_settled
+from streams.faust_bridge import MirrorTransportApp, assignment_settled
 from streams.freshness import Freshness
 from streams.handoff import Handoff
 from streams.logs import use_json_logs
@@ -79,7 +79,7 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
     )
 
 
-class MirrorApp(faust.App):
+class MirrorApp(MirrorTransportApp):
     """A Faust app whose consumer hands mirrored topics over in batches (``streams.faust_bridge``).
 
     It checks its broker and web port before starting, and never takes longer than
@@ -94,11 +94,6 @@ class MirrorApp(faust.App):
     early_tasks: list[tuple[Callable[[], Awaitable[None]], float | None]]
     """What :meth:`run_early` registered."""
     caches: dict[str, EntityCache]
-
-    def _new_transport(self) -> Any:
-        transport: Any = super()._new_transport()
-        transport.Consumer = MirrorConsumer  # this app's transport only
-        return transport
 
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""

@@ -20,13 +20,12 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import faust
 
 from streams import metrics
 from streams.core.recovery import RecoveryProgress
-from streams.faust_bridge import request_rejoin
+from streams.faust_bridge import recovery_remaining, request_rejoin
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,7 @@ def recovery_watchdog(app: faust.App, stall_seconds: float) -> Callable[[], Awai
     progress = RecoveryProgress(stall_seconds)
 
     async def watch_recovery() -> None:
-        remaining: int | None = None
-        if app.in_recovery:
-            tables: Any = app.tables  # TableManagerT does not declare its recovery service
-            remaining = int(tables.recovery.active_remaining_total())
+        remaining = recovery_remaining(app)
         action = progress.observe(remaining, time.monotonic())
         if action is None:
             return
