@@ -188,6 +188,19 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
+async def wait_stored(
+    store: Any, group: str, at_least: int, *workers: WorkerProcess, timeout: float = 120.0
+) -> None:
+    """Wait until ``group``'s offsets stored with the data add up to ``at_least`` (records
+    applied), failing at once if one of ``workers`` exits."""
+    deadline = time.monotonic() + timeout
+    while sum((await asyncio.to_thread(store.stored_offsets, group)).values()) < at_least:
+        for worker in workers:
+            worker.assert_alive()
+        assert time.monotonic() < deadline, workers[0].tail() if workers else "no progress"
+        await asyncio.sleep(0.05)
+
+
 async def wait_caught_up(
     bootstrap: str,
     group: str,

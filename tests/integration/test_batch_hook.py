@@ -23,6 +23,7 @@ from tests.support import (
     planet_stream,
     produce,
     wait_caught_up,
+    wait_stored,
 )
 
 
@@ -92,11 +93,7 @@ async def test_a_batch_hook_commits_with_its_batch_once_and_is_retried_while_it_
         producing = asyncio.create_task(
             produce(kafka_bootstrap, topic, ((e.key.encode(), e.value) for e in second))
         )
-        deadline = time.monotonic() + 120
-        while sum((await asyncio.to_thread(store.stored_offsets, app_id)).values()) < 800:
-            worker.assert_alive()
-            assert time.monotonic() < deadline, worker.tail()
-            await asyncio.sleep(0.05)
+        await wait_stored(store, app_id, 800, worker)
         worker.kill()
         await producing
         worker.start()

@@ -23,17 +23,10 @@ from tests.support import (
     expected_state,
     make_worker,
     produce_timed,
+    wait_stored,
 )
 
 PLANET = build_spec(Planet)
-
-
-async def wait_progress(store: SqlStore, group: str, worker: WorkerProcess, at_least: int) -> None:
-    deadline = time.monotonic() + 120
-    while sum(store.stored_offsets(group).values()) < at_least:
-        worker.assert_alive()
-        assert time.monotonic() < deadline, worker.tail()
-        await asyncio.sleep(0.1)
 
 
 async def wait_applied(
@@ -70,7 +63,7 @@ async def test_the_worker_resumes_after_the_broker_restarts(
     store.create_tables([PLANET])
     worker.start()
     try:
-        await wait_progress(store, app_id, worker, at_least=1)
+        await wait_stored(store, app_id, 1, worker)
         dev_kafka.stop_node(1, 1)
         assert not dev_kafka.is_running(1)
         dev_kafka.start_node(1, 1)
@@ -112,7 +105,7 @@ async def test_losing_one_broker_of_three_loses_nothing(
     )
     worker.start()
     try:
-        await wait_progress(store, app_id, worker, at_least=1)
+        await wait_stored(store, app_id, 1, worker)
         # A broker goes away while the worker consumes; the second half of the stream is
         # produced and consumed without it (RF 3, min ISR 2).
         dev_kafka.stop_node(3, 2)

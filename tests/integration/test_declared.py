@@ -11,7 +11,6 @@ come back), ``verify`` agrees, and the HTTP reads leave soft-deleted moons out u
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,15 @@ from sqlalchemy import create_engine, text
 
 from models.store import SqlStore
 from tests.moon_oracle import MoonOracle, moon_stream
-from tests.support import create_topic, make_worker, produce, run_cli, wait_caught_up, wait_ready
+from tests.support import (
+    create_topic,
+    make_worker,
+    produce,
+    run_cli,
+    wait_caught_up,
+    wait_ready,
+    wait_stored,
+)
 
 #: kind -> (table, topic, soft deletes, partial updates)
 MOONS = {
@@ -85,11 +92,7 @@ async def test_soft_deletes_and_partial_updates_survive_a_sigkill_exactly_once(
         await caught_up()
         # A crash while the rest is applied, and a restart: replays must change nothing.
         producing = asyncio.create_task(send(slice(500, None)))
-        deadline = time.monotonic() + 120
-        while sum((await asyncio.to_thread(store.stored_offsets, app_id)).values()) < 2_200:
-            worker.assert_alive()
-            assert time.monotonic() < deadline, worker.tail()
-            await asyncio.sleep(0.05)
+        await wait_stored(store, app_id, 2_200, worker)
         worker.kill()
         await producing
         worker.start()

@@ -30,6 +30,7 @@ from tests.support import (
     produce_timed,
     wait_caught_up,
     wait_for_metric,
+    wait_stored,
 )
 
 PLANET = build_spec(Planet)
@@ -197,11 +198,7 @@ async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
         )
     )
     try:
-        deadline = time.monotonic() + 120
-        while sum((await asyncio.to_thread(store.stored_offsets, app_id)).values()) == 0:
-            worker.assert_alive()
-            assert time.monotonic() < deadline, worker.tail()
-            await asyncio.sleep(0.2)
+        await wait_stored(store, app_id, 1, worker)
         store.dispose()
         dev_postgres.kill()
         outage_started = time.monotonic()

@@ -32,6 +32,7 @@ from tests.support import (
     produce_timed,
     read_latest,
     wait_caught_up,
+    wait_stored,
     worker_env,
 )
 
@@ -159,12 +160,7 @@ async def test_workers_share_partitions_and_answer_for_every_key(
                 )
             )
             # Leave while events flow: after the first records are applied.
-            deadline = time.monotonic() + 120
-            while sum((await asyncio.to_thread(store.stored_offsets, app_id)).values()) < 600:
-                for worker in (a, b, c):
-                    worker.assert_alive()
-                assert time.monotonic() < deadline, c.tail()
-                await asyncio.sleep(0.1)
+            await wait_stored(store, app_id, 600, c, a, b)
             c.stop(stop_signal)
             d.start()
             positions = await producing
