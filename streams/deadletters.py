@@ -111,7 +111,7 @@ class DeadLetterWriter:
                 )
                 await future
             except KafkaError as exc:
-                broken = await self._producer.discard_if_broken(exc)
+                broken = await self._producer.discard_if_broken(producer, exc)
                 if broken or getattr(exc, "retriable", False):
                     raise DeadLetterError(
                         f"could not write dead letters to {topic} yet: {exc!r}"

@@ -72,18 +72,23 @@ class OwnProducer:
                 self._producer = producer
             return self._producer
 
-    async def discard_if_broken(self, exc: BaseException, pending: Iterable[Any] = ()) -> bool:
-        """Stop the producer if ``exc`` broke it (the next :meth:`get` makes a new one).
+    async def discard_if_broken(
+        self, producer: Any, exc: BaseException, pending: Iterable[Any] = ()
+    ) -> bool:
+        """Stop ``producer`` if ``exc`` broke it (the next :meth:`get` makes a new one).
 
         ``pending`` are the futures of sends not awaited yet: awaited here, so that their
-        errors are not reported as never retrieved. Return whether it was broken.
+        errors are not reported as never retrieved. Return whether it was broken. Another
+        sender that failed on the same producer finds it replaced already and leaves the new
+        one alone.
         """
         if not isinstance(exc, BROKEN_PRODUCER_ERRORS):
             return False
         await asyncio.gather(*pending, return_exceptions=True)
         async with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
+            if self._producer is not producer:
+                return True  # replaced by another sender already
+            self._producer = None
             log.warning("the %s producer is broken (%r); a new one takes over", self.name, exc)
             with contextlib.suppress(Exception):  # its sender may have died of the same error
                 await producer.stop()

@@ -130,7 +130,7 @@ class ChangelogWriter:
         try:
             return await self._write(producer, topic, entries, sent)
         except Exception as exc:
-            await self._producer.discard_if_broken(exc, (future for future, _ in sent))
+            await self._producer.discard_if_broken(producer, exc, (f for f, _ in sent))
             raise
 
     async def _write(
