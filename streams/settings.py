@@ -442,10 +442,8 @@ def variables() -> dict[str, tuple[Variable, Any]]:
     }
 
 
-def shown_default(variable: Variable, default: Any) -> str:
-    """Return a variable's default as the README's table shows it (without backticks)."""
-    if variable.shown is not None:
-        return variable.shown
+def default_text(default: Any) -> str:
+    """Return a field's default as the variable's text that gives it."""
     if isinstance(default, tuple):
         default = ",".join(default)
     if isinstance(default, float) and default.is_integer():
@@ -453,8 +451,13 @@ def shown_default(variable: Variable, default: Any) -> str:
     return str(default)
 
 
+def shown_default(variable: Variable, default: Any) -> str:
+    """Return a variable's default as the README's table shows it (without backticks)."""
+    return variable.shown if variable.shown is not None else default_text(default)
+
+
 #: Every variable the settings read, with the text that gives its default (docs, compose check).
 ENVIRONMENT: dict[str, str] = {
-    name: ("" if variable.when_unset else shown_default(Variable(name, _text), default))
+    name: "" if variable.when_unset else default_text(default)
     for name, (variable, default) in variables().items()
 }

@@ -176,8 +176,9 @@ class StoreTransaction:
     ) -> tuple[list[Refusal], dict[EntityKey, dict[str, Any]]]:
         """Carry out ``plan``; return the writes the database refused (the rest commit).
 
-        With ``returning``, also return the rows the upserts wrote, by key (an upsert that a
-        newer version in the table stopped is not among them).
+        With ``returning``, also return the rows the upserts and patches wrote (and, with soft
+        deletes, the rows the deletes marked), by key (an upsert that a newer version in the
+        table stopped is not among them).
 
         All writes go in one savepoint; if that fails for a reason a row can cause (a
         constraint, a value the driver cannot send), they are retried one savepoint each,

@@ -2,8 +2,9 @@
 
 Applying a batch is equivalent to applying its events one by one in consumption order under
 one rule: an event applies only if its version is newer than the entity's current version,
-which is the version of its row or of its tombstone (a deleted entity's last version). Only
-the last applied write per key reaches the database. Because the outcome depends on versions
+which is the version of its row or of its tombstone (a deleted entity's last version). One
+write per key reaches the database: the last full write with the partial updates after it
+merged in (a soft delete after a write adds its mark). Because the outcome depends on versions
 and not on arrival order, any interleaving or replay of the same events ends in the same state.
 """
 
