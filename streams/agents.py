@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -20,19 +20,18 @@ import faust
 from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
-from streams import metrics
-from streams.aiokafka_fixes import needs_raw_headers
-from streams.checkpoint import AppliedOffsets, Checkpoint
-from streams.core.errors import CacheError, MirrorError
-from streams.core.routing import ORIGIN_HEADER, SourceRecord, entity_key_of, first_of
+from streams.checkpoint import AppliedOffsets, Checkpoint, Forwarder
+from streams.core.errors import MirrorError
+from streams.core.routing import ORIGIN_HEADER, Origin, SourceRecord
 from streams.core.staleness import Head
 from streams.deadletters import DeadLetterWriter, dead_letter_topic
-from streams.faust_bridge import commit_offsets
-from streams.feed import Feed, Taken, held_heads
+from streams.feed import Feed
 from streams.handoff import Handoff
-from streams.mirror import BatchResult, Mirror, fast_loads
+from streams.mirror import Mirror
+from streams.producers import OwnProducer
 from streams.settings import Settings
-from tables.cache import EntityCache, Entry, cache_key, encode_value
+from streams.topics import fit_repartition_topic, max_message_bytes
+from tables.cache import EntityCache
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +54,6 @@ async def retrying(what: str, call: Callable[[], Any]) -> Any:
         delay = min(delay * 2, MAX_BACKOFF)
 
 
-def cache_writer() -> Callable[[EntityCache, BatchResult], Awaitable[None]]:
-    """Return the checkpoint's cache step: write a batch's states, broker errors retriable."""
-
-    async def write(cache: EntityCache, result: BatchResult) -> None:
-        started = time.perf_counter()
-        entries = []
-        for key, (row, record) in result.states.items():
-            k = cache_key(key)
-            # Keyed by entity key, the record's partition is the key's changelog partition.
-            partition = record.partition if record.key == k else None
-            # The rows come with their public columns only: encoded as they are.
-            entries.append(Entry(k, None if row is None else encode_value(row), partition))
-        try:
-            await cache.put(entries)
-        except KafkaError as exc:
-            raise CacheError(f"cannot write to {cache.changelog} yet: {exc!r}") from exc
-        metrics.CACHE_SECONDS.labels(cache.spec.kind).observe(time.perf_counter() - started)
-
-    return write
-
-
-class Forwarding:
-    """What a forwarder holds: its feed and the batch it is forwarding (staleness reads it)."""
-
-    def __init__(self, feed: Feed) -> None:
-        self.feed = feed
-        self.batch: Taken | None = None
-
-    def heads(self) -> Iterator[tuple[Hashable, Head]]:
-        """Yield the first record of each partition held here, oldest place first."""
-        batches = [] if self.batch is None else [self.batch.heads]
-        for tp, record in held_heads(batches, self.feed):
-            yield tp, Head(record.offset, first_of(record).timestamp)
-
-
 class EntityAgents:
     """Everything that carries the mirrored topics' batches: feeds, checkpoints, offsets."""
 
@@ -100,8 +64,13 @@ class EntityAgents:
         self.handoff = handoff
         self.applied = AppliedOffsets()
         self.dead_letters = DeadLetterWriter(settings)
+        self.forward_max_bytes = 1024 * 1024
+        """The largest record a forwarded source topic takes (sizes the forwarding producer)."""
+        self.forward_producer = OwnProducer(
+            settings, "forwarding", lambda: {"max_request_size": self.forward_max_bytes}
+        )
         self.checkpoints: list[Checkpoint] = []
-        self.forwardings: list[Forwarding] = []
+        self.forwarders: list[Forwarder] = []
         self.kafka_offset_topics: set[str] = set()
         """Topics read from the group's Kafka offsets (forwarded, nothing stored in SQL)."""
 
@@ -109,7 +78,7 @@ class EntityAgents:
         """Return, per partition, the first records of the places its unapplied records wait
         in (batches on their way, then feeds), oldest place first."""
         found: dict[tuple[str, int], list[Head]] = {}
-        lanes: list[Checkpoint | Forwarding] = [*self.checkpoints, *self.forwardings]
+        lanes: list[Checkpoint | Forwarder] = [*self.checkpoints, *self.forwarders]
         for lane in lanes:
             for tp, head in lane.heads():
                 found.setdefault((tp[0], tp[1]), []).append(head)  # type: ignore[index]
@@ -126,11 +95,7 @@ class EntityAgents:
 
     async def commit_applied(self, tps: Sequence[Any] | None = None) -> None:
         """Commit the applied offsets of ``tps`` (default: every assigned partition)."""
-        consumer: Any = self.app.consumer
-        assigned = consumer.assignment() if tps is None else tps
-        due = self.applied.due(assigned)
-        if due and await commit_offsets(consumer, due):
-            self.applied.committed_now(due)
+        await self.applied.commit(self.app.consumer, tps)
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         """Let the batches in flight finish, then commit what is applied of ``revoked``."""
@@ -172,7 +137,6 @@ def make_agent(
             agents.handoff,
             agents.applied,
             cache,
-            cache_writer(),
             prepare=with_origins,
         )
         for _ in feeds
@@ -212,58 +176,34 @@ async def _until_done(what: str, step: Callable[[], Any]) -> None:
 def make_forwarder(
     agents: EntityAgents, spec: EntitySpec, feeds: Sequence[Feed], target: str
 ) -> Callable[[Any], Awaitable[None]]:
-    """Build the agent that re-keys ``spec``'s topic by entity key into ``target``.
-
-    Faust's ``group_by`` does the same one event at a time and loses the record's first
-    position; this forwards a batch, carries the position in a ``mirror-origin`` header (the
-    event's version), and notes the source offsets applied only once every forwarded record is
-    on the broker. A crash in between forwards some records twice: same origin, same version,
-    so the copy is skipped as a duplicate where it is applied.
-    """
-    app, settings = agents.app, agents.settings
-
+    """Build the agent that re-keys ``spec``'s topic by entity key into ``target``
+    (``streams.checkpoint.Forwarder``: the order of a forwarded batch's effects)."""
+    settings = agents.settings
+    source = agents.mirror.source_topic(spec)
     (feed,) = feeds  # one lane: forwarding keeps each source partition's order
-    forwarding = Forwarding(feed)
-    agents.forwardings.append(forwarding)
+    forwarder = Forwarder(
+        spec,
+        target,
+        agents.forward_producer,
+        agents.handoff,
+        agents.applied,
+        read_limit=functools.partial(max_message_bytes, settings, target),
+    )
+    agents.forwarders.append(forwarder)
+
+    async def size_producer() -> None:
+        largest, forwarder.limit = await fit_repartition_topic(settings, source, target)
+        # Room for the origin header and the batch framing around one record.
+        agents.forward_max_bytes = max(agents.forward_max_bytes, largest + 64 * 1024)
 
     async def forward_entity(stream: Any) -> None:
-        while True:
-            batch = forwarding.batch = await feed.take(settings.batch_size, settings.batch_wait)
-            await _until_done(
-                f"forward {len(batch)} {spec.kind} events to {target}",
-                functools.partial(_forward, app, agents.dead_letters, spec, target, batch),
-            )
-            agents.applied.note(batch)
-            forwarding.batch = None
+        # The stream stays empty: records come through the feed (see the module docstring).
+        await _until_done(f"read the limits of {source} and {target}", size_producer)
+        await forwarder.run(feed, settings.batch_size, settings.batch_wait)
 
     forward_entity.__name__ = f"forward_{spec.kind}"
     forward_entity.__qualname__ = forward_entity.__name__
     return forward_entity
-
-
-async def _forward(
-    app: faust.App, writer: DeadLetterWriter, spec: EntitySpec, target: str, batch: Sequence[Any]
-) -> None:
-    futures = []
-    for record in batch:
-        key = entity_key_of(record, spec, fast_loads)
-        new_key = record.key if key is None else str(key).encode()
-        headers = [*_headers(record), (ORIGIN_HEADER, first_of(record).header())]
-        if needs_raw_headers(headers):  # Faust's producer cannot write such header keys
-            futures.append(await writer.send(target, new_key, record.value, headers))
-            continue
-        futures.append(
-            await app.producer.send(
-                target, new_key, record.value, partition=None, timestamp=None, headers=headers
-            )
-        )
-    await app.producer.flush()
-    for future in futures:
-        await future
-
-
-def _headers(record: Any) -> list[tuple[str, bytes]]:
-    return [(k, v if isinstance(v, bytes) else b"") for k, v in (record.headers or ())]
 
 
 def with_origins(records: list[Any]) -> list[Any]:
@@ -294,8 +234,6 @@ def with_origin(record: Any) -> Any:
     """Return ``record`` with the first position its ``mirror-origin`` header names, if any."""
     for name, raw in record.headers or ():
         if name == ORIGIN_HEADER:
-            from streams.core.routing import Origin
-
             origin = Origin.from_header(raw)
             if origin is not None:
                 return SourceRecord(
@@ -305,7 +243,7 @@ def with_origin(record: Any) -> Any:
                     record.timestamp,
                     record.key,
                     record.value,
-                    tuple(_headers(record)),
+                    tuple((k, v if isinstance(v, bytes) else b"") for k, v in record.headers),
                     origin,
                 )
     return record

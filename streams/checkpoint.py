@@ -21,6 +21,20 @@ may be sent twice, a replay changes nothing in SQL and rewrites the cache, and t
 only lags. Errors that a retry can fix (the database or the broker unreachable) are retried
 with backoff, holding the batch (back-pressure); an error no retry can fix holds the batch's
 partitions for a while with one error line saying what failed, and they are read again after.
+
+A repartitioned entity's source topic takes a shorter path (:class:`Forwarder`):
+
+1. **Forward** every record to the repartition topic, keyed by its entity key, with the place
+   it was first produced in a ``mirror-origin`` header; each confirmed by the broker.
+2. **Kafka offsets**, as step 5 above: the source offsets are noted as applied only then.
+
+A crash in between forwards some records twice: same origin, same version, so the copy is
+skipped as a duplicate where it is applied. A record the repartition topic will never take
+holds its partition from that record on, as a dead letter the broker refuses does.
+
+Nothing else sends, writes or commits on a batch's behalf: the agents (``streams.agents``) only
+build these and hand them their feeds, and the worker's commit timer and revocations call
+:meth:`AppliedOffsets.commit`.
 """
 
 from __future__ import annotations
@@ -34,16 +48,34 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, TypeVar
 
+from aiokafka.errors import KafkaError
+
 from models.registry import EntitySpec
 from streams import metrics
-from streams.core.errors import MirrorError, StoreRefusals
-from streams.core.routing import Decision, Rejection, first_of, route_batch
+from streams.aiokafka_fixes import send_record
+from streams.core.errors import (
+    CacheError,
+    ForwardError,
+    ForwardRefused,
+    MirrorError,
+    StoreRefusals,
+)
+from streams.core.routing import (
+    ORIGIN_HEADER,
+    Decision,
+    Rejection,
+    entity_key_of,
+    first_of,
+    route_batch,
+)
 from streams.core.staleness import Head
 from streams.deadletters import DeadLetterRefused, DeadLetterWriter
-from streams.feed import Feed, heads_of, held_heads
+from streams.faust_bridge import commit_offsets
+from streams.feed import Feed, Taken, heads_of, held_heads
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
-from tables.cache import EntityCache
+from streams.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
+from tables.cache import EntityCache, Entry, cache_key, encode_value
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +85,7 @@ MAX_BACKOFF = 30.0
 FAILED_HOLD_SECONDS = 60.0
 DEAD_LETTER = "dead_letter"
 FAILED = "failed"
+FORWARD = "forward"
 
 Position = tuple[str, int, int]
 
@@ -101,6 +134,12 @@ class AppliedOffsets:
         for tp, offset in offsets.items():
             self.committed[(tp[0], tp[1])] = offset
 
+    async def commit(self, consumer: Any, tps: Iterable[Any] | None = None) -> None:
+        """Commit the applied offsets of ``tps`` (default: every partition ``consumer`` has)."""
+        due = self.due(consumer.assignment() if tps is None else tps)
+        if due and await commit_offsets(consumer, due):
+            self.committed_now(due)
+
 
 @dataclass(slots=True, eq=False)
 class _Batch:
@@ -135,7 +174,6 @@ class Checkpoint:
         handoff: Handoff,
         applied: AppliedOffsets,
         cache: EntityCache | None = None,
-        write_cache: Callable[[EntityCache, BatchResult], Awaitable[None]] | None = None,
         prepare: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
         self.mirror = mirror
@@ -145,7 +183,6 @@ class Checkpoint:
         self.handoff = handoff
         self.applied = applied
         self.cache = cache
-        self.write_cache = write_cache
         self.prepare = prepare
         """Turns fetched records into the core's (a repartition topic's origin headers)."""
         self._hold_backoff: dict[Any, float] = {}
@@ -177,16 +214,6 @@ class Checkpoint:
             for task in stages:
                 task.cancel()
             await asyncio.gather(*stages, return_exceptions=True)
-
-    async def commit(self, records: Sequence[Any]) -> None:
-        """Carry one batch through every stage (tests and tools; the agents use :meth:`run`)."""
-        batch = _Batch(list(records), time.perf_counter(), heads_of(records))
-        self._started(batch)
-        await self._route(batch)
-        if await self._apply(batch):
-            await self._finish(batch)
-        else:
-            self._done(batch)
 
     async def _route_stage(
         self, feed: Feed, batch_size: int, linger: float, out: asyncio.Queue[_Batch]
@@ -284,11 +311,11 @@ class Checkpoint:
         """Stage 3: the cache, then the offsets."""
         result = batch.result
         assert result is not None
-        if self.cache is not None and self.write_cache is not None:
-            cache, write = self.cache, self.write_cache
+        cache = self.cache
+        if cache is not None:
             await _retrying(
                 f"write {len(result.states)} {self.spec.kind} entries to {cache.changelog}",
-                functools.partial(write, cache, result),
+                functools.partial(_write_cache, cache, result),
             )
         for record in batch.records:
             self._hold_backoff.pop((record.topic, record.partition), None)
@@ -404,12 +431,207 @@ class Checkpoint:
 
     def _hold(self, key: tuple[str, int], reason: str, seconds: float, cut: int) -> None:
         """Hold ``key`` a while; its records after ``cut`` already on their way are dropped."""
-        from aiokafka import TopicPartition
-
-        tp = TopicPartition(*key)
         self._cut[key] = min(cut, self._cut.get(key, cut))
-        self.handoff.forget([tp])
-        self.handoff.hold(tp, reason, until=time.monotonic() + seconds)
+        _hold(self.handoff, key, reason, seconds)
+
+
+async def _write_cache(cache: EntityCache, result: BatchResult) -> None:
+    """Write a batch's committed states to ``cache`` and its changelog, confirmed."""
+    started = time.perf_counter()
+    entries = []
+    for key, (row, record) in result.states.items():
+        k = cache_key(key)
+        # Keyed by entity key, the record's partition is the key's changelog partition.
+        partition = record.partition if record.key == k else None
+        # The rows come with their public columns only: encoded as they are.
+        entries.append(Entry(k, None if row is None else encode_value(row), partition))
+    try:
+        await cache.put(entries)
+    except KafkaError as exc:
+        raise CacheError(f"cannot write to {cache.changelog} yet: {exc!r}") from exc
+    metrics.CACHE_SECONDS.labels(cache.spec.kind).observe(time.perf_counter() - started)
+
+
+class Forwarder:
+    """Carries a repartitioned entity's source batches to its repartition topic, in the order
+    of the module docstring (forward, confirmed; then the offsets).
+
+    Faust's ``group_by`` does the same one event at a time and loses the record's first
+    position. One lane: forwarding keeps each source partition's order.
+
+    A record larger than the target takes is known before it is sent (the broker refusing a
+    batch of an idempotent producer would break the producer's numbering for the partition):
+    its partition is held from it, the rest of the batch goes on. A batch the broker refuses
+    anyway (not allowed, a limit lowered meanwhile) holds the batch's partitions for a while.
+    """
+
+    def __init__(
+        self,
+        spec: EntitySpec,
+        target: str,
+        producer: OwnProducer,
+        handoff: Handoff,
+        applied: AppliedOffsets,
+        read_limit: Callable[[], Awaitable[int]],
+    ) -> None:
+        self.spec = spec
+        self.target = target
+        self.producer = producer
+        self.handoff = handoff
+        self.applied = applied
+        self.read_limit = read_limit
+        """Reads the largest record the target takes now (``max.message.bytes``)."""
+        self.limit: int | None = None
+        """The largest record the target took when last read (None: not read yet)."""
+        self.feed: Feed | None = None
+        self.batch: Taken | None = None
+        """The batch being forwarded (staleness reads its heads)."""
+        self._hold_backoff: dict[tuple[str, int], float] = {}
+
+    def heads(self) -> Iterator[tuple[Hashable, Head]]:
+        """Yield the first record of each partition held here, oldest place first."""
+        batches = [] if self.batch is None else [self.batch.heads]
+        for tp, record in held_heads(batches, self.feed):
+            yield tp, Head(record.offset, first_of(record).timestamp)
+
+    async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
+        """Take batches from ``feed`` and forward each, until cancelled."""
+        self.feed = feed
+        while True:
+            batch = self.batch = await feed.take(batch_size, linger)
+            what = f"forward {len(batch)} {self.spec.kind} events to {self.target}"
+            try:
+                sent = await _retrying(what, functools.partial(self._forward, batch))
+            except MirrorError as exc:  # not retriable: no retry can fix it soon
+                self._hold_failed(batch, exc)
+            else:
+                self.applied.note(sent)
+            self.batch = None
+
+    async def _forward(self, batch: Sequence[Any]) -> list[Any]:
+        """Send ``batch`` but the records too large for the target (their partitions are held
+        from them on); return the records sent, once the broker has confirmed each."""
+        records = await self._fitting(batch)
+        producer = await self.producer.get()
+        futures: list[Any] = []
+        try:
+            for record in records:
+                key, value, headers = _forwarded(record, self.spec)
+                futures.append(await send_record(producer, self.target, key, value, headers))
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        except KafkaError as exc:
+            await asyncio.gather(*futures, return_exceptions=True)
+            outcomes = [exc]
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if not failures:
+            return records
+        for failure in failures:
+            if not isinstance(failure, KafkaError):
+                raise failure  # a bug: the lane says where
+        first = failures[0]
+        if all(passing_failure(f) for f in failures):
+            await self.producer.discard_if_broken(producer, first)
+            raise ForwardError(f"cannot forward to {self.target} yet: {first!r}") from first
+        refusal = next(f for f in failures if not passing_failure(f))
+        await self.producer.discard(producer, refusal)  # its numbering has a gap now
+        if isinstance(refusal, BROKEN_PRODUCER_ERRORS):
+            raise ForwardError(f"cannot forward to {self.target} yet: {refusal!r}") from refusal
+        raise ForwardRefused(f"{self.target} refused a batch: {type(refusal).__name__}: {refusal}")
+
+    async def _fitting(self, batch: Sequence[Any]) -> list[Any]:
+        """Return ``batch`` without the records too large for the target and those after them
+        in their partitions, holding each such partition from its first one."""
+        largest = max(map(_forwarded_size, batch), default=0)
+        if self.limit is not None and largest <= self.limit:
+            return list(batch)
+        try:
+            self.limit = await self.read_limit()  # the target may take more now
+        except (MirrorError, KafkaError, OSError) as exc:
+            raise ForwardError(f"cannot read {self.target}'s max.message.bytes: {exc!r}") from exc
+        if largest <= self.limit:
+            return list(batch)
+        cut: dict[tuple[str, int], int] = {}
+        kept = []
+        for record in batch:
+            tp = (record.topic, record.partition)
+            if tp in cut:
+                continue
+            if _forwarded_size(record) > self.limit:
+                cut[tp] = record.offset
+                self._hold_from(record)
+                continue
+            kept.append(record)
+        for tp in {(r.topic, r.partition) for r in kept} - cut.keys():
+            self._hold_backoff.pop(tp, None)
+        return kept
+
+    def _hold_from(self, record: Any) -> None:
+        """Hold the partition of a record too large for the target, from that record on."""
+        key = (record.topic, record.partition)
+        delay = min(max(5.0, self._hold_backoff.get(key, 0.0) * 2), 60.0)
+        self._hold_backoff[key] = delay
+        log.error(
+            "%s[%d]@%d (%d bytes) is larger than %s takes (max.message.bytes %s); holding the "
+            "partition from that offset for %.0f s, then trying again (raise %s's "
+            "max.message.bytes to %d, or fix the record's producer)",
+            record.topic,
+            record.partition,
+            record.offset,
+            len(record.value or b""),
+            self.target,
+            self.limit,
+            delay,
+            self.target,
+            _forwarded_size(record),
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        )
+        metrics.FORWARD_FAILURES.labels(record.topic, str(record.partition)).inc()
+        _hold(self.handoff, key, FORWARD, delay)
+
+    def _hold_failed(self, batch: Sequence[Any], exc: MirrorError) -> None:
+        tps = sorted({(r.topic, r.partition) for r in batch})
+        log.error(
+            "forwarding %d %s records of %s failed and a retry will not fix it: %s; holding "
+            "these partitions for %.0f s, then reading them again",
+            len(batch),
+            self.spec.kind,
+            ", ".join(f"{t}[{p}]" for t, p in tps),
+            exc,
+            FAILED_HOLD_SECONDS,
+        )
+        metrics.BATCH_FAILURES.labels(self.spec.kind).inc()
+        for tp in tps:
+            _hold(self.handoff, tp, FAILED, FAILED_HOLD_SECONDS)
+
+
+def _hold(handoff: Handoff, key: tuple[str, int], reason: str, seconds: float) -> None:
+    """Stop reading ``key`` for ``seconds``; it is positioned again after, and read anew."""
+    from aiokafka import TopicPartition
+
+    tp = TopicPartition(*key)
+    handoff.forget([tp])
+    handoff.hold(tp, reason, until=time.monotonic() + seconds)
+
+
+#: Bytes a record batch of one forwarded record takes beyond its key, value and headers: the
+#: batch header (61), the record's own framing and the ``mirror-origin`` header, with room.
+_FORWARD_OVERHEAD = 256
+
+
+def _forwarded_size(record: Any) -> int:
+    """Return about how many bytes ``record`` takes on the target, alone in a record batch."""
+    size = _FORWARD_OVERHEAD + len(record.key or b"") + len(record.value or b"")
+    for name, value in record.headers or ():
+        size += len(name) + len(value or b"") + 8
+    return size
+
+
+def _forwarded(record: Any, spec: EntitySpec) -> tuple[bytes | None, bytes | None, list[Any]]:
+    """Return the key, value and headers ``record`` is forwarded with."""
+    key = entity_key_of(record, spec, fast_loads)
+    new_key = record.key if key is None else str(key).encode()
+    own = [(k, v if isinstance(v, bytes) else b"") for k, v in (record.headers or ())]
+    return new_key, record.value, [*own, (ORIGIN_HEADER, first_of(record).header())]
 
 
 async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:

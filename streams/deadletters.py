@@ -15,7 +15,7 @@ from typing import Any
 from streams.aiokafka_fixes import send_record
 from streams.core.errors import DeadLetterError, MirrorError
 from streams.core.routing import Rejection, first_of
-from streams.producers import OwnProducer
+from streams.producers import OwnProducer, passing_failure
 from streams.settings import Settings
 
 REASON = "dlq.reason"
@@ -112,7 +112,7 @@ class DeadLetterWriter:
                 await future
             except KafkaError as exc:
                 broken = await self._producer.discard_if_broken(producer, exc)
-                if broken or getattr(exc, "retriable", False):
+                if broken or passing_failure(exc):
                     raise DeadLetterError(
                         f"could not write dead letters to {topic} yet: {exc!r}"
                     ) from exc

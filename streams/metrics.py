@@ -97,6 +97,13 @@ DEAD_LETTER_FAILURES = Counter(
     ["topic", "partition"],
     registry=registry,
 )
+FORWARD_FAILURES = Counter(
+    "mirror_forward_failures",
+    "Records a repartition topic refused for good (too large); each holds its source partition "
+    "a while.",
+    ["topic", "partition"],
+    registry=registry,
+)
 BATCH_RETRIES = Counter(
     "mirror_batch_retries",
     "Attempts of a batch's step (apply, write, route ...) that failed with an error a retry can "
@@ -113,7 +120,8 @@ BATCH_FAILURES = Counter(
 HELD = Gauge(
     "mirror_held_partitions",
     "Partitions not being read, by reason: backlog (their agent is behind), dead_letter (a dead "
-    "letter cannot be written), failed (a batch failed for good).",
+    "letter cannot be written), forward (a record cannot be forwarded to its repartition topic), "
+    "failed (a batch failed for good).",
     ["topic", "partition", "reason"],
     registry=registry,
 )

@@ -24,6 +24,8 @@ from typing import Any
 from aiokafka.errors import (
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
+    KafkaConnectionError,
+    KafkaTimeoutError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
     UnknownProducerId,
@@ -41,6 +43,19 @@ BROKEN_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
     InvalidProducerIdMapping,
     ProducerFenced,
 )
+
+
+def passing_failure(exc: BaseException) -> bool:
+    """Tell whether a send that failed with ``exc`` may succeed later (the broker unreachable,
+    a leader moving), as opposed to a refusal of the record itself (too large, not allowed).
+
+    aiokafka marks ``KafkaTimeoutError`` not retriable, but it is what a send gets when the
+    broker stays unreachable past the request timeout (a batch expired): back-pressure, not a
+    verdict on the record.
+    """
+    return bool(getattr(exc, "retriable", False)) or isinstance(
+        exc, (KafkaTimeoutError, KafkaConnectionError, OSError)
+    )
 
 
 class OwnProducer:
@@ -84,15 +99,23 @@ class OwnProducer:
         """
         if not isinstance(exc, BROKEN_PRODUCER_ERRORS):
             return False
+        await self.discard(producer, exc, pending)
+        return True
+
+    async def discard(self, producer: Any, exc: BaseException, pending: Iterable[Any] = ()) -> None:
+        """Stop ``producer`` (unless replaced already): the next :meth:`get` makes a new one.
+
+        Also after a batch the broker refused: the idempotent producer has numbered it, so the
+        next batch to that partition would fail with ``OutOfOrderSequenceNumber``.
+        """
         await asyncio.gather(*pending, return_exceptions=True)
         async with self._lock:
             if self._producer is not producer:
-                return True  # replaced by another sender already
+                return  # replaced by another sender already
             self._producer = None
             log.warning("the %s producer is broken (%r); a new one takes over", self.name, exc)
             with contextlib.suppress(Exception):  # its sender may have died of the same error
                 await producer.stop()
-        return True
 
     async def close(self) -> None:
         """Stop the producer."""

@@ -86,3 +86,41 @@ async def ensure_dead_letter_topic(settings: Settings, source: str, topic: str) 
         return int(existing[1])
     finally:
         await admin.close()
+
+
+async def fit_repartition_topic(settings: Settings, source: str, target: str) -> tuple[int, int]:
+    """Return the largest record ``source`` takes and the largest ``target`` takes (the
+    broker's default while it is missing); warn when ``target`` takes less.
+
+    Faust creates the repartition topic with the broker's defaults; a record of ``source``
+    larger than ``target`` takes holds its partition (``streams.checkpoint.Forwarder``).
+    """
+    admin = await _admin(settings)
+    try:
+        source_facts = await topic_facts(admin, source)
+        want = DEFAULT_MAX_MESSAGE_BYTES if source_facts is None else source_facts[1]
+        target_facts = await topic_facts(admin, target)
+        has = DEFAULT_MAX_MESSAGE_BYTES if target_facts is None else target_facts[1]
+        if has < want:
+            log.warning(
+                "repartition topic %s takes records up to %d bytes but %s takes %d: a larger "
+                "record will hold its partition; raise %s's max.message.bytes",
+                target,
+                has,
+                source,
+                want,
+                target,
+            )
+        return want, has
+    finally:
+        await admin.close()
+
+
+async def max_message_bytes(settings: Settings, topic: str) -> int:
+    """Return the largest record ``topic`` takes now (the broker's default while it is missing)."""
+    admin = await _admin(settings)
+    try:
+        facts = await topic_facts(admin, topic)
+        return DEFAULT_MAX_MESSAGE_BYTES if facts is None else facts[1]
+    finally:
+        await admin.close()

@@ -145,6 +145,7 @@ class MirrorApp(MirrorTransportApp):
         arm_exit_deadline(self.mirror_settings.shutdown_timeout)
         await super().on_stop()
         await self.entity_agents.dead_letters.close()
+        await self.entity_agents.forward_producer.close()
         for cache in self.caches.values():
             await cache.writer.close()
 

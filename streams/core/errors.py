@@ -53,6 +53,16 @@ class BatchHookError(MirrorError):
     retriable = True
 
 
+class ForwardError(MirrorError):
+    """Records could not be forwarded to a repartition topic yet; the batch is sent again."""
+
+    retriable = True
+
+
+class ForwardRefused(MirrorError):
+    """The broker refused a forwarded batch for a reason that retrying will not fix."""
+
+
 class CacheError(MirrorError):
     """The cached table's changelog could not be written yet; the write is retried."""
 

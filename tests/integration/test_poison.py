@@ -237,6 +237,81 @@ async def test_a_dead_letter_the_broker_refuses_holds_only_its_partition(
         worker.stop()
 
 
+async def test_a_record_its_repartition_topic_refuses_holds_only_its_partition(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    # Before: the forwarder retried such a record forever, and the partitions with it.
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=2)
+    worker, app_id = make_worker(
+        kafka_bootstrap,
+        pg_url,
+        topic_prefix,
+        tmp_path,
+        "fwdfail",
+        BATCH_SIZE="20",
+        TOPIC_PARTITIONS="2",
+        REPARTITION="planet",
+    )
+    repartition = f"{app_id}-{topic}-repartition"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:  # the repartition topic takes no record over 4 KB; its source takes 1 MB
+        config = {"max.message.bytes": "4096"}
+        await admin.create_topics([NewTopic(repartition, 2, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+
+    def planet(key: str, **extra: str) -> tuple[bytes, bytes, None]:
+        return (
+            b"other-" + key.encode(),
+            _json({"planetUuid": key, "planetName": "n", **extra}),
+            None,
+        )
+
+    items = [planet(f"k{i}") for i in range(50)]
+    items.append(planet("big", padding="x" * 20_000))  # a valid event, too large to forward
+    items += [planet(f"m{i}") for i in range(50)]
+    positions = await produce_timed(kafka_bootstrap, topic, items)
+    bad_partition, bad_offset = positions[50][1], positions[50][2]
+    expected_while_held = {
+        json.loads(value)["planetUuid"]
+        for (_, value, _), (_, partition, offset) in zip(items, positions, strict=True)
+        if partition != bad_partition or offset < bad_offset
+    }
+    worker.start()
+    try:
+        labels = f'partition="{bad_partition}",reason="forward",topic="{topic}"'
+        await wait_for_metric(worker, f"mirror_held_partitions{{{labels}}}", 1.0)
+        await wait_for_metric(
+            worker,
+            f'mirror_forward_failures_total{{partition="{bad_partition}",topic="{topic}"}}',
+            1.0,
+        )
+        await wait_rows(pg_url, expected_while_held, worker)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:  # the fix: the repartition topic takes what its source takes
+            await admin.alter_configs(
+                [
+                    ConfigResource(
+                        ConfigResourceType.TOPIC, repartition, {"max.message.bytes": "1048588"}
+                    )
+                ]
+            )
+        finally:
+            await admin.close()
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
+        assert set(read_planets(pg_url)) == {json.loads(v)["planetUuid"] for _, v, _ in items}
+        assert worker.starts == 1
+    finally:
+        assert worker.stop() == "SIGTERM"
+
+
 async def wait_rows(pg_url: str, expected: set[str], worker: WorkerProcess) -> None:
     """Wait until the planet table holds exactly ``expected`` keys."""
     deadline = asyncio.get_running_loop().time() + 120

@@ -1,0 +1,72 @@
+"""The forwarder's size check: a record the repartition topic cannot take holds its partition
+from that record on; the other partitions, and the records before it, go on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import models.planet  # noqa: F401  (registers the planet)
+from models.registry import default_registry
+from streams.checkpoint import FORWARD, AppliedOffsets, Forwarder
+from streams.core.routing import SourceRecord
+from streams.handoff import Handoff
+from streams.producers import OwnProducer, passing_failure
+from streams.settings import Settings
+
+
+def record(partition: int, offset: int, size: int = 10) -> SourceRecord:
+    return SourceRecord("planets", partition, offset, 0, b"k", b"x" * size)
+
+
+def forwarder(limits: list[int]) -> tuple[Forwarder, Handoff]:
+    handoff = Handoff(high_water=100)
+    reads = iter(limits)
+
+    async def read_limit() -> int:
+        return next(reads)
+
+    spec = default_registry.by_kind("planet")
+    assert spec is not None
+    producer = OwnProducer(Settings(), "test", dict)
+    return Forwarder(spec, "target", producer, handoff, AppliedOffsets(), read_limit), handoff
+
+
+def test_a_record_too_large_holds_its_partition_from_it() -> None:
+    fwd, handoff = forwarder([4096])
+    batch = [record(0, 0), record(1, 0), record(0, 1, 10_000), record(1, 1), record(0, 2)]
+    kept = asyncio.run(fwd._fitting(batch))
+    assert [(r.partition, r.offset) for r in kept] == [(0, 0), (1, 0), (1, 1)]
+    assert {tp: list(reasons) for tp, reasons in handoff.held.items()} == {
+        ("planets", 0): [FORWARD]
+    }
+
+
+def test_the_limit_is_read_again_when_a_record_exceeds_it() -> None:
+    # The target's limit was raised meanwhile: the record is sent, nothing is held.
+    fwd, handoff = forwarder([50_000])
+    fwd.limit = 4096
+    batch = [record(0, 0), record(0, 1, 10_000)]
+    assert asyncio.run(fwd._fitting(batch)) == batch
+    assert fwd.limit == 50_000
+    assert not handoff.held
+
+
+def test_records_within_the_limit_are_not_checked_against_the_broker() -> None:
+    fwd, _ = forwarder([])  # reading the limit again would fail: none left
+    fwd.limit = 4096
+    batch = [record(0, i) for i in range(100)]
+    assert asyncio.run(fwd._fitting(batch)) == batch
+
+
+def test_a_timeout_is_back_pressure_and_a_size_refusal_is_not() -> None:
+    from aiokafka.errors import (
+        KafkaConnectionError,
+        KafkaTimeoutError,
+        MessageSizeTooLargeError,
+        TopicAuthorizationFailedError,
+    )
+
+    assert passing_failure(KafkaTimeoutError())  # aiokafka calls it not retriable
+    assert passing_failure(KafkaConnectionError())
+    assert not passing_failure(MessageSizeTooLargeError())
+    assert not passing_failure(TopicAuthorizationFailedError())
