@@ -1,36 +1,56 @@
-"""The one module that reaches into faust-streaming 0.15.3: the mirror's consumer.
+"""Every workaround of faust-streaming 0.15.3, in one module: the only one touching its internals.
 
-Faust hands every record to a stream one at a time (``Consumer._drain_messages`` awaits a
-callback per message, ``Conductor.on_message`` builds an ``Event`` and queues it): a bare agent
-reads 5,000 to 15,000 records/s here, against about 200,000 for the same consumer's raw
-``getmany``. :class:`MirrorConsumer` keeps Faust's consumer, group membership and partition
-assignor (so cached tables stay co-partitioned and reads by key still route) and changes four
-things, for the mirrored topics only; every other topic (changelogs, repartition targets of
-other apps) goes through Faust's own path unchanged:
+Each entry names what it works around (an upstream issue, or the source line) and the test
+that shows the bug, where one can be written (``tests/unit/test_faust_bridge.py`` unless
+said otherwise).
 
-1. ``getmany``: each fetched run of a mirrored partition's records goes to
-   :class:`~streams.handoff.Handoff` as one item (no per-record Faust work), where it is admitted
-   in order and queued for the entity's agent.
-2. ``_getmany``: partitions not positioned yet, or held, are not fetched.
-3. ``perform_seek``: Faust seeks every partition to Kafka's committed offset after each
-   rebalance, having resumed them first (``Recovery._resume_streams`` and
-   ``Recovery.on_recovery_completed`` call ``resume_partitions`` before ``perform_seek``), so the
-   first records can come from a stale position. Mirrored partitions are left to
-   ``streams.positioner`` instead, which seeks them to the offsets stored with the data before
-   they are fetched at all.
-4. ``_new_offset``: Faust commits nothing itself; ``commit_offsets`` commits what is applied.
-
-:class:`MirrorTransportApp` gives an app this consumer (Faust picks the consumer class through
-its private ``App._new_transport``), and :func:`recovery_remaining` reads how many changelog
-records a table recovery still waits for (the recovery watchdog's measure). Private Faust
-attributes are touched here and nowhere else.
+1. **Per-record delivery is slow** (robinhood/faust#563: "ten times" slower than a bare
+   aiokafka consumer). Faust hands every record to a stream one at a time
+   (``Consumer._drain_messages`` awaits a callback per message, ``Conductor.on_message`` builds
+   an ``Event`` and queues it): a bare agent read 5,000 to 15,000 records/s here, against about
+   200,000 for the same consumer's raw ``getmany`` (BENCHMARKS.md, "What changed, measured").
+   :meth:`MirrorConsumer.getmany` hands each fetched run of a mirrored partition to
+   :class:`~streams.handoff.Handoff` whole; other topics (changelogs) take Faust's own path.
+2. **Faust seeks to the committed offset after resuming** (faust-streaming/faust#216):
+   ``Recovery._resume_streams`` and ``Recovery.on_recovery_completed`` call
+   ``resume_partitions`` before ``perform_seek``, so the first records can come from a stale
+   position. :meth:`MirrorConsumer.perform_seek` leaves mirrored partitions to
+   ``streams.positioner`` (they are sought to the offsets stored with the data before they are
+   fetched at all, :meth:`MirrorConsumer._getmany`). Test: the order in Faust's source.
+3. **Seeking a partition a rebalance took away crashes the fetcher** (faust-streaming/faust#54,
+   aiokafka's ``IllegalStateError``): :func:`_seek_to_committed` seeks only what aiokafka still
+   has. Test: aiokafka raising, and the seek leaving such partitions out.
+4. **Fetches wait 1,500 ms for records** (``AIOKafkaConsumerThread._create_worker_consumer``,
+   ``fetch_max_wait_ms=1500``); the broker answers one connection's requests in order, so every
+   offset query and commit queued behind an idle fetch waited too (1.3 s per positioning):
+   :class:`MirrorConsumerThread` asks for 100 ms. Test: the value in Faust's source.
+5. **Faust commits what its streams acknowledged** (``Consumer._new_offset``); mirrored records
+   never pass its streams, and only what the checkpoint applied may be committed:
+   ``_new_offset`` returns None and :func:`commit_offsets` commits the applied offsets.
+6. **Faust's slow-stream check assumes every record passes its streams**
+   (``AIOKafkaConsumerThread.verify_event_path``; faust-streaming/faust#175): it would warn
+   about every mirrored partition, so it runs for the other topics only.
+7. **A table cannot be written outside a stream event** (faust-streaming/faust#300, #497:
+   ``Table._send_changelog`` raises "Cannot modify table key from outside of stream
+   iteration"): :class:`LocalTable` writes the store the way Faust's recovery does, a batch at a
+   time. Test: Faust's error, and LocalTable's write.
+8. **A table recovery can stall for good** (faust-streaming/faust#74, #176: "No event received
+   for active tp ... since recovery start"): :func:`recovery_watchdog` rejoins the group, then
+   exits for the supervisor (docs/faust-0.15.3-rebalance-analysis.md, section 1.5). No test
+   makes the stall happen on demand; ``tests/unit/test_recovery_watch.py`` tests its steps.
+9. **The consumer class is chosen privately** (``App._new_transport``): :class:`MirrorTransportApp`
+   gives the app :class:`MirrorConsumer`; :func:`recovery_remaining` reads the recovery service
+   ``TableManagerT`` does not declare.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -39,6 +59,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 from faust.types import TP
 
+from streams import metrics
+from streams.core.recovery import RecoveryProgress
 from streams.handoff import Handoff
 
 log = logging.getLogger(__name__)
@@ -347,3 +369,46 @@ def recovery_remaining(app: Any) -> int | None:
     if not app.in_recovery:
         return None
     return int(app.tables.recovery.active_remaining_total())
+
+
+#: Exit status of a worker whose table recovery stalled twice in a row.
+RECOVERY_STALLED_EXIT = 3
+
+
+def recovery_watchdog(app: faust.App, stall_seconds: float) -> Callable[[], Awaitable[None]]:
+    """Return the check to run every second: rejoin, then exit, after ``stall_seconds`` stalls.
+
+    A last resort (workaround 8): a recovery that makes no progress for RECOVERY_STALL_TIMEOUT
+    is counted (``mirror_recovery_stalls_total``) and the worker asks its group to rebalance,
+    which cleared the stall in under 100 ms when it was seen; if the next recovery stalls too,
+    the worker exits with status 3 for its supervisor to restart it. Exiting is safe: every
+    batch is one SQL transaction and the stored offsets say where to resume. Meanwhile the SQL
+    mirror goes on; only reads by key of the recovering partitions answer 503.
+    """
+    progress = RecoveryProgress(stall_seconds)
+
+    async def watch_recovery() -> None:
+        remaining = recovery_remaining(app)
+        action = progress.observe(remaining, time.monotonic())
+        if action is None:
+            return
+        metrics.RECOVERY_STALLS.inc()
+        if action == "rejoin":
+            log.error(
+                "cached table recovery made no progress for %.0f s (%d changelog records to "
+                "go); rejoining the group (RECOVERY_STALL_TIMEOUT)",
+                stall_seconds,
+                remaining,
+            )
+            await request_rejoin(app.consumer)
+            return
+        message = (
+            f"error: cached table recovery made no progress for {stall_seconds:.0f} s "
+            f"({remaining} changelog records to go), again after rejoining the group; exiting "
+            "so that the supervisor restarts this worker (RECOVERY_STALL_TIMEOUT)"
+        )
+        log.critical(message)
+        print(message, file=sys.stderr, flush=True)
+        os._exit(RECOVERY_STALLED_EXIT)
+
+    return watch_recovery

@@ -25,7 +25,7 @@ from streams.agents import (
     repartition_topic,
 )
 from streams.core.errors import MirrorError, SettingsError
-from streams.faust_bridge import MirrorTransportApp, assignment_settled
+from streams.faust_bridge import MirrorTransportApp, assignment_settled, recovery_watchdog
 from streams.freshness import Freshness
 from streams.handoff import Handoff
 from streams.logs import use_json_logs
@@ -40,7 +40,6 @@ from streams.preflight import (
 from streams.settings import Settings
 from streams.web import register_pages
 from tables.cache import EntityCache, changelog_topic, declare_caches
-from tables.watchdog import recovery_watchdog
 
 log = logging.getLogger(__name__)
 

@@ -252,11 +252,11 @@ class WorkerProcess:
     def assert_alive(self) -> None:
         """Fail with the log's tail if the worker has exited, for whatever reason.
 
-        Status 3 is the recovery watchdog's last resort (tables/watchdog.py): a failure too.
+        Status 3 is the recovery watchdog's last resort (streams/faust_bridge.py): a failure too.
         """
         if self.proc is None or self.proc.poll() is not None:
             code = None if self.proc is None else self.proc.returncode
-            why = " (its table recovery stalled: tables/watchdog.py)" if code == 3 else ""
+            why = " (its table recovery stalled: streams/faust_bridge.py)" if code == 3 else ""
             raise AssertionError(f"worker exited ({code}){why}; log tail:\n{self.tail()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> str:
@@ -279,7 +279,7 @@ class WorkerProcess:
             # The recovery watchdog is a last resort: a test in which it stepped in fails.
             if stalls:
                 raise AssertionError(
-                    f"table recovery stalled {stalls:.0f} times (tables/watchdog.py); "
+                    f"table recovery stalled {stalls:.0f} times (streams/faust_bridge.py); "
                     f"log tail:\n{self.tail()}"
                 )
         return signal.Signals(sig).name

@@ -1,13 +1,20 @@
-"""The consumer bridge's seek of other topics asks aiokafka only for what it has assigned."""
+"""The workarounds of ``streams.faust_bridge``: each test shows the bug, or the Faust behaviour
+the workaround answers, in the installed faust-streaming and aiokafka, and the workaround."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+from typing import Any
 
-from aiokafka import TopicPartition
+import faust
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
+from faust.tables.recovery import Recovery
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from streams.faust_bridge import _seek_to_committed
+from streams.faust_bridge import FETCH_MAX_WAIT_MS, LocalTable, _seek_to_committed
 
 
 class AssignedConsumer:
@@ -25,10 +32,52 @@ class AssignedConsumer:
         return {tp: 7 for tp in tps}
 
 
+def test_aiokafka_refuses_to_seek_a_partition_it_does_not_have() -> None:
+    # Workaround 3: the error that crashed Faust's fetcher (faust-streaming/faust#54).
+    async def seek() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        try:
+            consumer.assign([TopicPartition("changelog", 0)])
+            await consumer.seek_to_committed(TopicPartition("changelog", 1))
+        finally:
+            await consumer.stop()
+
+    with pytest.raises(IllegalStateError):
+        asyncio.run(seek())
+
+
 def test_partitions_revoked_meanwhile_are_not_sought() -> None:
-    # Faust's view of the assignment can lag behind aiokafka's during a rebalance; seeking a
-    # partition aiokafka no longer has crashed the fetcher.
+    # Faust's view of the assignment can lag behind aiokafka's during a rebalance.
     kept, gone = TopicPartition("changelog", 0), TopicPartition("changelog", 1)
     consumer = AssignedConsumer({kept})
     assert asyncio.run(_seek_to_committed(consumer, [kept, gone])) == {kept: 7}
     assert asyncio.run(_seek_to_committed(consumer, [gone])) == {}
+
+
+def test_faust_resumes_partitions_before_it_seeks_them() -> None:
+    # Workaround 2 (faust-streaming/faust#216): records can be fetched from the stale position
+    # between the two calls. When this fails, Faust changed the order: see whether
+    # MirrorConsumer.perform_seek is still needed.
+    source = inspect.getsource(Recovery._resume_streams)
+    assert source.index("resume_partitions(") < source.index("perform_seek()")
+
+
+def test_faust_fetches_wait_longer_than_the_mirror_asks() -> None:
+    # Workaround 4: Faust's fetch wait, which every offset query queued behind it waited for.
+    source = inspect.getsource(AIOKafkaConsumerThread._create_worker_consumer)
+    assert "fetch_max_wait_ms=1500" in source
+    assert FETCH_MAX_WAIT_MS == 100
+
+
+def test_a_faust_table_cannot_be_written_outside_a_stream_event() -> None:
+    # Workaround 7 (faust-streaming/faust#300, #497): the cache writes a batch at a time,
+    # outside any event, so it writes the store as Faust's recovery does.
+    app = faust.App("bridge-test", broker="kafka://127.0.0.1:1", store="memory://")
+    table = app.Table("planets", default=None, partitions=2)
+    with pytest.raises(TypeError, match="outside of stream iteration"):
+        table["k"] = b"v"
+    local = LocalTable(table)
+    local.write([(b"k", b"v", 1, 10), (b"gone", b"x", 0, 11), (b"gone", None, 0, 12)])
+    assert local.size() == 1
+    store: Any = table.data  # faust/stores/memory.py: a dict under .data
+    assert store.data == {b"k": b"v"}
