@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.core.errors import MirrorError
@@ -110,36 +110,56 @@ def _entity(settings: Settings, kind: str) -> tuple[Mirror, EntitySpec]:
 def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
     """Print committed, stored and end offsets with the lag and staleness per partition, table
     rows, and the end-to-end delay per entity when workers' ``/metrics`` are given."""
+    from streams.agents import repartition_topic
     from streams.cli import operations
     from streams.core.staleness import stored_staleness
     from streams.worker import build_mirror
 
     mirror = build_mirror(settings)
 
+    async def offset_lines(
+        topic: str, stored: Mapping[tuple[str, int], int], forwarded_to: str = ""
+    ) -> list[str]:
+        """Describe ``topic``'s partitions: applied is the stored offset, or the group's
+        committed one for a topic forwarded to a repartition topic (nothing stored)."""
+        partitions = await operations.partitions_of(settings, topic)
+        if not partitions:
+            return [f"{topic}: topic does not exist yet"]
+        ends = await operations.end_offsets(settings, topic, partitions)
+        committed = await operations.committed_offsets(settings, settings.app_id, topic)
+        if forwarded_to:
+            applied = {p: max(0, committed.get(p, 0)) for p in partitions}
+        else:
+            applied = {p: stored.get((topic, p), 0) for p in partitions}
+        behind = {p: done for p, done in applied.items() if done < ends[p]}
+        stamps = await operations.first_timestamps(settings, topic, behind)
+        now = time.time()
+        lines = [
+            f"{topic} (group {settings.app_id}{forwarded_to}):",
+            "  partition  committed  applied        end        lag  stale (s)",
+        ]
+        for p, done in applied.items():
+            stale = stored_staleness(done, ends[p], stamps.get(p), now)
+            lines.append(
+                f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
+                f"  {ends[p] - done:>9}  {_seconds(stale):>9}"
+            )
+        return lines
+
     async def gather() -> list[str]:
-        lines = []
+        lines: list[str] = []
         stored = await asyncio.to_thread(mirror.store.stored_offsets, settings.app_id)
         scraped = [await operations.scrape(settings, url) for url in metrics_urls]
         for spec in mirror.registry:
-            topic = mirror.source_topic(spec)
-            partitions = await operations.partitions_of(settings, topic)
-            if not partitions:
-                lines.append(f"{topic}: topic does not exist yet")
-                continue
-            ends = await operations.end_offsets(settings, topic, partitions)
-            committed = await operations.committed_offsets(settings, settings.app_id, topic)
-            lines.append(f"{topic} (group {settings.app_id}):")
-            applied = {p: stored.get((topic, p), 0) for p in partitions}
-            behind = {p: done for p, done in applied.items() if done < ends[p]}
-            stamps = await operations.first_timestamps(settings, topic, behind)
-            now = time.time()
-            lines.append("  partition  committed  applied        end        lag  stale (s)")
-            for p, done in applied.items():
-                stale = stored_staleness(done, ends[p], stamps.get(p), now)
-                lines.append(
-                    f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
-                    f"  {ends[p] - done:>9}  {_seconds(stale):>9}"
-                )
+            source = mirror.source_topic(spec)
+            if spec.repartition or spec.kind in settings.repartition:
+                # Forwarded: the source's progress is the group's offset, the repartition
+                # topic's is stored with the data.
+                target = repartition_topic(mirror, spec, settings)
+                lines += await offset_lines(source, stored, f", forwarded to {target}")
+                lines += await offset_lines(target, stored)
+            else:
+                lines += await offset_lines(source, stored)
             rows = await asyncio.to_thread(mirror.store.count, spec)
             marked = ""
             if spec.soft_delete is not None:

@@ -325,7 +325,8 @@ def cache_differences(expected: dict[str, Any], cached: dict[str, Any]) -> list[
 async def first_timestamps(
     settings: Settings, topic: str, offsets: Mapping[int, int], timeout: float = 5.0
 ) -> dict[int, int]:
-    """Return the timestamp (ms) of the first record at or after ``offsets[p]``, per partition.
+    """Return the timestamp (ms) of the first record at or after ``offsets[p]``, per partition
+    (where it was first produced, for a record forwarded with a ``mirror-origin`` header).
 
     A short read, for ``status``: a partition whose record does not come within ``timeout``
     seconds is left out. An offset below the log start reads from the log start (the records
@@ -358,11 +359,21 @@ async def first_timestamps(
             batch = await consumer.getmany(*waiting, timeout_ms=int(min(left, 1.0) * 1000))
             for tp, messages in batch.items():
                 if messages and tp.partition not in found:
-                    found[tp.partition] = int(messages[0].timestamp)
+                    found[tp.partition] = _first_timestamp(messages[0])
                     consumer.pause(tp)
     finally:
         await consumer.stop()
     return found
+
+
+def _first_timestamp(message: Any) -> int:
+    """Return when ``message`` was first produced (ms): its origin's, if forwarded."""
+    from streams.core.routing import ORIGIN_HEADER, Origin
+
+    for name, raw in message.headers or ():
+        if name == ORIGIN_HEADER and (origin := Origin.from_header(raw)) is not None:
+            return origin.timestamp
+    return int(message.timestamp)
 
 
 async def scrape(settings: Settings, url: str) -> str:

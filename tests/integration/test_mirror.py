@@ -24,6 +24,7 @@ from tests.support import (
     produce,
     produce_timed,
     read_keys,
+    run_cli,
     wait_caught_up,
     worker_env,
 )
@@ -173,6 +174,17 @@ async def test_events_keyed_otherwise_are_repartitioned_by_entity_key(
         assert read_planets(pg_url) == expected_state(sent, positions)
     finally:
         worker.stop()
+    # status reads a forwarded topic's progress from the group, the repartition topic's from
+    # the store: both caught up (it read the source's as never applied).
+    status = run_cli(dict(worker.env), "status")
+    assert status.returncode == 0, status.stderr
+    assert f"{topic} (group {app_id}, forwarded to {repartition}):" in status.stdout
+    assert f"{repartition} (group {app_id}):" in status.stdout
+    lag_and_staleness = [
+        line.split()[-2:] for line in status.stdout.splitlines() if line.strip()[:1].isdigit()
+    ]
+    partitions = 4 + len(await partitions_of(kafka_bootstrap, repartition))
+    assert lag_and_staleness == [["0", "0"]] * partitions, status.stdout
     # Every entity's events went to exactly one partition of the repartition topic.
     partitions_by_entity: dict[bytes, set[int]] = {}
     async for partition, key in read_keys(kafka_bootstrap, repartition):
