@@ -158,3 +158,74 @@ async def test_staleness_counts_while_behind_and_is_zero_once_caught_up(
             lock.close()
         engine.dispose()
         worker.stop()
+
+
+async def test_a_repartitioned_entity_is_as_stale_as_its_records_first_production(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    # The forwarder copies records at once (new timestamps); staleness and the delay count
+    # from where each was first produced, carried in its mirror-origin header.
+    from aiokafka.partitioner import DefaultPartitioner
+
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=2)
+    worker, app_id = make_worker(
+        kafka_bootstrap,
+        pg_url,
+        topic_prefix,
+        tmp_path,
+        "stalefwd",
+        REPARTITION="planet",
+        TOPIC_PARTITIONS="4",
+    )
+    repartition = f"{app_id}-{topic}-repartition"
+    worker.start()
+    engine = create_engine(pg_url)
+    lock = None
+    try:
+        await wait_ready(worker)
+        warm = await produce_timed(kafka_bootstrap, topic, planets(20, int(time.time() * 1000)))
+        await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
+
+        def sample(name: str, on: str, p: int) -> str:
+            return f'{name}{{entity="planet",partition="{p}",topic="{on}"}}'
+
+        lock = engine.connect()
+        lock.execute(text("LOCK TABLE servicea_planet IN SHARE MODE"))
+        old = int((time.time() - AGE) * 1000)
+        records = [(b"not-the-entity-key", v, ts) for _, v, ts in planets(30, old)]
+        await produce_timed(kafka_bootstrap, topic, records)
+        keys = [v.split(b'"')[3] for _, v, _ in records]  # the entity keys, from the values
+        behind = sorted({DefaultPartitioner()(k, [0, 1, 2, 3], [0, 1, 2, 3]) for k in keys})
+
+        def stale(body: str) -> bool:
+            forwarded = all(
+                metric_value(body, f'mirror_consumer_lag{{partition="{p}",topic="{topic}"}}') == 0.0
+                for p in range(2)
+            )
+            return forwarded and all(
+                (metric_value(body, sample("mirror_staleness_seconds", repartition, p)) or 0) >= AGE
+                for p in behind
+            )
+
+        await wait_metrics(worker, "the repartition topic stale, the source forwarded", stale)
+        lock.commit()
+        lock.close()
+        lock = None
+
+        def caught_up(body: str) -> bool:
+            counted = metric_value(body, 'mirror_batch_size_sum{entity="planet"}')
+            return counted == len(warm) + len(records) and all(
+                metric_value(body, sample("mirror_staleness_seconds", repartition, p)) == 0.0
+                for p in range(4)
+            )
+
+        body = await wait_metrics(worker, "caught up once the writes go on", caught_up)
+        total = metric_value(body, 'mirror_end_to_end_delay_seconds_sum{entity="planet"}')
+        assert total is not None and total >= AGE  # the forwarding time would be seconds
+    finally:
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+        engine.dispose()
+        worker.stop()
