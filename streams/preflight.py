@@ -12,10 +12,14 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.core.errors import MirrorError
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from models.registry import EntitySpec
+    from models.store import SqlStore
 
 
 def unreachable_broker(settings: Settings, exc: BaseException) -> str:
@@ -93,6 +97,32 @@ async def database_problem(settings: Settings, timeout: float = 5.0) -> str | No
     return (
         f"cannot use the database at DATABASE_URL {settings.database_url_safe}: {detail}; "
         "fix DATABASE_URL or start the database"
+    )
+
+
+async def schema_problem(store: SqlStore, specs: Sequence[EntitySpec]) -> str | None:
+    """Return why existing tables cannot take the models' rows (columns missing), or None.
+
+    Such a table refuses every write, which no retry fixes: the worker does not start.
+    """
+    try:
+        missing = await asyncio.to_thread(store.missing_columns, specs)
+    except MirrorError:
+        return None  # the database went away since its check: back-pressure, not an exit
+    if not missing:
+        return None
+    dialect = store.engine.dialect
+    problems = []
+    for name, columns in sorted(missing.items()):
+        adds = "; ".join(
+            f"ALTER TABLE {name} ADD COLUMN {c.name} {c.type.compile(dialect=dialect)}"
+            for c in columns
+        )
+        names = ", ".join(c.name for c in columns)
+        problems.append(f"table {name} lacks the column(s) {names} its model declares ({adds})")
+    return (
+        f"{'; '.join(problems)}: every write to it would fail; add the column(s), then start "
+        "the worker again"
     )
 
 

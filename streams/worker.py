@@ -34,6 +34,7 @@ from streams.positioner import Positioner
 from streams.preflight import (
     broker_problem,
     database_problem,
+    schema_problem,
     topic_partition_counts,
     web_port_problem,
 )
@@ -99,9 +100,11 @@ class MirrorApp(MirrorTransportApp):
         await super().on_first_start()
         if self.mirror_settings.log_format == "json":
             use_json_logs()
+        mirror = self.entity_agents.mirror
         problem = (
             web_port_problem(self.mirror_settings)
             or await database_problem(self.mirror_settings)
+            or await schema_problem(mirror.store, list(mirror.registry))
             or await broker_problem(self.mirror_settings, self.cached_topics)
         )
         if problem:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Column, Engine, delete, func, inspect, select, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from models.registry import EntitySpec
@@ -79,6 +79,25 @@ class SqlStore:
             for spec in specs:
                 spec.table.create(conn, checkfirst=True)
                 spec.tombstone_table.create(conn, checkfirst=True)
+
+    def missing_columns(self, specs: Sequence[EntitySpec]) -> dict[str, list[Column[Any]]]:
+        """Return, per existing table of ``specs``, the declared columns it does not have.
+
+        ``create_tables`` leaves an existing table as it is; one made for an older model (or
+        by hand) lacks what the model declares since, and every write to it would fail.
+        """
+        found: dict[str, list[Column[Any]]] = {}
+        with self._wrapped("read the tables' columns"), self.engine.connect() as conn:
+            inspector = inspect(conn)
+            for spec in specs:
+                for table in (spec.table, spec.tombstone_table):
+                    if not inspector.has_table(table.name, schema=table.schema):
+                        continue
+                    have = {c["name"] for c in inspector.get_columns(table.name, table.schema)}
+                    missing = [c for c in table.columns if c.name not in have]
+                    if missing:
+                        found[table.fullname] = missing
+        return found
 
     @contextmanager
     def transaction(self, what: str) -> Iterator[StoreTransaction]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -557,12 +558,24 @@ class StoreTransaction:
         self._insert_many(_counts_upsert(self.dialect), rows)
 
 
+#: What SQLite says of a table that no longer fits the model. sqlite3 raises OperationalError
+#: for these as for a busy database (PostgreSQL raises ProgrammingError), so only the message
+#: tells the table's refusal from a passing failure.
+_SQLITE_SCHEMA_ERRORS = ("no such table", "no such column", "has no column named")
+
+
 def _row_fault(exc: BaseException) -> bool:
     """Tell whether ``exc`` can come from one row's values rather than from the database."""
     if isinstance(exc, ValueError | TypeError):
         return True  # the driver could not send a value (NUL in text, unadaptable type)
     if isinstance(exc, DBAPIError):
-        return not exc.connection_invalidated and not isinstance(exc, OperationalError)
+        if exc.connection_invalidated:
+            return False
+        if isinstance(exc, OperationalError):
+            return isinstance(exc.orig, sqlite3.OperationalError) and any(
+                text in str(exc.orig) for text in _SQLITE_SCHEMA_ERRORS
+            )
+        return True
     return False
 
 

@@ -152,6 +152,23 @@ def test_a_row_the_database_refuses_is_rejected_alone(db_url: str) -> None:
         store.dispose()
 
 
+def test_a_table_changed_under_a_running_worker_refuses_rows_on_either_database(
+    mirror: Mirror,
+) -> None:
+    # A column dropped while the worker runs: PostgreSQL says so with a ProgrammingError,
+    # SQLite with the OperationalError it also uses for a busy database; both are the
+    # table's refusal (dead letters with the database's message), not an outage to retry.
+    from sqlalchemy import text
+
+    with mirror.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE servicea_planet DROP COLUMN name"))
+    result = mirror.apply(PLANET, [rec({"planetUuid": "p1", "planetName": "Mars"})])
+    (refused,) = result.results
+    assert isinstance(refused.decision, Rejection)
+    assert refused.decision.reason is RejectReason.STORE_REFUSED
+    assert "name" in refused.decision.detail
+
+
 def test_kafka_tombstone_deletes_by_record_key(mirror: Mirror) -> None:
     mirror.apply(PLANET, [rec({"planetUuid": "p1", "planetName": "A"}), rec(None)])
     assert rows(mirror) == {}

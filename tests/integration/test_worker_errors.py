@@ -194,3 +194,39 @@ def test_an_unusable_database_is_one_line_naming_database_url(
         done_cli = run_cli(env, *command)
         assert done_cli.returncode == 1, (command, done_cli.stdout, done_cli.stderr)
         assert done_cli.stderr.splitlines() == errors, command
+
+
+def test_a_table_lacking_a_declared_column_is_one_clear_line(
+    db_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # Before: every batch's write failed; SQLite's error was retried forever, and
+    # PostgreSQL's dead-lettered every record.
+    from sqlalchemy import create_engine, text
+
+    import models.planet  # noqa: F401  (registers the planet)
+    from models.registry import default_registry
+    from models.store import SqlStore
+
+    store = SqlStore.from_url(db_url)
+    store.create_tables(list(default_registry))
+    store.dispose()
+    engine = create_engine(db_url)
+    with engine.begin() as conn:  # a table made for an older model: no name column
+        conn.execute(text("ALTER TABLE servicea_planet DROP COLUMN name"))
+    engine.dispose()
+    env = {
+        "DATABASE_URL": db_url,
+        "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
+        "WEB_PORT": str(free_port()),
+        "APP_ID": f"old-table-{uuid.uuid4().hex[:8]}",
+    }
+    done = run_worker(env, tmp_path)
+    output = done.stdout + done.stderr
+    errors = [
+        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
+    ]
+    assert done.returncode == 1, output[-3000:]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("error: table servicea_planet lacks the column(s) name "), errors
+    assert "ALTER TABLE servicea_planet ADD COLUMN name VARCHAR(255)" in errors[0], errors
+    assert "Traceback" not in output
