@@ -101,14 +101,22 @@ async def database_problem(settings: Settings, timeout: float = 5.0) -> str | No
 
 
 async def schema_problem(store: SqlStore, specs: Sequence[EntitySpec]) -> str | None:
-    """Return why existing tables cannot take the models' rows (columns missing), or None.
+    """Return why the models' tables cannot be made or cannot take their rows, or None.
 
-    Such a table refuses every write, which no retry fixes: the worker does not start.
+    The missing tables are created here (the agents would at their start); an existing table
+    lacking a declared column refuses every write. No retry fixes either: the worker does
+    not start.
     """
     try:
+        await asyncio.to_thread(store.create_tables, specs)
         missing = await asyncio.to_thread(store.missing_columns, specs)
-    except MirrorError:
-        return None  # the database went away since its check: back-pressure, not an exit
+    except MirrorError as exc:
+        if exc.retriable:
+            return None  # the database went away since its check: back-pressure, not an exit
+        return (
+            f"cannot create the tables: {exc}; grant the database user what it lacks, or "
+            "create the tables yourself"
+        )
     if not missing:
         return None
     dialect = store.engine.dialect

@@ -24,10 +24,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Column, Engine, delete, func, inspect, select, text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NotSupportedError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 
 from models.registry import EntitySpec
-from models.store.batch import Refusal, StoreTransaction, _first_line
+from models.store.batch import Refusal, StoreTransaction, _first_line, is_sqlite_schema_error
 from models.store.engine import create_store_engine
 from models.store.schema import bookkeeping, offsets_table, outcomes_table, public_columns
 from models.store.statements import COPY_FROM_ROWS, ENTITY_LOCK_SPACE
@@ -50,7 +57,8 @@ class SqlStore:
     """Entry point to the mirror's database: tables, batch transactions, and reads.
 
     Errors come out wrapped: :class:`StoreUnavailableError` (retriable: connection lost,
-    server down, lock timeout) or :class:`StoreError` (not retriable), naming what was done.
+    server down, lock timeout) or :class:`StoreError` (not retriable: a constraint, a value,
+    a missing table, column or privilege), naming what was done.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -177,9 +185,12 @@ class SqlStore:
     def _wrapped(self, what: str) -> Iterator[None]:
         try:
             yield
-        except (IntegrityError, DataError) as exc:
+        except (IntegrityError, DataError, ProgrammingError, NotSupportedError) as exc:
+            # Constraints, values, a table or privilege missing: no retry changes these.
             raise StoreError(f"{what}: database refused it: {_first_line(exc)}") from exc
         except DBAPIError as exc:
+            if not exc.connection_invalidated and is_sqlite_schema_error(exc):
+                raise StoreError(f"{what}: database refused it: {_first_line(exc)}") from exc
             raise StoreUnavailableError(f"{what}: {_first_line(exc)}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"{what}: {_first_line(exc)}") from exc

@@ -572,11 +572,16 @@ def _row_fault(exc: BaseException) -> bool:
         if exc.connection_invalidated:
             return False
         if isinstance(exc, OperationalError):
-            return isinstance(exc.orig, sqlite3.OperationalError) and any(
-                text in str(exc.orig) for text in _SQLITE_SCHEMA_ERRORS
-            )
+            return is_sqlite_schema_error(exc)
         return True
     return False
+
+
+def is_sqlite_schema_error(exc: DBAPIError) -> bool:
+    """Tell whether ``exc`` is SQLite saying that a table does not fit (see above)."""
+    return isinstance(exc.orig, sqlite3.OperationalError) and any(
+        text in str(exc.orig) for text in _SQLITE_SCHEMA_ERRORS
+    )
 
 
 def _first_line(exc: BaseException) -> str:

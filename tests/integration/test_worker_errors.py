@@ -230,3 +230,39 @@ def test_a_table_lacking_a_declared_column_is_one_clear_line(
     assert errors[0].startswith("error: table servicea_planet lacks the column(s) name "), errors
     assert "ALTER TABLE servicea_planet ADD COLUMN name VARCHAR(255)" in errors[0], errors
     assert "Traceback" not in output
+
+
+def test_a_database_user_that_cannot_create_the_tables_is_one_clear_line(
+    pg_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # Before: the worker retried CREATE TABLE forever, a warning every 30 s.
+    from sqlalchemy import create_engine, text
+
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:  # PostgreSQL 15: only the owner creates in schema public
+        conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'reader'"))
+    engine.dispose()
+    url = make_url(pg_url).set(username=role, password="reader")
+    env = {
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
+        "WEB_PORT": str(free_port()),
+        "APP_ID": f"reader-{uuid.uuid4().hex[:8]}",
+    }
+    try:
+        done = run_worker(env, tmp_path)
+    finally:
+        engine = create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP ROLE {role}"))
+        engine.dispose()
+    output = done.stdout + done.stderr
+    errors = [
+        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
+    ]
+    assert done.returncode == 1, output[-3000:]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("error: cannot create the tables: "), errors
+    assert "permission denied for schema public" in errors[0], errors
+    assert "Traceback" not in output
