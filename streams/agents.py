@@ -28,7 +28,7 @@ from streams.deadletters import DeadLetterWriter, dead_letter_topic
 from streams.feed import Feed
 from streams.handoff import Handoff
 from streams.mirror import Mirror
-from streams.producers import OwnProducer
+from streams.producers import OwnProducer, passing_failure
 from streams.settings import Settings
 from streams.topics import fit_repartition_topic, max_message_bytes
 from tables.cache import EntityCache
@@ -42,16 +42,7 @@ REVOKE_WAIT_SECONDS = 20.0
 
 async def retrying(what: str, call: Callable[[], Any]) -> Any:
     """Run the blocking ``call`` in a thread until it succeeds (start-up steps: create tables)."""
-    delay = 0.5
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await asyncio.to_thread(call)
-        except MirrorError as exc:
-            log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, attempt, delay, exc)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_BACKOFF)
+    return await _until_done(what, functools.partial(asyncio.to_thread, call))
 
 
 class EntityAgents:
@@ -161,14 +152,29 @@ def make_agent(
     return mirror_entity
 
 
-async def _until_done(what: str, step: Callable[[], Any]) -> None:
+async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
+    """Await ``step()`` until it succeeds: a start-up step the agent cannot go without.
+
+    Passing failures (the database or the broker unreachable) back off from 0.5 s; one no
+    retry fixes (a privilege missing, a topic the broker will not create) is an error line
+    each 30 s, so the operator sees what to fix while the worker waits for it.
+    """
     delay = 0.5
     while True:
         try:
-            await step()
-            return
+            return await step()
         except (MirrorError, KafkaError, OSError) as exc:
-            log.warning("%s failed, retrying in %.1fs: %r", what, delay, exc)
+            passing = exc.retriable if isinstance(exc, MirrorError) else passing_failure(exc)
+            if passing:
+                log.warning("%s failed, retrying in %.1fs: %r", what, delay, exc)
+            else:
+                delay = MAX_BACKOFF
+                log.error(
+                    "%s failed and a retry will not fix it: %s; trying again in %.0f s",
+                    what,
+                    exc,
+                    delay,
+                )
         await asyncio.sleep(delay)
         delay = min(delay * 2, MAX_BACKOFF)
 
