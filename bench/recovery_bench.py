@@ -49,7 +49,7 @@ from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 from devservices.processes import note_started  # noqa: E402
 from models.store import SqlStore  # noqa: E402
-from streams.core.errors import StoreUnavailableError  # noqa: E402
+from streams.core.errors import StoreError  # noqa: E402
 
 PARTITIONS = 4
 UPDATES = 2_000
@@ -234,7 +234,7 @@ class Run:
     def applied(self, ends: dict[int, int]) -> bool:
         try:
             stored = SqlStore(self.engine).stored_offsets(self.app_id)
-        except StoreUnavailableError:  # the worker has not made its tables yet
+        except StoreError:  # the worker has not made its tables yet (a missing table)
             return False
         offsets = {p: o for (t, p), o in stored.items() if t == self.topic}
         return all(offsets.get(p, 0) >= end for p, end in ends.items())
