@@ -20,7 +20,7 @@ import faust
 from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
-from streams.checkpoint import AppliedOffsets, Checkpoint, Forwarder
+from streams.checkpoint import FORWARD_BATCH_BYTES, AppliedOffsets, Checkpoint, Forwarder
 from streams.core.errors import MirrorError
 from streams.core.routing import ORIGIN_HEADER, Origin, SourceRecord
 from streams.core.staleness import Head
@@ -58,7 +58,12 @@ class EntityAgents:
         self.forward_max_bytes = 1024 * 1024
         """The largest record a forwarded source topic takes (sizes the forwarding producer)."""
         self.forward_producer = OwnProducer(
-            settings, "forwarding", lambda: {"max_request_size": self.forward_max_bytes}
+            settings,
+            "forwarding",
+            lambda: {
+                "max_request_size": self.forward_max_bytes,
+                "max_batch_size": FORWARD_BATCH_BYTES,
+            },
         )
         self.checkpoints: list[Checkpoint] = []
         self.forwarders: list[Forwarder] = []

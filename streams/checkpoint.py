@@ -52,7 +52,7 @@ from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
 from streams import metrics
-from streams.aiokafka_fixes import send_record
+from streams.aiokafka_fixes import needs_raw_headers, send_record
 from streams.core.errors import (
     CacheError,
     ForwardError,
@@ -75,7 +75,7 @@ from streams.feed import Feed, Taken, heads_of, held_heads
 from streams.handoff import Handoff
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
-from tables.cache import EntityCache, Entry, cache_key, encode_value
+from tables.cache import EntityCache, Entry, cache_key, encode_value, key_partition
 
 log = logging.getLogger(__name__)
 
@@ -487,6 +487,9 @@ class Forwarder:
         self.batch: Taken | None = None
         """The batch being forwarded (staleness reads its heads)."""
         self._hold_backoff: dict[tuple[str, int], float] = {}
+        self._partitions: list[int] | None = None
+        """The target's partitions, read once (a key's partition, as Kafka's default
+        partitioner places it: ``tables.cache.key_partition``)."""
 
     def heads(self) -> Iterator[tuple[Hashable, Head]]:
         """Yield the first record of each partition held here, oldest place first."""
@@ -515,9 +518,7 @@ class Forwarder:
         producer = await self.producer.get()
         futures: list[Any] = []
         try:
-            for record in records:
-                key, value, headers = _forwarded(record, self.spec)
-                futures.append(await send_record(producer, self.target, key, value, headers))
+            await self._send(producer, [_forwarded(r, self.spec) for r in records], futures)
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
         except KafkaError as exc:
             await asyncio.gather(*futures, return_exceptions=True)
@@ -537,6 +538,51 @@ class Forwarder:
         if isinstance(refusal, BROKEN_PRODUCER_ERRORS):
             raise ForwardError(f"cannot forward to {self.target} yet: {refusal!r}") from refusal
         raise ForwardRefused(f"{self.target} refused a batch: {type(refusal).__name__}: {refusal}")
+
+    async def _send(
+        self,
+        producer: Any,
+        records: Sequence[tuple[bytes | None, bytes | None, list[Any]]],
+        futures: list[Any],
+    ) -> None:
+        """Send ``(key, value, headers)`` records to the target, their futures into ``futures``.
+
+        As record batches built per target partition (aiokafka's C builder: about 6 us a
+        record until confirmed, against 15 us for a ``send`` each, measured), each at most
+        FORWARD_BATCH_BYTES and what the target takes; records whose header keys aiokafka's
+        builder cannot write (``streams.aiokafka_fixes``) are sent one by one, the batch with
+        them.
+        """
+        target = self.target
+        if any(needs_raw_headers(headers) for _, _, headers in records):
+            for key, value, headers in records:
+                futures.append(await send_record(producer, target, key, value, headers))
+            return
+        if self._partitions is None:
+            self._partitions = sorted(await producer.partitions_for(target))
+        partitions = self._partitions
+        count = len(partitions)
+        room = min(FORWARD_BATCH_BYTES, self.limit or FORWARD_BATCH_BYTES)
+        batches: dict[int, tuple[Any, int]] = {}
+        for key, value, headers in records:
+            # A record with no key at all (rejected where it is applied) goes to the first.
+            partition = partitions[0 if key is None else key_partition(key, count)]
+            size = _FORWARD_OVERHEAD + len(key or b"") + len(value or b"")
+            for name, header in headers:
+                size += len(name) + len(header) + 8
+            builder, used = batches.get(partition, (None, 0))
+            if builder is not None and used + size > room:
+                futures.append(await producer.send_batch(builder, target, partition=partition))
+                builder = None
+            if builder is None:
+                builder, used = producer.create_batch(), 0
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                futures.append(await producer.send_batch(builder, target, partition=partition))
+                builder, used = producer.create_batch(), 0
+                builder.append(key=key, value=value, timestamp=None, headers=headers)
+            batches[partition] = (builder, used + size)
+        for partition, (builder, _) in batches.items():
+            futures.append(await producer.send_batch(builder, target, partition=partition))
 
     async def _fitting(self, batch: Sequence[Any]) -> list[Any]:
         """Return ``batch`` without the records too large for the target and those after them
@@ -613,6 +659,9 @@ def _hold(handoff: Handoff, key: tuple[str, int], reason: str, seconds: float) -
     handoff.hold(tp, reason, until=time.monotonic() + seconds)
 
 
+#: Largest record batch the forwarder builds (fewer, larger requests; within the 1 MB a topic
+#: takes by default).
+FORWARD_BATCH_BYTES = 256 * 1024
 #: Bytes a record batch of one forwarded record takes beyond its key, value and headers: the
 #: batch header (61), the record's own framing and the ``mirror-origin`` header, with room.
 _FORWARD_OVERHEAD = 256

@@ -58,12 +58,14 @@ async def test_aiokafka_alone_cannot_read_a_header_key_that_is_not_utf8(
     assert [(k.encode(), v) for k, v in headers] == [(BAD_KEY, b"span-1"), (b"plain", b"ok")]
 
 
+@pytest.mark.parametrize("repartition", [False, True], ids=["direct", "forwarded"])
 async def test_a_header_key_that_is_not_utf8_is_mirrored_or_dead_lettered_byte_for_byte(
     kafka_bootstrap: str,
     pg_url: str,
     topic_prefix: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    repartition: bool,
 ) -> None:
     topic = f"{topic_prefix}planet-changed"
     await create_topic(kafka_bootstrap, topic, partitions=1)
@@ -74,18 +76,22 @@ async def test_a_header_key_that_is_not_utf8_is_mirrored_or_dead_lettered_byte_f
     await produce_with_bad_header(
         kafka_bootstrap, topic, [planet("a"), (b"bad", b"not json"), planet("b")]
     )
+    extra = {"REPARTITION": "planet"} if repartition else {}
     worker, app_id = make_worker(
-        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "headers", TOPIC_PARTITIONS="1"
+        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "headers", TOPIC_PARTITIONS="1", **extra
     )
     worker.start()
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        if repartition:  # the forwarder wrote the keys back byte for byte
+            repartitioned = f"{app_id}-{topic}-repartition"
+            await wait_caught_up(kafka_bootstrap, app_id, repartitioned, alive=worker.assert_alive)
     finally:
         assert worker.stop() == "SIGTERM"
     assert worker.starts == 1
     assert set(read_planets(pg_url)) == {"a", "b"}
     monkeypatch.setattr(fetcher, "MemoryRecords", TolerantMemoryRecords)
     [headers] = await read_headers(kafka_bootstrap, f"{topic}.dlq")
-    own = [(k.encode(), v) for k, v in headers if not k.startswith("dlq.")]
+    own = [(k.encode(), v) for k, v in headers if not k.startswith("dlq.") and k != "mirror-origin"]
     assert own == [(BAD_KEY, b"span-1"), (b"plain", b"ok")]
     assert dict(headers)["dlq.reason"] == b"bad_json"
