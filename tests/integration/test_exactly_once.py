@@ -70,11 +70,18 @@ def store(pg_url: str) -> Iterator[SqlStore]:
 
 
 def eo_worker(
-    kafka_bootstrap: str, db_url: str, prefix: str, tmp_path: Path
+    kafka_bootstrap: str, db_url: str, prefix: str, tmp_path: Path, **extra: str
 ) -> tuple[WorkerProcess, str]:
     """A worker whose killed members leave the group after 6 s (Kafka's minimum)."""
     return make_worker(
-        kafka_bootstrap, db_url, prefix, tmp_path, "eo", SESSION_TIMEOUT="6", BATCH_SIZE="500"
+        kafka_bootstrap,
+        db_url,
+        prefix,
+        tmp_path,
+        "eo",
+        SESSION_TIMEOUT="6",
+        BATCH_SIZE="500",
+        **extra,
     )
 
 
@@ -123,6 +130,60 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
         worker.stop()
     assert worker.starts == 7
     assert kills_mid_stream >= 3, f"only {kills_mid_stream} kills hit a flowing stream"
+
+
+@pytest.mark.slow
+async def test_sigkill_while_forwarding_loses_nothing_and_applies_nothing_twice(
+    kafka_bootstrap: str, pg_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
+) -> None:
+    # The forwarded path: a kill between a batch's forwarding and its offsets forwards some
+    # records twice; each copy carries its first position and is skipped where it is applied.
+    topic = f"{topic_prefix}{TOPIC}"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    sent = chaotic_stream(12_000, 300, seed=7, foreign_keys=True)
+    worker, app_id = eo_worker(
+        kafka_bootstrap, pg_url, topic_prefix, tmp_path, REPARTITION="planet"
+    )
+    repartition = f"{app_id}-{topic}-repartition"
+    rng = random.Random(5)
+    worker.start()
+    producing = asyncio.create_task(
+        produce_timed(
+            kafka_bootstrap,
+            topic,
+            ((s.key, s.value, s.timestamp) for s in sent),
+            chunk=500,
+            pause=0.6,
+        )
+    )
+    kills_mid_stream = 0
+    try:
+        for _ in range(5):
+            # A random moment: this sleep is the chaos, not a wait for a condition.
+            await asyncio.sleep(rng.uniform(2.0, 5.0))
+            progress = sum((await asyncio.to_thread(store.stored_offsets, app_id)).values())
+            if progress > 0 and not producing.done():
+                kills_mid_stream += 1
+            worker.kill()
+            worker.start()
+        positions = await producing
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        forwarded = await end_offsets(kafka_bootstrap, repartition)
+        assert sum(forwarded.values()) >= len(sent)  # every record, some twice
+        await wait_applied(store, app_id, repartition, forwarded, worker)
+        assert table_state(store) == expected_state(sent, positions)
+        counts = store.outcome_counts(app_id)
+        # One outcome per record of the repartition topic, copies included.
+        assert sum(n for (t, _), n in counts.items() if t == repartition) == sum(
+            forwarded.values()
+        ), counts
+        assert counts.get((repartition, "rejected"), 0) == 0
+        await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
+    finally:
+        producing.cancel()
+        worker.stop()
+    assert worker.starts == 6
+    assert kills_mid_stream >= 2, f"only {kills_mid_stream} kills hit a flowing stream"
 
 
 async def reset_group_to_beginning(bootstrap: str, group: str, topic: str) -> None:
