@@ -95,7 +95,8 @@ class EntityAgents:
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         """Let the batches in flight finish, then commit what is applied of ``revoked``."""
-        waits = [c.idle.wait() for c in self.checkpoints if not c.idle.is_set()]
+        lanes: list[Checkpoint | Forwarder] = [*self.checkpoints, *self.forwarders]
+        waits = [lane.idle.wait() for lane in lanes if not lane.idle.is_set()]
         if waits:
             _, pending = await asyncio.wait(
                 [asyncio.ensure_future(w) for w in waits], timeout=REVOKE_WAIT_SECONDS

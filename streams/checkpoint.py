@@ -490,6 +490,9 @@ class Forwarder:
         self._partitions: list[int] | None = None
         """The target's partitions, read once (a key's partition, as Kafka's default
         partitioner places it: ``tables.cache.key_partition``)."""
+        self.idle = asyncio.Event()
+        """Set when no batch is being forwarded (a revocation waits for it)."""
+        self.idle.set()
 
     def heads(self) -> Iterator[tuple[Hashable, Head]]:
         """Yield the first record of each partition held here, oldest place first."""
@@ -502,6 +505,7 @@ class Forwarder:
         self.feed = feed
         while True:
             batch = self.batch = await feed.take(batch_size, linger)
+            self.idle.clear()
             what = f"forward {len(batch)} {self.spec.kind} events to {self.target}"
             try:
                 sent = await _retrying(what, functools.partial(self._forward, batch))
@@ -509,7 +513,9 @@ class Forwarder:
                 self._hold_failed(batch, exc)
             else:
                 self.applied.note(sent)
-            self.batch = None
+            finally:
+                self.batch = None
+                self.idle.set()
 
     async def _forward(self, batch: Sequence[Any]) -> list[Any]:
         """Send ``batch`` but the records too large for the target (their partitions are held
