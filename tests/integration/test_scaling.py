@@ -48,7 +48,13 @@ def store(pg_url: str) -> Iterator[SqlStore]:
 
 
 def scaling_worker(
-    name: str, app_id: str, bootstrap: str, db_url: str, prefix: str, tmp_path: Path
+    name: str,
+    app_id: str,
+    bootstrap: str,
+    db_url: str,
+    prefix: str,
+    tmp_path: Path,
+    **extra: str,
 ) -> WorkerProcess:
     """One member of the group ``app_id``, with its own web port, data dir and log."""
     env = worker_env(
@@ -61,6 +67,7 @@ def scaling_worker(
         SESSION_TIMEOUT="6",
         RECOVERY_STALL_TIMEOUT="15",
         BATCH_SIZE="500",
+        **extra,
     )
     return WorkerProcess(env, tmp_path / f"worker-{name}.log")
 
@@ -203,6 +210,64 @@ async def test_workers_share_partitions_and_answer_for_every_key(
                 assert 'result="local"' in text and 'result="forwarded"' in text, base_url(worker)
                 # The recovery watchdog never had to step in.
                 assert "mirror_recovery_stalls_total 0.0" in text, base_url(worker)
+        finally:
+            for worker in workers:
+                worker.stop()
+    assert all(w.starts == 1 for w in workers), [w.starts for w in workers]
+
+
+@pytest.mark.slow
+async def test_workers_share_a_forwarded_topic_through_a_rebalance(
+    kafka_bootstrap: str, pg_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
+) -> None:
+    # Both the source topic (forwarded) and the repartition topic (applied) move between
+    # workers: one is killed mid-stream and another joins.
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    app_id = f"scalefwd-{uuid.uuid4().hex[:8]}"
+    repartition = f"{app_id}-{topic}-repartition"
+
+    def member(name: str) -> WorkerProcess:
+        return scaling_worker(
+            name, app_id, kafka_bootstrap, pg_url, topic_prefix, tmp_path, REPARTITION="planet"
+        )
+
+    a, b, c = member("a"), member("b"), member("c")
+    workers = [a, b, c]
+    sent: list[Sent] = chaotic_stream(6_000, 300, seed=41, foreign_keys=True)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        try:
+            a.start()
+            b.start()
+            await wait_ready(http, [a, b])
+            producing = asyncio.create_task(
+                produce_timed(
+                    kafka_bootstrap,
+                    topic,
+                    ((s.key, s.value, s.timestamp) for s in sent),
+                    chunk=300,
+                    pause=0.3,
+                )
+            )
+            await wait_stored(store, app_id, 600, b, a)
+            b.stop(signal.SIGKILL)
+            c.start()
+            positions = await producing
+            survivors = [a, c]
+            await wait_sql_state(store, expected_state(sent, positions), survivors)
+
+            def alive() -> None:
+                for worker in survivors:
+                    worker.assert_alive()
+
+            await wait_caught_up(kafka_bootstrap, app_id, topic, alive=alive)
+            await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=alive)
+            forwarded = sum((await end_offsets(kafka_bootstrap, repartition)).values())
+            assert forwarded >= len(sent)  # every record, some twice after the kill
+            counts = store.outcome_counts(app_id)
+            assert sum(n for (t, _), n in counts.items() if t == repartition) == forwarded
+            assert counts.get((repartition, "rejected"), 0) == 0
         finally:
             for worker in workers:
                 worker.stop()
