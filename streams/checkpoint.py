@@ -101,11 +101,27 @@ class AppliedOffsets:
     def __init__(self) -> None:
         self.next: dict[Any, int] = {}
         self.committed: dict[Any, int] = {}
+        self._revoked: set[tuple[str, int]] = set()
+        """Partitions forgotten at a revocation and not positioned here since: a batch of
+        theirs that finishes late must not note (and later commit) an offset another worker
+        has moved past."""
 
     def note(self, records: Iterable[Any]) -> None:
         """Record the offsets after ``records`` (all applied)."""
+        last: dict[tuple[str, int], int] = {}
         for record in records:
-            self.applied_below((record.topic, record.partition), record.offset + 1)
+            key = (record.topic, record.partition)
+            if record.offset >= last.get(key, -1):
+                last[key] = record.offset
+        for key, offset in last.items():
+            if key not in self._revoked:
+                self.applied_below(key, offset + 1)
+
+    def positioned(self, tp: Any, offset: int) -> None:
+        """Record that ``tp`` is read here from ``offset`` on (assigned): nothing below needs
+        an effect of ours, and its batches note their offsets again."""
+        self._revoked.discard((tp[0], tp[1]))
+        self.applied_below(tp, offset)
 
     def applied_below(self, tp: Any, offset: int) -> None:
         """Record that every record of ``tp`` below ``offset`` has had its effects."""
@@ -116,8 +132,10 @@ class AppliedOffsets:
     def forget(self, tps: Iterable[Any]) -> None:
         """Drop revoked partitions: another worker's later progress must not be undone."""
         for tp in tps:
-            self.next.pop((tp[0], tp[1]), None)
-            self.committed.pop((tp[0], tp[1]), None)
+            key = (tp[0], tp[1])
+            self.next.pop(key, None)
+            self.committed.pop(key, None)
+            self._revoked.add(key)
 
     def due(self, assigned: Iterable[Any]) -> dict[Any, int]:
         """Return the offsets of ``assigned`` partitions ahead of what was committed."""

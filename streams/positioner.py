@@ -54,9 +54,9 @@ class Positioner:
         self.cached_topics = cached_topics
         """Topics whose unconfirmed records (applied, not yet in the cache) are replayed."""
         self.on_positioned = on_positioned
+        """Told each partition's start offset: records below it need no commit of their own."""
         self.kafka_offset_topics = kafka_offset_topics or set()
         """Topics whose progress is the group's Kafka offset (forwarded: nothing in SQL)."""
-        """Told each partition's start offset: records below it need no commit of their own."""
         self.wake = asyncio.Event()
         self._delay = 0.0
         self._jump_checked: dict[Any, float] = {}

@@ -297,7 +297,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
             for topic in app.handoff.feeds
             if (spec := _spec_of(mirror, topic, settings)) is not None and spec.cached
         },
-        on_positioned=agents.applied.applied_below,
+        on_positioned=agents.applied.positioned,
         kafka_offset_topics=agents.kafka_offset_topics,
     )
     app.run_early(positioner.run)

@@ -70,3 +70,19 @@ def test_a_timeout_is_back_pressure_and_a_size_refusal_is_not() -> None:
     assert passing_failure(KafkaConnectionError())
     assert not passing_failure(MessageSizeTooLargeError())
     assert not passing_failure(TopicAuthorizationFailedError())
+
+
+def test_a_batch_finishing_after_its_partitions_were_revoked_notes_nothing() -> None:
+    # Another worker owns the partition now; an offset noted here would be committed (moving
+    # the group's offset back) if the partition came back before the stale entry was dropped.
+    applied = AppliedOffsets()
+    applied.positioned(("planets", 0), 0)
+    applied.note([record(0, 0), record(0, 1), record(1, 5)])
+    assert applied.next == {("planets", 0): 2, ("planets", 1): 6}
+    applied.forget([("planets", 0)])
+    applied.note([record(0, 2), record(0, 3)])  # late: revoked meanwhile
+    assert ("planets", 0) not in applied.next
+    applied.positioned(("planets", 0), 40)  # assigned here again
+    applied.note([record(0, 40), record(0, 41)])
+    assert applied.next[("planets", 0)] == 42
+    assert applied.due([("planets", 0)]) == {("planets", 0): 42}
