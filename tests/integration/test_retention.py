@@ -16,6 +16,7 @@ from models.registry import build_spec
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
 from tests.support import (
+    committed_offsets,
     create_topic,
     end_offsets,
     make_worker,
@@ -102,6 +103,61 @@ async def test_records_lost_to_retention_are_counted_and_the_rest_applied_in_ord
             "deleted from the topic (retention) before they were applied"
         )
         assert log.count(line) == 1, line
+
+
+async def test_a_forwarded_topic_past_its_retention_is_counted_and_the_rest_forwarded(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    # A forwarded topic's progress is the group's committed offset, not one stored with data.
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=PARTITIONS)
+    await produce_timed(kafka_bootstrap, topic, planets(0, 400))
+    worker, app_id = make_worker(
+        kafka_bootstrap, pg_url, topic_prefix, tmp_path, "retfwd", REPARTITION="planet"
+    )
+    repartition = f"{app_id}-{topic}-repartition"
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
+    finally:
+        assert worker.stop() == "SIGTERM"
+    committed = await committed_offsets(kafka_bootstrap, app_id, topic)
+    assert sum(committed.values()) == 400
+
+    second = planets(400, 800)
+    positions = await produce_timed(kafka_bootstrap, topic, second)
+    ends = await end_offsets(kafka_bootstrap, topic)
+    log_start = {p: committed[p] + (ends[p] - committed[p]) // 2 for p in range(PARTITIONS)}
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(topic, p): RecordsToDelete(o) for p, o in log_start.items()}
+        )
+    finally:
+        await admin.close()
+    lost = {p: log_start[p] - committed[p] for p in range(PARTITIONS)}
+    assert all(n > 0 for n in lost.values())
+
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
+        url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
+        text = await asyncio.to_thread(_get, url)
+        counted = {
+            p: metric_value(text, f'mirror_lost_records_total{{partition="{p}",topic="{topic}"}}')
+            for p in range(PARTITIONS)
+        }
+        assert counted == {p: float(n) for p, n in lost.items()}
+    finally:
+        assert worker.stop() == "SIGTERM"
+    kept = {f"p{i}" for i in range(400)}
+    for (key, _, _), (_, partition, offset) in zip(second, positions, strict=True):
+        if offset >= log_start[partition]:
+            kept.add(key.decode())
+    assert set(read_planets(pg_url)) == kept
 
 
 def _get(url: str) -> str:
