@@ -203,7 +203,7 @@ class Checkpoint:
         self.cache = cache
         self.prepare = prepare
         """Turns fetched records into the core's (a repartition topic's origin headers)."""
-        self._hold_backoff: dict[Any, float] = {}
+        self._backoff = HoldBackoff()
         self._cut: dict[tuple[str, int], int] = {}
         """Partitions held from an offset on: their later records still on the way are dropped."""
         self.in_flight: list[_Batch] = []
@@ -335,8 +335,7 @@ class Checkpoint:
                 f"write {len(result.states)} {self.spec.kind} entries to {cache.changelog}",
                 functools.partial(_write_cache, cache, result),
             )
-        for record in batch.records:
-            self._hold_backoff.pop((record.topic, record.partition), None)
+        self._backoff.passed(batch.heads)
         self.applied.note(batch.records)
         metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
         metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - batch.read_at)
@@ -406,8 +405,7 @@ class Checkpoint:
         """Hold the partition of a dead letter the broker refuses, from that record on."""
         bad = exc.rejection.record
         tp = (bad.topic, bad.partition)
-        delay = min(max(5.0, self._hold_backoff.get(tp, 0.0) * 2), 60.0)
-        self._hold_backoff[tp] = delay
+        delay = self._backoff.next(tp)
         log.error(
             "%s; holding %s[%d] from offset %d for %.0f s, then trying again (raise the "
             "dead-letter topic's max.message.bytes, or fix the record's producer)",
@@ -434,16 +432,7 @@ class Checkpoint:
         for r in records:
             tp = (r.topic, r.partition)
             first[tp] = min(r.offset, first.get(tp, r.offset))
-        log.error(
-            "applying %d %s records of %s failed and a retry will not fix it: %s; holding "
-            "these partitions for %.0f s, then reading them again",
-            len(records),
-            self.spec.kind,
-            ", ".join(f"{t}[{p}]" for t, p in sorted(first)),
-            exc,
-            FAILED_HOLD_SECONDS,
-        )
-        metrics.BATCH_FAILURES.labels(self.spec.kind).inc()
+        _say_failed("applying", len(records), self.spec.kind, first, exc)
         for tp, offset in first.items():
             self._hold(tp, FAILED, FAILED_HOLD_SECONDS, offset)
 
@@ -504,7 +493,7 @@ class Forwarder:
         self.feed: Feed | None = None
         self.batch: Taken | None = None
         """The batch being forwarded (staleness reads its heads)."""
-        self._hold_backoff: dict[tuple[str, int], float] = {}
+        self._backoff = HoldBackoff()
         self._partitions: list[int] | None = None
         """The target's partitions, read once (a key's partition, as Kafka's default
         partitioner places it: ``tables.cache.key_partition``)."""
@@ -631,15 +620,13 @@ class Forwarder:
                 self._hold_from(record)
                 continue
             kept.append(record)
-        for tp in {(r.topic, r.partition) for r in kept} - cut.keys():
-            self._hold_backoff.pop(tp, None)
+        self._backoff.passed({(r.topic, r.partition) for r in kept} - cut.keys())
         return kept
 
     def _hold_from(self, record: Any) -> None:
         """Hold the partition of a record too large for the target, from that record on."""
         key = (record.topic, record.partition)
-        delay = min(max(5.0, self._hold_backoff.get(key, 0.0) * 2), 60.0)
-        self._hold_backoff[key] = delay
+        delay = self._backoff.next(key)
         log.error(
             "%s[%d]@%d (%d bytes) is larger than %s takes (max.message.bytes %s); holding the "
             "partition from that offset for %.0f s, then trying again (raise %s's "
@@ -660,18 +647,47 @@ class Forwarder:
 
     def _hold_failed(self, batch: Sequence[Any], exc: MirrorError) -> None:
         tps = sorted({(r.topic, r.partition) for r in batch})
-        log.error(
-            "forwarding %d %s records of %s failed and a retry will not fix it: %s; holding "
-            "these partitions for %.0f s, then reading them again",
-            len(batch),
-            self.spec.kind,
-            ", ".join(f"{t}[{p}]" for t, p in tps),
-            exc,
-            FAILED_HOLD_SECONDS,
-        )
-        metrics.BATCH_FAILURES.labels(self.spec.kind).inc()
+        _say_failed("forwarding", len(batch), self.spec.kind, tps, exc)
         for tp in tps:
             _hold(self.handoff, tp, FAILED, FAILED_HOLD_SECONDS)
+
+
+class HoldBackoff:
+    """How long a partition is held for a record the broker will not take: 5 s, doubling each
+    time it is held again up to 60 s, and 5 s again once a batch of it has gone through."""
+
+    def __init__(self) -> None:
+        self._last: dict[Hashable, float] = {}
+
+    def next(self, key: Hashable) -> float:
+        """Return how long to hold ``key`` now (and remember it)."""
+        delay = min(max(5.0, self._last.get(key, 0.0) * 2), 60.0)
+        self._last[key] = delay
+        return delay
+
+    def passed(self, keys: Iterable[Hashable]) -> None:
+        """Start over for ``keys``, whose records went through (nothing to do when none was
+        ever held: the usual case, on every batch)."""
+        if self._last:
+            for key in keys:
+                self._last.pop(key, None)
+
+
+def _say_failed(
+    doing: str, count: int, kind: str, tps: Iterable[tuple[str, int]], exc: BaseException
+) -> None:
+    """Say in one line that a batch failed for good and its partitions are held; count it."""
+    log.error(
+        "%s %d %s records of %s failed and a retry will not fix it: %s; holding "
+        "these partitions for %.0f s, then reading them again",
+        doing,
+        count,
+        kind,
+        ", ".join(f"{t}[{p}]" for t, p in sorted(tps)),
+        exc,
+        FAILED_HOLD_SECONDS,
+    )
+    metrics.BATCH_FAILURES.labels(kind).inc()
 
 
 def _hold(handoff: Handoff, key: tuple[str, int], reason: str, seconds: float) -> None:
