@@ -520,6 +520,7 @@ class Forwarder:
                 self._hold_failed(batch, exc)
             else:
                 self.applied.note(sent)
+                self._backoff.passed((r.topic, r.partition) for r in sent)
             finally:
                 self.batch = None
                 self.idle.set()
@@ -620,7 +621,6 @@ class Forwarder:
                 self._hold_from(record)
                 continue
             kept.append(record)
-        self._backoff.passed({(r.topic, r.partition) for r in kept} - cut.keys())
         return kept
 
     def _hold_from(self, record: Any) -> None:

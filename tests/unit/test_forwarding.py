@@ -86,3 +86,12 @@ def test_a_batch_finishing_after_its_partitions_were_revoked_notes_nothing() -> 
     applied.note([record(0, 40), record(0, 41)])
     assert applied.next[("planets", 0)] == 42
     assert applied.due([("planets", 0)]) == {("planets", 0): 42}
+
+
+def test_a_partition_held_again_after_its_records_went_through_starts_at_5_s() -> None:
+    from streams.checkpoint import HoldBackoff
+
+    backoff = HoldBackoff()
+    assert [backoff.next(("planets", 0)) for _ in range(6)] == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
+    backoff.passed(iter([("planets", 0)]))
+    assert backoff.next(("planets", 0)) == 5.0
