@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -20,6 +21,7 @@ from models.planet import Planet
 from models.registry import build_spec
 from models.store import SqlStore
 from tests.support import (
+    Sent,
     WorkerProcess,
     chaotic_stream,
     committed_offsets,
@@ -61,6 +63,37 @@ async def wait_applied(
     raise TimeoutError(f"not applied: ends {ends}, stored {stored}\n{worker.tail()}")
 
 
+def produce_spread(
+    bootstrap: str, topic: str, sent: list[Sent]
+) -> Coroutine[Any, Any, list[tuple[int, int, int]]]:
+    """Produce ``sent`` in chunks of 500 with pauses, so that kills hit a flowing stream."""
+    return produce_timed(
+        bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent), chunk=500, pause=0.6
+    )
+
+
+async def kill_at_random_moments(
+    worker: WorkerProcess,
+    store: SqlStore,
+    group: str,
+    producing: asyncio.Task[Any],
+    rng: random.Random,
+    kills: int,
+) -> int:
+    """SIGKILL ``worker`` ``kills`` times, 2 to 5 s apart, starting it again each time; return
+    how many kills came while records were still produced and some were applied."""
+    mid_stream = 0
+    for _ in range(kills):
+        # A random moment: this sleep is the chaos, not a wait for a condition.
+        await asyncio.sleep(rng.uniform(2.0, 5.0))
+        progress = sum((await asyncio.to_thread(store.stored_offsets, group)).values())
+        if progress > 0 and not producing.done():
+            mid_stream += 1
+        worker.kill()
+        worker.start()
+    return mid_stream
+
+
 @pytest.fixture
 def store(pg_url: str) -> Iterator[SqlStore]:
     store = SqlStore.from_url(pg_url)
@@ -95,25 +128,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
     worker, app_id = eo_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path)
     rng = random.Random(99)
     worker.start()
-    producing = asyncio.create_task(
-        produce_timed(
-            kafka_bootstrap,
-            topic,
-            ((s.key, s.value, s.timestamp) for s in sent),
-            chunk=500,
-            pause=0.6,
-        )
-    )
-    kills_mid_stream = 0
+    producing = asyncio.create_task(produce_spread(kafka_bootstrap, topic, sent))
     try:
-        for _ in range(6):
-            # A random moment: this sleep is the chaos, not a wait for a condition.
-            await asyncio.sleep(rng.uniform(2.0, 5.0))
-            progress = sum((await asyncio.to_thread(store.stored_offsets, app_id)).values())
-            if progress > 0 and not producing.done():
-                kills_mid_stream += 1
-            worker.kill()
-            worker.start()
+        kills_mid_stream = await kill_at_random_moments(
+            worker, store, app_id, producing, rng, kills=6
+        )
         positions = await producing
         ends = await end_offsets(kafka_bootstrap, topic)
         assert sum(ends.values()) == len(sent)
@@ -147,25 +166,11 @@ async def test_sigkill_while_forwarding_loses_nothing_and_applies_nothing_twice(
     repartition = f"{app_id}-{topic}-repartition"
     rng = random.Random(5)
     worker.start()
-    producing = asyncio.create_task(
-        produce_timed(
-            kafka_bootstrap,
-            topic,
-            ((s.key, s.value, s.timestamp) for s in sent),
-            chunk=500,
-            pause=0.6,
-        )
-    )
-    kills_mid_stream = 0
+    producing = asyncio.create_task(produce_spread(kafka_bootstrap, topic, sent))
     try:
-        for _ in range(5):
-            # A random moment: this sleep is the chaos, not a wait for a condition.
-            await asyncio.sleep(rng.uniform(2.0, 5.0))
-            progress = sum((await asyncio.to_thread(store.stored_offsets, app_id)).values())
-            if progress > 0 and not producing.done():
-                kills_mid_stream += 1
-            worker.kill()
-            worker.start()
+        kills_mid_stream = await kill_at_random_moments(
+            worker, store, app_id, producing, rng, kills=5
+        )
         positions = await producing
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         forwarded = await end_offsets(kafka_bootstrap, repartition)

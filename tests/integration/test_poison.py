@@ -169,19 +169,12 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
 async def test_a_dead_letter_the_broker_refuses_holds_only_its_partition(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     topic = f"{topic_prefix}planet-changed"
     dlq = f"{topic}.dlq"
     await create_topic(kafka_bootstrap, topic, partitions=2)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        # Dead letters cannot be written: the topic takes no record over 10 bytes.
-        await admin.create_topics([NewTopic(dlq, 2, 1, topic_configs={"max.message.bytes": "10"})])
-    finally:
-        await admin.close()
+    # Dead letters cannot be written: the topic takes no record over 10 bytes.
+    await create_limited_topic(kafka_bootstrap, dlq, 2, max_bytes=10)
     items = [
         (f"k{i}".encode(), json.dumps({"planetUuid": f"k{i}", "planetName": "n"}).encode(), None)
         for i in range(50)
@@ -218,14 +211,8 @@ async def test_a_dead_letter_the_broker_refuses_holds_only_its_partition(
             1.0,
         )
         await wait_rows(pg_url, expected_while_held, worker)
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:  # the fix: the topic takes ordinary records again
-            await admin.alter_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, dlq, {"max.message.bytes": "1048588"})]
-            )
-        finally:
-            await admin.close()
+        # The fix: the topic takes ordinary records again.
+        await set_max_message_bytes(kafka_bootstrap, dlq, 1048588)
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         assert len(read_planets(pg_url)) == 100
         letters = await read_all(kafka_bootstrap, dlq)
@@ -241,8 +228,6 @@ async def test_a_record_its_repartition_topic_refuses_holds_only_its_partition(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     # Before: the forwarder retried such a record forever, and the partitions with it.
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     topic = f"{topic_prefix}planet-changed"
     await create_topic(kafka_bootstrap, topic, partitions=2)
@@ -257,13 +242,8 @@ async def test_a_record_its_repartition_topic_refuses_holds_only_its_partition(
         REPARTITION="planet",
     )
     repartition = f"{app_id}-{topic}-repartition"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:  # the repartition topic takes no record over 4 KB; its source takes 1 MB
-        config = {"max.message.bytes": "4096"}
-        await admin.create_topics([NewTopic(repartition, 2, 1, topic_configs=config)])
-    finally:
-        await admin.close()
+    # The repartition topic takes no record over 4 KB; its source takes 1 MB.
+    await create_limited_topic(kafka_bootstrap, repartition, 2, max_bytes=4096)
 
     def planet(key: str, **extra: str) -> tuple[bytes, bytes, None]:
         return (
@@ -292,24 +272,41 @@ async def test_a_record_its_repartition_topic_refuses_holds_only_its_partition(
             1.0,
         )
         await wait_rows(pg_url, expected_while_held, worker)
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:  # the fix: the repartition topic takes what its source takes
-            await admin.alter_configs(
-                [
-                    ConfigResource(
-                        ConfigResourceType.TOPIC, repartition, {"max.message.bytes": "1048588"}
-                    )
-                ]
-            )
-        finally:
-            await admin.close()
+        # The fix: the repartition topic takes what its source takes.
+        await set_max_message_bytes(kafka_bootstrap, repartition, 1048588)
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
         assert set(read_planets(pg_url)) == {json.loads(v)["planetUuid"] for _, v, _ in items}
         assert worker.starts == 1
     finally:
         assert worker.stop() == "SIGTERM"
+
+
+async def create_limited_topic(bootstrap: str, topic: str, partitions: int, max_bytes: int) -> None:
+    """Create ``topic`` taking no record (batch) over ``max_bytes``."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(max_bytes)}
+        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+
+
+async def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:
+    """Change the largest record (batch) ``topic`` takes."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        config = {"max.message.bytes": str(max_bytes)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])
+    finally:
+        await admin.close()
 
 
 async def wait_rows(pg_url: str, expected: set[str], worker: WorkerProcess) -> None:
@@ -329,16 +326,9 @@ async def test_a_rejected_record_as_large_as_its_topic_allows_is_dead_lettered(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     topic = f"{topic_prefix}planet-changed"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        config = {"max.message.bytes": str(20 * 1024 * 1024)}
-        await admin.create_topics([NewTopic(topic, 2, 1, topic_configs=config)])
-    finally:
-        await admin.close()
+    await create_limited_topic(kafka_bootstrap, topic, 2, max_bytes=20 * 1024 * 1024)
     huge = b"x" * (5 * 1024 * 1024)  # not JSON
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka_bootstrap,

@@ -16,6 +16,7 @@ from models.registry import build_spec
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
 from tests.support import (
+    WorkerProcess,
     committed_offsets,
     create_topic,
     end_offsets,
@@ -66,36 +67,19 @@ async def test_records_lost_to_retention_are_counted_and_the_rest_applied_in_ord
     positions = await produce_timed(kafka_bootstrap, topic, second)
     ends = await end_offsets(kafka_bootstrap, topic)
     log_start = {p: stored[p] + (ends[p] - stored[p]) // 2 for p in range(PARTITIONS)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records(
-            {TopicPartition(topic, p): RecordsToDelete(o) for p, o in log_start.items()}
-        )
-    finally:
-        await admin.close()
+    await delete_records(kafka_bootstrap, topic, log_start)
     lost = {p: log_start[p] - stored[p] for p in range(PARTITIONS)}
     assert all(n > 0 for n in lost.values())
 
     worker.start()
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
-        url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
-        text = await asyncio.to_thread(_get, url)
-        counted = {
-            p: metric_value(text, f'mirror_lost_records_total{{partition="{p}",topic="{topic}"}}')
-            for p in range(PARTITIONS)
-        }
-        assert counted == {p: float(n) for p, n in lost.items()}
+        assert await lost_counts(worker, topic) == {p: float(n) for p, n in lost.items()}
     finally:
         assert worker.stop() == "SIGTERM"
 
     # Every record from the log start on is applied; the deleted ones are not.
-    kept = {f"p{i}" for i in range(400)}
-    for (key, _, _), (_, partition, offset) in zip(second, positions, strict=True):
-        if offset >= log_start[partition]:
-            kept.add(key.decode())
-    assert set(read_planets(pg_url)) == kept
+    assert set(read_planets(pg_url)) == kept_planets(400, second, positions, log_start)
     log = worker.log_path.read_text()
     for p in range(PARTITIONS):
         line = (
@@ -129,14 +113,7 @@ async def test_a_forwarded_topic_past_its_retention_is_counted_and_the_rest_forw
     positions = await produce_timed(kafka_bootstrap, topic, second)
     ends = await end_offsets(kafka_bootstrap, topic)
     log_start = {p: committed[p] + (ends[p] - committed[p]) // 2 for p in range(PARTITIONS)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records(
-            {TopicPartition(topic, p): RecordsToDelete(o) for p, o in log_start.items()}
-        )
-    finally:
-        await admin.close()
+    await delete_records(kafka_bootstrap, topic, log_start)
     lost = {p: log_start[p] - committed[p] for p in range(PARTITIONS)}
     assert all(n > 0 for n in lost.values())
 
@@ -144,20 +121,47 @@ async def test_a_forwarded_topic_past_its_retention_is_counted_and_the_rest_forw
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
-        url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
-        text = await asyncio.to_thread(_get, url)
-        counted = {
-            p: metric_value(text, f'mirror_lost_records_total{{partition="{p}",topic="{topic}"}}')
-            for p in range(PARTITIONS)
-        }
-        assert counted == {p: float(n) for p, n in lost.items()}
+        assert await lost_counts(worker, topic) == {p: float(n) for p, n in lost.items()}
     finally:
         assert worker.stop() == "SIGTERM"
-    kept = {f"p{i}" for i in range(400)}
+    assert set(read_planets(pg_url)) == kept_planets(400, second, positions, log_start)
+
+
+async def delete_records(bootstrap: str, topic: str, log_start: dict[int, int]) -> None:
+    """Delete every record of ``topic`` below ``log_start[p]``, as retention would."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {TopicPartition(topic, p): RecordsToDelete(o) for p, o in log_start.items()}
+        )
+    finally:
+        await admin.close()
+
+
+async def lost_counts(worker: WorkerProcess, topic: str) -> dict[int, float | None]:
+    """Return the worker's ``mirror_lost_records_total`` of each partition of ``topic``."""
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
+    text = await asyncio.to_thread(_get, url)
+    return {
+        p: metric_value(text, f'mirror_lost_records_total{{partition="{p}",topic="{topic}"}}')
+        for p in range(PARTITIONS)
+    }
+
+
+def kept_planets(
+    first: int,
+    second: list[tuple[bytes, bytes, None]],
+    positions: list[tuple[int, int, int]],
+    log_start: dict[int, int],
+) -> set[str]:
+    """The planets a mirror ends with: the ``first`` applied before the records were deleted,
+    and those of ``second`` at or after the log start."""
+    kept = {f"p{i}" for i in range(first)}
     for (key, _, _), (_, partition, offset) in zip(second, positions, strict=True):
         if offset >= log_start[partition]:
             kept.add(key.decode())
-    assert set(read_planets(pg_url)) == kept
+    return kept
 
 
 def _get(url: str) -> str:
