@@ -581,9 +581,7 @@ class Forwarder:
         for key, value, headers in records:
             # A record with no key at all (rejected where it is applied) goes to the first.
             partition = partitions[0 if key is None else key_partition(key, count)]
-            size = _FORWARD_OVERHEAD + len(key or b"") + len(value or b"")
-            for name, header in headers:
-                size += len(name) + len(header) + 8
+            size = _record_size(key, value, headers)
             builder, used = batches.get(partition, (None, 0))
             if builder is not None and used + size > room:
                 futures.append(await producer.send_batch(builder, target, partition=partition))
@@ -709,9 +707,16 @@ _FORWARD_OVERHEAD = 256
 
 def _forwarded_size(record: Any) -> int:
     """Return about how many bytes ``record`` takes on the target, alone in a record batch."""
-    size = _FORWARD_OVERHEAD + len(record.key or b"") + len(record.value or b"")
-    for name, value in record.headers or ():
-        size += len(name) + len(value or b"") + 8
+    return _record_size(record.key, record.value, record.headers or ())
+
+
+def _record_size(
+    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]
+) -> int:
+    """Return about how many bytes a record of these parts takes in a record batch."""
+    size = _FORWARD_OVERHEAD + len(key or b"") + len(value or b"")
+    for name, header in headers:
+        size += len(name) + len(header or b"") + 8
     return size
 
 
