@@ -43,6 +43,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -58,8 +59,10 @@ from streams.core.errors import (
     ForwardError,
     ForwardRefused,
     MirrorError,
+    OffsetGap,
     StoreRefusals,
 )
+from streams.core.positions import Gap, offset_gaps
 from streams.core.routing import (
     ORIGIN_HEADER,
     Decision,
@@ -67,12 +70,13 @@ from streams.core.routing import (
     entity_key_of,
     first_of,
     route_batch,
+    stamped_ahead,
 )
 from streams.core.staleness import Head
 from streams.deadletters import DeadLetterRefused, DeadLetterWriter
 from streams.faust_bridge import commit_offsets
 from streams.feed import Feed, Taken, heads_of, held_heads
-from streams.handoff import Handoff
+from streams.handoff import HELD, Handoff, discarded
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
 from tables.cache import EntityCache, Entry, cache_key, encode_value, key_partition
@@ -106,16 +110,23 @@ class AppliedOffsets:
         theirs that finishes late must not note (and later commit) an offset another worker
         has moved past."""
 
-    def note(self, records: Iterable[Any]) -> None:
-        """Record the offsets after ``records`` (all applied)."""
+    def note(self, records: Iterable[Any], starts: Mapping[Hashable, int]) -> list[Gap]:
+        """Record the offsets after ``records`` (all applied), for each partition whose records
+        follow on (``starts``: the offset each partition's records continue from) from what is
+        noted already; return the partitions that do not (nothing of theirs is noted: a batch
+        lost on its way must not be stepped over by the Kafka offset either)."""
         last: dict[tuple[str, int], int] = {}
         for record in records:
             key = (record.topic, record.partition)
             if record.offset >= last.get(key, -1):
                 last[key] = record.offset
+        noted = self.next
+        gaps = offset_gaps([key for key in last if key not in self._revoked], starts, noted)
+        refused = {(gap.topic, gap.partition) for gap in gaps}
         for key, offset in last.items():
-            if key not in self._revoked:
+            if key not in self._revoked and key not in refused:
                 self.applied_below(key, offset + 1)
+        return gaps
 
     def positioned(self, tp: Any, offset: int) -> None:
         """Record that ``tp`` is read here from ``offset`` on (assigned): nothing below needs
@@ -167,6 +178,8 @@ class _Batch:
     read_at: float
     heads: dict[Hashable, Any]
     """The first record of each partition in the batch (as fetched)."""
+    starts: Mapping[Hashable, int]
+    """The stored offset each partition's records follow on (checked by the transaction)."""
     decisions: list[Decision] = field(default_factory=list)
     result: BatchResult | None = None
     forwarded: bool = False
@@ -215,8 +228,16 @@ class Checkpoint:
         self.idle.set()
 
     async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
-        """Take batches from ``feed`` and carry each through every stage, until cancelled."""
+        """Take batches from ``feed`` and carry each through every stage, until cancelled.
+
+        A stage that fails on a batch holds the batch's partitions and reads them again from
+        the stored offsets (:meth:`_failed`); if a stage's own loop ever raises, every batch
+        on its way is given up the same way before the error goes on (nothing is dropped:
+        what was taken is read again).
+        """
         self.feed = feed
+        self.in_flight = []
+        self.idle.set()
         routed: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         applied: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         stages = [
@@ -232,15 +253,20 @@ class Checkpoint:
             for task in stages:
                 task.cancel()
             await asyncio.gather(*stages, return_exceptions=True)
+            self._give_up_in_flight()
 
     async def _route_stage(
         self, feed: Feed, batch_size: int, linger: float, out: asyncio.Queue[_Batch]
     ) -> None:
         while True:
             records = await feed.take(batch_size, linger)
-            batch = _Batch(records, time.perf_counter(), records.heads)
+            batch = _Batch(records, time.perf_counter(), records.heads, records.starts)
             self._started(batch)
-            await self._route(batch)
+            try:
+                await self._route(batch)
+            except Exception as exc:  # a bug: say where, hold the partitions, read them again
+                self._failed("routing", batch, exc)
+                continue
             await _hand_on(out, batch)
 
     async def _apply_stage(self, source: asyncio.Queue[_Batch], out: asyncio.Queue[_Batch]) -> None:
@@ -253,7 +279,37 @@ class Checkpoint:
 
     async def _finish_stage(self, source: asyncio.Queue[_Batch]) -> None:
         while True:
-            await self._finish(await _take(source))
+            batch = await _take(source)
+            try:
+                await self._finish(batch)
+            except Exception as exc:  # committed in SQL; the cache and offsets are not done
+                self._failed("caching", batch, exc)
+
+    def _failed(self, doing: str, batch: _Batch, exc: Exception) -> None:
+        """Hold the partitions of a batch a stage failed on (a retry will not fix it soon), to
+        read them again from the stored offsets (the Kafka offset, for the cache, of a cached
+        topic): one error line with the traceback, and the batch is done."""
+        log.error(
+            "%s %d %s records failed", doing, len(batch.records), self.spec.kind, exc_info=exc
+        )
+        self._hold_failed(batch.records, exc)
+        self._done(batch)
+
+    def _give_up_in_flight(self) -> None:
+        """Read the partitions of every batch on its way again (the stages are gone)."""
+        from aiokafka import TopicPartition
+
+        tps = {(r.topic, r.partition) for batch in self.in_flight for r in batch.heads.values()}
+        self.in_flight = []
+        self.idle.set()
+        if tps:
+            log.error(
+                "%s: giving up %d partitions' batches on their way; reading them again from "
+                "the stored offsets",
+                self.spec.kind,
+                len(tps),
+            )
+            self.handoff.forget([TopicPartition(*tp) for tp in sorted(tps)])
 
     def _started(self, batch: _Batch) -> None:
         self.in_flight.append(batch)
@@ -280,12 +336,19 @@ class Checkpoint:
         return first_of(record).timestamp
 
     async def _route(self, batch: _Batch) -> None:
-        """Stage 1: route every record and send the dead letters of the rejected ones."""
+        """Stage 1: route every record (pure), with timestamps believed up to MAX_TIMESTAMP_AHEAD
+        past this worker's clock."""
         if self.prepare is not None:
             prepared = self.prepare(batch.records)
             batch.forwarded = prepared is not batch.records  # the same list: none has an origin
             batch.records = prepared
-        batch.decisions = await asyncio.to_thread(route_batch, batch.records, self.spec, fast_loads)
+        clock = self.mirror.clock()
+        ahead = stamped_ahead(batch.records, clock.ahead_limit)
+        if ahead:
+            _say_ahead(ahead, clock.ahead_limit, self.mirror.timestamps_ahead)
+        batch.decisions = await asyncio.to_thread(
+            route_batch, batch.records, self.spec, fast_loads, clock
+        )
 
     async def _apply(self, batch: _Batch) -> bool:
         """Stage 2: dead letters, then the transaction; False when nothing is left to finish."""
@@ -305,6 +368,7 @@ class Checkpoint:
                     decisions=batch.decisions,
                     refused=refused,
                     read_back=self.cache is not None,
+                    starts=batch.starts,
                 )
                 batch.result = await _retrying(
                     f"apply {len(batch.records)} {self.spec.kind} records", apply
@@ -316,6 +380,8 @@ class Checkpoint:
                     refused[_position(rejection.record)] = rejection
             except DeadLetterRefused as exc:
                 self._hold_from(exc, batch)
+            except OffsetGap as exc:
+                self._read_again(exc.gaps, batch)
             except MirrorError as exc:  # not retriable: no retry can fix it soon
                 self._hold_failed(batch.records, exc)
                 return False
@@ -336,7 +402,13 @@ class Checkpoint:
                 functools.partial(_write_cache, cache, result),
             )
         self._backoff.passed(batch.heads)
-        self.applied.note(batch.records)
+        gaps = self.applied.note(batch.records, batch.starts)
+        if gaps:
+            # A batch before this one failed after its commit (its partitions are held, and
+            # read again from the Kafka offset): expected. Anything else is a bug, said loudly.
+            unexpected = [g for g in gaps if (g.topic, g.partition) not in self._cut]
+            if unexpected:
+                self._read_again(unexpected, None)
         metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
         metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - batch.read_at)
         self._done(batch)
@@ -362,18 +434,35 @@ class Checkpoint:
         """Drop records of partitions held from an offset on, until they are read again."""
         if not self._cut:
             return
-        kept_records, kept_decisions = [], []
-        for record, decision in zip(batch.records, batch.decisions, strict=True):
+        cuts = self._cut
+
+        def read_before_the_hold(record: Any) -> bool:
             tp = (record.topic, record.partition)
-            cut = self._cut.get(tp)
-            if cut is not None:
-                if record.offset > cut:
-                    continue  # read before the hold: it comes again once the hold ends
-                del self._cut[tp]  # read again from the held record (or before): go on
+            cut = cuts.get(tp)
+            if cut is None:
+                return False
+            if record.offset > cut:
+                return True  # read before the hold: it comes again once the hold ends
+            del cuts[tp]  # read again from the held record (or before): go on
+            return False
+
+        self._drop(batch, read_before_the_hold)
+
+    def _drop(self, batch: _Batch, dropping: Callable[[Any], bool]) -> None:
+        """Take the records ``dropping`` says out of ``batch`` (counted: they are read again)."""
+        kept_records, kept_decisions = [], []
+        gone: Counter[tuple[str, int]] = Counter()
+        for record, decision in zip(batch.records, batch.decisions, strict=True):
+            if dropping(record):
+                gone[(record.topic, record.partition)] += 1
+                continue
             kept_records.append(record)
             kept_decisions.append(decision)
-        batch.records, batch.decisions = kept_records, kept_decisions
-        batch.heads = heads_of(kept_records)
+        if gone:
+            batch.records, batch.decisions = kept_records, kept_decisions
+            batch.heads = heads_of(kept_records)
+            for tp, count in gone.items():
+                discarded(tp, count, HELD)
 
     async def _dead_letter(
         self,
@@ -418,14 +507,18 @@ class Checkpoint:
         )
         metrics.DEAD_LETTER_FAILURES.labels(bad.topic, str(bad.partition)).inc()
         self._hold(tp, DEAD_LETTER, delay, bad.offset)
-        kept = [
-            (r, d)
-            for r, d in zip(batch.records, batch.decisions, strict=True)
-            if (r.topic, r.partition) != tp or r.offset < bad.offset
-        ]
-        batch.records = [r for r, _ in kept]
-        batch.decisions = [d for _, d in kept]
-        batch.heads = heads_of(batch.records)
+        self._drop(batch, lambda r: (r.topic, r.partition) == tp and r.offset >= bad.offset)
+
+    def _read_again(self, gaps: Sequence[Gap], batch: _Batch | None) -> None:
+        """Read partitions whose batch did not follow on from the stored offsets again from
+        there (nothing of theirs was stored), dropping their records from ``batch``."""
+        for gap in gaps:
+            key = (gap.topic, gap.partition)
+            self._cut[key] = min(gap.stored, self._cut.get(key, gap.stored))
+        _read_again(self.handoff, gaps)
+        if batch is not None:
+            gone = {(g.topic, g.partition) for g in gaps}
+            self._drop(batch, lambda r: (r.topic, r.partition) in gone)
 
     def _hold_failed(self, records: Sequence[Any], exc: BaseException) -> None:
         first: dict[tuple[str, int], int] = {}
@@ -518,8 +611,15 @@ class Forwarder:
                 sent = await _retrying(what, functools.partial(self._forward, batch))
             except MirrorError as exc:  # not retriable: no retry can fix it soon
                 self._hold_failed(batch, exc)
+            except Exception as exc:  # a bug: say where, hold the partitions, read them again
+                log.error(
+                    "forwarding %d %s records failed", len(batch), self.spec.kind, exc_info=exc
+                )
+                self._hold_failed(batch, exc)
             else:
-                self.applied.note(sent)
+                gaps = self.applied.note(sent, batch.starts)
+                if gaps:
+                    _read_again(self.handoff, gaps)
                 self._backoff.passed((r.topic, r.partition) for r in sent)
             finally:
                 self.batch = None
@@ -643,7 +743,7 @@ class Forwarder:
         metrics.FORWARD_FAILURES.labels(record.topic, str(record.partition)).inc()
         _hold(self.handoff, key, FORWARD, delay)
 
-    def _hold_failed(self, batch: Sequence[Any], exc: MirrorError) -> None:
+    def _hold_failed(self, batch: Sequence[Any], exc: BaseException) -> None:
         tps = sorted({(r.topic, r.partition) for r in batch})
         _say_failed("forwarding", len(batch), self.spec.kind, tps, exc)
         for tp in tps:
@@ -671,6 +771,28 @@ class HoldBackoff:
                 self._last.pop(key, None)
 
 
+def _say_ahead(records: Sequence[Any], limit: int, seconds: float) -> None:
+    """Say in one line that records are stamped ahead of this worker's clock; count them."""
+    first = records[0]
+    ahead = (first_of(first).timestamp - limit) / 1000 + seconds
+    log.warning(
+        "%s[%d]@%d%s is stamped %.0f s ahead of this worker's clock: its version counts it "
+        "%.0f s ahead (MAX_TIMESTAMP_AHEAD), so it holds its entity against events from other "
+        "partitions no longer than that; later events of its partition apply anyway. Fix the "
+        "producer's clock",
+        first.topic,
+        first.partition,
+        first.offset,
+        f" and {len(records) - 1} more records of the batch" if len(records) > 1 else "",
+        ahead,
+        seconds,
+        extra={"topic": first.topic, "partition": first.partition, "offset": first.offset},
+    )
+    counts = Counter(r.topic for r in records)
+    for topic, count in counts.items():
+        metrics.STAMPED_AHEAD.labels(topic).inc(count)
+
+
 def _say_failed(
     doing: str, count: int, kind: str, tps: Iterable[tuple[str, int]], exc: BaseException
 ) -> None:
@@ -686,6 +808,22 @@ def _say_failed(
         FAILED_HOLD_SECONDS,
     )
     metrics.BATCH_FAILURES.labels(kind).inc()
+
+
+def _read_again(handoff: Handoff, gaps: Sequence[Gap]) -> None:
+    """Say that batches did not follow on from the noted offsets (a bug: one error line each,
+    ``mirror_offset_gaps_total``) and read their partitions again from there."""
+    from aiokafka import TopicPartition
+
+    for gap in gaps:
+        log.error(
+            "%s; nothing of it was applied and the partition is read again from there. This is "
+            "a bug: please report it with this line",
+            gap,
+            extra={"topic": gap.topic, "partition": gap.partition},
+        )
+        metrics.OFFSET_GAPS.labels(gap.topic, str(gap.partition)).inc()
+    handoff.forget([TopicPartition(g.topic, g.partition) for g in gaps])
 
 
 def _hold(handoff: Handoff, key: tuple[str, int], reason: str, seconds: float) -> None:

@@ -61,7 +61,7 @@ from faust.types import TP
 
 from streams import metrics
 from streams.core.recovery import RecoveryProgress
-from streams.handoff import Handoff
+from streams.handoff import FLOW_STOPPED, Handoff, discarded
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,10 @@ class MirrorConsumer(AiokafkaConsumer):
         if not self.flow_active:
             # Fetched while a rebalance stopped the flow: not delivered (as in Faust, which
             # then seeks back); mirrored partitions are positioned again from the store.
-            handoff.forget(tp for tp in records if handoff.is_mirrored(tp.topic))
+            mirrored = [tp for tp in records if handoff.is_mirrored(tp.topic)]
+            for tp in mirrored:
+                discarded(tp, len(records[tp]), FLOW_STOPPED)
+            handoff.forget(mirrored)
             try:
                 await self.perform_seek()
             except KafkaError as exc:
@@ -223,9 +226,10 @@ async def _seek_to_committed(consumer: Any, partitions: Iterable[Any]) -> dict[A
 async def position_partitions(
     consumer: Any,
     partitions: Iterable[Any],
-    choose: Callable[[Any, int | None, int], int],
+    choose: Callable[[Any, int | None, int, int], int],
 ) -> dict[Any, int]:
-    """Seek each partition to ``choose(tp, committed offset, log start)``; return the offsets.
+    """Seek each partition to ``choose(tp, committed offset, log start, log end)``; return the
+    offsets.
 
     One call into the consumer's thread for the offset queries and the seeks, so that no
     fetch runs in between and a partition is positioned in one round trip.
@@ -238,9 +242,12 @@ async def position_partitions(
 
     async def run() -> dict[Any, int]:
         starts = await aio.beginning_offsets(list(tps))
+        ends = await aio.end_offsets(list(tps))
         chosen = {}
         for atp, tp in tps.items():
-            offset = choose(tp, await aio.committed(atp), int(starts.get(atp) or 0))
+            offset = choose(
+                tp, await aio.committed(atp), int(starts.get(atp) or 0), int(ends.get(atp) or 0)
+            )
             aio.seek(atp, offset)
             chosen[tp] = offset
         return chosen

@@ -16,15 +16,19 @@ from typing import Any
 
 
 class Taken(list[Any]):
-    """Records taken from a feed in one batch, with the first record of each partition."""
+    """Records taken from a feed in one batch, with the first record of each partition and
+    the stored offset each partition's records continue from."""
 
-    __slots__ = ("heads",)
+    __slots__ = ("heads", "starts")
 
     def __init__(self) -> None:
         super().__init__()
         self.heads: dict[Hashable, Any] = {}
         """The first (oldest) record of each partition in the batch: staleness reads these,
         never the whole batch."""
+        self.starts: dict[Hashable, int] = {}
+        """The offset stored with the data that each partition's records in the batch follow
+        on (``streams.core.positions.Admission``): its transaction checks it."""
 
 
 def heads_of(records: Iterable[Any]) -> dict[Hashable, Any]:
@@ -57,7 +61,8 @@ class Feed:
         self.high_water = high_water
         """Records of one partition waiting here above which it is reported full."""
         self._on_backlog = on_backlog
-        self._runs: deque[tuple[Hashable, Sequence[Any]]] = deque()
+        self._runs: deque[tuple[Hashable, Sequence[Any], int]] = deque()
+        """Each run: its partition, its records, and the stored offset it continues from."""
         self._size = 0
         self._backlog: Counter[Hashable] = Counter()
         self._full: set[Hashable] = set()
@@ -73,16 +78,17 @@ class Feed:
     def heads(self) -> dict[Hashable, Any]:
         """Return the first waiting record of each partition (one look per run, not record)."""
         heads: dict[Hashable, Any] = {}
-        for partition, records in self._runs:
+        for partition, records, _ in self._runs:
             if partition not in heads:
                 heads[partition] = records[0]
         return heads
 
-    def put(self, partition: Hashable, records: Sequence[Any]) -> None:
-        """Append one fetched run of ``partition``'s records (in offset order)."""
+    def put(self, partition: Hashable, records: Sequence[Any], continues: int) -> None:
+        """Append one fetched run of ``partition``'s records (in offset order), which follow
+        on from the stored offset ``continues``."""
         if not records:
             return
-        self._runs.append((partition, records))
+        self._runs.append((partition, records, continues))
         self._size += len(records)
         self._backlog[partition] += len(records)
         if self._backlog[partition] > self.high_water and partition not in self._full:
@@ -90,20 +96,21 @@ class Feed:
             self._on_backlog(partition, True)
         self._arrived.set()
 
-    def drop(self, partitions: Iterable[Hashable]) -> int:
-        """Remove every waiting record of ``partitions`` (revoked, or held); return how many."""
+    def drop(self, partitions: Iterable[Hashable]) -> Counter[Hashable]:
+        """Remove every waiting record of ``partitions`` (revoked, or held); return how many
+        of each."""
         gone = set(partitions)
+        dropped: Counter[Hashable] = Counter()
         if not gone:
-            return 0
-        kept: deque[tuple[Hashable, Sequence[Any]]] = deque()
-        dropped = 0
-        for partition, records in self._runs:
-            if partition in gone:
-                dropped += len(records)
+            return dropped
+        kept: deque[tuple[Hashable, Sequence[Any], int]] = deque()
+        for run in self._runs:
+            if run[0] in gone:
+                dropped[run[0]] += len(run[1])
             else:
-                kept.append((partition, records))
+                kept.append(run)
         self._runs = kept
-        self._size -= dropped
+        self._size -= dropped.total()
         for partition in gone:
             self._backlog.pop(partition, None)
             self._release(partition)
@@ -135,19 +142,21 @@ class Feed:
     def _pop(self, max_records: int) -> Taken:
         batch = Taken()
         heads = batch.heads
+        starts = batch.starts
         while self._runs and len(batch) < max_records:
-            partition, records = self._runs[0]
+            partition, records, continues = self._runs[0]
             room = max_records - len(batch)
             if len(records) <= room:
                 self._runs.popleft()
                 taken = records
             else:
                 taken = records[:room]
-                self._runs[0] = (partition, records[room:])
+                self._runs[0] = (partition, records[room:], taken[-1].offset + 1)
             batch.extend(taken)
             self._backlog[partition] -= len(taken)
             if partition not in heads:
                 heads[partition] = taken[0]
+                starts[partition] = continues
         self._size -= len(batch)
         for partition in heads:
             if self._backlog[partition] <= 0:

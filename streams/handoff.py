@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
+from streams import metrics
 from streams.core.positions import Jump, ReadPositions
 from streams.feed import Feed
 
@@ -23,6 +24,27 @@ log = logging.getLogger(__name__)
 
 #: Why a partition is held (not fetched); a partition may be held for several reasons.
 BACKLOG = "backlog"
+
+#: Why fetched records were not handed on (``mirror_discarded_records_total{reason}``); each is
+#: read again, by this worker or by its partition's new owner.
+NOT_POSITIONED = "not_positioned"
+"""Its partition was not positioned (revoked, or to be positioned again)."""
+FETCHED_BEFORE_POSITIONING = "fetched_before_positioning"
+"""The fetch was issued before its partition's latest positioning (a stale position)."""
+HANDED_ON_ALREADY = "handed_on_already"
+"""A fetch overlapping one already handed on: the same records again."""
+REPOSITIONED = "repositioned"
+"""Waiting in a feed when its partition was revoked, held or positioned again."""
+FLOW_STOPPED = "flow_stopped"
+"""Fetched while a rebalance had stopped the flow."""
+HELD = "held"
+"""On its way in a batch when its partition was held from an earlier record."""
+
+
+def discarded(tp: Any, count: int, reason: str) -> None:
+    """Count ``count`` records of ``tp`` not handed on (or dropped on their way), for ``reason``."""
+    if count:
+        metrics.DISCARDED.labels(tp[0], reason).inc(count)
 
 
 class Handoff:
@@ -100,8 +122,9 @@ class Handoff:
             if tp.topic in self.feeds and (tp not in positioned or tp in self.held)
         }
 
-    def forget(self, tps: Iterable[Any]) -> None:
-        """Stop handing over ``tps`` (revoked, or to be positioned again); drop what waits."""
+    def forget(self, tps: Iterable[Any], reason: str = REPOSITIONED) -> None:
+        """Stop handing over ``tps`` (revoked, or to be positioned again); drop what waits
+        (counted with ``reason``: it is read again, here or by the partition's new owner)."""
         mirrored = [tp for tp in tps if tp.topic in self.feeds]
         self.positions.forget(mirrored)
         self.moved_on.update(mirrored)
@@ -112,7 +135,8 @@ class Handoff:
             feeds[id(feed)] = feed
             by_feed[id(feed)].append(tp)
         for key, partitions in by_feed.items():
-            feeds[key].drop(partitions)
+            for tp, count in feeds[key].drop(partitions).items():
+                discarded(tp, count, reason)
 
     def deliver(self, tp: Any, records: Sequence[Any]) -> bool:
         """Hand on a fetched run of ``tp``'s records (offset order); False if it was refused."""
@@ -121,8 +145,10 @@ class Handoff:
         admission = self.positions.admit(tp, records[0].offset, records[-1].offset, self.fetched_at)
         if admission is None:
             if self.positions.expected(tp) is not None:
+                discarded(tp, len(records), FETCHED_BEFORE_POSITIONING)
                 self.on_refused(tp)
             else:
+                discarded(tp, len(records), NOT_POSITIONED)
                 self.moved_on.add(tp)
             return False
         if admission.jump is not None:
@@ -130,8 +156,9 @@ class Handoff:
         start = admission.from_offset
         if records[0].offset < start:
             index = bisect.bisect_left(records, start, key=_offset)
+            discarded(tp, index, HANDED_ON_ALREADY)
             records = records[index:]
-        self.feed_of(tp).put(tp, records)
+        self.feed_of(tp).put(tp, records, admission.continues_from)
         return True
 
     def _backlog_changed(self, tp: Hashable, full: bool) -> None:

@@ -85,6 +85,37 @@ ROUTED = Counter(
     ["entity", "result"],
     registry=registry,
 )
+DISCARDED = Counter(
+    "mirror_discarded_records",
+    "Fetched records not handed on, or dropped on their way to the database, by reason "
+    "(not_positioned, fetched_before_positioning, handed_on_already, repositioned, "
+    "flow_stopped, held); each is read again, here or by its partition's new owner.",
+    ["topic", "reason"],
+    registry=registry,
+)
+OFFSET_GAPS = Counter(
+    "mirror_offset_gaps",
+    "Batches refused by their transaction because they did not continue from the offset stored "
+    "with the data (records lost on their way would have been stepped over); the partition is "
+    "read again from the stored offset. Anything but 0 is a bug to report.",
+    ["topic", "partition"],
+    registry=registry,
+)
+STAMPED_AHEAD = Counter(
+    "mirror_timestamps_ahead",
+    "Records whose timestamp was further ahead of the worker's clock than MAX_TIMESTAMP_AHEAD; "
+    "their version counts them that far ahead at most (fix the producer's clock).",
+    ["topic"],
+    registry=registry,
+)
+LOG_RESTARTS = Counter(
+    "mirror_log_restarts",
+    "Partitions whose stored offset did not belong to their log (the topic was deleted and "
+    "created again, a fresh broker, or records the broker lost): applied again from the new "
+    "log's start (or its end, for lost records).",
+    ["topic", "partition"],
+    registry=registry,
+)
 LOST = Counter(
     "mirror_lost_records",
     "Records deleted from their topic (retention) before they were applied.",

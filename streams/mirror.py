@@ -20,15 +20,18 @@ import orjson
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
 from streams import metrics
-from streams.core.errors import BatchHookError, StoreRefusals
+from streams.core.errors import BatchHookError, OffsetGap, StoreRefusals
 from streams.core.guard import resolve
+from streams.core.positions import offset_gaps
 from streams.core.routing import (
+    Clock,
     Decision,
     EntityKey,
     Outcome,
     Record,
     Rejection,
     RejectReason,
+    lift_to_floor,
     route_batch,
 )
 
@@ -114,17 +117,30 @@ class Mirror:
     """
 
     def __init__(
-        self, registry: Registry, store: SqlStore, *, group: str, topic_prefix: str = ""
+        self,
+        registry: Registry,
+        store: SqlStore,
+        *,
+        group: str,
+        topic_prefix: str = "",
+        timestamps_ahead: float = 60.0,
     ) -> None:
         self.registry = registry
         self.store = store
         self.group = group
         self.topic_prefix = topic_prefix
+        self.timestamps_ahead = timestamps_ahead
+        """Seconds a record's timestamp is believed ahead of this process's clock
+        (MAX_TIMESTAMP_AHEAD)."""
         #: Outcomes of this process (the durable totals are in the store).
         self.counts: Counter[tuple[str, Outcome]] = Counter()
         self.replayed = 0
         #: Next offset to apply per (topic, partition), as committed by this process.
         self.positions: dict[tuple[str, int], int] = {}
+
+    def clock(self) -> Clock:
+        """Return how far timestamps are believed now (``streams.core.routing.Clock``)."""
+        return Clock(int((time.time() + self.timestamps_ahead) * 1000))
 
     def note_stored(self, partition: tuple[str, int], offset: int) -> None:
         """Note the offset stored for ``partition`` (read when it was positioned)."""
@@ -151,8 +167,16 @@ class Mirror:
         decisions: Sequence[Decision] | None = None,
         refused: Mapping[Position, Rejection] | None = None,
         before_commit: Callable[[list[Rejection]], None] | None = None,
+        starts: Mapping[Any, int] | None = None,
     ) -> BatchResult:
         """Apply one batch of records of one entity in one transaction.
+
+        ``starts`` says, per partition, which stored offset the batch's records follow on
+        (``streams.core.positions.Admission``): the transaction then stores a partition's next
+        offset only if that is at most the offset stored before it, and otherwise raises
+        :class:`~streams.core.errors.OffsetGap` having committed nothing. The worker always
+        passes it; callers that read a topic in one loop of their own (the MSK adapter, the
+        commands) may leave it out.
 
         ``decisions`` are the records' routes when the caller has them already. With
         ``refused`` (positions the database refused before, dead-lettered since), a row the
@@ -165,7 +189,8 @@ class Mirror:
         if not records:
             return BatchResult()
         if decisions is None:
-            decisions = route_batch(records, spec, fast_loads)  # pure work, before any lock
+            # Pure work, before any lock.
+            decisions = route_batch(records, spec, fast_loads, self.clock())
         decisions = list(decisions)
         if refused:
             for i, d in enumerate(decisions):
@@ -187,6 +212,16 @@ class Mirror:
                 for topic, ends in next_offsets.items()
                 for partition, offset in tx.next_offsets(self.group, topic, list(ends)).items()
             }
+            if starts is not None:
+                partitions = [(t, p) for t, ends in next_offsets.items() for p in ends]
+                gaps = offset_gaps(partitions, starts, stored)
+                if gaps:
+                    raise OffsetGap(gaps)
+            if spec.version_field is None:
+                # Read here, not cached: a worker may have found the topic recreated since.
+                floor = tx.version_floor(self.source_topic(spec))
+                if floor is not None:
+                    decisions = lift_to_floor(decisions, floor)
             fresh = _first_deliveries(decisions, stored)
             keys = list(
                 {d.key: None for i in fresh if not isinstance(d := decisions[i], Rejection)}

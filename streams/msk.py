@@ -50,7 +50,12 @@ def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
 
 
 def records_from_msk_event(event: Mapping[str, Any]) -> list[SourceRecord]:
-    """Flatten an MSK event to source records sorted by timestamp (stable per partition)."""
+    """Flatten an MSK event to source records in partition order (topic, partition, offset).
+
+    Not by timestamp, as the Lambda pattern sorted them: a record later in its partition is
+    newer whatever its producer's clock says (``streams.core.guard``), and versions order the
+    records of different partitions whatever order they are applied in.
+    """
     groups = event.get("records")
     if not isinstance(groups, Mapping):
         raise MskEventError("MSK event has no 'records' object")
@@ -75,7 +80,7 @@ def records_from_msk_event(event: Mapping[str, Any]) -> list[SourceRecord]:
                 if isinstance(exc, MskEventError):
                     raise
                 raise MskEventError(f"malformed record in {group_name!r}: {exc!r}") from None
-    records.sort(key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+    records.sort(key=lambda r: (r.topic, r.partition, r.offset))
     return records
 
 
@@ -105,11 +110,7 @@ def _result_dict(result: RecordResult) -> dict[str, Any]:
 
 
 def apply_records(mirror: Mirror, records: Iterable[SourceRecord]) -> list[RecordResult]:
-    """Apply time-ordered records through ``mirror``, one transaction per entity run.
-
-    Consecutive records of the same entity form one batch, so the time order across
-    topics is kept while same-topic runs still get batched.
-    """
+    """Apply records through ``mirror``, one transaction per run of one topic's records."""
     results: list[RecordResult] = []
     run: list[SourceRecord] = []
     run_topic: str | None = None
@@ -152,7 +153,7 @@ def _default_mirror() -> Mirror:
 def handle_msk_event(
     event: Mapping[str, Any], context: Any = None, *, mirror: Mirror | None = None
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Apply an MSK/Lambda event; return ``(max_status, results)`` in timestamp order.
+    """Apply an MSK/Lambda event; return ``(max_status, results)`` in partition order.
 
     A retriable store error (database down) propagates, so Lambda retries the whole
     event; the writes are idempotent, so the records applied before it do no harm.

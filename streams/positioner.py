@@ -26,6 +26,7 @@ from streams.core.positions import Jump, lost_below_log_start, start_offset
 from streams.faust_bridge import assignment_settled, position_partitions
 from streams.handoff import Handoff
 from streams.mirror import Mirror
+from streams.topic_ids import TopicIds
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,13 @@ class Positioner:
         cached_topics: set[str],
         on_positioned: Callable[[Any, int], None],
         kafka_offset_topics: set[str] | None = None,
+        topic_ids: TopicIds | None = None,
     ) -> None:
         self.app = app
         self.handoff = handoff
         self.mirror = mirror
+        self.topic_ids = topic_ids
+        """Reads which log each topic is now (None: offsets alone tell)."""
         self.cached_topics = cached_topics
         """Topics whose unconfirmed records (applied, not yet in the cache) are replayed."""
         self.on_positioned = on_positioned
@@ -121,24 +125,47 @@ class Positioner:
         consumer = self.app.consumer
         moved_on = self.handoff.moved_on
         moved_on.difference_update(tps)
+        same_log = await self.check_logs(sorted({tp.topic for tp in tps}))
         stored = await asyncio.to_thread(self.mirror.store.stored_offsets, self.mirror.group)
         losses: list[tuple[Any, int, int]] = []
+        follows: dict[Any, int] = {}
+        replaced: list[tuple[Any, int, int, int, bool]] = []
 
-        def choose(tp: Any, committed: int | None, log_start: int) -> int:
+        def choose(tp: Any, committed: int | None, log_start: int, log_end: int) -> int:
             key = (tp.topic, tp.partition)
             kept = committed if tp.topic in self.kafka_offset_topics else stored.get(key)
             start = start_offset(
-                kept, committed, log_start, replay_unconfirmed=tp.topic in self.cached_topics
+                kept,
+                committed,
+                log_start,
+                replay_unconfirmed=tp.topic in self.cached_topics,
+                log_end=log_end,
+                same_log=tp.topic in same_log,
             )
             if start.lost:
                 losses.append((tp, kept or 0, start.lost))
+            if start.replaced is not None:
+                replaced.append((tp, start.replaced, log_end, start.offset, tp.topic in same_log))
+                kept = start.offset
             if kept is not None:
                 self.mirror.note_stored(key, max(kept, start.offset))
+            follows[tp] = start.continues
             return start.offset
 
         starts = await position_partitions(consumer, tps, choose)
         for tp, expected, count in losses:
             self.lost(tp, expected, count)
+        for tp, was, log_end, offset, same in replaced:
+            # Stored in place of the old log's offset before any record of it is admitted.
+            if tp.topic not in self.kafka_offset_topics:
+                await asyncio.to_thread(
+                    self.mirror.store.reset_offset,
+                    self.mirror.group,
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                )
+            self.replaced(tp, was, log_end, offset, same)
         assigned = consumer.assignment()
         for tp, offset in starts.items():
             if tp not in assigned:
@@ -149,9 +176,82 @@ class Positioner:
                 # flight by then, so once more is enough.
                 self.wake.set()
                 continue
-            self.handoff.positions.position(tp, offset)
+            self.handoff.positions.position(tp, offset, follows[tp])
             self.on_positioned(tp, offset)
             log.info("reading %s[%d] from offset %d", tp.topic, tp.partition, offset)
+
+    async def check_logs(self, topics: list[str]) -> set[str]:
+        """Compare each topic's id with the one its offsets were stored for; return the topics
+        known to be the same log.
+
+        A topic whose id changed was deleted and created again (or the broker is a fresh one):
+        the offsets stored for its old log are dropped and versions of its new log's records
+        rank above every row of the old one (``SqlStore.restart_log``), so the new log is
+        applied from its start. One error line per topic, ``mirror_log_restarts_total``.
+        """
+        if self.topic_ids is None:
+            return set()
+        ids = await self.topic_ids.read(topics)
+        if ids is None:
+            return set()  # a broker without topic ids: offsets alone tell (start_offset)
+        store = self.mirror.store
+        known = await asyncio.to_thread(store.known_logs)
+        same = set()
+        for topic in topics:
+            now = ids.get(topic)
+            if now is None:
+                continue  # gone meanwhile: positioned again once it is back
+            row = known.get(topic)
+            if row is None or row.topic_id is None:
+                await asyncio.to_thread(store.note_log, topic, now)
+                continue
+            if row.topic_id == now:
+                same.add(topic)
+                continue
+            spec = self.mirror.entity_for_topic(topic)
+            specs = [] if spec is None else [spec]
+            restarted = await asyncio.to_thread(store.restart_log, topic, now, row.topic_id, specs)
+            same.add(topic)
+            if restarted is None:
+                continue  # another worker found it first
+            ours = {p: o for (g, p), o in restarted.dropped.items() if g == self.mirror.group}
+            for p in ours:
+                metrics.LOG_RESTARTS.labels(topic, str(p)).inc()
+            log.error(
+                "%s was deleted and created again (its id is %s, the offsets stored with the "
+                "data were for %s): they are dropped (%s) and its new log is applied from its "
+                "start; versions of its records rank above every row of the old log%s",
+                topic,
+                now,
+                row.topic_id,
+                ", ".join(f"[{p}] {o}" for p, o in sorted(ours.items())) or "none of this group",
+                ""
+                if restarted.version_floor is None
+                else f" (their timestamps count as {restarted.version_floor} ms at least)",
+                extra={"topic": topic},
+            )
+        return same
+
+    def replaced(self, tp: Any, was: int, log_end: int, offset: int, same: bool) -> None:
+        """Say that a partition's stored offset was above its log's end, and where it is read."""
+        metrics.LOG_RESTARTS.labels(tp.topic, str(tp.partition)).inc()
+        why = (
+            "the broker lost the records past its end (the topic's id is the one the offset was "
+            "stored with); reading on from its end, the records before it being those applied"
+            if same
+            else "the topic was created again or the broker is a new one; reading its new log "
+            "from the start"
+        )
+        log.error(
+            "%s[%d]: the offset stored for it (%d) is above its log's end (%d): %s (offset %d)",
+            tp.topic,
+            tp.partition,
+            was,
+            log_end,
+            why,
+            offset,
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
+        )
 
     def lost(self, tp: Any, expected: int, count: int) -> None:
         """Say that ``count`` records of ``tp`` from ``expected`` on were gone before applied.

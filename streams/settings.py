@@ -366,6 +366,12 @@ class Settings:
     )
     """Seconds a delete's tombstone is kept; a later event older than the delete is skipped
     only while its tombstone lasts."""
+    max_timestamp_ahead: float = field(
+        default=60.0, metadata=env("MAX_TIMESTAMP_AHEAD", _number(1.0, 86400.0))
+    )
+    """Seconds a record's timestamp may be ahead of the worker's clock; a later one counts as
+    this far ahead in its version (counted and logged), so it holds its entity against events
+    from other partitions no longer than this."""
 
     @property
     def broker_hosts(self) -> list[str]:

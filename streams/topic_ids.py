@@ -148,3 +148,37 @@ async def read_topic_ids(client: Any, topics: list[str]) -> dict[str, str] | Non
     except (IncompatibleBrokerVersion, NotImplementedError):
         return None
     return ids_of(response)
+
+
+class TopicIds:
+    """Reads topic ids over one client of its own, started on first use and kept."""
+
+    def __init__(self, bootstrap: list[str], options: dict[str, Any]) -> None:
+        self._bootstrap = bootstrap
+        self._options = options
+        self._client: Any = None
+
+    async def read(self, topics: list[str]) -> dict[str, str] | None:
+        """Return the ids of ``topics`` that exist (None: the brokers give no ids)."""
+        from aiokafka.client import AIOKafkaClient
+
+        if self._client is None:
+            client = AIOKafkaClient(bootstrap_servers=self._bootstrap, **self._options)
+            try:
+                await client.bootstrap()
+            except BaseException:
+                await client.close()
+                raise
+            self._client = client
+        try:
+            return await read_topic_ids(self._client, topics)
+        except BaseException:
+            client, self._client = self._client, None
+            await client.close()  # made again next time
+            raise
+
+    async def close(self) -> None:
+        """Close the client."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

@@ -39,6 +39,7 @@ from streams.preflight import (
     web_port_problem,
 )
 from streams.settings import Settings
+from streams.topic_ids import TopicIds
 from streams.web import register_pages
 from tables.cache import EntityCache, changelog_topic, declare_caches
 
@@ -76,6 +77,7 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
         SqlStore.from_url(settings.database_url),
         group=settings.app_id,
         topic_prefix=settings.topic_prefix,
+        timestamps_ahead=settings.max_timestamp_ahead,
     )
 
 
@@ -94,6 +96,7 @@ class MirrorApp(MirrorTransportApp):
     early_tasks: list[tuple[Callable[[], Awaitable[None]], float | None]]
     """What :meth:`run_early` registered."""
     caches: dict[str, EntityCache]
+    topic_ids: TopicIds
 
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
@@ -148,6 +151,7 @@ class MirrorApp(MirrorTransportApp):
         await super().on_stop()
         await self.entity_agents.dead_letters.close()
         await self.entity_agents.forward_producer.close()
+        await self.topic_ids.close()
         for cache in self.caches.values():
             await cache.writer.close()
 
@@ -270,6 +274,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     )
     app.mirror_settings = settings
     app.early_tasks = []
+    app.topic_ids = TopicIds(settings.broker_hosts, settings.kafka_client_options())
     pairs = {
         spec.kind: (mirror.source_topic(spec), changelog_topic(settings.app_id, spec.kind))
         for spec in mirror.registry
@@ -299,6 +304,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         },
         on_positioned=agents.applied.positioned,
         kafka_offset_topics=agents.kafka_offset_topics,
+        topic_ids=app.topic_ids,
     )
     app.run_early(positioner.run)
 

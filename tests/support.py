@@ -582,9 +582,18 @@ def chaotic_stream(
 
 
 def expected_state(sent: list[Sent], positions: list[tuple[int, int, int]]) -> dict[str, str]:
-    """The newest record per entity by (timestamp, partition, offset) decides its state."""
+    """The newest record per entity decides its state (the README's ordering, computed here
+    without the worker's code): within one partition the later record, whatever the clocks
+    say (its timestamp counts as the largest of its entity's in the partition up to it);
+    between partitions the greater (timestamp, partition, offset)."""
+    order = sorted(range(len(sent)), key=lambda i: (positions[i][1], positions[i][2]))
+    lifted: dict[tuple[str, int], int] = {}
     newest: dict[str, tuple[tuple[int, int, int], str | None]] = {}
-    for record, position in zip(sent, positions, strict=True):
-        if record.entity not in newest or position > newest[record.entity][0]:
-            newest[record.entity] = (position, record.name)
+    for i in order:
+        record, (timestamp, partition, offset) = sent[i], positions[i]
+        stamp = max(timestamp, lifted.get((record.entity, partition), timestamp))
+        lifted[(record.entity, partition)] = stamp
+        version = (stamp, partition, offset)
+        if record.entity not in newest or version > newest[record.entity][0]:
+            newest[record.entity] = (version, record.name)
     return {k: name for k, (_, name) in newest.items() if name is not None}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, Engine, delete, func, inspect, select, text
@@ -36,14 +37,22 @@ from sqlalchemy.exc import (
 from models.registry import EntitySpec
 from models.store.batch import Refusal, StoreTransaction, _first_line, is_sqlite_schema_error
 from models.store.engine import create_store_engine
-from models.store.schema import bookkeeping, offsets_table, outcomes_table, public_columns
-from models.store.statements import COPY_FROM_ROWS, ENTITY_LOCK_SPACE
+from models.store.schema import (
+    bookkeeping,
+    logs_table,
+    offsets_table,
+    outcomes_table,
+    public_columns,
+)
+from models.store.statements import COPY_FROM_ROWS, ENTITY_LOCK_SPACE, _log_upsert
 from streams.core.errors import StoreError, StoreUnavailableError
 
 __all__ = [
     "COPY_FROM_ROWS",
     "ENTITY_LOCK_SPACE",
+    "KnownLog",
     "Refusal",
+    "RestartedLog",
     "SqlStore",
     "StoreTransaction",
     "create_store_engine",
@@ -51,6 +60,25 @@ __all__ = [
     "outcomes_table",
     "public_columns",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class KnownLog:
+    """What the store knows of the log a topic is read from."""
+
+    topic_id: str | None
+    """Kafka's id of the topic (None: not known, a broker without ids)."""
+    version_floor: int | None
+    """The least timestamp versions of this log's records take (None: none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartedLog:
+    """What :meth:`SqlStore.restart_log` did."""
+
+    dropped: dict[tuple[str, int], int]
+    """The offsets stored for the old log, by (consumer group, partition)."""
+    version_floor: int | None
 
 
 class SqlStore:
@@ -169,6 +197,73 @@ class SqlStore:
                 t.c.consumer_group == group
             )
             return {(topic, int(p)): int(o) for topic, p, o in conn.execute(query)}
+
+    def known_logs(self) -> dict[str, KnownLog]:
+        """Return what is known of each topic's log: its id and its version floor."""
+        t = logs_table
+        with self._wrapped("read the known logs"), self.engine.connect() as conn:
+            query = select(t.c.topic, t.c.topic_id, t.c.version_floor)
+            return {
+                topic: KnownLog(topic_id, None if floor is None else int(floor))
+                for topic, topic_id, floor in conn.execute(query)
+            }
+
+    def note_log(self, topic: str, topic_id: str | None) -> None:
+        """Record the id of the log ``topic`` is read from, unless another id is known."""
+        with self._wrapped(f"note the log of {topic}"), self.engine.begin() as conn:
+            conn.execute(_log_upsert(self.dialect), [{"topic": topic, "topic_id": topic_id}])
+
+    def restart_log(
+        self, topic: str, topic_id: str, was: str | None, specs: Sequence[EntitySpec]
+    ) -> RestartedLog | None:
+        """Record that ``topic`` is a new log (id ``topic_id``, where ``was`` was known).
+
+        In one transaction: the offsets stored for the old log are dropped, for every consumer
+        group (they would skip the new log's records); and the versions of records read from
+        the new log get a floor above every version of ``specs``' rows and tombstones (those
+        whose versions are timestamps), so that no row of the old log outranks them. None when
+        another worker recorded it first.
+        """
+        t, o = logs_table, offsets_table
+        with self._wrapped(f"restart the log of {topic}"), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('entity-mirror logs'))"))
+            row = conn.execute(
+                select(t.c.topic_id, t.c.version_floor).where(t.c.topic == topic).with_for_update()
+            ).first()
+            if row is None or row.topic_id != was:
+                return None
+            floor = row.version_floor
+            for spec in specs:
+                if spec.version_field is not None:
+                    continue
+                for table in (spec.table, spec.tombstone_table):
+                    newest = conn.execute(select(func.max(table.c.mirror_version))).scalar()
+                    if newest is not None and (floor is None or int(newest) + 1 > floor):
+                        floor = int(newest) + 1
+            query = select(o.c.consumer_group, o.c.partition, o.c.next_offset).where(
+                o.c.topic == topic
+            )
+            dropped = {(g, int(p)): int(n) for g, p, n in conn.execute(query)}
+            conn.execute(delete(o).where(o.c.topic == topic))
+            conn.execute(
+                t.update().where(t.c.topic == topic).values(topic_id=topic_id, version_floor=floor)
+            )
+            return RestartedLog(dropped, floor)
+
+    def reset_offset(self, group: str, topic: str, partition: int, offset: int) -> None:
+        """Set a partition's stored offset to ``offset``, even below what it was: its log does
+        not hold the offsets stored for it (the broker lost records past its end)."""
+        o = offsets_table
+        with (
+            self._wrapped(f"reset the offset of {topic}[{partition}]"),
+            self.engine.begin() as conn,
+        ):
+            conn.execute(
+                o.update()
+                .where(o.c.consumer_group == group, o.c.topic == topic, o.c.partition == partition)
+                .values(next_offset=offset)
+            )
 
     def purge_tombstones(self, spec: EntitySpec, older_than_ms: int) -> int:
         """Delete tombstones written before ``older_than_ms``; return how many."""

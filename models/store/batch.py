@@ -25,7 +25,7 @@ from sqlalchemy.exc import (
 
 from models.copy_format import copy_text
 from models.registry import VERSION_COLUMNS, EntitySpec
-from models.store.schema import offsets_table, public_columns
+from models.store.schema import logs_table, offsets_table, public_columns
 from models.store.statements import (
     _CHUNK,
     COPY_FROM_ROWS,
@@ -77,6 +77,13 @@ class StoreTransaction:
             .with_for_update()
         )
         return {int(p): int(o) for p, o in self.conn.execute(query)}
+
+    def version_floor(self, topic: str) -> int | None:
+        """Return the least timestamp versions of ``topic``'s records take (None: none), as
+        set when the topic was found recreated (``SqlStore.restart_log``)."""
+        t = logs_table
+        floor = self.conn.execute(select(t.c.version_floor).where(t.c.topic == topic)).scalar()
+        return None if floor is None else int(floor)
 
     def serialize(self, spec: EntitySpec, *, exclusive: bool) -> None:
         """Keep other transactions of this entity from writing the same keys meanwhile.

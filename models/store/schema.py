@@ -35,6 +35,18 @@ outcomes_table = Table(
 )
 
 
+logs_table = Table(
+    "mirror_logs",
+    bookkeeping,
+    Column("topic", String(255), primary_key=True),
+    # Kafka's id of the log the stored offsets and versions belong to (None: not known).
+    Column("topic_id", String(36), nullable=True),
+    # Versions of records read from this log take at least this timestamp (ms): set when the
+    # topic was found recreated, above every version of the old log's rows.
+    Column("version_floor", BigInteger, nullable=True),
+)
+
+
 @functools.lru_cache(maxsize=256)
 def public_columns(table: Table) -> tuple[str, ...]:
     """Return the columns a reader sees (the bookkeeping ``mirror_*`` ones left out)."""

@@ -21,7 +21,7 @@ from sqlalchemy.sql import column as sa_column
 from sqlalchemy.sql import table as sa_table
 
 from models.registry import VERSION_COLUMNS
-from models.store.schema import offsets_table, outcomes_table, public_columns
+from models.store.schema import logs_table, offsets_table, outcomes_table, public_columns
 from streams.core.errors import StoreError
 from streams.core.routing import Version
 
@@ -110,6 +110,18 @@ def _offsets_upsert(dialect: str) -> Any:
         index_elements=["consumer_group", "topic", "partition"],
         set_={"next_offset": stmt.excluded.next_offset},
         where=offsets_table.c.next_offset < stmt.excluded.next_offset,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _log_upsert(dialect: str) -> Any:
+    """Note a topic's id: a new row, or the id of a row that had none (never another id:
+    that is a recreated topic, :meth:`models.store.SqlStore.restart_log`)."""
+    stmt = _insert_for(dialect, logs_table)
+    return stmt.on_conflict_do_update(
+        index_elements=["topic"],
+        set_={"topic_id": stmt.excluded.topic_id},
+        where=logs_table.c.topic_id.is_(None),
     )
 
 

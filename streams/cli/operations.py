@@ -282,7 +282,13 @@ async def rebuild(settings: Settings, mirror: Mirror, spec: EntitySpec) -> int:
                 offsets_table.c.consumer_group == group, offsets_table.c.topic == topic
             )
         )
-    rebuilder = Mirror(mirror.registry, mirror.store, group=group, topic_prefix=mirror.topic_prefix)
+    rebuilder = Mirror(
+        mirror.registry,
+        mirror.store,
+        group=group,
+        topic_prefix=mirror.topic_prefix,
+        timestamps_ahead=mirror.timestamps_ahead,
+    )
     progress = Progress(f"rebuild {spec.kind}")
     applied = 0
     async for records in read_topic(settings, topic, progress):

@@ -67,3 +67,12 @@ class CacheError(MirrorError):
     """The cached table's changelog could not be written yet; the write is retried."""
 
     retriable = True
+
+
+class OffsetGap(MirrorError):
+    """A batch did not follow on from the offsets stored with the data; nothing was committed,
+    and its partitions are read again from the stored offsets."""
+
+    def __init__(self, gaps: list[Any]) -> None:
+        self.gaps = gaps
+        super().__init__("; ".join(str(gap) for gap in gaps))

@@ -6,6 +6,17 @@ which is the version of its row or of its tombstone (a deleted entity's last ver
 write per key reaches the database: the last full write with the partial updates after it
 merged in (a soft delete after a write adds its mark). Because the outcome depends on versions
 and not on arrival order, any interleaving or replay of the same events ends in the same state.
+
+**Partition order beats clocks.** A version ``(timestamp, partition, offset)`` compares by
+timestamp first, and producers' clocks disagree. So an event that comes later in the same
+partition as the entity's current version (a greater offset) is never older than it: it takes
+the current version's timestamp (:func:`newer_in_partition`) and applies. Timestamps decide only
+between events of one key that come through different partitions (a repartition topic, keys
+that moved when partitions were added, redriven dead letters, records keyed otherwise), where
+no order is given. The outcome is the same as if each event's timestamp were the largest of its
+key's timestamps up to it in its partition: the event with the greatest such version wins, in
+any interleaving of the partitions. A declared version field (``(version, 0, 0)``) is the
+entity owner's own order, not a clock: it is never overridden.
 """
 
 from __future__ import annotations
@@ -134,8 +145,12 @@ def resolve(
             version = now if now is not None else ZERO_VERSION
             decision = dataclasses.replace(decision, version=version)
         elif now is not None and version <= now:
-            plan.outcomes.append((decision, Outcome.SKIPPED))
-            continue
+            later = newer_in_partition(version, now)
+            if later is None:
+                plan.outcomes.append((decision, Outcome.SKIPPED))
+                continue
+            version = later
+            decision = dataclasses.replace(decision, version=version)
         if isinstance(decision, Upsert):
             if decision.partial:
                 before = rows.get(key)
@@ -172,6 +187,19 @@ def resolve(
         plan.deletes[key] = removal
         plan.recreated.discard(key)
     return plan
+
+
+def newer_in_partition(version: Version, current: Version) -> Version | None:
+    """Return the version an event not newer than ``current`` by its timestamp takes because it
+    comes later in the same partition (its timestamp lifted to ``current``'s), or None.
+
+    ``(timestamp, partition, offset)``: the same partition and a greater offset mean the event
+    was produced after the current state's, whatever the producers' clocks said. A declared
+    version field gives ``(version, 0, 0)``, whose offsets are equal: never lifted.
+    """
+    if version[1] == current[1] and version[2] > current[2]:
+        return (current[0], version[1], version[2])
+    return None
 
 
 def _merge(before: Upsert, patch: Upsert) -> Upsert:

@@ -13,12 +13,20 @@ counter before it issues each fetch, and a fetch's records of a partition are ad
 the partition was positioned before that fetch was issued. Within one epoch records only move
 forward; offsets they skip were compacted away, are transaction markers, or were deleted by
 retention (:func:`lost_below_log_start` tells which, given the partition's log start).
+
+Each admitted run also says which offset it **continues from**: the offset stored with the data
+that its records follow on (for the first run after a positioning, what the positioner vouched
+for: the stored offset, or below it; for later runs, the end of the run before). A batch's
+transaction stores a partition's next offset only if the batch continues from at most the
+offset stored before it (``streams.mirror``): a run lost on the way between the consumer and the
+database cannot be stepped over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +48,22 @@ class Admission:
     """Hand on the records at or after this offset; earlier ones were handed on already."""
     jump: Jump | None = None
     """Set when the run starts past the expected offset."""
+    continues: int | None = None
+    """The stored offset the run follows on (None: ``from_offset``)."""
+
+    @property
+    def continues_from(self) -> int:
+        """Return the offset stored with the data that this run's records follow on."""
+        return self.from_offset if self.continues is None else self.continues
 
 
 @dataclass(slots=True)
 class _Position:
     expected: int
     epoch: int
+    continues: int | None
+    """What the next admitted run continues from, when not ``expected`` (the first run after
+    a positioning that started past the stored offset)."""
 
 
 class ReadPositions:
@@ -60,14 +78,18 @@ class ReadPositions:
         """Return the current epoch: note it before issuing a fetch, pass it to :meth:`admit`."""
         return self._counter
 
-    def position(self, partition: Hashable, offset: int) -> None:
+    def position(self, partition: Hashable, offset: int, continues: int | None = None) -> None:
         """Note that ``partition`` is (about to be) sought to ``offset``: admit from there.
 
-        Call it before the seek is issued, so that a fetch issued after the seek carries an
-        epoch at least as new as this positioning.
+        ``continues`` is the offset stored with the data that reading from ``offset`` follows
+        on, when it is not ``offset`` itself: the stored offset when records between it and
+        ``offset`` are known gone (retention, counted), 0 when nothing is stored yet. Call it
+        before the seek is issued, so that a fetch issued after the seek carries an epoch at
+        least as new as this positioning.
         """
         self._counter += 1
-        self._at[partition] = _Position(offset, self._counter)
+        claim = None if continues is None or continues == offset else continues
+        self._at[partition] = _Position(offset, self._counter, claim)
 
     def forget(self, partitions: Iterable[Hashable]) -> None:
         """Refuse the records of ``partitions`` until they are positioned again."""
@@ -100,7 +122,8 @@ class ReadPositions:
         if last + 1 > expected:
             at.expected = last + 1
         jump = Jump(partition, expected, first) if first > expected else None
-        return Admission(expected, jump)
+        continues, at.continues = at.continues, None
+        return Admission(expected, jump, continues)
 
 
 def lost_below_log_start(expected: int, delivered: int, log_start: int) -> int:
@@ -121,10 +144,21 @@ class Start:
     offset: int
     lost: int = 0
     """Records between the stored offset and the log start, deleted before being applied."""
+    continues: int = 0
+    """The stored offset reading from ``offset`` follows on (see :class:`Admission`)."""
+    replaced: int | None = None
+    """A stored offset above the log's end, which does not belong to this log (the topic was
+    created again, or the broker lost records): the caller stores ``offset`` in its place."""
 
 
 def start_offset(
-    stored: int | None, committed: int | None, log_start: int, *, replay_unconfirmed: bool
+    stored: int | None,
+    committed: int | None,
+    log_start: int,
+    *,
+    replay_unconfirmed: bool,
+    log_end: int | None = None,
+    same_log: bool = False,
 ) -> Start:
     """Decide where a newly assigned partition is read from.
 
@@ -134,9 +168,65 @@ def start_offset(
     committed offset when it is behind the stored one: those records are applied already (a
     replay changes nothing in SQL) but the cache may not have them, and their replay rewrites
     them. Reading never starts below the log start; stored records below it are lost.
+
+    A stored offset above ``log_end`` was not stored for this log: a log's offsets only grow.
+    The partition is then read from its log start, the new log whole, unless ``same_log`` (the
+    topic's id is the one the offset was stored with: the broker lost the records past its end,
+    and the ones before it are those applied), when it is read from the end.
     """
+    if log_end is not None:
+        if committed is not None and committed > log_end:
+            committed = None  # the group's offset of another log, or of lost records
+        if stored is not None and stored > log_end:
+            offset = log_end if same_log else log_start
+            return Start(offset, continues=offset, replaced=stored)
     offset = 0 if stored is None else stored
     if replay_unconfirmed and committed is not None and 0 <= committed < offset:
         offset = committed
     lost = 0 if stored is None else max(0, log_start - stored)
-    return Start(max(offset, log_start), lost)
+    # Records below the log start are gone (counted when some were stored ones): reading from
+    # the log start follows on from where the stored offset (or nothing stored: 0) left off.
+    return Start(max(offset, log_start), lost, continues=offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A batch's records of a partition do not follow on from the offset stored before it."""
+
+    topic: str
+    partition: int
+    continues: int | None
+    """The stored offset the batch's records follow on (None: the batch did not say)."""
+    stored: int
+    """The offset stored with the data (0: nothing stored yet)."""
+
+    def __str__(self) -> str:
+        said = (
+            "says nothing of where it starts"
+            if self.continues is None
+            else (f"follows on from offset {self.continues}")
+        )
+        return (
+            f"{self.topic}[{self.partition}]: the batch {said} but the offset stored with the "
+            f"data is {self.stored}"
+        )
+
+
+def offset_gaps(
+    partitions: Iterable[tuple[str, int]],
+    continues: Mapping[Any, int],
+    stored: Mapping[Any, int],
+) -> list[Gap]:
+    """Return the partitions of a batch whose records do not follow on from the stored offset.
+
+    A batch may store a partition's next offset only if its records continue from at most the
+    offset stored before it (records below it are replays, changing nothing): otherwise records
+    in between, never applied, would be stepped over for good. Nothing stored counts as 0.
+    """
+    gaps = []
+    for key in partitions:
+        claim = continues.get(key)
+        before = stored.get(key, 0)
+        if claim is None or claim > before:
+            gaps.append(Gap(key[0], key[1], claim, before))
+    return gaps

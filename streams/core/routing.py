@@ -8,8 +8,9 @@ one bad event can never stop a partition.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -157,6 +158,66 @@ def position_of(record: Record) -> Version:
     return (record.timestamp, record.partition, record.offset)
 
 
+#: No bound: a timestamp as large as any.
+UNBOUNDED = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """How far record timestamps are believed, as versions.
+
+    A producer's clock can run ahead: a record stamped an hour in the future would outrank
+    every event of its entity from another partition for that hour. Versions take at most
+    ``ahead_limit`` (the worker's clock plus MAX_TIMESTAMP_AHEAD when the batch was read), so
+    such a record holds its entity against other partitions for that long at most; within its
+    partition, later events apply anyway (``streams.core.guard.newer_in_partition``).
+    """
+
+    ahead_limit: int = UNBOUNDED
+    """The largest timestamp (ms) a version takes."""
+
+    def version(self, record: Record) -> Version:
+        """Return the default version of ``record``: where first produced, bounded."""
+        version = position_of(record)
+        if version[0] > self.ahead_limit:
+            return (self.ahead_limit, version[1], version[2])
+        return version
+
+
+def lift_to_floor(decisions: list[Decision], floor: int) -> list[Decision]:
+    """Return ``decisions`` with every version's timestamp at least ``floor`` (the least version
+    of the records of a topic found recreated: above every row of its old log). A pass with no
+    copy when none is below it, the usual case."""
+    lifted: list[Decision] | None = None
+    for i, decision in enumerate(decisions):
+        if isinstance(decision, Rejection) or decision.version is None:
+            continue
+        version = decision.version
+        if version[0] < floor:
+            if lifted is None:
+                lifted = list(decisions)
+            lifted[i] = dataclasses.replace(decision, version=(floor, version[1], version[2]))
+    return decisions if lifted is None else lifted
+
+
+BELIEVED = Clock()
+"""Timestamps taken as they are (tests, the one-event tools)."""
+
+
+def stamped_ahead(records: Sequence[Record], limit: int) -> list[Record]:
+    """Return the records whose first timestamp is above ``limit`` (a C-level pass first: the
+    usual answer is none)."""
+    if max(map(_timestamp, records), default=limit) <= limit and not any(
+        getattr(r, "origin", None) for r in records
+    ):
+        return []
+    return [r for r in records if first_of(r).timestamp > limit]
+
+
+def _timestamp(record: Record) -> int:
+    return record.timestamp
+
+
 class Entity(Protocol):
     """What the core needs to know of a declared entity (see ``models.registry``)."""
 
@@ -296,10 +357,12 @@ def _valid_key(value: Any) -> bool:
     return isinstance(value, int)
 
 
-def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Decision:
+def route(
+    record: Record, entity: Entity, loads: JsonLoads = json.loads, clock: Clock = BELIEVED
+) -> Decision:
     """Decide what one record means for its entity: upsert, delete or reject."""
     if record.value is None:
-        return _route_tombstone(record, entity)
+        return _route_tombstone(record, entity, clock)
     decoded = decode_value(record, loads)
     if isinstance(decoded, Rejection):
         return decoded
@@ -311,7 +374,7 @@ def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Deci
             f"changeType {change} is not one of CREATED, UPDATED, DELETED",
             record,
         )
-    version = _version_of(event, record, entity)
+    version = _version_of(event, record, entity, clock)
     if isinstance(version, Rejection):
         return version
     if getattr(entity, "reads_record_fields", True):
@@ -375,10 +438,12 @@ def route(record: Record, entity: Entity, loads: JsonLoads = json.loads) -> Deci
     return Upsert(key=key, row=row, change_type=change, record=record, version=version)
 
 
-def _version_of(event: Mapping[str, Any], record: Record, entity: Entity) -> Version | Rejection:
+def _version_of(
+    event: Mapping[str, Any], record: Record, entity: Entity, clock: Clock
+) -> Version | Rejection:
     field_name = entity.version_field
     if field_name is None:
-        return position_of(record)
+        return clock.version(record)
     value = event.get(field_name)
     if isinstance(value, bool) or not isinstance(value, int):
         return Rejection(
@@ -389,7 +454,7 @@ def _version_of(event: Mapping[str, Any], record: Record, entity: Entity) -> Ver
     return (value, 0, 0)
 
 
-def _route_tombstone(record: Record, entity: Entity) -> Decision:
+def _route_tombstone(record: Record, entity: Entity, clock: Clock = BELIEVED) -> Decision:
     """A Kafka tombstone (null value) deletes the entity named by the record key."""
     if not record.key:
         return Rejection(RejectReason.MISSING_KEY, "tombstone without a record key", record)
@@ -405,15 +470,18 @@ def _route_tombstone(record: Record, entity: Entity) -> Decision:
     problem = "tombstone key is empty" if not key else entity.check_key(key)
     if problem is not None:
         return Rejection(RejectReason.BAD_KEY, problem, record)
-    version = None if entity.version_field else position_of(record)
+    version = None if entity.version_field else clock.version(record)
     return Delete(key=key, record=record, version=version)
 
 
 def route_batch(
-    records: Iterable[Record], entity: Entity, loads: JsonLoads = json.loads
+    records: Iterable[Record],
+    entity: Entity,
+    loads: JsonLoads = json.loads,
+    clock: Clock = BELIEVED,
 ) -> list[Decision]:
     """Route every record of a batch, in consumption order."""
-    return [route(record, entity, loads) for record in records]
+    return [route(record, entity, loads, clock) for record in records]
 
 
 def entity_key_of(

@@ -474,3 +474,43 @@ def test_two_transactions_writing_one_key_at_once_never_resurrect_it(pg_url: str
             assert not alive, f"round {round_}: {len(alive)} keys came back after their delete"
     finally:
         store.dispose()
+
+
+def planet_at(partition: int, offset: int, name: str) -> SourceRecord:
+    event = {"planetUuid": f"p-{partition}", "planetName": name}
+    return SourceRecord(
+        "planet-changed", partition, offset, 1_000 + offset, None, json.dumps(event).encode()
+    )
+
+
+def test_a_batch_that_does_not_follow_on_from_the_stored_offset_commits_nothing(
+    mirror: Mirror,
+) -> None:
+    from streams.core.errors import OffsetGap
+
+    p0, p1 = ("planet-changed", 0), ("planet-changed", 1)
+    mirror.apply(PLANET, [planet_at(0, o, f"n{o}") for o in range(5)], starts={p0: 0})
+    counts = mirror.store.outcome_counts("test")
+    # Records 5..9 of partition 0 never reached the database (a batch lost on its way): the
+    # next batch, 10..14, must not store 15 over them. Partition 1's records go down with it.
+    later = [planet_at(0, o, f"n{o}") for o in range(10, 15)] + [planet_at(1, 0, "q")]
+    with pytest.raises(OffsetGap) as raised:
+        mirror.apply(PLANET, later, starts={p0: 10, p1: 0})
+    assert [(g.topic, g.partition, g.continues, g.stored) for g in raised.value.gaps] == [
+        ("planet-changed", 0, 10, 5)
+    ]
+    assert mirror.store.stored_offsets("test") == {p0: 5}
+    assert rows(mirror) == {"p-0": "n4"}
+    assert mirror.store.outcome_counts("test") == counts
+    # A batch that says nothing of where it starts is refused too.
+    with pytest.raises(OffsetGap):
+        mirror.apply(PLANET, [planet_at(1, 0, "q")], starts={})
+    # Following on (replays below the stored offset included) it goes through.
+    result = mirror.apply(
+        PLANET,
+        [planet_at(0, o, f"n{o}") for o in range(3, 8)] + [planet_at(1, 0, "q")],
+        starts={p0: 3, p1: 0},
+    )
+    assert [r.replayed for r in result.results] == [True, True, False, False, False, False]
+    assert mirror.store.stored_offsets("test") == {p0: 8, p1: 1}
+    assert rows(mirror) == {"p-0": "n7", "p-1": "q"}

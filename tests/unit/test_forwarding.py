@@ -72,20 +72,35 @@ def test_a_timeout_is_back_pressure_and_a_size_refusal_is_not() -> None:
     assert not passing_failure(TopicAuthorizationFailedError())
 
 
+P0, P1 = ("planets", 0), ("planets", 1)
+
+
 def test_a_batch_finishing_after_its_partitions_were_revoked_notes_nothing() -> None:
     # Another worker owns the partition now; an offset noted here would be committed (moving
     # the group's offset back) if the partition came back before the stale entry was dropped.
     applied = AppliedOffsets()
     applied.positioned(("planets", 0), 0)
-    applied.note([record(0, 0), record(0, 1), record(1, 5)])
-    assert applied.next == {("planets", 0): 2, ("planets", 1): 6}
-    applied.forget([("planets", 0)])
-    applied.note([record(0, 2), record(0, 3)])  # late: revoked meanwhile
-    assert ("planets", 0) not in applied.next
-    applied.positioned(("planets", 0), 40)  # assigned here again
-    applied.note([record(0, 40), record(0, 41)])
-    assert applied.next[("planets", 0)] == 42
-    assert applied.due([("planets", 0)]) == {("planets", 0): 42}
+    applied.positioned(("planets", 1), 5)
+    applied.note([record(0, 0), record(0, 1), record(1, 5)], {P0: 0, P1: 5})
+    assert applied.next == {P0: 2, P1: 6}
+    applied.forget([P0])
+    assert applied.note([record(0, 2), record(0, 3)], {P0: 2}) == []  # late: revoked meanwhile
+    assert P0 not in applied.next
+    applied.positioned(P0, 40)  # assigned here again
+    applied.note([record(0, 40), record(0, 41)], {P0: 40})
+    assert applied.next[P0] == 42
+    assert applied.due([P0]) == {P0: 42}
+
+
+def test_a_batch_that_does_not_follow_on_from_the_noted_offset_notes_nothing() -> None:
+    # A batch lost on its way (records 2..9 never applied) must not be stepped over.
+    applied = AppliedOffsets()
+    applied.positioned(P0, 0)
+    applied.positioned(P1, 0)
+    applied.note([record(0, 0), record(0, 1)], {P0: 0})
+    gaps = applied.note([record(0, 10), record(0, 11), record(1, 0)], {P0: 10, P1: 0})
+    assert [(g.topic, g.partition, g.continues, g.stored) for g in gaps] == [("planets", 0, 10, 2)]
+    assert applied.next == {P0: 2, P1: 1}
 
 
 def test_a_partition_held_again_after_its_records_went_through_starts_at_5_s() -> None:

@@ -206,3 +206,108 @@ def test_any_order_batching_and_duplication_ends_in_the_same_state(
             applies += 1
     assert total.count(Outcome.APPLIED) == applies
     assert applies <= len(records)
+
+
+def test_a_later_event_of_the_same_partition_applies_whatever_its_timestamp() -> None:
+    # A producer whose clock is 2 s behind updates right after a create from another host.
+    store = MemoryStore()
+    store.run([rec("a", 10_000, name="created", partition=1, offset=7)])
+    plan = store.run([rec("a", 8_000, name="updated", partition=1, offset=8)])
+    assert outcomes(plan) == [Outcome.APPLIED]
+    assert store.names() == {"a": "updated"}
+    # Its version keeps the partition's order: the create's timestamp, its own offset.
+    assert store.rows["a"][0] == (10_000, 1, 8)
+    # Through another partition, timestamps still decide.
+    assert outcomes(store.run([rec("a", 9_000, name="other", partition=2, offset=3)])) == [
+        Outcome.SKIPPED
+    ]
+    # A delete later in the partition applies too, and its tombstone keeps the order.
+    store.run([rec("a", 1_000, delete=True, partition=1, offset=9)])
+    assert store.names() == {} and store.tombstones == {"a": (10_000, 1, 9)}
+
+
+def test_a_record_stamped_in_the_future_holds_its_entity_only_in_other_partitions() -> None:
+    store = MemoryStore()
+    store.run([rec("a", 3_600_000, name="ahead", partition=0, offset=1)])
+    assert outcomes(store.run([rec("a", 5, name="later", partition=0, offset=2)])) == [
+        Outcome.APPLIED
+    ]
+    assert store.names() == {"a": "later"}
+
+
+def test_a_clock_bounds_how_far_ahead_a_version_goes() -> None:
+    from streams.core.routing import Clock
+
+    ahead = rec("a", 3_600_000, name="ahead", partition=0, offset=1)
+    decision = route(ahead, PLANET, clock=Clock(ahead_limit=60_000))
+    assert isinstance(decision, Upsert) and decision.version == (60_000, 0, 1)
+    tombstone = route(rec("a", 3_600_000, tombstone=True), PLANET, clock=Clock(60_000))
+    assert isinstance(tombstone, Delete) and tombstone.version == (60_000, 0, 3_600_000)
+
+
+def _partition_order_oracle(records: list[SourceRecord]) -> dict[str, str]:
+    """The README's ordering, without the guard's code: each event's timestamp counts as the
+    largest of its key's in its partition up to it; the greatest such version wins."""
+    lifted: dict[tuple[bytes | None, int], int] = {}
+    newest: dict[str, tuple[Version, SourceRecord]] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        stamp = max(r.timestamp, lifted.get((r.key, r.partition), r.timestamp))
+        lifted[(r.key, r.partition)] = stamp
+        version = (stamp, r.partition, r.offset)
+        key = (r.key or b"").decode()
+        if key not in newest or version > newest[key][0]:
+            newest[key] = (version, r)
+    state = {}
+    for key, (_, r) in newest.items():
+        d = route(r, PLANET)
+        if isinstance(d, Upsert):
+            state[key] = str(d.row["name"])
+    return state
+
+
+skewed = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["update", "delete", "tombstone"]),
+        st.integers(0, 2),  # partition
+        st.integers(1, 50),  # timestamp: producers' clocks disagree
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(events=skewed, data=st.data())
+def test_partitions_in_any_interleaving_and_batching_end_as_partition_order_says(
+    events: list[tuple[str, str, int, int]], data: st.DataObject
+) -> None:
+    offsets = [0, 0, 0]
+    by_partition: list[list[SourceRecord]] = [[], [], []]
+    for key, kind, partition, ts in events:
+        offsets[partition] += 1
+        r = rec(
+            key,
+            ts,
+            name=f"{key}-{partition}-{offsets[partition]}",
+            delete=kind == "delete",
+            tombstone=kind == "tombstone",
+            partition=partition,
+            offset=offsets[partition],
+        )
+        by_partition[partition].append(r)
+    records = [r for part in by_partition for r in part]
+    # Deliver the partitions interleaved at random, each in its own order.
+    pending = [list(part) for part in by_partition]
+    delivered = []
+    while any(pending):
+        choice = data.draw(st.sampled_from([i for i, p in enumerate(pending) if p]))
+        delivered.append(pending[choice].pop(0))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(delivered) - 1)), max_size=6)))
+    batched, one_by_one = MemoryStore(), MemoryStore()
+    total: list[Outcome] = []
+    for start, end in zip([0, *cuts], [*cuts, len(delivered)], strict=True):
+        total += outcomes(batched.run(delivered[start:end]))
+    alone = [o for r in delivered for o in outcomes(one_by_one.run([r]))]
+    assert batched.names() == one_by_one.names() == _partition_order_oracle(records)
+    assert total == alone

@@ -64,7 +64,36 @@ def test_lost_records_are_those_below_the_log_start() -> None:
 
 def test_reading_starts_at_the_stored_offset_or_the_log_start() -> None:
     assert start_offset(None, None, 0, replay_unconfirmed=False) == Start(0)
-    assert start_offset(None, 7, 3, replay_unconfirmed=False) == Start(3)  # nothing applied yet
-    assert start_offset(50, 40, 0, replay_unconfirmed=False) == Start(50)
-    assert start_offset(50, 40, 0, replay_unconfirmed=True) == Start(40)  # the cache catches up
-    assert start_offset(50, 40, 80, replay_unconfirmed=True) == Start(80, lost=30)
+    # Nothing applied yet: reading from the log start follows on from nothing stored (0).
+    assert start_offset(None, 7, 3, replay_unconfirmed=False) == Start(3, continues=0)
+    assert start_offset(50, 40, 0, replay_unconfirmed=False) == Start(50, continues=50)
+    # The cache catches up: reading from the group's offset, below the stored one.
+    assert start_offset(50, 40, 0, replay_unconfirmed=True) == Start(40, continues=40)
+    # Retention took 50..79 (counted): reading from 80 follows on from the stored 50.
+    assert start_offset(50, 40, 80, replay_unconfirmed=True) == Start(80, lost=30, continues=40)
+
+
+def test_each_run_says_which_stored_offset_it_continues_from() -> None:
+    positions = ReadPositions()
+    # Retention took 50..79 before they were applied: the first run follows on from 50.
+    positions.position("p0", 80, continues=50)
+    fetched = positions.epoch
+    first = positions.admit("p0", 80, 99, fetched)
+    assert first is not None and first.continues_from == 50
+    # Later runs follow on from the end of the run before, whatever offsets they skip.
+    second = positions.admit("p0", 105, 120, fetched)
+    assert second is not None and second.continues_from == 100
+    positions.position("p0", 121)
+    third = positions.admit("p0", 121, 130, positions.epoch)
+    assert third is not None and third.continues_from == 121
+
+
+def test_a_stored_offset_above_the_log_end_belongs_to_another_log() -> None:
+    # The topic was created again (or a fresh broker came up): its new log is read whole.
+    start = start_offset(105, 105, 0, replay_unconfirmed=True, log_end=57)
+    assert start == Start(0, continues=0, replaced=105)
+    # The same log (same topic id) lost its tail: what it still holds was applied.
+    start = start_offset(105, 90, 0, replay_unconfirmed=False, log_end=57, same_log=True)
+    assert start == Start(57, continues=57, replaced=105)
+    # A group offset above the end is not used for the cache's replay.
+    assert start_offset(40, 80, 0, replay_unconfirmed=True, log_end=60) == Start(40, continues=40)

@@ -77,9 +77,9 @@ def test_forgetting_a_revoked_partition_starts_it_over() -> None:
 async def test_a_batch_and_a_feed_name_the_first_record_of_each_partition() -> None:
     feed = Feed(high_water=1_000)
     a, b = ("t", 0), ("t", 1)
-    feed.put(a, [Rec("t", 0, o, 100 + o) for o in range(5)])
-    feed.put(b, [Rec("t", 1, o, 200 + o) for o in range(3)])
-    feed.put(a, [Rec("t", 0, o, 100 + o) for o in range(5, 8)])
+    feed.put(a, [Rec("t", 0, o, 100 + o) for o in range(5)], 0)
+    feed.put(b, [Rec("t", 1, o, 200 + o) for o in range(3)], 0)
+    feed.put(a, [Rec("t", 0, o, 100 + o) for o in range(5, 8)], 5)
     batch = await feed.take(6, linger=0)  # a's first run, and one record of b
     assert {tp: r.offset for tp, r in batch.heads.items()} == {a: 0, b: 0}
     assert batch.heads == heads_of(batch)
