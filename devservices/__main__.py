@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return postgres.main(rest)
     if command == "stop-all":
-        from devservices import kafka, postgres
+        from devservices import kafka, kafka_secure, postgres
 
         kafka.stop(1)
         kafka.stop(3)
+        kafka_secure.stop()
         postgres.stop()
         return 0
     if command == "stop-started" and len(rest) == 1:

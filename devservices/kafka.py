@@ -5,25 +5,28 @@ starts one: it resolves the broker jars with Maven into a git-ignored cache, for
 KRaft storage once, launches each node detached (it outlives the test run, so the
 next run starts in about a second), and waits until a metadata request answers.
 
-Two layouts, which can run at the same time:
+Three layouts, which can run at the same time:
 
 * single node (``nodes=1``): broker ``127.0.0.1:9092``, controller ``127.0.0.1:9093``,
   replication factor 1;
 * three-node cluster (``nodes=3``): node *i* (1-based, also its ``node.id``) listens
   as broker on ``CLUSTER_BASE_PORT + 2*(i-1)`` and as controller on the next port, so
   brokers 19092/19094/19096 and controllers 19093/19095/19097; replication factor 3,
-  ``min.insync.replicas=2``.
+  ``min.insync.replicas=2``;
+* the secure single node (``devservices/kafka_secure.py``): a ``SASL_SSL`` listener on
+  ``127.0.0.1:29092`` (SCRAM-SHA-512, a test CA), controller ``127.0.0.1:29093``.
 
 Cache layout (``<repo>/.cache/kafka``, or ``$MIRROR_CACHE_DIR/kafka``)::
 
     libs/                 jars of the pinned version, ``.resolved`` marker
     single/node1/         server.properties, data/, kafka.log, kafka.pid
     cluster3/node{1,2,3}/ the same per node, plus cluster3/cluster.id
+    secure/node1/         the same, plus secure/tls/ (the test CA and the server's key)
     connect/              Kafka Connect and Debezium's JDBC sink for the benchmark's peer
                           (``connect_jars()``, from connect-pom.xml): libs/, plugins/
 
-Command line: ``python -m devservices.kafka start|stop|status|reset [--nodes 3|--all]``.
-Only the standard library and aiokafka are imported.
+Command line: ``python -m devservices.kafka start|stop|status|reset [--nodes 3|--secure|--all]``.
+Only the standard library and aiokafka are imported (and trustme, for the secure layout).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
@@ -59,7 +63,7 @@ SINGLE_PORT = 9092
 CLUSTER_BASE_PORT = 19092
 
 _LAYOUTS = (1, 3)
-_HOST = "127.0.0.1"
+HOST = "127.0.0.1"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _POM = _PACKAGE_DIR / "pom.xml"
 _CONNECT_POM = _PACKAGE_DIR / "connect-pom.xml"
@@ -87,10 +91,52 @@ class KafkaDevError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Node:
+class Layout:
+    """One way of running Kafka here: its folder, its nodes and ports, how clients connect.
+
+    This one has a PLAINTEXT broker listener; ``kafka_secure.SecureLayout`` overrides the
+    methods for a SASL_SSL one.
+    """
+
+    name: str
+    """Folder of the layout in the cache."""
+    nodes: int
+    """Combined broker and controller processes; node.id 1..nodes."""
+    base_port: int
+    """Broker port of node 1; node i listens on base_port + 2*(i-1), its controller on +1."""
+
+    def prepare(self, folder: Path) -> None:
+        """Write what the nodes' configuration refers to (nothing for PLAINTEXT)."""
+
+    def listener_properties(self, node: Node) -> list[str]:
+        """Return the server.properties lines of a node's listeners."""
+        return [
+            f"listeners=PLAINTEXT://{HOST}:{node.broker_port},"
+            f"CONTROLLER://{HOST}:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{HOST}:{node.broker_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+
+    def format_arguments(self) -> list[str]:
+        """Return extra ``kafka-storage format`` arguments (users made at format time)."""
+        return []
+
+    def client_options(self) -> dict[str, Any]:
+        """Return the aiokafka keyword arguments a client of this layout needs."""
+        return {}
+
+
+SINGLE = Layout("single", 1, SINGLE_PORT)
+CLUSTER3 = Layout("cluster3", 3, CLUSTER_BASE_PORT)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
     """One Kafka process of a layout."""
 
-    nodes: int
+    layout: Layout
     index: int
     dir: Path
     broker_port: int
@@ -127,50 +173,56 @@ def _libs_dir() -> Path:
     return cache_dir() / "libs"
 
 
-def _layout_dir(nodes: int) -> Path:
-    _check_layout(nodes)
-    return cache_dir() / ("single" if nodes == 1 else f"cluster{nodes}")
+def layout_dir(layout: int | Layout) -> Path:
+    """Return the folder of a layout (its nodes, and what ``Layout.prepare`` writes)."""
+    return cache_dir() / _layout(layout).name
 
 
-def _check_layout(nodes: int) -> None:
-    if nodes not in _LAYOUTS:
-        raise ValueError(f"nodes must be one of {_LAYOUTS}, not {nodes}")
+def _layout(layout: int | Layout) -> Layout:
+    """Return the layout itself, or the PLAINTEXT one of that many nodes (1 or 3)."""
+    if isinstance(layout, Layout):
+        return layout
+    if layout not in _LAYOUTS:
+        raise ValueError(f"nodes must be one of {_LAYOUTS}, not {layout}")
+    return SINGLE if layout == 1 else CLUSTER3
 
 
-def _node(nodes: int, index: int) -> _Node:
-    _check_layout(nodes)
-    if not 1 <= index <= nodes:
-        raise ValueError(f"node index must be 1..{nodes} (it is the node.id), not {index}")
-    broker = SINGLE_PORT if nodes == 1 else CLUSTER_BASE_PORT + 2 * (index - 1)
-    return _Node(nodes, index, _layout_dir(nodes) / f"node{index}", broker, broker + 1)
+def _node(layout: int | Layout, index: int) -> Node:
+    layout = _layout(layout)
+    if not 1 <= index <= layout.nodes:
+        raise ValueError(f"node index must be 1..{layout.nodes} (it is the node.id), not {index}")
+    broker = layout.base_port + 2 * (index - 1)
+    return Node(layout, index, layout_dir(layout) / f"node{index}", broker, broker + 1)
 
 
-def _all_nodes(nodes: int) -> list[_Node]:
-    return [_node(nodes, i) for i in range(1, nodes + 1)]
+def _all_nodes(layout: int | Layout) -> list[Node]:
+    layout = _layout(layout)
+    return [_node(layout, i) for i in range(1, layout.nodes + 1)]
 
 
-def bootstrap_servers(nodes: int = 1) -> str:
+def bootstrap_servers(layout: int | Layout = 1) -> str:
     """Return the bootstrap address of a layout, whether or not it is running."""
-    return ",".join(f"{_HOST}:{n.broker_port}" for n in _all_nodes(nodes))
+    return ",".join(f"{HOST}:{n.broker_port}" for n in _all_nodes(layout))
 
 
-def log_path(nodes: int, index: int) -> Path:
+def log_path(layout: int | Layout, index: int) -> Path:
     """Return the log file of one node (broker log and JVM output); index is 1-based."""
-    return _node(nodes, index).log
+    return _node(layout, index).log
 
 
 # --- public lifecycle -------------------------------------------------------------------
 
 
-def start(nodes: int = 1, *, timeout: float = 120.0) -> str:
+def start(layout: int | Layout = 1, *, timeout: float = 120.0) -> str:
     """Start the layout unless it is already up and healthy; return its bootstrap address."""
-    bootstrap = bootstrap_servers(nodes)
-    with _locked(_layout_dir(nodes)):
-        if all(_live_pid(n) for n in _all_nodes(nodes)) and _brokers_seen(bootstrap, 5.0) >= nodes:
+    layout = _layout(layout)
+    bootstrap = bootstrap_servers(layout)
+    with _locked(layout_dir(layout)):
+        if is_running(layout) and _brokers_seen(layout, bootstrap, 5.0) >= layout.nodes:
             return bootstrap
-        launched = _launch_missing(nodes)
+        launched = _launch_missing(layout)
         try:
-            _wait_ready(nodes, time.monotonic() + timeout)
+            _wait_ready(layout, time.monotonic() + timeout)
         except BaseException:
             for node in launched:
                 _terminate(node)
@@ -178,40 +230,40 @@ def start(nodes: int = 1, *, timeout: float = 120.0) -> str:
     return bootstrap
 
 
-def stop(nodes: int = 1, *, wipe: bool = False) -> None:
+def stop(layout: int | Layout = 1, *, wipe: bool = False) -> None:
     """Stop every node of the layout (SIGTERM, SIGKILL after 30 s); ``wipe`` deletes its data."""
-    with _locked(_layout_dir(nodes)):
-        _terminate(*_all_nodes(nodes))
+    with _locked(layout_dir(layout)):
+        _terminate(*_all_nodes(layout))
         if wipe:
-            _wipe(nodes)
+            _wipe(layout)
 
 
-def reset(nodes: int = 1) -> None:
+def reset(layout: int | Layout = 1) -> None:
     """Stop the layout and delete its data, so the next start formats fresh storage."""
-    stop(nodes, wipe=True)
+    stop(layout, wipe=True)
 
 
-def stop_node(nodes: int, index: int) -> None:
+def stop_node(layout: int | Layout, index: int) -> None:
     """Stop one node (1-based index) for fault tests; the rest of the layout keeps running."""
-    with _locked(_layout_dir(nodes)):
-        _terminate(_node(nodes, index))
+    with _locked(layout_dir(layout)):
+        _terminate(_node(layout, index))
 
 
-def start_node(nodes: int, index: int, *, timeout: float = 120.0) -> None:
+def start_node(layout: int | Layout, index: int, *, timeout: float = 120.0) -> None:
     """Start one stopped node again and wait until the layout's metadata lists all brokers."""
-    node = _node(nodes, index)
-    with _locked(_layout_dir(nodes)):
-        launched = [] if _live_pid(node) else _launch_missing(nodes, only=node)
+    node = _node(layout, index)
+    with _locked(layout_dir(layout)):
+        launched = [] if _live_pid(node) else _launch_missing(node.layout, only=node)
         try:
-            _wait_ready(nodes, time.monotonic() + timeout)
+            _wait_ready(node.layout, time.monotonic() + timeout)
         except BaseException:
             _terminate(*launched)
             raise
 
 
-def is_running(nodes: int = 1) -> bool:
+def is_running(layout: int | Layout = 1) -> bool:
     """Say whether every node process of the layout is alive (no protocol check)."""
-    return all(_live_pid(n) for n in _all_nodes(nodes))
+    return all(_live_pid(n) for n in _all_nodes(layout))
 
 
 # --- processes --------------------------------------------------------------------------
@@ -235,7 +287,7 @@ def _is_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _is_node_process(pid: int, node: _Node) -> bool:
+def _is_node_process(pid: int, node: Node) -> bool:
     args = _cmdline(pid)
     return (
         bool(args)
@@ -246,7 +298,7 @@ def _is_node_process(pid: int, node: _Node) -> bool:
     )
 
 
-def _live_pid(node: _Node) -> int | None:
+def _live_pid(node: Node) -> int | None:
     """Return the node's broker pid, checked against /proc so a recycled pid never counts."""
     with contextlib.suppress(OSError, ValueError):
         pid = int(node.pid_file.read_text().split()[0])
@@ -262,7 +314,7 @@ def _live_pid(node: _Node) -> int | None:
     return None
 
 
-def _terminate(*nodes: _Node) -> None:
+def _terminate(*nodes: Node) -> None:
     """SIGTERM all at once (a cluster shuts down in parallel), SIGKILL stragglers."""
     pids = {n: pid for n in nodes if (pid := _live_pid(n))}
     for pid in pids.values():
@@ -282,22 +334,22 @@ def _terminate(*nodes: _Node) -> None:
         node.pid_file.unlink(missing_ok=True)
 
 
-def _launch_missing(nodes: int, *, only: _Node | None = None) -> list[_Node]:
+def _launch_missing(layout: Layout, *, only: Node | None = None) -> list[Node]:
     """Launch the nodes of the layout that are not running; return those launched."""
-    todo = [n for n in _all_nodes(nodes) if (only is None or n == only) and not _live_pid(n)]
+    todo = [n for n in _all_nodes(layout) if (only is None or n == only) and not _live_pid(n)]
     if not todo:
         return []
     for node in todo:
         _check_ports_free(node)
     java = _java()
     classpath = _ensure_libs()
-    _ensure_formatted(nodes, todo, java, classpath)
+    _ensure_formatted(layout, todo, java, classpath)
     for node in todo:
         _spawn(node, java, classpath)
     return todo
 
 
-def _spawn(node: _Node, java: str, classpath: str) -> None:
+def _spawn(node: Node, java: str, classpath: str) -> None:
     """Start the broker detached: a throwaway shell backgrounds it, so it is nobody's child."""
     if node.log.exists() and node.log.stat().st_size > _LOG_ROTATE_BYTES:
         node.log.replace(node.log.with_suffix(".log.1"))
@@ -333,26 +385,26 @@ def _spawn(node: _Node, java: str, classpath: str) -> None:
     node.pid_file.write_text(f"{pid}\n")
 
 
-def _check_ports_free(node: _Node) -> None:
+def _check_ports_free(node: Node) -> None:
     """Fail with one clear line when a port of a stopped node is held by another process."""
     for port in (node.broker_port, node.controller_port):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             # Java binds with SO_REUSEADDR too, so TIME_WAIT leftovers do not count.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((_HOST, port))
+                sock.bind((HOST, port))
             except OSError as exc:
                 if exc.errno != errno.EADDRINUSE:
                     raise
             else:
                 continue
-        if port == node.broker_port and _brokers_seen(f"{_HOST}:{port}", 3.0) > 0:
+        if port == node.broker_port and _brokers_seen(node.layout, f"{HOST}:{port}", 3.0) > 0:
             what = "a Kafka broker that this cache did not start"
         else:
             what = "a process that is not this cache's Kafka"
         raise KafkaDevError(
-            f"port {_HOST}:{port} (Kafka node {node.index} of {node.nodes}) is held by {what};"
-            f" stop it (e.g. `ss -ltnp 'sport = :{port}'` names it) and retry"
+            f"port {HOST}:{port} (Kafka node {node.index} of {node.layout.name}) is held by"
+            f" {what}; stop it (e.g. `ss -ltnp 'sport = :{port}'` names it) and retry"
         )
 
 
@@ -472,21 +524,16 @@ def connect_jars() -> ConnectJars:
 # --- storage and configuration ----------------------------------------------------------
 
 
-def _server_properties(node: _Node) -> str:
-    nodes = node.nodes
-    voters = ",".join(f"{n.index}@{_HOST}:{n.controller_port}" for n in _all_nodes(nodes))
-    replicas = 1 if nodes == 1 else 3
-    min_isr = 1 if nodes == 1 else 2
+def _server_properties(node: Node) -> str:
+    voters = ",".join(f"{n.index}@{HOST}:{n.controller_port}" for n in _all_nodes(node.layout))
+    replicas = 1 if node.layout.nodes == 1 else 3
+    min_isr = 1 if node.layout.nodes == 1 else 2
     lines = [
         "# Written by devservices/kafka.py on every start; edits are overwritten.",
         "process.roles=broker,controller",
         f"node.id={node.index}",
         f"controller.quorum.voters={voters}",
-        f"listeners=PLAINTEXT://{_HOST}:{node.broker_port},CONTROLLER://{_HOST}:{node.controller_port}",
-        f"advertised.listeners=PLAINTEXT://{_HOST}:{node.broker_port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        *node.layout.listener_properties(node),
         f"log.dirs={node.data}",
         # Faust and the tests may produce to topics nobody created: keep Kafka's default.
         "auto.create.topics.enable=true",
@@ -512,18 +559,19 @@ def _server_properties(node: _Node) -> str:
     return "\n".join(lines)
 
 
-def _ensure_formatted(nodes: int, todo: Sequence[_Node], java: str, classpath: str) -> None:
+def _ensure_formatted(layout: Layout, todo: Sequence[Node], java: str, classpath: str) -> None:
     """Write each node's config and format storage that is not formatted yet (one cluster id)."""
+    layout.prepare(layout_dir(layout))
     for node in todo:
         node.dir.mkdir(parents=True, exist_ok=True)
         node.config.write_text(_server_properties(node))
     fresh = [n for n in todo if not (n.data / "meta.properties").exists()]
     if not fresh:
         return
-    id_file = _layout_dir(nodes) / "cluster.id"
+    id_file = layout_dir(layout) / "cluster.id"
     if not id_file.exists():
         # Formatted before but the id file was lost: reuse the id the other nodes hold.
-        for node in _all_nodes(nodes):
+        for node in _all_nodes(layout):
             with contextlib.suppress(OSError):
                 for line in (node.data / "meta.properties").read_text().splitlines():
                     if line.startswith("cluster.id="):
@@ -531,7 +579,7 @@ def _ensure_formatted(nodes: int, todo: Sequence[_Node], java: str, classpath: s
     if id_file.exists():
         cluster_id = id_file.read_text().strip()
     else:
-        cluster_id = _run_tool(java, classpath, ["random-uuid"], _layout_dir(nodes)).strip()
+        cluster_id = _run_tool(java, classpath, ["random-uuid"], layout_dir(layout)).strip()
         id_file.write_text(f"{cluster_id}\n")
     # One JVM per node, in parallel: each takes a second or two on its own.
     procs = [
@@ -551,6 +599,7 @@ def _ensure_formatted(nodes: int, todo: Sequence[_Node], java: str, classpath: s
                     cluster_id,
                     "-c",
                     str(n.config),
+                    *layout.format_arguments(),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -584,14 +633,14 @@ def _run_tool(java: str, classpath: str, args: list[str], cwd: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def _wipe(nodes: int) -> None:
-    shutil.rmtree(_layout_dir(nodes), ignore_errors=True)
+def _wipe(layout: int | Layout) -> None:
+    shutil.rmtree(layout_dir(layout), ignore_errors=True)
 
 
 # --- readiness --------------------------------------------------------------------------
 
 
-def _brokers_seen(bootstrap: str, timeout: float) -> int:
+def _brokers_seen(layout: Layout, bootstrap: str, timeout: float) -> int:
     """Return how many brokers a metadata request lists (0 when nothing answers)."""
     # Only addresses that accept a TCP connection, and a request timeout longer than our
     # own: aiokafka logs every refused or timed-out bootstrap at ERROR, which would
@@ -605,6 +654,7 @@ def _brokers_seen(bootstrap: str, timeout: float) -> int:
             bootstrap_servers=hosts,
             request_timeout_ms=int(timeout * 1000) + 5000,
             client_id="devservices-probe",
+            **layout.client_options(),
         )
         try:
             await asyncio.wait_for(client.bootstrap(), timeout)
@@ -629,23 +679,23 @@ def _accepts_connections(address: str) -> bool:
         return False
 
 
-def _wait_ready(nodes: int, deadline: float) -> None:
+def _wait_ready(layout: Layout, deadline: float) -> None:
     """Poll until metadata lists every broker; fail early if a node process dies."""
-    bootstrap = bootstrap_servers(nodes)
+    bootstrap = bootstrap_servers(layout)
     while True:
-        for node in _all_nodes(nodes):
+        for node in _all_nodes(layout):
             if not _live_pid(node):
                 raise KafkaDevError(
-                    f"Kafka node {node.index} of {nodes} exited during start;"
+                    f"Kafka node {node.index} of {layout.name} exited during start;"
                     f" last lines of {node.log}:\n{_tail(node.log)}"
                 )
         remaining = deadline - time.monotonic()
-        if _brokers_seen(bootstrap, max(1.0, min(5.0, remaining))) >= nodes:
+        if _brokers_seen(layout, bootstrap, max(1.0, min(5.0, remaining))) >= layout.nodes:
             return
         if time.monotonic() >= deadline:
-            tails = "\n".join(f"--- {n.log}:\n{_tail(n.log)}" for n in _all_nodes(nodes))
+            tails = "\n".join(f"--- {n.log}:\n{_tail(n.log)}" for n in _all_nodes(layout))
             raise KafkaDevError(
-                f"Kafka ({nodes} node(s), {bootstrap}) not ready before the timeout;"
+                f"Kafka ({layout.name}, {bootstrap}) not ready before the timeout;"
                 f" last log lines:\n{tails}"
             )
         time.sleep(0.25)
@@ -677,15 +727,30 @@ def _locked(folder: Path, name: str = ".lock") -> Iterator[None]:
 # --- command line -----------------------------------------------------------------------
 
 
-def _status_line(nodes: int) -> str:
-    pids = [_live_pid(n) for n in _all_nodes(nodes)]
-    name = "single" if nodes == 1 else f"cluster{nodes}"
+def _status_line(layout: Layout) -> str:
+    pids = [_live_pid(n) for n in _all_nodes(layout)]
+    nodes, bootstrap = layout.nodes, bootstrap_servers(layout)
     if not any(pids):
-        return f"{name}: stopped"
-    seen = _brokers_seen(bootstrap_servers(nodes), 3.0)
+        return f"{layout.name}: stopped"
+    seen = _brokers_seen(layout, bootstrap, 3.0)
     state = "healthy" if all(pids) and seen >= nodes else f"degraded ({seen}/{nodes} brokers)"
     shown = ", ".join(str(p) if p else "down" for p in pids)
-    return f"{name}: {state} at {bootstrap_servers(nodes)} (pid {shown})"
+    return f"{layout.name}: {state} at {bootstrap} (pid {shown})"
+
+
+def _all_layouts() -> list[Layout]:
+    from devservices.kafka_secure import SECURE
+
+    return [SINGLE, CLUSTER3, SECURE]
+
+
+def _chosen(args: argparse.Namespace) -> Layout:
+    """Return the layout named by ``--nodes`` or ``--secure``."""
+    if args.secure:
+        from devservices.kafka_secure import SECURE
+
+        return SECURE
+    return _layout(args.nodes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -695,27 +760,37 @@ def main(argv: list[str] | None = None) -> int:
         description=f"Run a development Kafka {KAFKA_VERSION} from Maven jars (no Docker).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    secure_help = "the SASL_SSL single node (SCRAM-SHA-512, test CA) on 29092"
     p_start = sub.add_parser("start", help="start (or check) a layout; print its bootstrap")
-    p_start.add_argument("--nodes", type=int, choices=_LAYOUTS, default=1)
+    which = p_start.add_mutually_exclusive_group()
+    which.add_argument("--nodes", type=int, choices=_LAYOUTS, default=1)
+    which.add_argument(
+        "--secure", action="store_true", help=f"{secure_help}; print its settings as exports"
+    )
     p_start.add_argument("--timeout", type=float, default=120.0)
     for name, text in (("stop", "stop a layout, keep its data"), ("reset", "stop and wipe")):
         p = sub.add_parser(name, help=text)
         group = p.add_mutually_exclusive_group()
         group.add_argument("--nodes", type=int, choices=_LAYOUTS, default=1)
-        group.add_argument("--all", action="store_true", help="both layouts")
-    sub.add_parser("status", help="show both layouts")
+        group.add_argument("--secure", action="store_true", help=secure_help)
+        group.add_argument("--all", action="store_true", help="every layout")
+    sub.add_parser("status", help="show every layout")
     args = parser.parse_args(argv)
     # aiokafka logs every refused connection while the broker boots: not news here.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        if args.command == "start":
+        if args.command == "start" and args.secure:
+            from devservices import kafka_secure
+
+            print(kafka_secure.exports(kafka_secure.start(timeout=args.timeout)))
+        elif args.command == "start":
             print(start(args.nodes, timeout=args.timeout))
         elif args.command in ("stop", "reset"):
-            for nodes in _LAYOUTS if args.all else (args.nodes,):
-                stop(nodes, wipe=args.command == "reset")
+            for layout in _all_layouts() if args.all else [_chosen(args)]:
+                stop(layout, wipe=args.command == "reset")
         else:
-            for nodes in _LAYOUTS:
-                print(_status_line(nodes))
+            for layout in _all_layouts():
+                print(_status_line(layout))
     except KafkaDevError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,8 @@
 
 Without them, an unreachable broker or a busy web port ends the worker with Faust's
 traceback, and an unusable database keeps it retrying forever; an operator needs the one
-thing to fix.
+thing to fix. Why the brokers refused (credentials, certificate, protocol, or no answer) is
+``streams.broker_failures``'s to say.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from streams.broker_failures import broker_failure
 from streams.core.errors import MirrorError
 from streams.settings import Settings
 
@@ -22,29 +24,21 @@ if TYPE_CHECKING:
     from models.store import SqlStore
 
 
-def unreachable_broker(settings: Settings, exc: BaseException) -> str:
-    """Say, in one line, that the brokers do not answer and what to fix."""
-    return (
-        f"cannot reach Kafka at {settings.kafka_broker} ({type(exc).__name__}); "
-        "start the broker (./run kafka start) or fix KAFKA_BROKER"
-    )
-
-
 async def start_client(
     settings: Settings,
     start: Awaitable[Any],
     close: Callable[[], Awaitable[Any]],
     timeout: float,
 ) -> None:
-    """Await a Kafka client's ``start``; if the brokers do not answer, ``close`` it and raise
-    :class:`MirrorError` with the one line of :func:`unreachable_broker`."""
+    """Await a Kafka client's ``start``; if it fails, ``close`` it and raise
+    :class:`MirrorError` with the one line saying why (``streams.broker_failures``)."""
     from aiokafka.errors import KafkaError
 
     try:
         await asyncio.wait_for(start, timeout=timeout)
     except (KafkaError, OSError, TimeoutError) as exc:
         await close()
-        raise MirrorError(unreachable_broker(settings, exc)) from None
+        raise MirrorError(await broker_failure(settings, exc, min(timeout, 10.0))) from None
 
 
 def web_port_problem(settings: Settings) -> str | None:
@@ -159,7 +153,7 @@ async def topic_partition_counts(
     settings: Settings, topics: Sequence[str], timeout: float = 10.0
 ) -> dict[str, int | None]:
     """Return the partition count of each of ``topics`` (None: missing); raise MirrorError
-    with one line when the brokers do not answer (within ``timeout`` seconds)."""
+    with one line when the brokers refuse or do not answer (within ``timeout`` seconds)."""
     from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
@@ -180,7 +174,7 @@ async def topic_partition_counts(
         cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
         return {topic: _partition_count(cluster, topic) for topic in topics}
     except (KafkaError, OSError, TimeoutError) as exc:
-        raise MirrorError(unreachable_broker(settings, exc)) from None
+        raise MirrorError(await broker_failure(settings, exc, min(timeout, 10.0))) from None
     finally:
         aiokafka_log.setLevel(level)
         await client.close()
@@ -189,7 +183,8 @@ async def topic_partition_counts(
 async def broker_problem(
     settings: Settings, cached: Sequence[tuple[str, str]] = (), timeout: float = 20.0
 ) -> str | None:
-    """Return why the Kafka bootstrap servers do not answer, or a topic does not fit, or None."""
+    """Return why the Kafka bootstrap servers refuse or do not answer, or a topic does not
+    fit, or None."""
     topics = sorted({topic for pair in cached for topic in pair})
     try:
         counts = await topic_partition_counts(settings, topics, timeout)

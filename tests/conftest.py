@@ -18,8 +18,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from devservices import kafka as dev_kafka
+from devservices import kafka_secure as dev_kafka_secure
 from devservices import postgres as dev_postgres
 from streams.settings import parse_kafka_broker
+from tests.support import Broker
 
 KEEP = os.environ.get("KEEP_SERVICES") == "1"
 
@@ -51,6 +53,17 @@ def kafka_cluster_bootstrap() -> Iterator[str]:
     yield bootstrap
     if not was_running and not KEEP:
         dev_kafka.stop(3)
+
+
+@pytest.fixture(scope="session")
+def kafka_secure() -> Iterator[Broker]:
+    """The SASL_SSL broker (SCRAM-SHA-512, a test CA: devservices/kafka_secure.py), with the
+    settings a client needs, started for the session."""
+    was_running = dev_kafka_secure.is_running()
+    bootstrap = dev_kafka_secure.start()
+    yield Broker(bootstrap, dev_kafka_secure.client_settings())
+    if not was_running and not KEEP:
+        dev_kafka_secure.stop()
 
 
 @pytest.fixture(scope="session")

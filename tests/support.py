@@ -27,8 +27,29 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devservices.processes import note_started
+from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A broker that wants more than a bootstrap address: the helpers here take one wherever
+    they take a bootstrap string, and give its security settings to clients and workers."""
+
+    bootstrap: str
+    """``host:port[,host:port]``."""
+    security: Mapping[str, str] = field(default_factory=dict)
+    """KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*: as a worker is given them."""
+
+
+def client_args(bootstrap: str | Broker) -> dict[str, Any]:
+    """Return an aiokafka client's address and security arguments, from the settings' one
+    translation of the KAFKA_* variables (``Settings.kafka_client_options``)."""
+    if isinstance(bootstrap, str):
+        return {"bootstrap_servers": bootstrap}
+    options = Settings.from_env(bootstrap.security).kafka_client_options()
+    return {"bootstrap_servers": bootstrap.bootstrap, **options}
 
 
 def free_port() -> int:
@@ -38,21 +59,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def started_consumer(bootstrap: str) -> AIOKafkaConsumer:
+async def started_consumer(bootstrap: str | Broker) -> AIOKafkaConsumer:
     """Start a group-less consumer for metadata and offset queries.
 
     The yield after start lets aiokafka's NoGroupCoordinator task begin; stopping the
     consumer before that task ever ran raises CancelledError out of ``stop()``.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**client_args(bootstrap))
     await consumer.start()
     await asyncio.sleep(0)
     return consumer
 
 
-async def create_topic(bootstrap: str, topic: str, partitions: int, replicas: int = 1) -> None:
+async def create_topic(
+    bootstrap: str | Broker, topic: str, partitions: int, replicas: int = 1
+) -> None:
     """Create ``topic`` and wait until its metadata shows every partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_args(bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, replicas)])
@@ -65,9 +88,9 @@ async def create_topic(bootstrap: str, topic: str, partitions: int, replicas: in
         await asyncio.sleep(0.1)
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(bootstrap: str | Broker, topic: str) -> list[int]:
     """Return the partition ids of ``topic`` (empty when it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_args(bootstrap))
     await admin.start()
     try:
         # Describing a missing topic would auto-create it (metadata requests may create
@@ -84,7 +107,7 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
 
 
 async def produce(
-    bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]
+    bootstrap: str | Broker, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
     """Send ``(key, value)`` pairs in order (acks=all, idempotent); return how many."""
     sent = await produce_timed(bootstrap, topic, ((k, v, None) for k, v in items))
@@ -92,7 +115,7 @@ async def produce(
 
 
 async def produce_timed(
-    bootstrap: str,
+    bootstrap: str | Broker,
     topic: str,
     items: Iterable[tuple[bytes | None, bytes | None, int | None]],
     *,
@@ -105,7 +128,7 @@ async def produce_timed(
     stream over time (so a test can crash a worker while it flows).
     """
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        **client_args(bootstrap), acks="all", enable_idempotence=True, linger_ms=5
     )
     await producer.start()
     try:
@@ -125,7 +148,7 @@ async def produce_timed(
     return [(stamp, m.partition, m.offset) for stamp, m in zip(stamps, metas, strict=True)]
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+async def end_offsets(bootstrap: str | Broker, topic: str) -> dict[int, int]:
     """Return the end offset of every partition of ``topic``."""
     parts = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
     if not parts:
@@ -139,11 +162,11 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 
 async def read_records(
-    bootstrap: str, topic: str
+    bootstrap: str | Broker, topic: str
 ) -> AsyncIterator[tuple[int, bytes | None, bytes | None]]:
     """Yield (partition, key, value) of every record in ``topic``, from the beginning."""
     ends = await end_offsets(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(**client_args(bootstrap), auto_offset_reset="earliest")
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in ends]
@@ -161,14 +184,14 @@ async def read_records(
         await consumer.stop()
 
 
-async def read_keys(bootstrap: str, topic: str) -> AsyncIterator[tuple[int, bytes]]:
+async def read_keys(bootstrap: str | Broker, topic: str) -> AsyncIterator[tuple[int, bytes]]:
     """Yield (partition, key) of every keyed record in ``topic``, from the beginning."""
     async for partition, key, _ in read_records(bootstrap, topic):
         if key is not None:
             yield partition, key
 
 
-async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+async def read_latest(bootstrap: str | Broker, topic: str) -> dict[bytes, bytes | None]:
     """Return the last value of every key in ``topic`` (None: a tombstone), as compaction would."""
     latest: dict[bytes, bytes | None] = {}
     async for _, key, value in read_records(bootstrap, topic):
@@ -177,9 +200,9 @@ async def read_latest(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
     return latest
 
 
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+async def committed_offsets(bootstrap: str | Broker, group: str, topic: str) -> dict[int, int]:
     """Return the consumer group's committed offset per partition of ``topic``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_args(bootstrap))
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -202,7 +225,7 @@ async def wait_stored(
 
 
 async def wait_caught_up(
-    bootstrap: str,
+    bootstrap: str | Broker,
     group: str,
     topic: str,
     *,
@@ -359,7 +382,7 @@ async def wait_ready(worker: WorkerProcess, token: str = "", timeout: float = 12
 
 
 def make_worker(
-    bootstrap: str,
+    bootstrap: str | Broker,
     database_url: str,
     topic_prefix: str,
     tmp_path: Path,
@@ -379,6 +402,25 @@ def make_worker(
     return WorkerProcess(env, tmp_path / "worker.log"), app_id
 
 
+def run_worker_to_exit(env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a worker that is expected to stop by itself (a start-up check failing)."""
+    return subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def error_lines(output: str) -> list[str]:
+    """Return the ``error: ...`` lines of a worker's output (Faust's log prefix cut off)."""
+    return [
+        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
+    ]
+
+
 def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m streams ARGS`` with ``env`` added to this environment."""
     return subprocess.run(
@@ -391,9 +433,27 @@ def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[s
     )
 
 
+def assert_status_and_verify(env: Mapping[str, str], topic: str, app_id: str, rows: int) -> None:
+    """Check that ``status`` shows ``topic``'s 4 partitions caught up and the table's ``rows``,
+    and that ``verify planet`` finds the table and the cache matching the topic."""
+    status = run_cli(env, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"{topic} (group {app_id}):" in status.stdout
+    assert f"table servicea_planet: {rows} rows" in status.stdout
+    lag_and_staleness = [
+        line.split()[-2:] for line in status.stdout.splitlines() if line.strip()[:1].isdigit()
+    ]
+    assert lag_and_staleness == [["0", "0"]] * 4  # lag and staleness: caught up
+    verify = run_cli(env, "verify", "planet")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert f"servicea_planet matches {topic}: {rows} rows" in verify.stdout
+    cache = f"the cache ({app_id}-planet-changelog) matches servicea_planet"
+    assert f"{cache}: {rows} entries" in verify.stdout
+
+
 def worker_env(
     *,
-    bootstrap: str,
+    bootstrap: str | Broker,
     database_url: str,
     app_id: str,
     topic_prefix: str,
@@ -401,9 +461,11 @@ def worker_env(
     **extra: str,
 ) -> dict[str, str]:
     """Return the environment of a test worker."""
+    broker = bootstrap if isinstance(bootstrap, Broker) else Broker(bootstrap)
     return {
+        **broker.security,
         "DATA_DIR": str(data_dir),
-        "KAFKA_BROKER": ";".join(f"kafka://{host}" for host in bootstrap.split(",")),
+        "KAFKA_BROKER": ";".join(f"kafka://{host}" for host in broker.bootstrap.split(",")),
         "DATABASE_URL": database_url,
         "APP_ID": app_id,
         "WEB_PORT": str(free_port()),

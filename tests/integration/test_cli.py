@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, text
 
 from tests.integration.test_mirror import read_planets
 from tests.support import (
+    assert_status_and_verify,
     create_topic,
     expected_planets,
     make_worker,
@@ -36,20 +37,7 @@ async def test_status_verify_and_rebuild(
     expected = expected_planets(events)
     assert read_planets(pg_url) == expected
 
-    status = run_cli(env, "status")
-    assert status.returncode == 0, status.stderr
-    assert f"{topic} (group {app_id}):" in status.stdout
-    assert f"table servicea_planet: {len(expected)} rows" in status.stdout
-    lag_and_staleness = [
-        line.split()[-2:] for line in status.stdout.splitlines() if line.strip()[:1].isdigit()
-    ]
-    assert lag_and_staleness == [["0", "0"]] * 4  # lag and staleness: caught up
-
-    verify = run_cli(env, "verify", "planet")
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert f"matches {topic}: {len(expected)} rows" in verify.stdout
-    cache = f"the cache ({app_id}-planet-changelog) matches servicea_planet"
-    assert f"{cache}: {len(expected)} entries" in verify.stdout
+    assert_status_and_verify(env, topic, app_id, len(expected))
 
     victim, gone = sorted(expected)[:2]
     engine = create_engine(pg_url)

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import ROOT, create_topic, free_port, run_cli
-
-
-def run_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.support import ROOT, create_topic, error_lines, free_port, run_cli
+from tests.support import run_worker_to_exit as run_worker
 
 
 @pytest.mark.parametrize(
@@ -183,9 +171,7 @@ def test_an_unusable_database_is_one_line_naming_database_url(
     done = run_worker(env, tmp_path)
     output = done.stdout + done.stderr
     # Faust's worker logs what is printed to stderr, so the line has a log prefix.
-    errors = [
-        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
-    ]
+    errors = error_lines(output)
     assert done.returncode == 1, output[-3000:]
     assert len(errors) == 1 and errors[0].startswith(expected), errors
     assert BAD_DATABASES[case] in errors[0], errors[0]
@@ -222,9 +208,7 @@ def test_a_table_lacking_a_declared_column_is_one_clear_line(
     }
     done = run_worker(env, tmp_path)
     output = done.stdout + done.stderr
-    errors = [
-        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
-    ]
+    errors = error_lines(output)
     assert done.returncode == 1, output[-3000:]
     assert len(errors) == 1, errors
     assert errors[0].startswith("error: table servicea_planet lacks the column(s) name "), errors
@@ -258,9 +242,7 @@ def test_a_database_user_that_cannot_create_the_tables_is_one_clear_line(
             conn.execute(text(f"DROP ROLE {role}"))
         engine.dispose()
     output = done.stdout + done.stderr
-    errors = [
-        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
-    ]
+    errors = error_lines(output)
     assert done.returncode == 1, output[-3000:]
     assert len(errors) == 1, errors
     assert errors[0].startswith("error: cannot create the tables: "), errors
