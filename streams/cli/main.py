@@ -138,17 +138,43 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
             f"{topic} (group {settings.app_id}{forwarded_to}):",
             "  partition  committed  applied        end        lag  stale (s)",
         ]
+        notes = []
+        if not forwarded_to and (log := logs.get(topic)) is not None:
+            now_id = ids.get(topic) if ids is not None else None
+            if log.topic_id is not None and now_id is not None and log.topic_id != now_id:
+                notes.append(
+                    f"  ! the topic was created again since its offsets were stored (its id is "
+                    f"{now_id}, they were stored for {log.topic_id}): a worker drops them and "
+                    "applies its new log from the start"
+                )
         for p, done in applied.items():
+            if done > ends[p]:
+                lines.append(
+                    f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
+                    f"  {'above end':>9}  {'?':>9}"
+                )
+                notes.append(
+                    f"  ! partition {p}: the offset applied ({done}) is above the log's end "
+                    f"({ends[p]}): the topic was created again or the broker lost records; a "
+                    "worker reads it again from its start (or its end, for lost records)"
+                )
+                continue
             stale = stored_staleness(done, ends[p], stamps.get(p), now)
             lines.append(
                 f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
                 f"  {ends[p] - done:>9}  {_seconds(stale):>9}"
             )
-        return lines
+        return lines + notes
+
+    logs: dict[str, Any] = {}
+    ids: dict[str, str] | None = None
 
     async def gather() -> list[str]:
+        nonlocal logs, ids
         lines: list[str] = []
         stored = await asyncio.to_thread(mirror.store.stored_offsets, settings.app_id)
+        logs = await asyncio.to_thread(mirror.store.known_logs)
+        ids = await operations.topic_ids(settings, sorted(logs))
         scraped = [await operations.scrape(settings, url) for url in metrics_urls]
         for spec in mirror.registry:
             source = mirror.source_topic(spec)
