@@ -236,12 +236,33 @@ def cmd_verify(settings: Settings, kind: str, limit: int) -> int:
     mirror, spec = _entity(settings, kind)
     mirror.store.create_tables([spec])
     progress = operations.Progress(f"verify {spec.kind}")
-    expected = asyncio.run(operations.expected_state(settings, mirror, spec, progress))
+    ahead: list[operations.StampedAhead] = []
+    expected = asyncio.run(operations.expected_state(settings, mirror, spec, progress, ahead))
     actual = mirror.store.rows(spec)
-    found = operations.differences(spec, expected, actual)
+    held = {item.key for item in ahead}
+    found: list[str] = []
+    unsure: list[str] = []
+    for key, line in operations.differences(spec, expected, actual):
+        (unsure if key in held else found).append(line)
     for line in found[:limit]:
         print(line)
     mirror.store.dispose()
+    if ahead:
+        print(
+            f"{len(ahead)} records were stamped further ahead than MAX_TIMESTAMP_AHEAD "
+            f"({settings.max_timestamp_ahead:.0f} s): each counted that far ahead of when a "
+            "worker read it, so it held its entity against events from other partitions no "
+            "longer than that; fix their producers' clocks:"
+        )
+        for item in ahead[:limit]:
+            print(f"  {item}")
+    if unsure:
+        print(
+            f"{len(unsure)} rows of those entities differ from a replay now, which counts the "
+            "records from now, not from when a worker read them (not counted as differences):"
+        )
+        for line in unsure[:limit]:
+            print(f"  {line}")
     if found:
         print(f"{spec.table.name} differs from {mirror.source_topic(spec)} in {len(found)} rows")
         return 1

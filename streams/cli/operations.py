@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import math
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from models.store import offsets_table
 from streams import aiokafka_fixes
 from streams.core.errors import MirrorError
 from streams.core.guard import Current, resolve
-from streams.core.routing import EntityKey, SourceRecord, route
+from streams.core.routing import EntityKey, Rejection, SourceRecord, lift_to_floor, route
 from streams.mirror import Mirror, fast_loads
 from streams.preflight import start_client
 from streams.settings import Settings
@@ -207,17 +208,64 @@ class Progress:
             print(file=sys.stderr)
 
 
+@dataclass(frozen=True, slots=True)
+class StampedAhead:
+    """A record stamped further ahead of the record after it in its partition (or of now, for
+    the last) than MAX_TIMESTAMP_AHEAD: its producer's clock was ahead."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: EntityKey | None
+    seconds: float
+    """How far ahead, in seconds."""
+
+    def __str__(self) -> str:
+        return (
+            f"{self.topic}[{self.partition}]@{self.offset} (key {self.key!r}) is stamped "
+            f"{self.seconds:.0f} s ahead of the record after it"
+        )
+
+
 async def expected_state(
-    settings: Settings, mirror: Mirror, spec: EntitySpec, progress: Progress | None = None
+    settings: Settings,
+    mirror: Mirror,
+    spec: EntitySpec,
+    progress: Progress | None = None,
+    ahead: list[StampedAhead] | None = None,
 ) -> dict[EntityKey, dict[str, Any]]:
-    """Replay the entity topic through the core in memory: the rows the table must hold."""
+    """Replay the entity topic through the core in memory: the rows the table must hold.
+
+    Versions as the workers give them: timestamps believed up to MAX_TIMESTAMP_AHEAD past now,
+    and at least the topic's version floor if it was found recreated. Records whose producer's
+    clock ran ahead (see :class:`StampedAhead`) are added to ``ahead``.
+    """
     state: dict[EntityKey, Current] = {}
     rows: dict[EntityKey, dict[str, Any]] = {}
     soft = spec.soft_delete
-    async for records in read_topic(settings, mirror.source_topic(spec), progress):
-        plan = resolve(
-            [route(r, spec, fast_loads) for r in records], state, soft_deletes=soft is not None
-        )
+    topic = mirror.source_topic(spec)
+    known = await asyncio.to_thread(mirror.store.known_logs)
+    floor = known[topic].version_floor if topic in known else None
+    tolerance = int(mirror.timestamps_ahead * 1000)
+    last: dict[int, tuple[SourceRecord, EntityKey | None]] = {}
+
+    def note_ahead(record: SourceRecord, key: EntityKey | None, next_stamp: int) -> None:
+        if ahead is not None and record.timestamp - next_stamp > tolerance:
+            seconds = (record.timestamp - next_stamp) / 1000
+            ahead.append(StampedAhead(record.topic, record.partition, record.offset, key, seconds))
+
+    async for records in read_topic(settings, topic, progress):
+        clock = mirror.clock()
+        decisions = [route(r, spec, fast_loads, clock) for r in records]
+        if floor is not None and spec.version_field is None:
+            decisions = lift_to_floor(decisions, floor)
+        for record, decision in zip(records, decisions, strict=True):
+            previous = last.get(record.partition)
+            if previous is not None:
+                note_ahead(*previous, record.timestamp)
+            key = None if isinstance(decision, Rejection) else decision.key
+            last[record.partition] = (record, key)
+        plan = resolve(decisions, state, soft_deletes=soft is not None)
         for key in plan.recreated:
             rows.pop(key, None)
         for key, upsert in plan.upserts.items():
@@ -235,6 +283,9 @@ async def expected_state(
                 state[key] = Current(row=removal.version, tombstone=removal.version)
             else:
                 state[key] = Current(tombstone=removal.version)
+    now = int(time.time() * 1000)
+    for record, key in last.values():
+        note_ahead(record, key, now)
     return rows
 
 
@@ -258,22 +309,23 @@ def differences(
     spec: EntitySpec,
     expected: dict[EntityKey, dict[str, Any]],
     actual: dict[EntityKey, dict[str, Any]],
-) -> list[str]:
-    """Describe how the table differs from the expected rows (bookkeeping columns ignored)."""
+) -> list[tuple[EntityKey, str]]:
+    """Describe how the table differs from the expected rows (bookkeeping columns ignored),
+    each line with its key."""
     lines = []
     for key in sorted(set(expected) | set(actual), key=str):
         want, got = expected.get(key), actual.get(key)
         if want is None:
-            lines.append(f"extra row {key!r}: {_visible(got)}")
+            lines.append((key, f"extra row {key!r}: {_visible(got)}"))
         elif got is None:
-            lines.append(f"missing row {key!r}: {want}")
+            lines.append((key, f"missing row {key!r}: {want}"))
         else:
             changed = {c: (v, got.get(c)) for c, v in want.items() if got.get(c) != v}
             if changed:
                 detail = ", ".join(
                     f"{c}: table {g!r}, topic {w!r}" for c, (w, g) in changed.items()
                 )
-                lines.append(f"row {key!r} differs: {detail}")
+                lines.append((key, f"row {key!r} differs: {detail}"))
     return lines
 
 
