@@ -286,13 +286,10 @@ class Checkpoint:
                 self._failed("caching", batch, exc)
 
     def _failed(self, doing: str, batch: _Batch, exc: Exception) -> None:
-        """Hold the partitions of a batch a stage failed on (a retry will not fix it soon), to
-        read them again from the stored offsets (the Kafka offset, for the cache, of a cached
-        topic): one error line with the traceback, and the batch is done."""
-        log.error(
-            "%s %d %s records failed", doing, len(batch.records), self.spec.kind, exc_info=exc
-        )
-        self._hold_failed(batch.records, exc)
+        """Hold the partitions of a batch a stage failed on (a bug: its traceback is logged),
+        to read them again from the stored offsets (the Kafka offset, for the cache, of a
+        cached topic); the batch is done."""
+        self._hold_failed(batch.records, exc, doing, bug=True)
         self._done(batch)
 
     def _give_up_in_flight(self) -> None:
@@ -386,8 +383,7 @@ class Checkpoint:
                 self._hold_failed(batch.records, exc)
                 return False
             except Exception as exc:  # a bug: say where, once, and keep the other partitions going
-                log.exception("applying %d %s records failed", len(batch.records), self.spec.kind)
-                self._hold_failed(batch.records, exc)
+                self._hold_failed(batch.records, exc, "applying", bug=True)
                 return False
         return False
 
@@ -520,12 +516,19 @@ class Checkpoint:
             gone = {(g.topic, g.partition) for g in gaps}
             self._drop(batch, lambda r: (r.topic, r.partition) in gone)
 
-    def _hold_failed(self, records: Sequence[Any], exc: BaseException) -> None:
+    def _hold_failed(
+        self,
+        records: Sequence[Any],
+        exc: BaseException,
+        doing: str = "applying",
+        *,
+        bug: bool = False,
+    ) -> None:
         first: dict[tuple[str, int], int] = {}
         for r in records:
             tp = (r.topic, r.partition)
             first[tp] = min(r.offset, first.get(tp, r.offset))
-        _say_failed("applying", len(records), self.spec.kind, first, exc)
+        _say_failed(doing, len(records), self.spec.kind, first, exc, bug=bug)
         for tp, offset in first.items():
             self._hold(tp, FAILED, FAILED_HOLD_SECONDS, offset)
 
@@ -612,10 +615,7 @@ class Forwarder:
             except MirrorError as exc:  # not retriable: no retry can fix it soon
                 self._hold_failed(batch, exc)
             except Exception as exc:  # a bug: say where, hold the partitions, read them again
-                log.error(
-                    "forwarding %d %s records failed", len(batch), self.spec.kind, exc_info=exc
-                )
-                self._hold_failed(batch, exc)
+                self._hold_failed(batch, exc, bug=True)
             else:
                 gaps = self.applied.note(sent, batch.starts)
                 if gaps:
@@ -743,9 +743,9 @@ class Forwarder:
         metrics.FORWARD_FAILURES.labels(record.topic, str(record.partition)).inc()
         _hold(self.handoff, key, FORWARD, delay)
 
-    def _hold_failed(self, batch: Sequence[Any], exc: BaseException) -> None:
+    def _hold_failed(self, batch: Sequence[Any], exc: BaseException, *, bug: bool = False) -> None:
         tps = sorted({(r.topic, r.partition) for r in batch})
-        _say_failed("forwarding", len(batch), self.spec.kind, tps, exc)
+        _say_failed("forwarding", len(batch), self.spec.kind, tps, exc, bug=bug)
         for tp in tps:
             _hold(self.handoff, tp, FAILED, FAILED_HOLD_SECONDS)
 
@@ -794,9 +794,16 @@ def _say_ahead(records: Sequence[Any], limit: int, seconds: float) -> None:
 
 
 def _say_failed(
-    doing: str, count: int, kind: str, tps: Iterable[tuple[str, int]], exc: BaseException
+    doing: str,
+    count: int,
+    kind: str,
+    tps: Iterable[tuple[str, int]],
+    exc: BaseException,
+    *,
+    bug: bool = False,
 ) -> None:
-    """Say in one line that a batch failed for good and its partitions are held; count it."""
+    """Say in one line that a batch failed for good and its partitions are held (with the
+    traceback when it is a bug of ours, not an error we raise on purpose); count it."""
     log.error(
         "%s %d %s records of %s failed and a retry will not fix it: %s; holding "
         "these partitions for %.0f s, then reading them again",
@@ -804,8 +811,9 @@ def _say_failed(
         count,
         kind,
         ", ".join(f"{t}[{p}]" for t, p in sorted(tps)),
-        exc,
+        exc if not bug else f"{type(exc).__name__}: {exc}",
         FAILED_HOLD_SECONDS,
+        exc_info=exc if bug else None,
     )
     metrics.BATCH_FAILURES.labels(kind).inc()
 

@@ -72,6 +72,13 @@ CACHE_ENTRIES = Gauge(
     ["entity"],
     registry=registry,
 )
+CACHE_LOCAL_FAILURES = Counter(
+    "mirror_cache_local_failures",
+    "Cached tables whose local store (under DATA_DIR) could not be written (a full disk): given "
+    "up on this worker until it restarts; reads are answered from the database meanwhile.",
+    ["entity"],
+    registry=registry,
+)
 CACHE_SECONDS = Histogram(
     "mirror_cache_write_seconds",
     "Time to write one batch's committed state to the cached table's changelog.",
@@ -80,8 +87,9 @@ CACHE_SECONDS = Histogram(
 )
 ROUTED = Counter(
     "mirror_entity_reads",
-    "Reads by key of cached entities: answered here (local), forwarded to the key's owner, "
-    "or owner unreachable.",
+    "Reads by key of cached entities: answered here from the cache (local) or, for a key the "
+    "cache does not hold, from the database (database), forwarded to the key's owner, or owner "
+    "unreachable.",
     ["entity", "result"],
     registry=registry,
 )

@@ -17,6 +17,7 @@ worker that applies an entity also owns its cache entry (co-partitioned).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -25,10 +26,13 @@ import faust
 import orjson
 
 from models.registry import EntitySpec, Registry
+from streams import metrics
 from streams.faust_bridge import LocalTable, recovering_partitions
 from streams.producers import OwnProducer
 from streams.settings import Settings
 from tables.api import public
+
+log = logging.getLogger(__name__)
 
 #: Largest record batch the changelog writer builds (one per partition and batch of entries).
 CHANGELOG_BATCH_BYTES = 1024 * 1024
@@ -194,6 +198,10 @@ class EntityCache:
     app: Any = None
     pending: dict[bytes, tuple[bytes | None, int, int]] = field(default_factory=dict)
     """Entries written to the changelog during a recovery, for this worker's copy after it."""
+    broken: str | None = None
+    """Why this worker's copy (its local store, under DATA_DIR) could not be written, once it
+    failed (a full disk): it is no longer written or read until the worker restarts and
+    rebuilds it from the changelog, which has every entry."""
 
     @property
     def changelog(self) -> str:
@@ -201,7 +209,10 @@ class EntityCache:
         return str(self.table.changelog_topic.get_topic_name())
 
     def get(self, key: Any) -> dict[str, Any] | None:
-        """Return this worker's cached state of ``key``, or None."""
+        """Return this worker's cached state of ``key``, or None (absent, or not known here:
+        the reader asks the database)."""
+        if self.broken is not None:
+            return None
         self.flush()  # a recovery just over: what it held back comes first
         value = self.table.data.get(cache_key(key))
         if value is None:
@@ -217,12 +228,13 @@ class EntityCache:
         """Write ``entries`` to the changelog, then to this worker's table (or hold them while
         the table recovers)."""
         placed = await self.writer.write(self.changelog, entries)
+        if self.broken is not None:
+            return
         if self.app is not None and self.app.in_recovery:
             for key, value, partition, offset in placed:
                 self.pending[key] = (value, partition, offset)
             return
-        self.flush()
-        LocalTable(self.table).write(placed)
+        self._write_local(placed)
 
     async def on_recovered(self) -> None:
         """Faust's callback once this table's recovery is complete (``Table.on_recover``)."""
@@ -234,8 +246,37 @@ class EntityCache:
         if self.pending and (self.app is None or not self.app.in_recovery):
             held, self.pending = self.pending, {}
             owned = self._assigned_partitions()
-            LocalTable(self.table).write(
-                (k, v, p, o) for k, (v, p, o) in held.items() if owned is None or p in owned
+            self._write_local(
+                [(k, v, p, o) for k, (v, p, o) in held.items() if owned is None or p in owned],
+                flushing=False,
+            )
+
+    def _write_local(
+        self, entries: list[tuple[bytes, bytes | None, int, int]], *, flushing: bool = True
+    ) -> None:
+        """Write entries the changelog has to this worker's copy.
+
+        If the local store fails (RocksDB on a full disk stays failed until reopened), the
+        mirror goes on: the changelog has the entries, and this copy is given up until the
+        worker restarts and recovers it from there; reads ask the database meanwhile. One
+        error line, ``mirror_cache_local_failures_total``.
+        """
+        if self.broken is not None:
+            return
+        try:
+            if flushing:
+                self.flush()
+            LocalTable(self.table).write(entries)
+        except Exception as exc:  # RocksDB raises plain Exception ("IO error: No space left")
+            self.broken = " ".join(str(exc).split()) or type(exc).__name__
+            metrics.CACHE_LOCAL_FAILURES.labels(self.spec.kind).inc()
+            log.error(
+                "the cached table %s cannot be written on this worker (%s): reads of it are "
+                "answered from the database, the mirror and the changelog go on; restart the "
+                "worker once its DATA_DIR can be written (a full disk?), and its copy is rebuilt "
+                "from the changelog",
+                self.spec.kind,
+                self.broken,
             )
 
     def _assigned_partitions(self) -> set[int] | None:

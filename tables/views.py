@@ -6,8 +6,9 @@ from its table; any other worker forwards the request there (Faust's router says
 Faust's forwarder turns an unreachable owner (a worker just killed, before the group notices)
 into a 500 traceback and can bounce a request between workers whose assignments disagree
 mid-rebalance: here both are a 503 with a JSON error and ``Retry-After``, which a client retries.
-Kinds whose cache is off, and every list, are read from the SQL store; while it is down they
-answer 503 with ``Retry-After`` too.
+Kinds whose cache is off, every list, and a key the owner's copy does not hold (absent, or not
+known to it) are read from the SQL store, so a miss never answers 404 for an entity the
+database has; while it is down they answer 503 with ``Retry-After`` too.
 """
 
 from __future__ import annotations
@@ -121,8 +122,12 @@ def register_entity_views(
                 return await forward(self, request, owner, kind)
             if cache.recovering(target.key):
                 return unavailable(self, f"this {kind}'s cache partition is recovering; retry")
+            cached = cache.get(target.key)
+            if cached is None:
+                # Not in this worker's copy: absent, or not known to it (a partition added since
+                # the entry was written, a copy given up on a full disk): the database says.
+                metrics.ROUTED.labels(kind, "database").inc()
+                return await from_store(self, api.get_entity, kind, key, query)
             metrics.ROUTED.labels(kind, "local").inc()
-            status, body = api.entity_reply(
-                target, cache.get(target.key), with_deleted=with_deleted
-            )
+            status, body = api.entity_reply(target, cached, with_deleted=with_deleted)
             return self.json(body, status=status)
