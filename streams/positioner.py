@@ -191,26 +191,29 @@ class Positioner:
         """
         if self.topic_ids is None:
             return set()
-        ids = await self.topic_ids.read(topics)
-        if ids is None:
-            return set()  # a broker without topic ids: offsets alone tell (start_offset)
+        facts = await self.topic_ids.facts(topics)
         store = self.mirror.store
         known = await asyncio.to_thread(store.known_logs)
         same = set()
         for topic in topics:
-            now = ids.get(topic)
-            if now is None:
+            fact = facts.get(topic)
+            if fact is None:
                 continue  # gone meanwhile: positioned again once it is back
+            now = fact.topic_id
             row = known.get(topic)
-            if row is None or row.topic_id is None:
-                await asyncio.to_thread(store.note_log, topic, now)
+            if row is None or (row.topic_id is None and now is not None):
+                await asyncio.to_thread(store.note_log, topic, now, fact.partitions)
                 continue
+            if now is None or row.topic_id is None:
+                continue  # a broker without topic ids: offsets alone tell (start_offset)
             if row.topic_id == now:
                 same.add(topic)
                 continue
             spec = self.mirror.entity_for_topic(topic)
             specs = [] if spec is None else [spec]
-            restarted = await asyncio.to_thread(store.restart_log, topic, now, row.topic_id, specs)
+            restarted = await asyncio.to_thread(
+                store.restart_log, topic, now, row.topic_id, specs, fact.partitions
+            )
             same.add(topic)
             if restarted is None:
                 continue  # another worker found it first

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from io import BytesIO
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
@@ -126,18 +126,28 @@ class TopicIdsRequest(Request[MetadataRequest_v12]):  # type: ignore[misc]
         return request_struct_class([(_NO_ID, name, {}) for name in self._topics], False, False, {})
 
 
-def ids_of(response: Any) -> dict[str, str]:
-    """Return the id of each topic a metadata response knows (missing topics left out)."""
-    found: dict[str, str] = {}
-    for error_code, name, topic_id, *_ in response.topics:
+class TopicFacts(NamedTuple):
+    """What the brokers say of one topic now."""
+
+    topic_id: str | None
+    """Kafka's id of its log (None: a broker without ids)."""
+    partitions: int
+
+
+def facts_of(response: Any) -> dict[str, TopicFacts]:
+    """Return the id and partition count of each topic a metadata response knows (missing
+    topics left out)."""
+    found: dict[str, TopicFacts] = {}
+    for error_code, name, topic_id, _, partitions, *_ in response.topics:
         if error_code == 0 and name is not None and topic_id != _NO_ID:
-            found[name] = str(uuid.UUID(bytes=topic_id))
+            found[name] = TopicFacts(str(uuid.UUID(bytes=topic_id)), len(partitions))
     return found
 
 
-async def read_topic_ids(client: Any, topics: list[str]) -> dict[str, str] | None:
-    """Return the ids of ``topics`` that exist, asking any broker of a started
-    ``AIOKafkaClient``; None when the broker gives no ids (metadata version 12 unsupported)."""
+async def read_topic_facts(client: Any, topics: list[str]) -> dict[str, TopicFacts]:
+    """Return the id and partition count of each of ``topics`` that exists, asking any broker
+    of a started ``AIOKafkaClient`` (ids None when the broker gives none: it does not take
+    version 12 of the metadata request)."""
     from aiokafka.errors import IncompatibleBrokerVersion
 
     if not topics:
@@ -146,12 +156,26 @@ async def read_topic_ids(client: Any, topics: list[str]) -> dict[str, str] | Non
     try:
         response = await client.send(node, TopicIdsRequest(sorted(set(topics))))
     except (IncompatibleBrokerVersion, NotImplementedError):
+        cluster = await client.fetch_all_metadata()
+        return {
+            topic: TopicFacts(None, len(partitions))
+            for topic in topics
+            if (partitions := cluster.partitions_for_topic(topic))
+        }
+    return facts_of(response)
+
+
+async def read_topic_ids(client: Any, topics: list[str]) -> dict[str, str] | None:
+    """Return the ids of ``topics`` that exist; None when the brokers give no ids."""
+    facts = await read_topic_facts(client, topics)
+    if any(f.topic_id is None for f in facts.values()):
         return None
-    return ids_of(response)
+    return {topic: f.topic_id for topic, f in facts.items() if f.topic_id is not None}
 
 
 class TopicIds:
-    """Reads topic ids over one client of its own, started on first use and kept."""
+    """Reads topic ids and partition counts over one client of its own, started on first use
+    and kept."""
 
     def __init__(self, bootstrap: list[str], options: dict[str, Any]) -> None:
         self._bootstrap = bootstrap
@@ -160,6 +184,13 @@ class TopicIds:
 
     async def read(self, topics: list[str]) -> dict[str, str] | None:
         """Return the ids of ``topics`` that exist (None: the brokers give no ids)."""
+        facts = await self.facts(topics)
+        if any(f.topic_id is None for f in facts.values()):
+            return None
+        return {topic: f.topic_id for topic, f in facts.items() if f.topic_id is not None}
+
+    async def facts(self, topics: list[str]) -> dict[str, TopicFacts]:
+        """Return the id and partition count of each of ``topics`` that exists."""
         from aiokafka.client import AIOKafkaClient
 
         if self._client is None:
@@ -171,7 +202,7 @@ class TopicIds:
                 raise
             self._client = client
         try:
-            return await read_topic_ids(self._client, topics)
+            return await read_topic_facts(self._client, topics)
         except BaseException:
             client, self._client = self._client, None
             await client.close()  # made again next time

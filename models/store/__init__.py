@@ -70,6 +70,8 @@ class KnownLog:
     """Kafka's id of the topic (None: not known, a broker without ids)."""
     version_floor: int | None
     """The least timestamp versions of this log's records take (None: none)."""
+    partitions: int | None = None
+    """Its partition count when first seen (None: not known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,19 +204,30 @@ class SqlStore:
         """Return what is known of each topic's log: its id and its version floor."""
         t = logs_table
         with self._wrapped("read the known logs"), self.engine.connect() as conn:
-            query = select(t.c.topic, t.c.topic_id, t.c.version_floor)
+            query = select(t.c.topic, t.c.topic_id, t.c.version_floor, t.c.partitions)
             return {
-                topic: KnownLog(topic_id, None if floor is None else int(floor))
-                for topic, topic_id, floor in conn.execute(query)
+                topic: KnownLog(
+                    topic_id,
+                    None if floor is None else int(floor),
+                    None if partitions is None else int(partitions),
+                )
+                for topic, topic_id, floor, partitions in conn.execute(query)
             }
 
-    def note_log(self, topic: str, topic_id: str | None) -> None:
-        """Record the id of the log ``topic`` is read from, unless another id is known."""
+    def note_log(self, topic: str, topic_id: str | None, partitions: int) -> None:
+        """Record the id and partition count of the log ``topic`` is read from, unless another
+        id is known."""
+        row = {"topic": topic, "topic_id": topic_id, "partitions": partitions}
         with self._wrapped(f"note the log of {topic}"), self.engine.begin() as conn:
-            conn.execute(_log_upsert(self.dialect), [{"topic": topic, "topic_id": topic_id}])
+            conn.execute(_log_upsert(self.dialect), [row])
 
     def restart_log(
-        self, topic: str, topic_id: str, was: str | None, specs: Sequence[EntitySpec]
+        self,
+        topic: str,
+        topic_id: str,
+        was: str | None,
+        specs: Sequence[EntitySpec],
+        partitions: int,
     ) -> RestartedLog | None:
         """Record that ``topic`` is a new log (id ``topic_id``, where ``was`` was known).
 
@@ -247,7 +260,9 @@ class SqlStore:
             dropped = {(g, int(p)): int(n) for g, p, n in conn.execute(query)}
             conn.execute(delete(o).where(o.c.topic == topic))
             conn.execute(
-                t.update().where(t.c.topic == topic).values(topic_id=topic_id, version_floor=floor)
+                t.update()
+                .where(t.c.topic == topic)
+                .values(topic_id=topic_id, version_floor=floor, partitions=partitions)
             )
             return RestartedLog(dropped, floor)
 

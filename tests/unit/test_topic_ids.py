@@ -5,7 +5,13 @@ from __future__ import annotations
 import uuid
 from io import BytesIO
 
-from streams.topic_ids import MetadataRequest_v12, MetadataResponse_v12, TopicIdsRequest, ids_of
+from streams.topic_ids import (
+    MetadataRequest_v12,
+    MetadataResponse_v12,
+    TopicFacts,
+    TopicIdsRequest,
+    facts_of,
+)
 
 
 def test_the_request_names_topics_by_name_and_never_creates_them() -> None:
@@ -18,6 +24,10 @@ def test_the_request_names_topics_by_name_and_never_creates_them() -> None:
     assert allow_create is False
 
 
+def partition(index: int) -> tuple[object, ...]:
+    return (0, index, 1, 0, [1], [1], [], {})
+
+
 def test_ids_are_read_from_the_response_and_missing_topics_left_out() -> None:
     known = uuid.uuid4()
     response = MetadataResponse_v12(
@@ -26,10 +36,10 @@ def test_ids_are_read_from_the_response_and_missing_topics_left_out() -> None:
         "cluster",
         1,
         [
-            (0, "planet-changed", known.bytes, False, [], -2147483648, {}),
+            (0, "planet-changed", known.bytes, False, [partition(0), partition(1)], -(2**31), {}),
             (3, "missing", bytes(16), False, [], -2147483648, {}),
         ],
         {},
     )
     decoded = MetadataResponse_v12.decode(BytesIO(response.encode()))
-    assert ids_of(decoded) == {"planet-changed": str(known)}
+    assert facts_of(decoded) == {"planet-changed": TopicFacts(str(known), 2)}
