@@ -237,9 +237,10 @@ def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
 
 def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
+    # First: it refuses an aiokafka its patches were not written for, before anything starts.
+    aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     mirror = mirror or build_mirror(settings)
     tune_garbage_collector()
-    aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     extra: dict[str, Any] = {}
     if settings.data_dir:
         extra["datadir"] = ensure_data_dir(settings.data_dir)
