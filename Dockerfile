@@ -14,4 +14,5 @@ COPY devservices ./devservices
 # The project itself, built by the locked setuptools, without resolving its dependencies again;
 # pip check fails the build if the lock no longer satisfies pyproject.toml.
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check
-CMD ["faust", "-A", "streams.app", "worker", "-l", "info"]
+# No -l: the app applies LOG_LEVEL and LOG_FORMAT itself, from the first log line.
+CMD ["faust", "-A", "streams.app", "worker"]

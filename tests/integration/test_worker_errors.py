@@ -85,12 +85,15 @@ def test_an_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
-def test_a_busy_web_port_is_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["info", "error"])
+def test_a_busy_web_port_is_one_clear_line(level: str, tmp_path: Path) -> None:
+    # Faust logs what is printed once the worker runs: never below LOG_LEVEL, or at
+    # LOG_LEVEL=error the line would be filtered out.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        done = run_worker({"WEB_PORT": str(port), "APP_ID": "busy"}, tmp_path)
+        done = run_worker({"WEB_PORT": str(port), "APP_ID": "busy", "LOG_LEVEL": level}, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 1
     assert f"WEB_PORT {port} on 127.0.0.1 is already in use" in output

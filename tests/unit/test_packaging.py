@@ -130,3 +130,5 @@ def test_the_image_installs_the_lock_and_then_only_the_project() -> None:
     assert f"FROM python:{python[1]}-" in dockerfile
     assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in dockerfile
     assert "--no-deps --no-build-isolation ." in dockerfile
+    cmd = re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE)
+    assert cmd and "-l" not in cmd[1], "the app applies LOG_LEVEL itself"
