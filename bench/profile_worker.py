@@ -74,11 +74,13 @@ def main() -> int:
         "TOPIC_PREFIX": prefix,
         "WEB_PORT": str(_free_port()),
         "DATA_DIR": str(workdir / app_id),
+        # Quiet, so the profile is of the work, not of log lines (LOG_LEVEL sets it, not -l).
+        "LOG_LEVEL": "warning",
     }
     raw = workdir / f"{app_id}.folded"
     with (workdir / f"{app_id}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "warn"],
+            [sys.executable, "-m", "faust", "-A", "streams.app", "worker"],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -18,6 +18,11 @@ aiokafka's pure-Python builder, whose ``h_key.encode("utf-8")`` gives a :class:`
 own bytes: the headers reach the dead-letter topic byte for byte. (aiokafka's
 ``BatchBuilder._set_producer_state`` asserts its builder is the Cython one; the batch class here
 sets the producer state itself.)
+
+**Only the version they were written for.** Both reach into aiokafka's private classes, which a
+new release may change without notice: :func:`install` and :func:`send_with_raw_headers` refuse
+any aiokafka but :data:`TESTED_AIOKAFKA` (pyproject.toml pins it; requirements.lock installs it)
+with one line, rather than misread records.
 """
 
 from __future__ import annotations
@@ -25,10 +30,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, SupportsIndex
 
+import aiokafka
 import aiokafka.consumer.fetcher as _fetcher
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record import default_records as _records
 from aiokafka.record.memory_records import MemoryRecords as _MemoryRecords
+
+from streams.core.errors import DependencyError
+
+#: The aiokafka releases whose private reader and builder these workarounds were read against
+#: and tested with (tests/integration/test_headers.py).
+TESTED_AIOKAFKA = ("0.14.0",)
 
 #: Bytes before a record batch's length field, and the length field itself (baseOffset, length).
 _LENGTH_END = 12
@@ -138,8 +150,20 @@ class TolerantMemoryRecords:
         return _Batch(batch, self._data[start : self._pos])
 
 
+def check_aiokafka(installed: str | None = None) -> None:
+    """Refuse, in one line, an aiokafka these workarounds were not written for."""
+    version = aiokafka.__version__ if installed is None else installed
+    if version not in TESTED_AIOKAFKA:
+        raise DependencyError(
+            f"aiokafka {version} is installed, but streams/aiokafka_fixes.py patches the private "
+            f"record reader and builder of aiokafka {' or '.join(TESTED_AIOKAFKA)} only; install "
+            "the locked versions (pip install --require-hashes -r requirements.lock; ./run does)"
+        )
+
+
 def install() -> None:
     """Make the consumers of this process read records whose header keys are not UTF-8."""
+    check_aiokafka()
     _fetcher.MemoryRecords = TolerantMemoryRecords
 
 
@@ -169,6 +193,7 @@ async def send_with_raw_headers(
     """Send one record whose header keys aiokafka's builder cannot write; return its future."""
     from aiokafka.partitioner import DefaultPartitioner
 
+    check_aiokafka()
     partitions = sorted(await producer.partitions_for(topic))
     partition = DefaultPartitioner()(key, partitions, partitions)
     batch = _RawHeadersBatch(max(1024 * 1024, len(value or b"") + 64 * 1024))

@@ -309,7 +309,7 @@ class Settings:
     standby recovers only what changed since) or ``memory`` (recovered from the changelog's
     start after every rebalance)."""
     log_level: str = field(default="info", metadata=env("LOG_LEVEL", _only(_parse_log_level)))
-    """Worker log level."""
+    """Worker log level, from its first line (it wins over Faust's ``-l``)."""
     topic_prefix: str = field(default="", metadata=env("TOPIC_PREFIX", _only(_parse_topic_prefix)))
     """Prefix put before every entity topic name (separate environments, tests)."""
     entity_modules: tuple[str, ...] = field(

@@ -17,7 +17,7 @@ import faust
 
 from models.registry import Registry, default_registry
 from models.store import SqlStore
-from streams import aiokafka_fixes
+from streams import aiokafka_fixes, logs
 from streams.agents import (
     EntityAgents,
     register_agents,
@@ -28,7 +28,6 @@ from streams.core.errors import MirrorError, SettingsError
 from streams.faust_bridge import MirrorTransportApp, assignment_settled, recovery_watchdog
 from streams.freshness import Freshness
 from streams.handoff import Handoff
-from streams.logs import use_json_logs
 from streams.mirror import Mirror
 from streams.positioner import Positioner
 from streams.preflight import (
@@ -101,8 +100,6 @@ class MirrorApp(MirrorTransportApp):
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
         await super().on_first_start()
-        if self.mirror_settings.log_format == "json":
-            use_json_logs()
         mirror = self.entity_agents.mirror
         problem = (
             web_port_problem(self.mirror_settings)
@@ -154,6 +151,63 @@ class MirrorApp(MirrorTransportApp):
         await self.topic_ids.close()
         for cache in self.caches.values():
             await cache.writer.close()
+
+
+class MirrorWorker(faust.Worker):
+    """Faust's worker, logging at LOG_LEVEL in LOG_FORMAT from its first line.
+
+    LOG_LEVEL wins over Faust's ``-l``: the level is one setting, read with all the others, and
+    ``faust -A streams.app worker -l info`` (the worker contract since 0.1.0) keeps working
+    with whatever LOG_LEVEL says. A ``-l`` that differs is named in one warning line; Faust's
+    ``-l warn`` is its default and cannot be told from no ``-l`` at all.
+    """
+
+    def __init__(
+        self,
+        app: MirrorApp,
+        *services: Any,
+        loglevel: str | int | None = None,
+        logging_config: dict[str, Any] | None = None,
+        redirect_stdouts_level: str | int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        settings = app.mirror_settings
+        level = settings.log_level
+        if logs.level_number(loglevel) not in (None, logging.WARNING, logs.level_number(level)):
+            log.warning(
+                "-l %s is ignored: LOG_LEVEL=%s sets the worker's log level",
+                str(loglevel).lower(),
+                level,
+            )
+        # What Faust writes to stdout and stderr once started goes to the log at this level:
+        # never below LOG_LEVEL, or an "error: ..." line would be filtered out.
+        redirected = max(
+            logs.level_number(redirect_stdouts_level or app.conf.worker_redirect_stdouts_level)
+            or logging.WARNING,
+            logs.level_number(level) or logging.INFO,
+        )
+        json_lines = settings.log_format == "json"
+        if json_lines:
+            # Nothing but JSON on stderr: the worker's own notes ("-INT-") are not log records.
+            kwargs["quiet"] = True
+        super().__init__(
+            app,
+            *services,
+            loglevel=level,
+            logging_config=logging_config or logs.logging_config(settings.log_format, level),
+            redirect_stdouts_level=redirected,
+            **kwargs,
+        )
+        if json_lines or not _is_terminal(self.stdout):
+            # Faust's progress spinner (at LOG_LEVEL warning and above) is for a terminal:
+            # elsewhere it writes escape codes to stdout, and it sets the root logger to DEBUG
+            # for itself. Without it the root logger stays at LOG_LEVEL, and "Ready" is logged.
+            self.spinner = None
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def arm_exit_deadline(seconds: float) -> None:
@@ -241,9 +295,10 @@ def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
 
 def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
+    # First: it refuses an aiokafka its patches were not written for, before anything starts.
+    aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     mirror = mirror or build_mirror(settings)
     tune_garbage_collector()
-    aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     extra: dict[str, Any] = {}
     if settings.data_dir:
         extra["datadir"] = ensure_data_dir(settings.data_dir)
@@ -270,6 +325,8 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         # A killed worker's partitions move on after this long (Kafka's minimum is 6 s).
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 5),
+        # LOG_LEVEL and LOG_FORMAT from the worker's first line (streams/logs.py).
+        Worker=MirrorWorker,
         **extra,
     )
     app.mirror_settings = settings

@@ -6,6 +6,7 @@ Every wait here polls a condition against a generous deadline; none sleeps a fix
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -254,20 +255,31 @@ class WorkerProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = field(default=0)
+    options: tuple[str, ...] = ("-l", "info")
+    """Options of ``faust ... worker`` (LOG_LEVEL decides the level whatever ``-l`` says)."""
+    stdout_path: Path | None = None
+    """Where the worker's stdout (Faust's banner) goes; None: into the log, with stderr."""
 
     def start(self) -> None:
         """Start the worker (the log file is appended to across restarts)."""
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.starts += 1
-        with self.log_path.open("ab") as log:
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(self.log_path.open("ab"))
             log.write(f"\n===== start #{self.starts} =====\n".encode())
+            log.flush()
+            stdout = (
+                log
+                if self.stdout_path is None
+                else files.enter_context(self.stdout_path.open("ab"))
+            )
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
+                [sys.executable, "-m", "faust", "-A", "streams.app", "worker", *self.options],
                 cwd=ROOT,
                 env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=stdout,
+                stderr=log,
                 start_new_session=True,
             )
         note_started(self.proc.pid)

@@ -19,6 +19,10 @@ class SettingsError(MirrorError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
+class DependencyError(MirrorError):
+    """An installed package is not the version the project's workarounds were written for."""
+
+
 class RegistryError(MirrorError):
     """An entity declaration is inconsistent (duplicate topic or kind, missing key column)."""
 

@@ -27,6 +27,24 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
     assert lines == [lines[0]] and lines[0].startswith("error: ") and name in lines[0]
 
 
+def test_an_aiokafka_the_fixes_were_not_written_for_is_one_line(tmp_path: Path) -> None:
+    # The installed aiokafka, claiming another version as a new release would.
+    (tmp_path / "sitecustomize.py").write_text("import aiokafka\naiokafka.__version__ = '0.99.0'\n")
+    env = {
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+        "WEB_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+    }
+    done = run_worker(env, tmp_path)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: aiokafka 0.99.0 is installed"), lines
+    assert "0.14.0" in lines[0] and "requirements.lock" in lines[0]
+    done_cli = run_cli(env, "dlq", "list", "planet")
+    assert done_cli.returncode == 1, done_cli.stdout + done_cli.stderr
+    assert done_cli.stderr.splitlines() == [lines[0]]
+
+
 def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     # A missing DATA_DIR is created; one under a regular file cannot be.
     (tmp_path / "a-file").write_text("")
@@ -55,12 +73,15 @@ def test_an_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
-def test_a_busy_web_port_is_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", ["info", "error"])
+def test_a_busy_web_port_is_one_clear_line(level: str, tmp_path: Path) -> None:
+    # Faust logs what is printed once the worker runs: never below LOG_LEVEL, or at
+    # LOG_LEVEL=error the line would be filtered out.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        done = run_worker({"WEB_PORT": str(port), "APP_ID": "busy"}, tmp_path)
+        done = run_worker({"WEB_PORT": str(port), "APP_ID": "busy", "LOG_LEVEL": level}, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 1
     assert f"WEB_PORT {port} on 127.0.0.1 is already in use" in output

@@ -1,0 +1,134 @@
+"""What the code imports is declared and bounded, and requirements.lock pins it.
+
+The lock is what ./run, the Dockerfile and CI install: each declared requirement (the runtime
+ones, the test extra's and the build backend) must be pinned there, at a version its bounds
+allow, with hashes; and every third-party module the code imports must be declared, so that a
+fresh install never takes whatever is newest on the day.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from streams.aiokafka_fixes import TESTED_AIOKAFKA
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK = ROOT / "requirements.lock"
+OURS = {"streams", "models", "tables", "devservices", "tests", "bench"}
+
+
+def pyproject() -> dict[str, object]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def requirements(group: str) -> list[Requirement]:
+    """Return the requirements of ``dependencies``, an extra's, or ``build-system``."""
+    data: dict = pyproject()  # type: ignore[type-arg]
+    if group == "dependencies":
+        raw = data["project"]["dependencies"]
+    elif group == "build-system":
+        raw = data["build-system"]["requires"]
+    else:
+        raw = data["project"]["optional-dependencies"][group]
+    return [Requirement(line) for line in raw]
+
+
+def locked() -> dict[str, tuple[Version, int]]:
+    """Return the lock's pins: name -> (version, number of hashes)."""
+    pins: dict[str, tuple[Version, int]] = {}
+    name = ""
+    for line in LOCK.read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
+            name = canonicalize_name(match[1])
+            pins[name] = (Version(match[2]), 0)
+        elif "--hash=sha256:" in line and name:
+            version, hashes = pins[name]
+            pins[name] = (version, hashes + 1)
+    return pins
+
+
+def imported_modules(folder: str) -> set[str]:
+    """Return the top-level modules imported anywhere in ``folder`` (function bodies too)."""
+    modules: set[str] = set()
+    for path in (ROOT / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules.add(node.module.split(".")[0])
+    return modules
+
+
+def third_party(modules: set[str]) -> dict[str, set[str]]:
+    """Return the distributions (canonical names) that provide ``modules``, by module."""
+    providers = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for module in modules - OURS - set(sys.stdlib_module_names) - {"__future__"}:
+        assert module in providers, f"no installed distribution provides {module!r}"
+        found[module] = {canonicalize_name(name) for name in providers[module]}
+    return found
+
+
+def declared(*groups: str) -> set[str]:
+    return {canonicalize_name(r.name) for group in groups for r in requirements(group)}
+
+
+def test_every_package_the_code_imports_is_declared_with_bounds() -> None:
+    runtime = declared("dependencies")
+    for folder in ("streams", "models", "tables", "devservices"):
+        for module, names in third_party(imported_modules(folder)).items():
+            assert names & runtime, (
+                f"{folder}/ imports {module!r} ({', '.join(sorted(names))}), "
+                "which pyproject.toml's dependencies do not declare"
+            )
+    for module, names in third_party(imported_modules("tests")).items():
+        assert names & declared("dependencies", "test"), (
+            f"tests/ import {module!r}, which neither dependencies nor the test extra declares"
+        )
+    for requirement in requirements("dependencies") + requirements("test"):
+        specifiers = list(requirement.specifier)
+        exact = any(spec.operator == "==" for spec in specifiers)
+        assert exact or any(spec.operator == "<" for spec in specifiers), (
+            f"{requirement} has no upper bound"
+        )
+
+
+def test_the_lock_pins_every_declared_requirement_within_its_bounds_with_hashes() -> None:
+    pins = locked()
+    for group in ("dependencies", "test", "build-system"):
+        for requirement in requirements(group):
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"requirements.lock lacks {name} ({group}): run ./run lock"
+            version, _ = pins[name]
+            assert requirement.specifier.contains(version, prereleases=True), (
+                f"requirements.lock pins {name}=={version} outside {requirement}: run ./run lock"
+            )
+    assert all(hashes for _, hashes in pins.values()), "every pin carries its hashes"
+
+
+def test_the_lock_pins_the_aiokafka_its_fixes_were_written_for() -> None:
+    version, _ = locked()["aiokafka"]
+    assert str(version) in TESTED_AIOKAFKA
+
+
+def test_the_image_installs_the_lock_and_then_only_the_project() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    header = LOCK.read_text().split("\n\n", 1)[0]
+    assert "./run lock" in header
+    run = (ROOT / "run").read_text()
+    python = re.search(r"--python-version (\d+\.\d+)", run)
+    assert python, "./run lock names the Python version the lock is for"
+    assert f"FROM python:{python[1]}-" in dockerfile
+    assert "pip install --no-cache-dir --require-hashes -r requirements.lock" in dockerfile
+    assert "--no-deps --no-build-isolation ." in dockerfile
+    cmd = re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE)
+    assert cmd and "-l" not in cmd[1], "the app applies LOG_LEVEL itself"
