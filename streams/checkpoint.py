@@ -542,12 +542,11 @@ async def _write_cache(cache: EntityCache, result: BatchResult) -> None:
     """Write a batch's committed states to ``cache`` and its changelog, confirmed."""
     started = time.perf_counter()
     entries = []
-    for key, (row, record) in result.states.items():
-        k = cache_key(key)
-        # Keyed by entity key, the record's partition is the key's changelog partition.
-        partition = record.partition if record.key == k else None
-        # The rows come with their public columns only: encoded as they are.
-        entries.append(Entry(k, None if row is None else encode_value(row), partition))
+    for key, (row, _) in result.states.items():
+        # Placed by the key's hash, where reads look: a record's own partition is not always
+        # its key's (partitions added, producers with another partitioner, records keyed
+        # otherwise). The rows come with their public columns only: encoded as they are.
+        entries.append(Entry(cache_key(key), None if row is None else encode_value(row), None))
     try:
         await cache.put(entries)
     except KafkaError as exc:

@@ -307,6 +307,25 @@ class LocalTable:
             )
         return len(store)
 
+    def get(self, key: bytes, partition: int) -> bytes | None:
+        """Return the entry of ``key`` in ``partition`` of this worker's copy, or None.
+
+        In that partition only: Faust's RocksDB store looks a key up in every partition's
+        database when its index does not know it (``Store._get``, ``_dbs_for_key``), and an
+        older entry of the key can sit in another partition (placed there before partitions
+        were added); the in-memory store keeps one value per key, with its partition.
+        """
+        store: Any = self.table.data
+        if hasattr(store, "_db_for_partition"):  # faust/stores/rocksdb.py
+            value: bytes | None = store._db_for_partition(partition).get(key)
+            return value
+        data = store.data if hasattr(store, "data") else store  # faust/stores/memory.py
+        partitions = getattr(store, "_key_partition", None)
+        if partitions is not None and partitions.get(key, partition) != partition:
+            return None
+        found: bytes | None = data.get(key)
+        return found
+
     def write(self, entries: Iterable[tuple[bytes, bytes | None, int, int]]) -> None:
         """Write ``(key, value or None to delete, partition, changelog offset)`` entries."""
         store: Any = self.table.data

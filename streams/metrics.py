@@ -79,6 +79,13 @@ CACHE_LOCAL_FAILURES = Counter(
     ["entity"],
     registry=registry,
 )
+CACHE_REBUILT = Counter(
+    "mirror_cache_rebuilt_entries",
+    "Cache entries written again from the database because their keys moved to another "
+    "changelog partition when partitions were added to the source topic.",
+    ["entity"],
+    registry=registry,
+)
 CACHE_SECONDS = Histogram(
     "mirror_cache_write_seconds",
     "Time to write one batch's committed state to the cached table's changelog.",

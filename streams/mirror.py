@@ -68,7 +68,7 @@ class BatchResult:
     """With ``read_back``: the committed row (its public columns; None: absent) of the keys the
     batch changed, and
     of the keys its replays name (the cache may have missed them), each with a record that
-    named it (whose partition is, for a topic keyed by entity, the key's changelog partition)."""
+    named it."""
 
     @property
     def results(self) -> list[RecordResult]:

@@ -202,7 +202,7 @@ class Positioner:
             now = fact.topic_id
             row = known.get(topic)
             if row is None or (row.topic_id is None and now is not None):
-                await asyncio.to_thread(store.note_log, topic, now, fact.partitions)
+                await asyncio.to_thread(store.note_log, topic, now)
                 continue
             if now is None or row.topic_id is None:
                 continue  # a broker without topic ids: offsets alone tell (start_offset)
@@ -211,9 +211,7 @@ class Positioner:
                 continue
             spec = self.mirror.entity_for_topic(topic)
             specs = [] if spec is None else [spec]
-            restarted = await asyncio.to_thread(
-                store.restart_log, topic, now, row.topic_id, specs, fact.partitions
-            )
+            restarted = await asyncio.to_thread(store.restart_log, topic, now, row.topic_id, specs)
             same.add(topic)
             if restarted is None:
                 continue  # another worker found it first

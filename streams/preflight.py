@@ -139,12 +139,14 @@ def partition_problem(
     """
     for source, changelog in sorted(pairs):
         want, have = partitions.get(source), partitions.get(changelog)
-        if want is not None and have is not None and want != have:
+        if want is not None and have is not None and want < have:
+            # Fewer: the source was created again with fewer partitions (more: partitions
+            # were added, and the worker gives the changelog as many, streams.topic_watch).
             return (
                 f"changelog {changelog} has {have} partitions but its source topic {source} has "
-                f"{want}: a cached table's changelog must have as many partitions as its source "
-                f"topic; delete {changelog} (the cache is rebuilt from the database as "
-                "entities change) or give the source topic as many partitions"
+                f"{want}: a topic cannot lose partitions, so the source was created again with "
+                f"fewer; delete {changelog} (the cache is rebuilt from the database as entities "
+                "change, and reads it lacks are answered from the database)"
             )
     return None
 

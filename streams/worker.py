@@ -39,6 +39,7 @@ from streams.preflight import (
 )
 from streams.settings import Settings
 from streams.topic_ids import TopicIds
+from streams.topic_watch import TopicWatch
 from streams.web import register_pages
 from tables.cache import EntityCache, changelog_topic, declare_caches
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between refreshes of the lag and staleness gauges (also refreshed on each scrape).
 FRESHNESS_INTERVAL = 1.0
+#: How old the consumer's and producer's view of topics may get (partitions added show then).
+METADATA_MAX_AGE_MS = 5_000
 
 
 def load_entities(settings: Settings, registry: Registry = default_registry) -> Registry:
@@ -323,6 +326,9 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         # A killed worker's partitions move on after this long (Kafka's minimum is 6 s).
+        # Partitions added to a topic are seen within seconds (aiokafka's default is 5 min).
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        producer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 5),
         # LOG_LEVEL and LOG_FORMAT from the worker's first line (streams/logs.py).
@@ -374,6 +380,8 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
 
     if caches:
         app.run_early(recovery_watchdog(app, settings.recovery_stall_timeout), every=1.0)
+    watch = TopicWatch(app, settings, mirror, app.handoff, caches, app.topic_ids)
+    app.run_early(watch.run)
     register_tombstone_purge(app, mirror, settings)
     kinds = {
         topic: spec.kind

@@ -122,7 +122,7 @@ def register_entity_views(
                 return await forward(self, request, owner, kind)
             if cache.recovering(target.key):
                 return unavailable(self, f"this {kind}'s cache partition is recovering; retry")
-            cached = cache.get(target.key)
+            cached = cache.get(target.key) if cache.holds(target.key) else None
             if cached is None:
                 # Not in this worker's copy: absent, or not known to it (a partition added since
                 # the entry was written, a copy given up on a full disk): the database says.

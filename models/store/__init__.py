@@ -70,8 +70,6 @@ class KnownLog:
     """Kafka's id of the topic (None: not known, a broker without ids)."""
     version_floor: int | None
     """The least timestamp versions of this log's records take (None: none)."""
-    partitions: int | None = None
-    """Its partition count when first seen (None: not known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +141,14 @@ class SqlStore:
         with self._wrapped(what), self.engine.begin() as conn:
             yield StoreTransaction(conn, self.dialect)
 
+    @contextmanager
+    def alone(self, spec: EntitySpec, what: str) -> Iterator[StoreTransaction]:
+        """Open a transaction that holds the entity's lock alone: no batch of it commits until
+        it ends (a batch's transaction takes the lock too: ``StoreTransaction.serialize``)."""
+        with self.transaction(what) as tx:
+            tx.serialize(spec, exclusive=True)
+            yield tx
+
     def rows(self, spec: EntitySpec) -> dict[Any, dict[str, Any]]:
         """Return every row of the entity's table keyed by entity key (tests, CLI)."""
         with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
@@ -204,20 +210,15 @@ class SqlStore:
         """Return what is known of each topic's log: its id and its version floor."""
         t = logs_table
         with self._wrapped("read the known logs"), self.engine.connect() as conn:
-            query = select(t.c.topic, t.c.topic_id, t.c.version_floor, t.c.partitions)
+            query = select(t.c.topic, t.c.topic_id, t.c.version_floor)
             return {
-                topic: KnownLog(
-                    topic_id,
-                    None if floor is None else int(floor),
-                    None if partitions is None else int(partitions),
-                )
-                for topic, topic_id, floor, partitions in conn.execute(query)
+                topic: KnownLog(topic_id, None if floor is None else int(floor))
+                for topic, topic_id, floor in conn.execute(query)
             }
 
-    def note_log(self, topic: str, topic_id: str | None, partitions: int) -> None:
-        """Record the id and partition count of the log ``topic`` is read from, unless another
-        id is known."""
-        row = {"topic": topic, "topic_id": topic_id, "partitions": partitions}
+    def note_log(self, topic: str, topic_id: str | None) -> None:
+        """Record the id of the log ``topic`` is read from, unless another id is known."""
+        row = {"topic": topic, "topic_id": topic_id}
         with self._wrapped(f"note the log of {topic}"), self.engine.begin() as conn:
             conn.execute(_log_upsert(self.dialect), [row])
 
@@ -227,7 +228,6 @@ class SqlStore:
         topic_id: str,
         was: str | None,
         specs: Sequence[EntitySpec],
-        partitions: int,
     ) -> RestartedLog | None:
         """Record that ``topic`` is a new log (id ``topic_id``, where ``was`` was known).
 
@@ -260,9 +260,7 @@ class SqlStore:
             dropped = {(g, int(p)): int(n) for g, p, n in conn.execute(query)}
             conn.execute(delete(o).where(o.c.topic == topic))
             conn.execute(
-                t.update()
-                .where(t.c.topic == topic)
-                .values(topic_id=topic_id, version_floor=floor, partitions=partitions)
+                t.update().where(t.c.topic == topic).values(topic_id=topic_id, version_floor=floor)
             )
             return RestartedLog(dropped, floor)
 

@@ -169,6 +169,17 @@ class StoreTransaction:
                 found[row[spec.key_column]] = dict(row)
         return found
 
+    def rows_after(
+        self, spec: EntitySpec, after: EntityKey | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Return up to ``limit`` rows (public columns) with keys after ``after``, in key order."""
+        key_col = spec.table.c[spec.key_column]
+        query = select(*(spec.table.c[c] for c in public_columns(spec.table)))
+        if after is not None:
+            query = query.where(key_col > after)
+        query = query.order_by(key_col).limit(limit)
+        return [dict(row) for row in self.conn.execute(query).mappings()]
+
     def _key_filters(self, key_col: Any, keys: Sequence[EntityKey]) -> list[Any]:
         """Return WHERE clauses that together select ``keys`` of ``key_col``."""
         if not keys:

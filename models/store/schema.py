@@ -44,9 +44,6 @@ logs_table = Table(
     # Versions of records read from this log take at least this timestamp (ms): set when the
     # topic was found recreated, above every version of the old log's rows.
     Column("version_floor", BigInteger, nullable=True),
-    # Its partition count when this log was first seen: a count that differs now means
-    # partitions were added, and records may sit in partitions their keys no longer hash to.
-    Column("partitions", Integer, nullable=True),
 )
 
 

@@ -120,7 +120,7 @@ def _log_upsert(dialect: str) -> Any:
     stmt = _insert_for(dialect, logs_table)
     return stmt.on_conflict_do_update(
         index_elements=["topic"],
-        set_={"topic_id": stmt.excluded.topic_id, "partitions": stmt.excluded.partitions},
+        set_={"topic_id": stmt.excluded.topic_id},
         where=logs_table.c.topic_id.is_(None),
     )
 

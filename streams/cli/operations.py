@@ -366,13 +366,18 @@ async def rebuild(settings: Settings, mirror: Mirror, spec: EntitySpec) -> int:
 
 
 async def cache_state(settings: Settings, topic: str) -> dict[str, Any] | None:
-    """Read a cached table's changelog: the last value per key (None when the topic is absent)."""
-    if not await partitions_of(settings, topic):
+    """Read a cached table's changelog: the last value per key in the partition its key hashes
+    to, where reads look (None when the topic is absent). Entries elsewhere were placed before
+    partitions were added, and are never read."""
+    from tables.cache import key_partition
+
+    partitions = await partitions_of(settings, topic)
+    if not partitions:
         return None
     latest: dict[str, Any] = {}
     async for records in read_topic(settings, topic):
         for record in records:
-            if record.key is None:
+            if record.key is None or key_partition(record.key, len(partitions)) != record.partition:
                 continue
             key = record.key.decode()
             if record.value is None:

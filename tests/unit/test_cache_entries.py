@@ -31,3 +31,26 @@ def test_orjson_alone_holds_kilobytes_per_small_value() -> None:
 def test_a_cache_entry_holds_about_its_own_size() -> None:
     assert _held(lambda: encode_value(ROW)) < 1_000 * 512
     assert encode_value(ROW) == orjson.dumps(ROW)
+
+
+def test_the_key_hash_is_kafkas_murmur2_as_aiokafka_computes_it() -> None:
+    import random
+
+    from aiokafka.partitioner import murmur2 as aiokafkas
+
+    from tables.cache import key_partition, murmur2
+
+    rng = random.Random(3)
+    for length in range(70):
+        for _ in range(30):
+            key = bytes(rng.randrange(256) for _ in range(length))
+            assert murmur2(key) & 0x7FFFFFFF == aiokafkas(key) & 0x7FFFFFFF, key
+    # Values Kafka's Java client gives (kafka-python's compatibility test).
+    for key, partition in [
+        (b"", 681),
+        (b"a", 524),
+        (b"ab", 434),
+        (b"abc", 107),
+        (b"123456789", 566),
+    ]:
+        assert key_partition(key, 1000) == partition

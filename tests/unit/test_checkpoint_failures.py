@@ -37,6 +37,7 @@ class FailingCache:
     def __init__(self, fail_on: int, store: SqlStore, committed_after: int) -> None:
         self.spec = PLANET
         self.changelog = "planet-changelog"
+        self.hashed = False
         self.fail_on = fail_on
         self.store = store
         self.committed_after = committed_after
