@@ -41,6 +41,15 @@ said otherwise).
 9. **The consumer class is chosen privately** (``App._new_transport``): :class:`MirrorTransportApp`
    gives the app :class:`MirrorConsumer`; :func:`recovery_remaining` reads the recovery service
    ``TableManagerT`` does not declare.
+10. **Faust's settings take environment variables over the app's arguments**
+    (``faust/types/settings/base.py``, ``SettingsRegistry._init_settings``: a setting's
+    ``env_name`` read from ``Settings.env``, which ``Settings._init_env_prefix`` makes
+    ``os.environ`` unless given one, replaces the keyword argument). ``BROKER_URL`` beside
+    KAFKA_BROKER moved the worker to another cluster, ``WEB_BIND=0.0.0.0`` exposed the API on
+    every interface, ``APP_DATADIR`` and ``NODE_CANONICAL_URL`` won over DATA_DIR and
+    CANONICAL_URL, and ``APP_VERSION=1.2.3`` (a common variable) stops Faust with a ValueError.
+    :data:`FAUST_OPTIONS` gives the app an empty environment: the worker's settings are the
+    only source. Test: BROKER_URL winning over ``broker=``, and not with FAUST_OPTIONS.
 """
 
 from __future__ import annotations
@@ -412,3 +421,7 @@ def recovery_watchdog(app: faust.App, stall_seconds: float) -> Callable[[], Awai
         os._exit(RECOVERY_STALLED_EXIT)
 
     return watch_recovery
+
+
+#: Options every app of the worker gets for workaround 10: no environment for Faust's settings.
+FAUST_OPTIONS: Mapping[str, Any] = {"env": {}}

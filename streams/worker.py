@@ -25,7 +25,12 @@ from streams.agents import (
     repartition_topic,
 )
 from streams.core.errors import MirrorError, SettingsError
-from streams.faust_bridge import MirrorTransportApp, assignment_settled, recovery_watchdog
+from streams.faust_bridge import (
+    FAUST_OPTIONS,
+    MirrorTransportApp,
+    assignment_settled,
+    recovery_watchdog,
+)
 from streams.freshness import Freshness
 from streams.handoff import Handoff
 from streams.logs import use_json_logs
@@ -34,6 +39,7 @@ from streams.positioner import Positioner
 from streams.preflight import (
     broker_problem,
     database_problem,
+    faust_conf_problem,
     schema_problem,
     topic_partition_counts,
     web_port_problem,
@@ -98,14 +104,18 @@ class MirrorApp(MirrorTransportApp):
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
         await super().on_first_start()
-        if self.mirror_settings.log_format == "json":
+        settings = self.mirror_settings
+        if settings.log_format == "json":
             use_json_logs()
+        if (ignored := settings.ignored_variables_warning()) is not None:
+            log.warning("%s", ignored)
         mirror = self.entity_agents.mirror
         problem = (
-            web_port_problem(self.mirror_settings)
-            or await database_problem(self.mirror_settings)
+            faust_conf_problem(self.conf, settings)
+            or web_port_problem(settings)
+            or await database_problem(settings)
             or await schema_problem(mirror.store, list(mirror.registry))
-            or await broker_problem(self.mirror_settings, self.cached_topics)
+            or await broker_problem(settings, self.cached_topics)
         )
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
@@ -241,13 +251,15 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     tune_garbage_collector()
     aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     extra: dict[str, Any] = {}
-    if settings.data_dir:
-        extra["datadir"] = ensure_data_dir(settings.data_dir)
     credentials = broker_credentials(settings)
     if credentials is not None:
         extra["broker_credentials"] = credentials
     app = MirrorApp(
         settings.app_id,
+        # Every setting Faust would otherwise take from its own variables (FAUST_OPTIONS: none
+        # of its Settings' variables; faust/types/_env.py's only give these defaults).
+        **FAUST_OPTIONS,
+        datadir=ensure_data_dir(settings.data_path),
         broker=settings.kafka_broker,
         store=f"{settings.table_store}://",
         autodiscover=False,
@@ -255,6 +267,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        web_transport="tcp://",
         canonical_url=settings.advertised_url,
         table_standby_replicas=settings.standby_replicas,
         topic_partitions=settings.topic_partitions,

@@ -15,15 +15,29 @@ from sqlalchemy.engine import make_url
 from tests.support import ROOT, create_topic, free_port, run_cli
 
 
-def run_worker(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_worker(
+    env: dict[str, str], cwd: Path, *options: str, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
+        [
+            *launcher,
+            sys.executable,
+            *("-m", "faust", "-A", "streams.app", "worker", "-l", "info", *options),
+        ],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def error_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
+    """Return the ``error: ...`` lines of a worker's output (after Faust's log prefix)."""
+    output = done.stdout + done.stderr
+    return [
+        line[line.index("error: ") :].strip() for line in output.splitlines() if "error: " in line
+    ]
 
 
 @pytest.mark.parametrize(
@@ -46,6 +60,30 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_variable(tmp_path
     assert done.returncode == 2
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: DATA_DIR: cannot create")
+
+
+def test_faust_s_web_options_are_refused_in_one_line(tmp_path: Path) -> None:
+    # Before: faust's --web-port and --web-bind moved the web server (0.0.0.0: every
+    # interface) and the URL advertised to other workers, whatever WEB_PORT and WEB_HOST said.
+    port, other = free_port(), free_port()
+    done = run_worker(
+        {"WEB_PORT": str(port), "APP_ID": "web-options"},
+        tmp_path,
+        "--web-port",
+        str(other),
+        "--web-bind",
+        "0.0.0.0",
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert error_lines(done) == [
+        f"error: Faust's settings were changed after the worker chose them (web_port "
+        f"'{other}' where WEB_PORT says '{port}', web_bind '0.0.0.0' where WEB_HOST says "
+        f"'127.0.0.1', canonical_url 'http://127.0.0.1:{other}' where CANONICAL_URL says "
+        f"'http://127.0.0.1:{port}'); leave out faust's --web-bind, --web-port and configure "
+        "the worker with its environment variables only"
+    ]
+    assert "Traceback" not in output
 
 
 def test_an_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:

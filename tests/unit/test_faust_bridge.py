@@ -14,7 +14,12 @@ from aiokafka.errors import IllegalStateError
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from streams.faust_bridge import FETCH_MAX_WAIT_MS, LocalTable, _seek_to_committed
+from streams.faust_bridge import (
+    FAUST_OPTIONS,
+    FETCH_MAX_WAIT_MS,
+    LocalTable,
+    _seek_to_committed,
+)
 
 
 class AssignedConsumer:
@@ -81,3 +86,44 @@ def test_a_faust_table_cannot_be_written_outside_a_stream_event() -> None:
     assert local.size() == 1
     store: Any = table.data  # faust/stores/memory.py: a dict under .data
     assert store.data == {b"k": b"v"}
+
+
+#: What the issue's operator had set beside the worker's own variables.
+FAUST_ENVIRONMENT = {
+    "BROKER_URL": "kafka://other-cluster:9092",
+    "WEB_BIND": "0.0.0.0",
+    "APP_DATADIR": "/elsewhere",
+    "NODE_CANONICAL_URL": "http://elsewhere:1",
+}
+
+
+def test_faust_settings_take_their_environment_over_the_app_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Workaround 10: Faust reads os.environ for its settings, over what the app is given.
+    for name, value in FAUST_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    given = {
+        "broker": "kafka://127.0.0.1:9092",
+        "web_bind": "127.0.0.1",
+        "datadir": "/data",
+        "canonical_url": "http://127.0.0.1:6066",
+    }
+
+    def chosen(app: faust.App) -> dict[str, str]:
+        conf = app.conf
+        return {
+            "broker": str(conf.broker[0]),
+            "web_bind": str(conf.web_bind),
+            "datadir": str(conf.datadir),
+            "canonical_url": str(conf.canonical_url),
+        }
+
+    faust_alone = chosen(faust.App("env-test", **given))
+    assert faust_alone == {
+        "broker": "kafka://other-cluster:9092",
+        "web_bind": "0.0.0.0",
+        "datadir": "/elsewhere",
+        "canonical_url": "http://elsewhere:1",
+    }
+    assert chosen(faust.App("env-test", **given, **FAUST_OPTIONS)) == given
