@@ -50,6 +50,12 @@ said otherwise).
     CANONICAL_URL, and ``APP_VERSION=1.2.3`` (a common variable) stops Faust with a ValueError.
     :data:`FAUST_OPTIONS` gives the app an empty environment: the worker's settings are the
     only source. Test: BROKER_URL winning over ``broker=``, and not with FAUST_OPTIONS.
+11. **An unknown table on Faust's router pages is a 500** (``faust/app/router.py``,
+    ``Router._get_table``: ``self.app.tables[name]`` raises KeyError, which
+    ``faust/web/apps/router.py`` lets through in ``TableDetail.get``, a 500 with a traceback,
+    and turns into a 503 to retry forever in ``TableKeyDetail.get``): :class:`MirrorRouter`
+    raises Faust's ``NotFound`` there, a JSON 404 on both pages. Test: Faust's KeyError, and
+    MirrorRouter's NotFound.
 """
 
 from __future__ import annotations
@@ -64,9 +70,11 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.app.router import Router
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 from faust.types import TP
+from faust.web.exceptions import NotFound
 
 from streams import metrics
 from streams.core.recovery import RecoveryProgress
@@ -423,5 +431,16 @@ def recovery_watchdog(app: faust.App, stall_seconds: float) -> Callable[[], Awai
     return watch_recovery
 
 
-#: Options every app of the worker gets for workaround 10: no environment for Faust's settings.
-FAUST_OPTIONS: Mapping[str, Any] = {"env": {}}
+class MirrorRouter(Router):
+    """Faust's router, answering 404 (not a 500) for a table the app does not have."""
+
+    def _get_table(self, name: str) -> Any:
+        try:
+            return super()._get_table(name)
+        except KeyError:
+            raise NotFound("unknown table", name=name) from None
+
+
+#: Options every app of the worker gets for the workarounds above (10 and 11): no environment
+#: for Faust's settings, and the router answering 404 for an unknown table.
+FAUST_OPTIONS: Mapping[str, Any] = {"env": {}, "Router": MirrorRouter}

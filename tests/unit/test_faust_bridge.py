@@ -11,13 +11,16 @@ import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
+from faust.app.router import Router
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.web.exceptions import NotFound
 
 from streams.faust_bridge import (
     FAUST_OPTIONS,
     FETCH_MAX_WAIT_MS,
     LocalTable,
+    MirrorRouter,
     _seek_to_committed,
 )
 
@@ -127,3 +130,17 @@ def test_faust_settings_take_their_environment_over_the_app_arguments(
         "canonical_url": "http://elsewhere:1",
     }
     assert chosen(faust.App("env-test", **given, **FAUST_OPTIONS)) == given
+
+
+def test_faust_router_pages_fail_on_an_unknown_table_and_the_mirror_s_answer_404() -> None:
+    # Workaround 11: the KeyError that /router/<name>/ let through as a 500 traceback.
+    app = faust.App("router-test", broker="kafka://127.0.0.1:1", store="memory://")
+    app.Table("planet", partitions=2)
+    with pytest.raises(KeyError):
+        Router(app).table_metadata("no-such-table")
+    with pytest.raises(NotFound) as info:
+        MirrorRouter(app).table_metadata("no-such-table")
+    assert (info.value.code, info.value.detail) == (404, "unknown table")
+    with pytest.raises(NotFound):
+        MirrorRouter(app).key_store("no-such-table", b"key")
+    assert MirrorRouter(app)._get_table("planet") is app.tables["planet"]
