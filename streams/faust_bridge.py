@@ -56,6 +56,14 @@ said otherwise).
     and turns into a 503 to retry forever in ``TableKeyDetail.get``): :class:`MirrorRouter`
     raises Faust's ``NotFound`` there, a JSON 404 on both pages. Test: Faust's KeyError, and
     MirrorRouter's NotFound.
+12. **Table files that do not match their changelog stop the worker**
+    (``faust/tables/recovery.py``, ``Recovery._restart_recovery``: ``ConsistencyError`` when a
+    partition's persisted offset is past the changelog's highwater, as after a Kafka reset;
+    under the highwater of a log made again, the entries kept are the old log's).
+    ``tables.local_store`` checks the files before Faust opens them, reading them with
+    :func:`table_files` and :func:`persisted_offset` (``faust/stores/rocksdb.py``:
+    ``Store.partition_path``, ``<tabledir>/<table>-<partition>.db``, and ``Store.offset_key``).
+    Test: Faust's check in its source, and the offset read from files Faust's store wrote.
 """
 
 from __future__ import annotations
@@ -63,9 +71,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -444,3 +454,31 @@ class MirrorRouter(Router):
 #: Options every app of the worker gets for the workarounds above (10 and 11): no environment
 #: for Faust's settings, and the router answering 404 for an unknown table.
 FAUST_OPTIONS: Mapping[str, Any] = {"env": {}, "Router": MirrorRouter}
+
+#: Where Faust's RocksDB store keeps the changelog offset a partition holds
+#: (``faust/stores/rocksdb.py``, ``Store.offset_key``).
+OFFSET_KEY = b"__faust\0offset__"
+
+
+def table_files(tabledir: Path, table: str) -> dict[int, Path]:
+    """Return the partition databases of ``table`` under ``tabledir``, by partition."""
+    pattern = re.compile(rf"{re.escape(table)}-(\d+)\.db")
+    if not tabledir.is_dir():
+        return {}
+    return {
+        int(match.group(1)): path
+        for path in tabledir.iterdir()
+        if (match := pattern.fullmatch(path.name)) is not None
+    }
+
+
+def persisted_offset(path: Path) -> int | None:
+    """Return the changelog offset a partition database holds (None: none), read-only."""
+    from rocksdict import AccessType, Options, Rdict
+
+    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        raw = db.get(OFFSET_KEY)
+    finally:
+        db.close()
+    return None if raw is None else int(raw)

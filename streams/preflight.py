@@ -211,8 +211,8 @@ def partition_problem(
             return (
                 f"changelog {changelog} has {have} partitions but its source topic {source} has "
                 f"{want}: a cached table's changelog must have as many partitions as its source "
-                f"topic; delete {changelog} (the cache is rebuilt from the database as "
-                "entities change) or give the source topic as many partitions"
+                f"topic; delete {changelog} (the next start writes it again from the "
+                "database) or give the source topic as many partitions"
             )
     return None
 

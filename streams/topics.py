@@ -16,7 +16,8 @@ MAX_MESSAGE_BYTES = "max.message.bytes"
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 
-async def _admin(settings: Settings) -> Any:
+async def admin_client(settings: Settings) -> Any:
+    """Return a started aiokafka admin client (the caller closes it)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(
@@ -57,7 +58,7 @@ async def ensure_dead_letter_topic(settings: Settings, source: str, topic: str) 
     from aiokafka.admin import NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = await _admin(settings)
+    admin = await admin_client(settings)
     try:
         source_facts = await topic_facts(admin, source)
         want = DEFAULT_MAX_MESSAGE_BYTES if source_facts is None else source_facts[1]
@@ -95,7 +96,7 @@ async def fit_repartition_topic(settings: Settings, source: str, target: str) ->
     Faust creates the repartition topic with the broker's defaults; a record of ``source``
     larger than ``target`` takes holds its partition (``streams.checkpoint.Forwarder``).
     """
-    admin = await _admin(settings)
+    admin = await admin_client(settings)
     try:
         source_facts = await topic_facts(admin, source)
         want = DEFAULT_MAX_MESSAGE_BYTES if source_facts is None else source_facts[1]
@@ -118,7 +119,7 @@ async def fit_repartition_topic(settings: Settings, source: str, target: str) ->
 
 async def max_message_bytes(settings: Settings, topic: str) -> int:
     """Return the largest record ``topic`` takes now (the broker's default while it is missing)."""
-    admin = await _admin(settings)
+    admin = await admin_client(settings)
     try:
         facts = await topic_facts(admin, topic)
         return DEFAULT_MAX_MESSAGE_BYTES if facts is None else facts[1]

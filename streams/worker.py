@@ -11,7 +11,8 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import faust
 
@@ -47,6 +48,8 @@ from streams.preflight import (
 from streams.settings import Settings
 from streams.web import register_pages
 from tables.cache import EntityCache, changelog_topic, declare_caches
+from tables.changelogs import read_changelogs, refill
+from tables.local_store import check_table_files, lock_data_dir, writable_problem
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,8 @@ class MirrorApp(MirrorTransportApp):
     early_tasks: list[tuple[Callable[[], Awaitable[None]], float | None]]
     """What :meth:`run_early` registered."""
     caches: dict[str, EntityCache]
+    data_dir_lock: IO[bytes] | None = None
+    """DATA_DIR's lock, held while the process lives."""
 
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
@@ -117,10 +122,54 @@ class MirrorApp(MirrorTransportApp):
             or await schema_problem(mirror.store, list(mirror.registry))
             or await broker_problem(settings, self.cached_topics)
         )
+        if not problem:
+            try:
+                await self.prepare_cached_tables()
+            except MirrorError as exc:
+                problem = str(exc)
+            except Exception as exc:  # the broker's own errors (aiokafka) and the like
+                problem = " ".join(f"cannot prepare the cached tables: {exc!r}".split())
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
             # Nothing has started yet; exiting here spares Faust's shutdown traceback.
             os._exit(1)
+
+    async def prepare_cached_tables(self) -> None:
+        """Before Faust opens its table stores: lock DATA_DIR, make the changelogs that are
+        missing, remove table files that do not belong to them (``tables.local_store``), and
+        write again from the database each changelog that lost entities (``tables.changelogs``);
+        one warning line per table saying what was done and why."""
+        settings = self.mirror_settings
+        data_dir = Path(settings.data_path)
+        self.data_dir_lock = lock_data_dir(data_dir)
+        if not self.caches:
+            return
+        logs = await read_changelogs(
+            settings, {c.changelog: int(c.table.partitions) for c in self.caches.values()}
+        )
+        notes: dict[str, list[str]] = {}
+        if settings.table_store == "rocksdb":
+            tables = {c.table.name: logs[c.changelog] for c in self.caches.values()}
+            removed = check_table_files(data_dir, Path(self.conf.tabledir), settings.app_id, tables)
+            for name, why in removed.items():
+                notes.setdefault(name, []).append(
+                    f"its files in DATA_DIR were removed, as {why}; Faust recovers it from the "
+                    "changelog"
+                )
+        mirror = self.entity_agents.mirror
+        for name, cache in sorted(self.caches.items()):
+            done = await refill(
+                mirror.store, cache.spec, mirror.group, logs[cache.changelog], cache.writer
+            )
+            if done is not None:
+                why, count = done
+                notes.setdefault(name, []).append(
+                    f"the changelog was written again from {cache.spec.table.name} "
+                    f"({count} entries), as {why}"
+                )
+        for name, parts in sorted(notes.items()):
+            changelog = self.caches[name].changelog
+            log.warning("cached table %s (%s): %s", name, changelog, "; ".join(parts))
 
     def run_early(self, task: Callable[[], Awaitable[None]], every: float | None = None) -> None:
         """Run ``task`` from the app's start: once, or every ``every`` seconds.
@@ -229,11 +278,18 @@ def source_partition_counts(settings: Settings, topics: list[str]) -> dict[str, 
 
 
 def ensure_data_dir(path: str) -> str:
-    """Create DATA_DIR if it does not exist yet (Faust would crash on a missing one)."""
+    """Create DATA_DIR if it does not exist yet and check the worker can write in it (Faust
+    would crash on a missing one, RocksDB with a traceback on a read-only one)."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise SettingsError(f"DATA_DIR: cannot create {path!r}: {exc.strerror}") from None
+    problem = writable_problem(Path(path))
+    if problem is not None:
+        raise SettingsError(
+            f"DATA_DIR: {problem}; give the worker's user write access to it, or set DATA_DIR "
+            "to a directory it can write"
+        )
     return path
 
 

@@ -1,4 +1,5 @@
-"""Helpers for integration tests: topics, producing, worker processes, catching up.
+"""Helpers for tests: topics, producing, worker processes, catching up (integration), and a
+store of mirrored planets (unit).
 
 Every wait here polls a condition against a generous deadline; none sleeps a fixed time.
 """
@@ -20,13 +21,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devservices.processes import note_started
+
+if TYPE_CHECKING:
+    from models.store import SqlStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -588,3 +592,32 @@ def expected_state(sent: list[Sent], positions: list[tuple[int, int, int]]) -> d
         if record.entity not in newest or position > newest[record.entity][0]:
             newest[record.entity] = (position, record.name)
     return {k: name for k, (_, name) in newest.items() if name is not None}
+
+
+def mirrored_planets(url: str, count: int, group: str = "api") -> SqlStore:
+    """Return a store at ``url`` holding planets ``p00``.. named ``n0``.., mirrored by
+    ``group`` (planet-changed, partition 0, offsets 0..)."""
+    import models.planet  # noqa: F401  (declares Planet in the default registry)
+    from models.registry import default_registry
+    from models.store import SqlStore
+    from streams.core.routing import SourceRecord
+    from streams.mirror import Mirror
+
+    store = SqlStore.from_url(url)
+    store.create_tables(list(default_registry))
+    spec = default_registry.by_kind("planet")
+    assert spec is not None
+    records = [
+        SourceRecord(
+            "planet-changed",
+            0,
+            i,
+            1000 + i,
+            None,
+            json.dumps({"planetUuid": f"p{i:02d}", "planetName": f"n{i}"}).encode(),
+        )
+        for i in range(count)
+    ]
+    if records:
+        Mirror(default_registry, store, group=group).apply(spec, records)
+    return store

@@ -62,6 +62,32 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_variable(tmp_path
     assert lines == [lines[0]] and lines[0].startswith("error: DATA_DIR: cannot create")
 
 
+#: The capabilities that let root write in a directory whatever its mode.
+UNBOUND = ("dac_override", "dac_read_search", "fowner")
+
+
+def test_a_read_only_data_dir_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    # Before: the worker started, and RocksDB's traceback ended it at its first assignment.
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o555)
+    # Root writes anywhere: as root, the worker runs without the capabilities that let it
+    # (util-linux's setpriv), so that file modes bind it as any other user.
+    dropped = ",".join(f"-{capability}" for capability in UNBOUND)
+    launcher = ("setpriv", f"--bounding-set={dropped}", "--") if os.geteuid() == 0 else ()
+    try:
+        env = {"DATA_DIR": str(data), "WEB_PORT": str(free_port())}
+        done = run_worker(env, tmp_path, launcher=launcher)
+    finally:
+        data.chmod(0o755)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2, lines
+    assert lines == [
+        f"error: DATA_DIR: cannot write in {str(data)!r}: Permission denied; give the worker's "
+        "user write access to it, or set DATA_DIR to a directory it can write"
+    ]
+
+
 def test_faust_s_web_options_are_refused_in_one_line(tmp_path: Path) -> None:
     # Before: faust's --web-port and --web-bind moved the web server (0.0.0.0: every
     # interface) and the URL advertised to other workers, whatever WEB_PORT and WEB_HOST said.
