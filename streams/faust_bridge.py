@@ -41,6 +41,29 @@ said otherwise).
 9. **The consumer class is chosen privately** (``App._new_transport``): :class:`MirrorTransportApp`
    gives the app :class:`MirrorConsumer`; :func:`recovery_remaining` reads the recovery service
    ``TableManagerT`` does not declare.
+10. **Faust's settings take environment variables over the app's arguments**
+    (``faust/types/settings/base.py``, ``SettingsRegistry._init_settings``: a setting's
+    ``env_name`` read from ``Settings.env``, which ``Settings._init_env_prefix`` makes
+    ``os.environ`` unless given one, replaces the keyword argument). ``BROKER_URL`` beside
+    KAFKA_BROKER moved the worker to another cluster, ``WEB_BIND=0.0.0.0`` exposed the API on
+    every interface, ``APP_DATADIR`` and ``NODE_CANONICAL_URL`` won over DATA_DIR and
+    CANONICAL_URL, and ``APP_VERSION=1.2.3`` (a common variable) stops Faust with a ValueError.
+    :data:`FAUST_OPTIONS` gives the app an empty environment: the worker's settings are the
+    only source. Test: BROKER_URL winning over ``broker=``, and not with FAUST_OPTIONS.
+11. **An unknown table on Faust's router pages is a 500** (``faust/app/router.py``,
+    ``Router._get_table``: ``self.app.tables[name]`` raises KeyError, which
+    ``faust/web/apps/router.py`` lets through in ``TableDetail.get``, a 500 with a traceback,
+    and turns into a 503 to retry forever in ``TableKeyDetail.get``): :class:`MirrorRouter`
+    raises Faust's ``NotFound`` there, a JSON 404 on both pages. Test: Faust's KeyError, and
+    MirrorRouter's NotFound.
+12. **Table files that do not match their changelog stop the worker**
+    (``faust/tables/recovery.py``, ``Recovery._restart_recovery``: ``ConsistencyError`` when a
+    partition's persisted offset is past the changelog's highwater, as after a Kafka reset;
+    under the highwater of a log made again, the entries kept are the old log's).
+    ``tables.local_store`` checks the files before Faust opens them, reading them with
+    :func:`table_files` and :func:`persisted_offset` (``faust/stores/rocksdb.py``:
+    ``Store.partition_path``, ``<tabledir>/<table>-<partition>.db``, and ``Store.offset_key``).
+    Test: Faust's check in its source, and the offset read from files Faust's store wrote.
 """
 
 from __future__ import annotations
@@ -48,16 +71,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.app.router import Router
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 from faust.types import TP
+from faust.web.exceptions import NotFound
 
 from streams import metrics
 from streams.core.recovery import RecoveryProgress
@@ -438,3 +465,46 @@ def recovery_watchdog(app: faust.App, stall_seconds: float) -> Callable[[], Awai
         os._exit(RECOVERY_STALLED_EXIT)
 
     return watch_recovery
+
+
+class MirrorRouter(Router):
+    """Faust's router, answering 404 (not a 500) for a table the app does not have."""
+
+    def _get_table(self, name: str) -> Any:
+        try:
+            return super()._get_table(name)
+        except KeyError:
+            raise NotFound("unknown table", name=name) from None
+
+
+#: Options every app of the worker gets for the workarounds above (10 and 11): no environment
+#: for Faust's settings, and the router answering 404 for an unknown table.
+FAUST_OPTIONS: Mapping[str, Any] = {"env": {}, "Router": MirrorRouter}
+
+#: Where Faust's RocksDB store keeps the changelog offset a partition holds
+#: (``faust/stores/rocksdb.py``, ``Store.offset_key``).
+OFFSET_KEY = b"__faust\0offset__"
+
+
+def table_files(tabledir: Path, table: str) -> dict[int, Path]:
+    """Return the partition databases of ``table`` under ``tabledir``, by partition."""
+    pattern = re.compile(rf"{re.escape(table)}-(\d+)\.db")
+    if not tabledir.is_dir():
+        return {}
+    return {
+        int(match.group(1)): path
+        for path in tabledir.iterdir()
+        if (match := pattern.fullmatch(path.name)) is not None
+    }
+
+
+def persisted_offset(path: Path) -> int | None:
+    """Return the changelog offset a partition database holds (None: none), read-only."""
+    from rocksdict import AccessType, Options, Rdict
+
+    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        raw = db.get(OFFSET_KEY)
+    finally:
+        db.close()
+    return None if raw is None else int(raw)

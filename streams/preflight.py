@@ -57,6 +57,68 @@ def web_port_problem(settings: Settings) -> str | None:
     return None
 
 
+#: Faust settings the worker's settings choose: the variable choosing each (None: always the
+#: same), and faust's worker option that sets it after the app is built, overriding the
+#: worker's choice (``faust/cli/worker.py``, ``worker._init_worker_options``).
+CHOSEN_BY: dict[str, tuple[str | None, str | None]] = {
+    "web_enabled": (None, "--without-web"),
+    "web_port": ("WEB_PORT", "--web-port"),
+    "web_bind": ("WEB_HOST", "--web-bind"),
+    "web_host": ("WEB_HOST", "--web-host"),
+    "web_transport": (None, "--web-transport"),
+    "canonical_url": ("CANONICAL_URL", None),  # --web-port and --web-host set it too
+    "broker": ("KAFKA_BROKER", None),
+    "datadir": ("DATA_DIR", None),
+}
+
+
+def chosen_conf(settings: Settings) -> dict[str, str]:
+    """Return, as text, what the worker's settings chose for each of :data:`CHOSEN_BY`."""
+    return {
+        "web_enabled": "True",
+        "web_port": str(settings.web_port),
+        "web_bind": settings.web_host,
+        "web_host": settings.web_host,
+        "web_transport": "tcp:",
+        "canonical_url": settings.advertised_url,
+        "broker": settings.kafka_broker,
+        "datadir": settings.data_path,
+    }
+
+
+def faust_conf_problem(conf: Any, settings: Settings) -> str | None:
+    """Return which of Faust's settings are not what the worker's settings chose, or None.
+
+    The app gets each of them from the settings, with no environment of Faust's
+    (streams/faust_bridge.py, workaround 10); faust's worker options still set some after the
+    app is built: the worker refuses to start rather than serve where its settings do not say.
+    """
+    have = {
+        "web_enabled": str(bool(conf.web_enabled)),
+        "web_port": str(conf.web_port),
+        "web_bind": str(conf.web_bind),
+        "web_host": str(conf.web_host),
+        "web_transport": str(conf.web_transport),
+        "canonical_url": str(conf.canonical_url),
+        "broker": ";".join(str(url) for url in conf.broker),
+        "datadir": str(conf.datadir),
+    }
+    wrong = {name: want for name, want in chosen_conf(settings).items() if have[name] != want}
+    if not wrong:
+        return None
+    said = ", ".join(
+        f"{name} {have[name]!r} where {variable or 'the worker'} says {want!r}"
+        for name, want in wrong.items()
+        for variable in [CHOSEN_BY[name][0]]
+    )
+    options = sorted({option for name in wrong if (option := CHOSEN_BY[name][1])})
+    leave_out = f"leave out faust's {', '.join(options)} and " if options else ""
+    return (
+        f"Faust's settings were changed after the worker chose them ({said}); {leave_out}"
+        "configure the worker with its environment variables only"
+    )
+
+
 def _check_connect(settings: Settings, timeout: float) -> None:
     """Open one connection to DATABASE_URL and run ``SELECT 1`` (raises the driver's error)."""
     from sqlalchemy import create_engine, text
@@ -145,8 +207,7 @@ def partition_problem(
             return (
                 f"changelog {changelog} has {have} partitions but its source topic {source} has "
                 f"{want}: a topic cannot lose partitions, so the source was created again with "
-                f"fewer; delete {changelog} (the cache is rebuilt from the database as entities "
-                "change, and reads it lacks are answered from the database)"
+                f"fewer; delete {changelog} (the next start writes it again from the database)"
             )
     return None
 

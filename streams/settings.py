@@ -29,6 +29,32 @@ _APP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _HOST_PORT_RE = re.compile(r"^[A-Za-z0-9._-]+:\d{1,5}$")
 _BROKER_SCHEMES = ("kafka://", "aiokafka://")
 
+#: Variables Faust reads for something the worker configures from a variable of its own (the
+#: worker's, in the values). The worker reads none of them: Faust's ``Settings`` get no
+#: environment (``streams.faust_bridge.FAUST_OPTIONS``), and what ``faust/types/_env.py`` reads
+#: (``FAUST_*``, ``F_*``; faust's ``--datadir`` sets ``FAUST_DATADIR``) are only defaults of
+#: settings the worker always passes. Set beside the worker's, they are named in one warning.
+FAUST_VARIABLES: dict[str, str] = {
+    "BROKER_URL": "KAFKA_BROKER",
+    "BROKER_CONSUMER_URL": "KAFKA_BROKER",
+    "BROKER_PRODUCER_URL": "KAFKA_BROKER",
+    "BROKER_CREDENTIALS": "KAFKA_SECURITY_PROTOCOL",
+    "BROKER_SESSION_TIMEOUT": "SESSION_TIMEOUT",
+    "WEB_BIND": "WEB_HOST",
+    "NODE_CANONICAL_URL": "CANONICAL_URL",
+    "APP_DATADIR": "DATA_DIR",
+    "APP_TABLEDIR": "DATA_DIR",
+    "APP_STORE": "TABLE_STORE",
+    "TABLE_STANDBY_REPLICAS": "STANDBY_REPLICAS",
+    "TOPIC_REPLICATION_FACTOR": "TOPIC_REPLICAS",
+    "FAUST_DATADIR": "DATA_DIR",
+    "F_DATADIR": "DATA_DIR",
+    "FAUST_WEB_PORT": "WEB_PORT",
+    "F_WEB_PORT": "WEB_PORT",
+    "FAUST_F_WEB_BIND": "WEB_HOST",
+    "F_F_WEB_BIND": "WEB_HOST",
+}
+
 Parse = Callable[[str, "Read"], Any]
 
 
@@ -372,6 +398,14 @@ class Settings:
     """Seconds a record's timestamp may be ahead of the worker's clock; a later one counts as
     this far ahead in its version (counted and logged), so it holds its entity against events
     from other partitions no longer than this."""
+    ignored_faust_variables: tuple[str, ...] = field(default=(), metadata={})
+    """Faust's variables of :data:`FAUST_VARIABLES` set in the environment: not read, named in
+    a warning at start (no variable of its own)."""
+
+    @property
+    def data_path(self) -> str:
+        """Return DATA_DIR, or its default ``<APP_ID>-data`` (relative to the cwd)."""
+        return self.data_dir or f"{self.app_id}-data"
 
     @property
     def broker_hosts(self) -> list[str]:
@@ -395,6 +429,17 @@ class Settings:
         if self.kafka_ssl_certfile:
             context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
         return context
+
+    def ignored_variables_warning(self) -> str | None:
+        """Return the warning naming Faust's variables set but not read, or None."""
+        names = self.ignored_faust_variables
+        if not names:
+            return None
+        instead = sorted({FAUST_VARIABLES[name] for name in names})
+        return (
+            f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} Faust's and not read by "
+            f"this worker: it is configured by {', '.join(instead)} instead"
+        )
 
     @property
     def advertised_url(self) -> str:
@@ -425,6 +470,8 @@ class Settings:
         workdir = Path.cwd() if cwd is None else cwd
         values: dict[str, Any] = {}
         for item in fields(cls):
+            if "env" not in item.metadata:
+                continue
             variable: Variable = item.metadata["env"]
             raw = env_vars.get(variable.name)
             if raw is None and not variable.when_unset:
@@ -432,6 +479,9 @@ class Settings:
             values[item.name] = variable.parse(
                 "" if raw is None else raw, Read(variable.name, item.default, workdir)
             )
+        values["ignored_faust_variables"] = tuple(
+            name for name in FAUST_VARIABLES if env_vars.get(name) is not None
+        )
         settings = cls(**values)
         if settings.kafka_security_protocol.startswith("SASL") and not settings.kafka_sasl_username:
             raise SettingsError(
@@ -444,7 +494,9 @@ class Settings:
 def variables() -> dict[str, tuple[Variable, Any]]:
     """Return every variable the settings read, with its field's default, in field order."""
     return {
-        item.metadata["env"].name: (item.metadata["env"], item.default) for item in fields(Settings)
+        item.metadata["env"].name: (item.metadata["env"], item.default)
+        for item in fields(Settings)
+        if "env" in item.metadata
     }
 
 

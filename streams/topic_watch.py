@@ -9,7 +9,7 @@ its cached tables' changelogs (one metadata request):
   (``streams.positioner.Positioner.check_logs``).
 - A cached entity's source topic with more partitions than its changelog: the changelog is
   given as many, and, once every worker has seen the change and places entries by the new
-  count, the entries whose key moved are rebuilt from the database (``tables.layout``); then
+  count, the entries whose key moved are rebuilt from the database (``tables.changelogs``); then
   the group rebalances, so that each owner reads them. The new partitions themselves are
   picked up by the consumer's next metadata refresh (``consumer_metadata_max_age_ms``, 5 s
   here) and a rebalance.
@@ -29,7 +29,7 @@ from streams.mirror import Mirror
 from streams.settings import Settings
 from streams.topic_ids import TopicFacts, TopicIds
 from tables.cache import EntityCache
-from tables.layout import grow_changelog, rebuild_moved
+from tables.changelogs import grow_changelog, rebuild_moved
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class TopicWatch:
     async def _grow(self, cache: EntityCache, old: int, new: int) -> None:
         """Give the changelog the source's count; if this worker did, rebuild moved entries."""
         source = self.mirror.source_topic(cache.spec)
-        grown = await grow_changelog(self.settings, cache, new)
+        grown = await grow_changelog(self.settings, cache.changelog, new)
         self._follow(cache, new)
         if not grown:
             return
@@ -136,7 +136,9 @@ class TopicWatch:
     async def _rebuild(self, cache: EntityCache, old: int, new: int) -> None:
         await asyncio.sleep(REBUILD_DELAY)
         try:
-            moved = await rebuild_moved(cache, self.mirror.store, old, new)
+            moved = await rebuild_moved(
+                self.mirror.store, cache.spec, cache.writer, cache.changelog, old, new
+            )
         except Exception as exc:  # reads of the keys not rebuilt are answered from SQL
             log.error(
                 "rebuilding the %s cache after its changelog grew failed: %r; reads of the keys "

@@ -17,7 +17,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 
 
 async def admin_client(settings: Settings) -> Any:
-    """Return a started admin client (one clear line when the brokers refuse it)."""
+    """Return a started aiokafka admin client (the caller closes it)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(
@@ -125,3 +125,20 @@ async def max_message_bytes(settings: Settings, topic: str) -> int:
         return DEFAULT_MAX_MESSAGE_BYTES if facts is None else facts[1]
     finally:
         await admin.close()
+
+
+async def topic_ids(settings: Settings, topics: list[str]) -> dict[str, str] | None:
+    """Return the ids of ``topics`` that exist (None: the brokers give no ids,
+    ``streams.topic_ids``)."""
+    from aiokafka.client import AIOKafkaClient
+
+    from streams.topic_ids import read_topic_ids
+
+    client = AIOKafkaClient(
+        bootstrap_servers=settings.broker_hosts, **settings.kafka_client_options()
+    )
+    await start_client(settings, client.bootstrap(), client.close, timeout=20)
+    try:
+        return await read_topic_ids(client, topics)
+    finally:
+        await client.close()

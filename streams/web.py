@@ -25,11 +25,17 @@ OPEN_PATHS = frozenset({"/health"})
 
 
 def authorized(headers: Mapping[str, str], token: str) -> bool:
-    """Tell whether ``headers`` carry ``Authorization: Bearer <token>`` (or none is set)."""
+    """Tell whether ``headers`` carry ``Authorization: Bearer <token>`` (or none is set).
+
+    The scheme is case-insensitive (RFC 9110, section 11.1: ``bearer`` is ``Bearer``); the
+    token is compared exactly, in constant time.
+    """
     if not token:
         return True
-    given = headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+    given = credentials.strip(" ").encode("utf-8", "surrogateescape")
+    matches = hmac.compare_digest(given, token.encode())
+    return scheme.lower() == "bearer" and matches
 
 
 def token_guard(token: str) -> Middleware:

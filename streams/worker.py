@@ -11,7 +11,8 @@ import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import faust
 
@@ -25,7 +26,12 @@ from streams.agents import (
     repartition_topic,
 )
 from streams.core.errors import MirrorError, SettingsError
-from streams.faust_bridge import MirrorTransportApp, assignment_settled, recovery_watchdog
+from streams.faust_bridge import (
+    FAUST_OPTIONS,
+    MirrorTransportApp,
+    assignment_settled,
+    recovery_watchdog,
+)
 from streams.freshness import Freshness
 from streams.handoff import Handoff
 from streams.mirror import Mirror
@@ -33,6 +39,7 @@ from streams.positioner import Positioner
 from streams.preflight import (
     broker_problem,
     database_problem,
+    faust_conf_problem,
     schema_problem,
     topic_partition_counts,
     web_port_problem,
@@ -42,6 +49,8 @@ from streams.topic_ids import TopicIds
 from streams.topic_watch import TopicWatch
 from streams.web import register_pages
 from tables.cache import EntityCache, changelog_topic, declare_caches
+from tables.changelogs import read_changelogs, refill
+from tables.local_store import check_table_files, lock_data_dir, writable_problem
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +108,71 @@ class MirrorApp(MirrorTransportApp):
     """What :meth:`run_early` registered."""
     caches: dict[str, EntityCache]
     topic_ids: TopicIds
+    data_dir_lock: IO[bytes] | None = None
+    """DATA_DIR's lock, held while the process lives."""
 
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
         await super().on_first_start()
+        settings = self.mirror_settings
+        if (ignored := settings.ignored_variables_warning()) is not None:
+            log.warning("%s", ignored)
         mirror = self.entity_agents.mirror
         problem = (
-            web_port_problem(self.mirror_settings)
-            or await database_problem(self.mirror_settings)
+            faust_conf_problem(self.conf, settings)
+            or web_port_problem(settings)
+            or await database_problem(settings)
             or await schema_problem(mirror.store, list(mirror.registry))
-            or await broker_problem(self.mirror_settings, self.cached_topics)
+            or await broker_problem(settings, self.cached_topics)
         )
+        if not problem:
+            try:
+                await self.prepare_cached_tables()
+            except MirrorError as exc:
+                problem = str(exc)
+            except Exception as exc:  # the broker's own errors (aiokafka) and the like
+                problem = " ".join(f"cannot prepare the cached tables: {exc!r}".split())
         if problem:
             print(f"error: {problem}", file=sys.stderr, flush=True)
             # Nothing has started yet; exiting here spares Faust's shutdown traceback.
             os._exit(1)
+
+    async def prepare_cached_tables(self) -> None:
+        """Before Faust opens its table stores: lock DATA_DIR, make the changelogs that are
+        missing, remove table files that do not belong to them (``tables.local_store``), and
+        write again from the database each changelog that lost entities (``tables.changelogs``);
+        one warning line per table saying what was done and why."""
+        settings = self.mirror_settings
+        data_dir = Path(settings.data_path)
+        self.data_dir_lock = lock_data_dir(data_dir)
+        if not self.caches:
+            return
+        logs = await read_changelogs(
+            settings, {c.changelog: int(c.table.partitions) for c in self.caches.values()}
+        )
+        notes: dict[str, list[str]] = {}
+        if settings.table_store == "rocksdb":
+            tables = {c.table.name: logs[c.changelog] for c in self.caches.values()}
+            removed = check_table_files(data_dir, Path(self.conf.tabledir), settings.app_id, tables)
+            for name, why in removed.items():
+                notes.setdefault(name, []).append(
+                    f"its files in DATA_DIR were removed, as {why}; Faust recovers it from the "
+                    "changelog"
+                )
+        mirror = self.entity_agents.mirror
+        for name, cache in sorted(self.caches.items()):
+            done = await refill(
+                mirror.store, cache.spec, mirror.group, logs[cache.changelog], cache.writer
+            )
+            if done is not None:
+                why, count = done
+                notes.setdefault(name, []).append(
+                    f"the changelog was written again from {cache.spec.table.name} "
+                    f"({count} entries), as {why}"
+                )
+        for name, parts in sorted(notes.items()):
+            changelog = self.caches[name].changelog
+            log.warning("cached table %s (%s): %s", name, changelog, "; ".join(parts))
 
     def run_early(self, task: Callable[[], Awaitable[None]], every: float | None = None) -> None:
         """Run ``task`` from the app's start: once, or every ``every`` seconds.
@@ -280,11 +339,18 @@ def source_partition_counts(settings: Settings, topics: list[str]) -> dict[str, 
 
 
 def ensure_data_dir(path: str) -> str:
-    """Create DATA_DIR if it does not exist yet (Faust would crash on a missing one)."""
+    """Create DATA_DIR if it does not exist yet and check the worker can write in it (Faust
+    would crash on a missing one, RocksDB with a traceback on a read-only one)."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
         raise SettingsError(f"DATA_DIR: cannot create {path!r}: {exc.strerror}") from None
+    problem = writable_problem(Path(path))
+    if problem is not None:
+        raise SettingsError(
+            f"DATA_DIR: {problem}; give the worker's user write access to it, or set DATA_DIR "
+            "to a directory it can write"
+        )
     return path
 
 
@@ -303,13 +369,15 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     mirror = mirror or build_mirror(settings)
     tune_garbage_collector()
     extra: dict[str, Any] = {}
-    if settings.data_dir:
-        extra["datadir"] = ensure_data_dir(settings.data_dir)
     credentials = broker_credentials(settings)
     if credentials is not None:
         extra["broker_credentials"] = credentials
     app = MirrorApp(
         settings.app_id,
+        # Every setting Faust would otherwise take from its own variables (FAUST_OPTIONS: none
+        # of its Settings' variables; faust/types/_env.py's only give these defaults).
+        **FAUST_OPTIONS,
+        datadir=ensure_data_dir(settings.data_path),
         broker=settings.kafka_broker,
         store=f"{settings.table_store}://",
         autodiscover=False,
@@ -317,6 +385,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        web_transport="tcp://",
         canonical_url=settings.advertised_url,
         table_standby_replicas=settings.standby_replicas,
         topic_partitions=settings.topic_partitions,

@@ -1,4 +1,5 @@
-"""Helpers for integration tests: topics, producing, worker processes, catching up.
+"""Helpers for tests: topics, producing, worker processes, catching up (integration), and a
+store of mirrored planets (unit).
 
 Every wait here polls a condition against a generous deadline; none sleeps a fixed time.
 """
@@ -21,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -29,6 +30,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devservices.processes import note_started
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from models.store import SqlStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -414,10 +418,13 @@ def make_worker(
     return WorkerProcess(env, tmp_path / "worker.log"), app_id
 
 
-def run_worker_to_exit(env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a worker that is expected to stop by itself (a start-up check failing)."""
+def run_worker_to_exit(
+    env: Mapping[str, str], cwd: Path, *options: str, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run a worker that is expected to stop by itself (a start-up check failing), with
+    ``options`` after ``worker`` and ``launcher`` before the interpreter (``setpriv ...``)."""
     return subprocess.run(
-        [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
+        [*launcher, sys.executable, "-m", "faust", "-A", "streams.app", "worker", *options],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
@@ -671,3 +678,32 @@ def expected_state(sent: list[Sent], positions: list[tuple[int, int, int]]) -> d
         if record.entity not in newest or version > newest[record.entity][0]:
             newest[record.entity] = (version, record.name)
     return {k: name for k, (_, name) in newest.items() if name is not None}
+
+
+def mirrored_planets(url: str, count: int, group: str = "api") -> SqlStore:
+    """Return a store at ``url`` holding planets ``p00``.. named ``n0``.., mirrored by
+    ``group`` (planet-changed, partition 0, offsets 0..)."""
+    import models.planet  # noqa: F401  (declares Planet in the default registry)
+    from models.registry import default_registry
+    from models.store import SqlStore
+    from streams.core.routing import SourceRecord
+    from streams.mirror import Mirror
+
+    store = SqlStore.from_url(url)
+    store.create_tables(list(default_registry))
+    spec = default_registry.by_kind("planet")
+    assert spec is not None
+    records = [
+        SourceRecord(
+            "planet-changed",
+            0,
+            i,
+            1000 + i,
+            None,
+            json.dumps({"planetUuid": f"p{i:02d}", "planetName": f"n{i}"}).encode(),
+        )
+        for i in range(count)
+    ]
+    if records:
+        Mirror(default_registry, store, group=group).apply(spec, records)
+    return store

@@ -141,14 +141,6 @@ class SqlStore:
         with self._wrapped(what), self.engine.begin() as conn:
             yield StoreTransaction(conn, self.dialect)
 
-    @contextmanager
-    def alone(self, spec: EntitySpec, what: str) -> Iterator[StoreTransaction]:
-        """Open a transaction that holds the entity's lock alone: no batch of it commits until
-        it ends (a batch's transaction takes the lock too: ``StoreTransaction.serialize``)."""
-        with self.transaction(what) as tx:
-            tx.serialize(spec, exclusive=True)
-            yield tx
-
     def rows(self, spec: EntitySpec) -> dict[Any, dict[str, Any]]:
         """Return every row of the entity's table keyed by entity key (tests, CLI)."""
         with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:

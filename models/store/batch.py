@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,11 +25,12 @@ from sqlalchemy.exc import (
 
 from models.copy_format import copy_text
 from models.registry import VERSION_COLUMNS, EntitySpec
-from models.store.schema import logs_table, offsets_table, public_columns
+from models.store.schema import changelogs_table, logs_table, offsets_table, public_columns
 from models.store.statements import (
     _CHUNK,
     COPY_FROM_ROWS,
     ENTITY_LOCK_SPACE,
+    _changelog_upsert,
     _counts_upsert,
     _delete_query,
     _delete_staging_sql,
@@ -168,17 +169,6 @@ class StoreTransaction:
             for row in self.conn.execute(select(*columns).where(where)).mappings():
                 found[row[spec.key_column]] = dict(row)
         return found
-
-    def rows_after(
-        self, spec: EntitySpec, after: EntityKey | None, limit: int
-    ) -> list[dict[str, Any]]:
-        """Return up to ``limit`` rows (public columns) with keys after ``after``, in key order."""
-        key_col = spec.table.c[spec.key_column]
-        query = select(*(spec.table.c[c] for c in public_columns(spec.table)))
-        if after is not None:
-            query = query.where(key_col > after)
-        query = query.order_by(key_col).limit(limit)
-        return [dict(row) for row in self.conn.execute(query).mappings()]
 
     def _key_filters(self, key_col: Any, keys: Sequence[EntityKey]) -> list[Any]:
         """Return WHERE clauses that together select ``keys`` of ``key_col``."""
@@ -564,6 +554,38 @@ class StoreTransaction:
             for p, o in sorted(next_offsets.items())
         ]
         self._insert_many(_offsets_upsert(self.dialect), rows)
+
+    def changelog_id(self, group: str, topic: str) -> str | None:
+        """Return the id of the changelog ``topic`` the rows were last written to whole."""
+        t = changelogs_table
+        query = select(t.c.topic_id).where(t.c.consumer_group == group, t.c.topic == topic)
+        found = self.conn.execute(query).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    def note_changelog(self, group: str, topic: str, topic_id: str) -> None:
+        """Record that the rows are written to the changelog ``topic`` of id ``topic_id``."""
+        row = {"consumer_group": group, "topic": topic, "topic_id": topic_id}
+        self.conn.execute(_changelog_upsert(self.dialect), [row])
+
+    def has_rows(self, spec: EntitySpec) -> bool:
+        """Tell whether the entity's table has any row (soft-deleted ones too)."""
+        return self.conn.execute(select(spec.table.c[spec.key_column]).limit(1)).first() is not None
+
+    def row_pages(self, spec: EntitySpec, size: int) -> Iterator[list[dict[str, Any]]]:
+        """Yield every row's public columns (soft-deleted rows too), ``size`` at a time, in key
+        order: one query per page, so a large table is never held whole."""
+        key = spec.table.c[spec.key_column]
+        columns = [spec.table.c[c] for c in public_columns(spec.table)]
+        after: Any = None
+        while True:
+            query = select(*columns).order_by(key).limit(size)
+            if after is not None:
+                query = query.where(key > after)
+            page = [dict(row) for row in self.conn.execute(query).mappings()]
+            if not page:
+                return
+            yield page
+            after = page[-1][spec.key_column]
 
     def add_counts(self, group: str, counts: Mapping[tuple[str, str], int]) -> None:
         """Add outcome counts per (topic, outcome)."""

@@ -34,6 +34,15 @@ outcomes_table = Table(
     Column("count", BigInteger, nullable=False),
 )
 
+changelogs_table = Table(
+    "mirror_changelogs",
+    bookkeeping,
+    Column("consumer_group", String(255), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    # Kafka's id of the changelog topic the rows were last written to whole (KIP-516).
+    Column("topic_id", String(36), nullable=False),
+)
+
 
 logs_table = Table(
     "mirror_logs",

@@ -21,7 +21,13 @@ from sqlalchemy.sql import column as sa_column
 from sqlalchemy.sql import table as sa_table
 
 from models.registry import VERSION_COLUMNS
-from models.store.schema import logs_table, offsets_table, outcomes_table, public_columns
+from models.store.schema import (
+    changelogs_table,
+    logs_table,
+    offsets_table,
+    outcomes_table,
+    public_columns,
+)
 from streams.core.errors import StoreError
 from streams.core.routing import Version
 
@@ -122,6 +128,15 @@ def _log_upsert(dialect: str) -> Any:
         index_elements=["topic"],
         set_={"topic_id": stmt.excluded.topic_id},
         where=logs_table.c.topic_id.is_(None),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _changelog_upsert(dialect: str) -> Any:
+    """Record which changelog topic (by id) a table's rows were written to."""
+    stmt = _insert_for(dialect, changelogs_table)
+    return stmt.on_conflict_do_update(
+        index_elements=["consumer_group", "topic"], set_={"topic_id": stmt.excluded.topic_id}
     )
 
 

@@ -113,6 +113,7 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
     from streams.agents import repartition_topic
     from streams.cli import operations
     from streams.core.staleness import stored_staleness
+    from streams.topics import topic_ids
     from streams.worker import build_mirror
 
     mirror = build_mirror(settings)
@@ -174,7 +175,7 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
         lines: list[str] = []
         stored = await asyncio.to_thread(mirror.store.stored_offsets, settings.app_id)
         logs = await asyncio.to_thread(mirror.store.known_logs)
-        ids = await operations.topic_ids(settings, sorted(logs))
+        ids = await topic_ids(settings, sorted(logs))
         scraped = [await operations.scrape(settings, url) for url in metrics_urls]
         for spec in mirror.registry:
             source = mirror.source_topic(spec)

@@ -59,22 +59,6 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
     return result
 
 
-async def topic_ids(settings: Settings, topics: list[str]) -> dict[str, str] | None:
-    """Return the ids of ``topics`` that exist (None: the brokers give no ids)."""
-    from aiokafka.client import AIOKafkaClient
-
-    from streams.topic_ids import read_topic_ids
-
-    client = AIOKafkaClient(
-        bootstrap_servers=settings.broker_hosts, **settings.kafka_client_options()
-    )
-    await start_client(settings, client.bootstrap(), client.close, timeout=20)
-    try:
-        return await read_topic_ids(client, topics)
-    finally:
-        await client.close()
-
-
 async def ensure_topic(settings: Settings, topic: str) -> None:
     """Create ``topic`` with TOPIC_PARTITIONS and TOPIC_REPLICAS when it is missing.
 

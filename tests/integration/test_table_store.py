@@ -5,6 +5,9 @@
 2. While a worker recovers a large in-memory table, the SQL mirror goes on, reads by key of
    the partitions still recovering answer 503, and once recovered the cache holds what the
    database holds (including what was applied during the recovery).
+3. Table files that belong to another log (a changelog made again, as on a fresh broker, or
+   another APP_ID) are removed and the changelog written again from the database: one warning,
+   no ConsistencyError, and reads by key answer what SQL has.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from models.planet import Planet
 from models.registry import build_spec
 from models.store import SqlStore
 from tests.support import (
+    WorkerProcess,
     create_topic,
     end_offsets,
+    free_port,
     make_worker,
     produce,
     wait_caught_up,
     wait_ready,
+    worker_env,
 )
 
 PLANET = build_spec(Planet)
@@ -68,21 +74,12 @@ async def test_a_stopped_worker_keeps_its_table_and_the_offset_it_holds(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     topic = f"{topic_prefix}planet-changed"
-    await create_topic(kafka_bootstrap, topic, partitions=4)
     keys = [str(uuid.uuid4()) for _ in range(400)]
-    await produce(kafka_bootstrap, topic, (created(k, f"first {k}") for k in keys))
-    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "rocks")
-    worker.start()
-    try:
-        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
-        await wait_ready(worker)
-    finally:
-        assert worker.stop() == "SIGTERM"
+    # Every entry is in the files (mirror_and_stop checks), each partition at its changelog's
+    # last offset: a restart starts reading the changelog after it.
+    worker, app_id = await mirror_and_stop(kafka_bootstrap, pg_url, topic_prefix, tmp_path, keys)
     changelog = await end_offsets(kafka_bootstrap, f"{app_id}-planet-changelog")
     files = read_partition_files(tmp_path / "data" / "v1" / "tables", 4)
-    # Every entry is in the files, each partition at its changelog's last offset: a restart
-    # starts reading the changelog after it.
-    assert sum(entries for _, entries in files.values()) == len(keys)
     assert {p: offset for p, (offset, _) in files.items()} == {
         p: end - 1 for p, end in changelog.items()
     }
@@ -168,6 +165,144 @@ async def test_the_sql_mirror_goes_on_while_a_large_memory_table_recovers(
     finally:
         worker.stop()
         store.dispose()
+
+
+async def mirror_and_stop(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path, keys: list[str]
+) -> tuple[WorkerProcess, str]:
+    """Mirror cached planets ``keys`` with a worker, stop it, and check its table files hold
+    every entry; return the worker and its APP_ID."""
+    topic = f"{topic_prefix}planet-changed"
+    await create_topic(kafka_bootstrap, topic, partitions=4)
+    await produce(kafka_bootstrap, topic, (created(k, f"first {k}") for k in keys))
+    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "rocks")
+    worker.start()
+    try:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        await wait_ready(worker)
+    finally:
+        assert worker.stop() == "SIGTERM"
+    files = read_partition_files(tmp_path / "data" / "v1" / "tables", 4)
+    assert sum(entries for _, entries in files.values()) == len(keys)
+    return worker, app_id
+
+
+async def make_again(bootstrap: str, topic: str, partitions: int) -> None:
+    """Delete ``topic`` and create it again, empty and compacted, as a fresh broker has it."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        deadline = time.monotonic() + 60
+        while True:  # the broker deletes it in the background
+            assert time.monotonic() < deadline, f"{topic} was not deleted"
+            if topic not in await admin.list_topics():
+                try:
+                    new = NewTopic(
+                        topic, partitions, 1, topic_configs={"cleanup.policy": "compact"}
+                    )
+                    await admin.create_topics([new])
+                    break
+                except TopicAlreadyExistsError:
+                    pass  # still being deleted
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    assert await end_offsets(bootstrap, topic) == dict.fromkeys(range(partitions), 0)
+
+
+def log_since(worker: WorkerProcess, start: int) -> str:
+    """Return what the worker logged from byte ``start`` of its log on."""
+    with worker.log_path.open("rb") as file:
+        file.seek(start)
+        return file.read().decode(errors="replace")
+
+
+def the_warning(log: str) -> str:
+    """Return the one warning line about the planet table (failing on none or more, or on a
+    ConsistencyError or traceback in ``log``)."""
+    said = [line for line in log.splitlines() if "cached table planet (" in line]
+    assert len(said) == 1 and "[WARNING]" in said[0], said
+    assert "ConsistencyError" not in log and "Traceback" not in log
+    return said[0]
+
+
+async def assert_all_cached(worker: WorkerProcess, keys: list[str]) -> None:
+    """Check the running worker answers every key from its cache as SQL has it."""
+    async with aiohttp.ClientSession() as http:
+        await assert_cached(http, f"http://127.0.0.1:{worker.env['WEB_PORT']}", keys, [])
+
+
+async def test_a_changelog_made_again_is_written_again_and_local_files_rebuilt(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    # Before: Faust's ConsistencyError traceback and exit 1 at every start (a crash loop under
+    # compose), and with the files removed by hand, 404 for every entity SQL has.
+    keys = [str(uuid.uuid4()) for _ in range(200)]
+    worker, app_id = await mirror_and_stop(kafka_bootstrap, pg_url, topic_prefix, tmp_path, keys)
+    changelog = f"{app_id}-planet-changelog"
+    await make_again(kafka_bootstrap, changelog, 4)
+    restarted_at = worker.log_path.stat().st_size
+    worker.start()
+    try:
+        await wait_ready(worker)
+        await assert_all_cached(worker, keys)
+    finally:
+        assert worker.stop() == "SIGTERM"
+    said = the_warning(log_since(worker, restarted_at))
+    assert f"cached table planet ({changelog}): its files in DATA_DIR were removed, as " in said
+    assert "as the changelog was made again since they were built" in said, said
+    assert f"written again from servicea_planet ({len(keys)} entries)" in said, said
+    # The rebuilt files hold every entry, at the end of the changelog written again.
+    files = read_partition_files(tmp_path / "data" / "v1" / "tables", 4)
+    assert sum(entries for _, entries in files.values()) == len(keys)
+    ends = await end_offsets(kafka_bootstrap, changelog)
+    assert {p: offset for p, (offset, _) in files.items()} == {p: e - 1 for p, e in ends.items()}
+
+
+async def test_a_data_dir_reused_under_another_app_id_is_rebuilt(
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    keys = [str(uuid.uuid4()) for _ in range(200)]
+    _, old_app = await mirror_and_stop(kafka_bootstrap, pg_url, topic_prefix, tmp_path, keys)
+    app_id = f"renamed-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        bootstrap=kafka_bootstrap,
+        database_url=pg_url,
+        app_id=app_id,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path / "data",
+    )
+    worker = WorkerProcess(env, tmp_path / "worker-renamed.log")
+    worker.start()
+    try:
+        await wait_ready(worker)
+        await assert_all_cached(worker, keys)
+        # One worker per DATA_DIR: a second one on it stops with one line.
+        second = WorkerProcess({**env, "WEB_PORT": str(free_port())}, tmp_path / "second.log")
+        second.start()
+        assert second.proc is not None
+        code = await asyncio.to_thread(second.proc.wait, 120)
+    finally:
+        assert worker.stop() == "SIGTERM"
+    said = the_warning(worker.log_path.read_text(errors="replace"))
+    assert f"built under APP_ID {old_app!r}" in said, said
+    assert f"written again from servicea_planet ({len(keys)} entries)" in said, said
+    second_log = second.log_path.read_text(errors="replace")
+    errors = [
+        line[line.index("error: ") :].strip()
+        for line in second_log.splitlines()
+        if "error: " in line
+    ]
+    assert code == 1, second_log[-3000:]
+    assert errors == [
+        f"error: DATA_DIR {str(tmp_path / 'data')!r} is in use by another worker; give each "
+        "worker a DATA_DIR of its own"
+    ], errors
+    assert "Traceback" not in second_log
 
 
 async def assert_cached(

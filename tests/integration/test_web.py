@@ -83,6 +83,45 @@ async def test_the_api_token_guards_every_route_but_health(
     assert sorted(route for route, (_, status) in answers.items() if status == 401) == []
 
 
+async def test_the_token_s_scheme_is_any_case_and_faust_s_pages_404_an_unknown_table(
+    kafka_bootstrap: str, sqlite_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    # Before: `bearer <token>` was refused (401), and /router/<unknown table>/ answered 500 with
+    # a traceback in the log (/router/<unknown table>/<key>/ a 503, to retry forever).
+    worker, _ = make_worker(
+        kafka_bootstrap, sqlite_url, topic_prefix, tmp_path, "web", API_TOKEN=TOKEN
+    )
+    base = f"http://127.0.0.1:{worker.env['WEB_PORT']}"
+    worker.start()
+    try:
+        await wait_ready(worker, TOKEN)
+        ready_at = worker.log_path.stat().st_size
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            schemes = {}
+            for header in (f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer {TOKEN.upper()}"):
+                async with http.get(f"{base}/ready", headers={"Authorization": header}) as got:
+                    schemes[header] = got.status
+            pages = {}
+            for path in ("/router/no-such-table/", "/router/no-such-table/key/", "/router/planet/"):
+                async with http.get(base + path, headers=AUTH) as response:
+                    pages[path] = (response.status, await response.json())
+    finally:
+        worker.stop()
+    assert schemes == {
+        f"bearer {TOKEN}": 200,
+        f"BEARER {TOKEN}": 200,
+        f"Bearer {TOKEN.upper()}": 401,  # the token itself is compared exactly
+    }
+    unknown = {"error": "unknown table", "name": "no-such-table"}
+    assert pages["/router/no-such-table/"] == (404, unknown)
+    assert pages["/router/no-such-table/key/"] == (404, unknown)
+    assert pages["/router/planet/"][0] == 200
+    with worker.log_path.open("rb") as file:
+        file.seek(ready_at)
+        log = file.read().decode(errors="replace")
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-5000:]
+
+
 async def test_a_read_forwarded_to_the_owning_worker_passes_the_token_on(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:

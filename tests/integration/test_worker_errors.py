@@ -54,6 +54,56 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_variable(tmp_path
     assert lines == [lines[0]] and lines[0].startswith("error: DATA_DIR: cannot create")
 
 
+#: The capabilities that let root write in a directory whatever its mode.
+UNBOUND = ("dac_override", "dac_read_search", "fowner")
+
+
+def test_a_read_only_data_dir_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    # Before: the worker started, and RocksDB's traceback ended it at its first assignment.
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o555)
+    # Root writes anywhere: as root, the worker runs without the capabilities that let it
+    # (util-linux's setpriv), so that file modes bind it as any other user.
+    dropped = ",".join(f"-{capability}" for capability in UNBOUND)
+    launcher = ("setpriv", f"--bounding-set={dropped}", "--") if os.geteuid() == 0 else ()
+    try:
+        env = {"DATA_DIR": str(data), "WEB_PORT": str(free_port())}
+        done = run_worker(env, tmp_path, launcher=launcher)
+    finally:
+        data.chmod(0o755)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2, lines
+    assert lines == [
+        f"error: DATA_DIR: cannot write in {str(data)!r}: Permission denied; give the worker's "
+        "user write access to it, or set DATA_DIR to a directory it can write"
+    ]
+
+
+def test_faust_s_web_options_are_refused_in_one_line(tmp_path: Path) -> None:
+    # Before: faust's --web-port and --web-bind moved the web server (0.0.0.0: every
+    # interface) and the URL advertised to other workers, whatever WEB_PORT and WEB_HOST said.
+    port, other = free_port(), free_port()
+    done = run_worker(
+        {"WEB_PORT": str(port), "APP_ID": "web-options"},
+        tmp_path,
+        "--web-port",
+        str(other),
+        "--web-bind",
+        "0.0.0.0",
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert error_lines(done.stdout + done.stderr) == [
+        f"error: Faust's settings were changed after the worker chose them (web_port "
+        f"'{other}' where WEB_PORT says '{port}', web_bind '0.0.0.0' where WEB_HOST says "
+        f"'127.0.0.1', canonical_url 'http://127.0.0.1:{other}' where CANONICAL_URL says "
+        f"'http://127.0.0.1:{port}'); leave out faust's --web-bind, --web-port and configure "
+        "the worker with its environment variables only"
+    ]
+    assert "Traceback" not in output
+
+
 def test_an_unreachable_broker_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

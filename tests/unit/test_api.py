@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -13,30 +12,13 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, SmallInteger, Tabl
 import models.planet  # noqa: F401  (declares Planet in the default registry)
 from models.registry import EntitySpec, default_registry
 from models.store import SqlStore
-from streams.core.routing import SourceRecord
-from streams.mirror import Mirror
 from tables.api import get_entity, list_entities, parse_key
+from tests.support import mirrored_planets
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> SqlStore:
-    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'api.sqlite3'}")
-    store.create_tables(list(default_registry))
-    spec = default_registry.by_kind("planet")
-    assert spec is not None
-    records = [
-        SourceRecord(
-            "planet-changed",
-            0,
-            i,
-            1000 + i,
-            None,
-            json.dumps({"planetUuid": f"p{i:02d}", "planetName": f"n{i}"}).encode(),
-        )
-        for i in range(25)
-    ]
-    Mirror(default_registry, store, group="api").apply(spec, records)
-    return store
+    return mirrored_planets(f"sqlite:///{tmp_path / 'api.sqlite3'}", 25)
 
 
 def test_get_returns_the_row_without_bookkeeping(store: SqlStore) -> None:

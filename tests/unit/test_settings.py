@@ -171,3 +171,28 @@ def test_the_readme_table_lists_every_variable_with_its_declared_default() -> No
                 f"README says {names[0]} defaults to {shown}; the settings say {want!r}"
             )
     assert documented == set(declared), set(declared) - documented
+
+
+def test_faust_s_variables_are_not_read_but_named(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "KAFKA_BROKER": "kafka://127.0.0.1:9092",
+            "BROKER_URL": "kafka://other-cluster:9092",
+            "WEB_BIND": "0.0.0.0",
+            "FAUST_DATADIR": "/elsewhere",  # what faust's --datadir sets
+            "TIMEZONE": "UTC",  # Faust's too, but nothing of the worker's: not named
+        },
+        cwd=tmp_path,
+    )
+    assert settings.kafka_broker == "kafka://127.0.0.1:9092"
+    assert settings.ignored_faust_variables == ("BROKER_URL", "WEB_BIND", "FAUST_DATADIR")
+    assert settings.ignored_variables_warning() == (
+        "BROKER_URL, WEB_BIND, FAUST_DATADIR are Faust's and not read by this worker: it is "
+        "configured by DATA_DIR, KAFKA_BROKER, WEB_HOST instead"
+    )
+    assert Settings.from_env({}, cwd=tmp_path).ignored_variables_warning() is None
+
+
+def test_data_dir_defaults_to_one_per_app_id(tmp_path: Path) -> None:
+    assert Settings.from_env({"APP_ID": "m1"}, cwd=tmp_path).data_path == "m1-data"
+    assert Settings.from_env({"DATA_DIR": "/d"}, cwd=tmp_path).data_path == "/d"
