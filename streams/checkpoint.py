@@ -340,7 +340,7 @@ class Checkpoint:
             batch.forwarded = prepared is not batch.records  # the same list: none has an origin
             batch.records = prepared
         clock = self.mirror.clock()
-        ahead = stamped_ahead(batch.records, clock.ahead_limit)
+        ahead = stamped_ahead(batch.records, clock.ahead_limit, forwarded=batch.forwarded)
         if ahead:
             _say_ahead(ahead, clock.ahead_limit, self.mirror.timestamps_ahead)
         batch.decisions = await asyncio.to_thread(

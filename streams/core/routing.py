@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -204,18 +205,16 @@ BELIEVED = Clock()
 """Timestamps taken as they are (tests, the one-event tools)."""
 
 
-def stamped_ahead(records: Sequence[Record], limit: int) -> list[Record]:
-    """Return the records whose first timestamp is above ``limit`` (a C-level pass first: the
-    usual answer is none)."""
-    if max(map(_timestamp, records), default=limit) <= limit and not any(
-        getattr(r, "origin", None) for r in records
-    ):
+def stamped_ahead(records: Sequence[Record], limit: int, *, forwarded: bool = True) -> list[Record]:
+    """Return the records whose first timestamp is above ``limit``. Unless some record may
+    carry its origin (``forwarded``), a C-level pass over the timestamps first: the usual
+    answer is none."""
+    if not forwarded and max(map(_TIMESTAMP, records), default=limit) <= limit:
         return []
     return [r for r in records if first_of(r).timestamp > limit]
 
 
-def _timestamp(record: Record) -> int:
-    return record.timestamp
+_TIMESTAMP = operator.attrgetter("timestamp")
 
 
 class Entity(Protocol):
