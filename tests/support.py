@@ -397,6 +397,25 @@ async def wait_ready(worker: WorkerProcess, token: str = "", timeout: float = 12
             await asyncio.sleep(0.25)
 
 
+async def read_planet(port: str, key: str) -> tuple[int, dict[str, Any]]:
+    """Return the status and JSON body of ``GET /entities/planet/{key}`` on a worker."""
+    url = f"http://127.0.0.1:{port}/entities/planet/{key}"
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as response:
+        return response.status, await response.json()
+
+
+async def assert_planet_reads(port: str, expected: Mapping[str, str], keys: Iterable[str]) -> None:
+    """Assert that every read by key answers what ``expected`` (uuid -> name) says: the name,
+    or a 404 for a key it lacks; never a 404 for an entity it has."""
+    for key in keys:
+        status, body = await read_planet(port, key)
+        if key in expected:
+            assert (status, body.get("name")) == (200, expected[key]), (key, status, body)
+        else:
+            assert status == 404, (key, body)
+
+
 def make_worker(
     bootstrap: str | Broker,
     database_url: str,

@@ -10,7 +10,6 @@ import random
 import time
 from pathlib import Path
 
-import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
@@ -20,6 +19,7 @@ from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
 from tests.support import (
     Sent,
+    assert_planet_reads,
     create_topic,
     end_offsets,
     expected_state,
@@ -61,23 +61,6 @@ async def send(
         meta = await producer.send_and_wait(topic, record.value, key=record.key, timestamp_ms=stamp)
         placed.append((stamp, meta.partition, meta.offset))
     return placed
-
-
-async def read_entity(port: str, key: str) -> tuple[int, dict[str, object]]:
-    url = f"http://127.0.0.1:{port}/entities/planet/{key}"
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as response:
-        return response.status, await response.json()
-
-
-async def assert_reads(port: str, expected: dict[str, str], keys: list[str]) -> None:
-    """Every read by key answers what the database has: never a 404 for an entity it has."""
-    for key in keys:
-        status, body = await read_entity(port, key)
-        if key in expected:
-            assert (status, body.get("name")) == (200, expected[key]), (key, status, body)
-        else:
-            assert status == 404, (key, body)
 
 
 async def test_partitions_added_under_a_running_worker(
@@ -133,11 +116,11 @@ async def test_partitions_added_under_a_running_worker(
         counts = store.outcome_counts(app_id)
         assert sum(n for (t, _), n in counts.items() if t == topic) == len(sent), counts
         keys = sorted({s.entity for s in sent})
-        await assert_reads(worker.env["WEB_PORT"], expected, keys)
+        await assert_planet_reads(worker.env["WEB_PORT"], expected, keys)
         # Once rebuilt, the moved entries are where reads look, and the cache matches.
         await wait_for_metric(worker, 'mirror_cache_rebuilt_entries_total{entity="planet"}', 1)
         await wait_ready(worker)
-        await assert_reads(worker.env["WEB_PORT"], expected, keys)
+        await assert_planet_reads(worker.env["WEB_PORT"], expected, keys)
         verify = await asyncio.to_thread(run_cli, worker.env, "verify", "planet")
         assert verify.returncode == 0, verify.stdout + verify.stderr
 
@@ -145,7 +128,7 @@ async def test_partitions_added_under_a_running_worker(
         assert worker.stop() == "SIGTERM"
         worker.start()
         await wait_ready(worker)
-        await assert_reads(worker.env["WEB_PORT"], expected, keys)
+        await assert_planet_reads(worker.env["WEB_PORT"], expected, keys)
         ends = await end_offsets(kafka_bootstrap, topic)
         assert store.stored_offsets(app_id) == {(topic, p): n for p, n in ends.items()}
     finally:

@@ -12,7 +12,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from models.planet import Planet
@@ -20,6 +19,7 @@ from models.registry import build_spec
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
 from tests.support import (
+    assert_planet_reads,
     end_offsets,
     expected_planets,
     make_worker,
@@ -62,13 +62,6 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-async def read_entity(port: str, key: str) -> tuple[int, dict[str, object]]:
-    url = f"http://127.0.0.1:{port}/entities/planet/{key}"
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as response:
-        return response.status, await response.json()
-
-
 async def test_a_full_data_dir_loses_nothing_and_the_cache_is_rebuilt_after(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path, small_disk: Path
 ) -> None:
@@ -97,12 +90,7 @@ async def test_a_full_data_dir_loses_nothing_and_the_cache_is_rebuilt_after(
         counts = store.outcome_counts(app_id)
         assert sum(n for (t, _), n in counts.items() if t == topic) == len(events), counts
         # Reads answer what the database has, never a 404 for an entity it has.
-        for key in sample:
-            status, body = await read_entity(worker.env["WEB_PORT"], key)
-            if key in expected:
-                assert (status, body.get("name")) == (200, expected[key]), key
-            else:
-                assert status == 404, (key, body)
+        await assert_planet_reads(worker.env["WEB_PORT"], expected, sample)
         log = worker.log_path.read_text()
         assert log.count("the cached table planet cannot be written on this worker") == 1
 
@@ -111,12 +99,7 @@ async def test_a_full_data_dir_loses_nothing_and_the_cache_is_rebuilt_after(
         assert worker.stop() == "SIGTERM"
         worker.start()
         await wait_ready(worker)
-        for key in sample:
-            status, body = await read_entity(worker.env["WEB_PORT"], key)
-            if key in expected:
-                assert (status, body.get("name")) == (200, expected[key]), key
-            else:
-                assert status == 404, (key, body)
+        await assert_planet_reads(worker.env["WEB_PORT"], expected, sample)
         local = await wait_for_metric(
             worker, 'mirror_entity_reads_total{entity="planet",result="local"}', 1
         )
