@@ -192,13 +192,21 @@ def rec_at(
 
 def test_an_older_event_never_overwrites_newer_state(mirror: Mirror) -> None:
     mirror.apply(PLANET, [rec_at({"planetUuid": "p1", "planetName": "new"}, ts=200, offset=5)])
+    # Older through another partition (timestamps order partitions): skipped.
     result = mirror.apply(
-        PLANET, [rec_at({"planetUuid": "p1", "planetName": "old"}, ts=100, offset=6)]
+        PLANET, [rec_at({"planetUuid": "p1", "planetName": "old"}, ts=100, partition=1, offset=6)]
     )
     assert [r.outcome for r in result.results] == [Outcome.SKIPPED]
     assert rows(mirror) == {"p1": "new"}
     row = mirror.store.rows(PLANET)["p1"]
     assert (row["mirror_version"], row["mirror_partition"], row["mirror_offset"]) == (200, 0, 5)
+    # Later in the same partition, whatever its clock said: newer, and it keeps the order.
+    later = mirror.apply(
+        PLANET, [rec_at({"planetUuid": "p1", "planetName": "later"}, ts=100, offset=6)]
+    )
+    assert [r.outcome for r in later.results] == [Outcome.APPLIED]
+    row = mirror.store.rows(PLANET)["p1"]
+    assert (row["name"], row["mirror_version"], row["mirror_offset"]) == ("later", 200, 6)
 
 
 def test_no_resurrection_but_a_newer_create_recreates(mirror: Mirror) -> None:
@@ -215,6 +223,7 @@ def test_no_resurrection_but_a_newer_create_recreates(mirror: Mirror) -> None:
             rec_at(
                 {"planetUuid": "p1", "planetName": "late", "changeType": "CREATED"},
                 ts=200,
+                partition=1,
                 offset=2,
             )
         ],
@@ -299,7 +308,9 @@ def test_read_back_gives_the_rows_a_batch_changed_and_those_its_replays_name(
     assert replay.states["r1"][0] == first.states["r1"][0]
     assert mirror.apply(PLANET, batch).states == {}  # nothing read without read_back
     stale = mirror.apply(
-        PLANET, [rec_at({"planetUuid": "r1", "planetName": "old"}, ts=10, offset=4)], read_back=True
+        PLANET,
+        [rec_at({"planetUuid": "r1", "planetName": "old"}, ts=10, partition=1, offset=4)],
+        read_back=True,
     )
     assert stale.states == {}  # a stale event changes nothing: the cache has the newer state
 

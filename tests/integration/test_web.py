@@ -212,12 +212,19 @@ async def test_bad_parameters_are_400_and_a_store_outage_is_503(
         # What the requests log comes after this (two entities can race to create the
         # bookkeeping tables at start, which logs a retried error: not what is tested here).
         ready_at = worker.log_path.stat().st_size
+        value = b'{"planetUuid": "p-cached", "planetName": "cached"}'
+        await produce(kafka_bootstrap, f"{topic_prefix}planet-changed", [(b"p-cached", value)])
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
 
             async def answer(path: str) -> tuple[int, str | None]:
                 async with http.get(base + path) as response:
                     return response.status, response.headers.get("Retry-After")
 
+            deadline = time.monotonic() + 60
+            while (await answer("/entities/planet/p-cached"))[0] != 200:
+                worker.assert_alive()
+                assert time.monotonic() < deadline, "p-cached is never read back"
+                await asyncio.sleep(0.2)
             store_up = {
                 path: await answer(path)
                 for path in (
@@ -239,7 +246,8 @@ async def test_bad_parameters_are_400_and_a_store_outage_is_503(
                     "/entities/moon/x",
                 )
             }
-            cached = await answer("/entities/planet/not-there")
+            cached = await answer("/entities/planet/p-cached")
+            missed = await answer("/entities/planet/not-there")
     finally:
         worker.stop()
         await proxy.close()
@@ -253,7 +261,9 @@ async def test_bad_parameters_are_400_and_a_store_outage_is_503(
         f"/entities/planet/{long_key}": (400, None),
     }
     assert store_down == dict.fromkeys(store_down, (503, "1"))
-    assert cached == (404, None)  # a cached kind is read from its table, not the store
+    assert cached == (200, None)  # a cached kind is read from its table, not the store
+    # A key the table does not hold: only the database can say there is no such entity.
+    assert missed == (503, "1")
     with worker.log_path.open("rb") as file:
         file.seek(ready_at)
         log = file.read().decode(errors="replace")
