@@ -80,8 +80,15 @@ async def kill_at_random_moments(
     rng: random.Random,
     kills: int,
 ) -> int:
-    """SIGKILL ``worker`` ``kills`` times, 2 to 5 s apart, starting it again each time; return
-    how many kills came while records were still produced and some were applied."""
+    """SIGKILL ``worker`` ``kills`` times, 2 to 5 s apart from its first applied batch on,
+    starting it again each time; return how many kills came while records were still produced
+    and some were applied.
+
+    The first kill waits for the first applied batch (a condition, not a time): a worker killed
+    before it ever applied anything, and killed again at each start while the group still waits
+    for the dead one's session to expire, would test nothing.
+    """
+    await wait_stored(store, group, 1, worker)
     mid_stream = 0
     for _ in range(kills):
         # A random moment: this sleep is the chaos, not a wait for a condition.
