@@ -175,19 +175,12 @@ async def read_topic_ids(client: Any, topics: list[str]) -> dict[str, str] | Non
 
 class TopicIds:
     """Reads topic ids and partition counts over one client of its own, started on first use
-    and kept."""
+    and kept (the positioner and the topic watch of a worker)."""
 
     def __init__(self, bootstrap: list[str], options: dict[str, Any]) -> None:
         self._bootstrap = bootstrap
         self._options = options
         self._client: Any = None
-
-    async def read(self, topics: list[str]) -> dict[str, str] | None:
-        """Return the ids of ``topics`` that exist (None: the brokers give no ids)."""
-        facts = await self.facts(topics)
-        if any(f.topic_id is None for f in facts.values()):
-            return None
-        return {topic: f.topic_id for topic, f in facts.items() if f.topic_id is not None}
 
     async def facts(self, topics: list[str]) -> dict[str, TopicFacts]:
         """Return the id and partition count of each of ``topics`` that exists."""

@@ -145,7 +145,8 @@ class Entry(NamedTuple):
     key: bytes
     value: bytes | None
     partition: int | None
-    """The changelog partition, when known from the record (co-partitioned); else hashed."""
+    """The changelog partition when the writer must say (a deletion where an entry used to be,
+    ``tables.changelogs.rebuild_moved``); None: the key's hash places it, where reads look."""
 
 
 class ChangelogWriter:
