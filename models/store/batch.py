@@ -30,6 +30,7 @@ from models.store.statements import (
     _CHUNK,
     COPY_FROM_ROWS,
     ENTITY_LOCK_SPACE,
+    KEY_LOOKUP_JOINS,
     _changelog_upsert,
     _counts_upsert,
     _delete_query,
@@ -89,6 +90,13 @@ class StoreTransaction:
     def serialize(self, spec: EntitySpec, *, exclusive: bool) -> None:
         """Keep other transactions of this entity from writing the same keys meanwhile.
 
+        The same round trip sets the transaction's planner to join by nested loops only: every
+        join of a batch (its staged keys against the entity and tombstone tables) looks up a
+        few thousand keys by primary key, and PostgreSQL's default costs (``random_page_cost``
+        4, for spinning disks) picked a hash join that reads the whole table instead, a cost
+        that grew with the table (measured at 100,000 rows: 54 against 22 ms a batch, the
+        version read; a third of PostgreSQL's time per event; BENCHMARKS.md).
+
         Batches of one partition are serialised by the lock on their stored offsets. Records
         keyed by their entity key put each key in one partition, so such batches share a lock
         (``exclusive=False``) and run side by side (apply lanes, workers). A batch with a
@@ -102,7 +110,7 @@ class StoreTransaction:
             return
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         self._fetch(
-            f"SELECT {function}(%(space)s, %(entity)s)",
+            f"{KEY_LOOKUP_JOINS} SELECT {function}(%(space)s, %(entity)s)",
             {"space": ENTITY_LOCK_SPACE, "entity": _entity_lock_id(spec.table.name)},
         )
 
@@ -117,9 +125,9 @@ class StoreTransaction:
 
         With ``at_least`` (the oldest version of each key in the batch), only versions at least
         that new are read (PostgreSQL): an older stored version changes no outcome, since every
-        event of the key is newer, and most keys of a stream in order are such keys.
-        Tombstones are then not all known; the writes clear those of every upserted key (any
-        tombstone of an upserted key is older than the upsert).
+        event of the key is newer, and most keys of a stream in order are such keys. Every
+        tombstone of the keys is read still: the writes clear the tombstones of the keys that
+        have one (``Plan.clear_tombstones``), and only those.
         """
         found: dict[EntityKey, Current] = {}
         if not keys:
@@ -202,7 +210,7 @@ class StoreTransaction:
         written: dict[EntityKey, dict[str, Any]] = {}
         try:
             with self.conn.begin_nested():
-                written = self._write(spec, upserts, patches, deletes, plan.recreated, returning)
+                written = self._write(spec, upserts, patches, deletes, plan, returning)
             return [], written
         except Exception as exc:
             if not _row_fault(exc):
@@ -218,9 +226,7 @@ class StoreTransaction:
             try:
                 with self.conn.begin_nested():
                     written.update(
-                        self._write(
-                            spec, one_upsert, one_patch, one_delete, plan.recreated, returning
-                        )
+                        self._write(spec, one_upsert, one_patch, one_delete, plan, returning)
                     )
             except Exception as exc:
                 if not _row_fault(exc):
@@ -235,17 +241,22 @@ class StoreTransaction:
         upserts: Sequence[Upsert],
         patches: Sequence[Upsert],
         deletes: Sequence[Delete],
-        recreated: set[EntityKey],
+        plan: Plan,
         returning: bool,
     ) -> dict[EntityKey, dict[str, Any]]:
-        """Write in the plan's order (see :class:`~streams.core.guard.Plan`); return the rows the
-        upserts and patches wrote and, with soft deletes, the rows the deletes marked."""
-        if recreated:
-            again = [u.key for u in upserts if u.key in recreated]
+        """Write ``upserts``, ``patches`` and ``deletes`` (all of ``plan``'s, or one of them) in
+        the plan's order (see :class:`~streams.core.guard.Plan`); return the rows the upserts
+        and patches wrote and, with soft deletes, the rows the deletes marked."""
+        if plan.recreated:
+            again = [u.key for u in upserts if u.key in plan.recreated]
             self._delete_keys(spec.table, spec.key_column, again)
         written = self._upsert(spec, upserts, returning)
         if patches:
             written.update(self._patch(spec, patches, returning))
+        # Every tombstone of a key written is older than the write (resolve() skipped it
+        # otherwise): gone with it. The keys that have one are known (``current``).
+        tombstoned = plan.clear_tombstones
+        self._clear_tombstones(spec, [w.key for w in (*upserts, *patches) if w.key in tombstoned])
         if spec.soft_delete is not None:
             written.update(self._soft_delete(spec, deletes, returning))
         else:
@@ -258,34 +269,26 @@ class StoreTransaction:
         """Upsert ``writes`` (one statement per set of columns); return the rows written (their
         public columns, :func:`public_columns`)."""
         shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-        keys: dict[tuple[str, ...], list[EntityKey]] = {}
         for write in writes:
             row = write.row
             shape = tuple(row)
             values = shapes.get(shape)
             if values is None:
                 values = shapes[shape] = []
-                keys[shape] = []
             values.append((*row.values(), *write.version))
-            keys[shape].append(write.key)
         written: dict[EntityKey, dict[str, Any]] = {}
         for shape, values in shapes.items():
             columns = (*shape, *VERSION_COLUMNS)
             statement = self._upsert_statement(spec, columns)
             if self.dialect == "postgresql":
-                # Every upserted key's tombstone is older than its upsert (or resolve would have
-                # skipped it): each upsert clears its key's, known or not (``current``'s
-                # ``at_least`` does not read them all).
                 if len(values) >= COPY_FROM_ROWS:
                     got = self._copy_upsert(spec, columns, values, returning)
                 else:
                     got = self._execute_values(statement, values, columns, returning=returning)
-                    self._clear_tombstones(spec, keys[shape])
                 for row in got:
                     written[row[spec.key_column]] = row
             else:
                 self.conn.execute(statement, [dict(zip(columns, v, strict=True)) for v in values])
-                self._clear_tombstones(spec, keys[shape])
         if returning and self.dialect != "postgresql":
             written = self.rows_of(spec, [w.key for w in writes])
         return written
@@ -307,9 +310,8 @@ class StoreTransaction:
 
         from psycopg2 import Error as PsycopgError
 
-        create, copy, upsert, clear_tombstones, clear = _staging_sql(
+        create, copy, upsert, clear = _staging_sql(
             spec.table,
-            spec.tombstone_table,
             spec.key_column,
             spec.update_columns,
             columns,
@@ -320,11 +322,10 @@ class StoreTransaction:
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(create)
-            cursor.copy_expert(copy, io.StringIO(text))
+            cursor.copy_expert(copy, io.StringIO(text), size=len(text) + 1)
             cursor.execute(upsert)
             got = cursor.fetchall() if returning else []
             names = [d[0] for d in cursor.description] if returning else []
-            cursor.execute(clear_tombstones)
             cursor.execute(clear)
         except PsycopgError as exc:
             raise DBAPIError.instance(upsert, None, exc, PsycopgError) from exc
@@ -344,9 +345,7 @@ class StoreTransaction:
 
         from psycopg2 import Error as PsycopgError
 
-        create, copy, rows_sql, tombs_sql = _key_stage_sql(
-            spec.table, spec.tombstone_table, spec.key_column
-        )
+        create, copy, query = _key_stage_sql(spec.table, spec.tombstone_table, spec.key_column)
         key_kind = spec.column_kinds.get(spec.key_column)
         text = copy_text(
             [(k, *at_least[k]) for k in keys],
@@ -355,15 +354,15 @@ class StoreTransaction:
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(create)
-            cursor.copy_expert(copy, io.StringIO(text))
-            cursor.execute(rows_sql)
-            rows = list(cursor.fetchall())
-            cursor.execute(tombs_sql)
-            tombs = list(cursor.fetchall())
+            cursor.copy_expert(copy, io.StringIO(text), size=len(text) + 1)
+            cursor.execute(query)
+            found = cursor.fetchall()
         except PsycopgError as exc:
-            raise DBAPIError.instance(rows_sql, None, exc, PsycopgError) from exc
+            raise DBAPIError.instance(query, None, exc, PsycopgError) from exc
         finally:
             cursor.close()
+        rows = [found_row[1:] for found_row in found if not found_row[0]]
+        tombs = [found_row[1:] for found_row in found if found_row[0]]
         return rows, tombs
 
     def _fetch(
@@ -459,7 +458,7 @@ class StoreTransaction:
         cursor = self.conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(create)
-            cursor.copy_expert(copy, io.StringIO(text))
+            cursor.copy_expert(copy, io.StringIO(text), size=len(text) + 1)
             for statement in statements:
                 cursor.execute(statement)
         except PsycopgError as exc:
@@ -471,7 +470,7 @@ class StoreTransaction:
         self, spec: EntitySpec, writes: Sequence[Upsert], returning: bool
     ) -> dict[EntityKey, dict[str, Any]]:
         """Update the columns each partial update carries, on rows the table has (one
-        executemany per set of columns), with the version guard; clear their tombstones.
+        executemany per set of columns), with the version guard.
 
         An UPDATE, not the upsert: ``INSERT ... ON CONFLICT`` checks NOT NULL on the row it
         would insert before it finds the conflict, so a patch without every NOT NULL column
@@ -487,9 +486,7 @@ class StoreTransaction:
             shapes.setdefault(shape, []).append(params)
         for shape, rows in shapes.items():
             self.conn.execute(_patch_statement(spec.table, spec.key_column, shape), rows)
-        keys = [w.key for w in writes]
-        self._clear_tombstones(spec, keys)
-        return self.rows_of(spec, keys) if returning else {}
+        return self.rows_of(spec, [w.key for w in writes]) if returning else {}
 
     def _soft_delete(
         self, spec: EntitySpec, writes: Sequence[Delete], returning: bool

@@ -150,21 +150,23 @@ def _counts_upsert(dialect: str) -> Any:
     )
 
 
+#: Set first in each batch's transaction (PostgreSQL): its joins look staged keys up by
+#: primary key (see ``StoreTransaction.serialize``).
+KEY_LOOKUP_JOINS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
+
 _VALUES_CLAUSE = re.compile(r" VALUES \((%\(\w+\)s(?:, %\(\w+\)s)*)\)")
 
 
 @functools.lru_cache(maxsize=256)
 def _staging_sql(
     table: Table,
-    tombstones: Table,
     key_column: str,
     update_columns: tuple[str, ...],
     columns: tuple[str, ...],
     returning: bool,
-) -> tuple[str, str, str, str, str]:
+) -> tuple[str, str, str, str]:
     """Return (once per table and columns) the SQL of a COPY upsert: create the staging
-    table if missing, COPY into it, upsert from it with the version guard, clear the staged
-    keys' tombstones, empty it."""
+    table if missing, COPY into it, upsert from it with the version guard, empty it."""
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
     stage = quote(f"mirror_stage_{table.name}"[:63])
@@ -184,11 +186,7 @@ def _staging_sql(
     upsert = str(stmt.compile(dialect=dialect))
     if returning:
         upsert += " RETURNING " + ", ".join(quote(c) for c in public_columns(table))
-    key = quote(key_column)
-    clear_tombstones = (
-        f"DELETE FROM {quote(tombstones.name)} AS t USING {stage} AS s WHERE t.{key} = s.{key}"
-    )
-    return create, copy, upsert, clear_tombstones, f"TRUNCATE {stage}"
+    return create, copy, upsert, f"TRUNCATE {stage}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -219,10 +217,11 @@ def _delete_staging_sql(table: Table, tombstones: Table, key_column: str) -> tup
 
 
 @functools.lru_cache(maxsize=256)
-def _key_stage_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, str, str, str]:
+def _key_stage_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, str, str]:
     """Return (once per table) the SQL staging a batch's keys with their oldest versions, and
-    the queries reading, against that stage, the row and tombstone versions at least as new
-    (none: locking every row, for batches that need locks)."""
+    the query reading, against that stage, in one round trip: the row versions at least as
+    new (``false`` first), and every tombstone of the staged keys (``true`` first), so that
+    the writes know which keys have one to clear (few do) instead of probing for all."""
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
     stage = quote(f"mirror_keys_{table.name}"[:63])
@@ -235,14 +234,14 @@ def _key_stage_sql(table: Table, tombstones: Table, key_column: str) -> tuple[st
     key = quote(key_column)
     v, p, o = (quote(c) for c in VERSION_COLUMNS)
 
-    def newer(target: Table) -> str:
-        return (
-            f"SELECT t.{key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
-            f"JOIN {quote(target.name)} AS t ON t.{key} = b.k "
-            f"WHERE (t.{v}, t.{p}, t.{o}) >= (b.v, b.p, b.o)"
-        )
-
-    return create, copy, newer(table), newer(tombstones)
+    query = (
+        f"SELECT false, t.{key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
+        f"JOIN {quote(table.name)} AS t ON t.{key} = b.k "
+        f"WHERE (t.{v}, t.{p}, t.{o}) >= (b.v, b.p, b.o) "
+        f"UNION ALL SELECT true, t.{key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
+        f"JOIN {quote(tombstones.name)} AS t ON t.{key} = b.k"
+    )
+    return create, copy, query
 
 
 @functools.lru_cache(maxsize=256)
