@@ -226,6 +226,9 @@ class Checkpoint:
         self.idle = asyncio.Event()
         """Set when no batch is on its way (a revocation waits for it)."""
         self.idle.set()
+        self.wanted = asyncio.Event()
+        """Set while the SQL stage waits for a batch: the next one is taken from the feed then,
+        whatever its size (or once full): no fixed wait at low rates, full batches under load."""
 
     async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
         """Take batches from ``feed`` and carry each through every stage, until cancelled.
@@ -259,7 +262,7 @@ class Checkpoint:
         self, feed: Feed, batch_size: int, linger: float, out: asyncio.Queue[_Batch]
     ) -> None:
         while True:
-            records = await feed.take(batch_size, linger)
+            records = await feed.take(batch_size, linger, self.wanted)
             batch = _Batch(records, time.perf_counter(), records.heads, records.starts)
             self._started(batch)
             try:
@@ -271,7 +274,9 @@ class Checkpoint:
 
     async def _apply_stage(self, source: asyncio.Queue[_Batch], out: asyncio.Queue[_Batch]) -> None:
         while True:
+            self.wanted.set()
             batch = await _take(source)
+            self.wanted.clear()
             if await self._apply(batch):
                 await _hand_on(out, batch)
             else:

@@ -116,27 +116,42 @@ class Feed:
             self._release(partition)
         return dropped
 
-    async def take(self, max_records: int, linger: float) -> Taken:
+    async def take(
+        self, max_records: int, linger: float = 0.0, wanted: asyncio.Event | None = None
+    ) -> Taken:
         """Wait for records, then return up to ``max_records`` of them, oldest runs first.
 
-        Once the first record is here, wait up to ``linger`` seconds for a full batch; records
-        that arrived while the previous batch was applied have waited already.
+        The batch goes as soon as it is full, or as soon as the stage it is for waits for
+        work (``wanted`` set, or no ``wanted`` given): at a low rate a record is applied as soon
+        as the batch before it is done, and under a backlog the batches are full. Records that
+        arrived while the batch before was applied have waited already. With ``linger``, a
+        batch that is not full waits up to that long after its first record for more, even
+        when the stage wants it (fewer, larger transactions at low rates, for a later copy).
         """
         while not self._size:
             self._arrived.clear()
             await self._arrived.wait()
-        if self._size < max_records and linger > 0:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + linger
-            while self._size < max_records:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
+        if self._size >= max_records:
+            return self._pop(max_records)
+        loop = asyncio.get_running_loop()
+        lingered_until = loop.time() + linger
+        while self._size < max_records:
+            remaining = lingered_until - loop.time()
+            if remaining <= 0 and (wanted is None or wanted.is_set()):
+                break
+            self._arrived.clear()
+            waits = [asyncio.ensure_future(self._arrived.wait())]
+            if remaining <= 0 and wanted is not None:
+                waits.append(asyncio.ensure_future(wanted.wait()))
+            try:
+                await asyncio.wait(
+                    waits,
+                    timeout=remaining if remaining > 0 else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
         return self._pop(max_records)
 
     def _pop(self, max_records: int) -> Taken:

@@ -324,8 +324,9 @@ class Settings:
     """Replication factor of topics that the worker creates."""
     batch_size: int = field(default=5000, metadata=env("BATCH_SIZE", _integer(1, 1_000_000)))
     """Most events applied in one SQL transaction."""
-    batch_wait: float = field(default=0.2, metadata=env("BATCH_WAIT", _number(0.001, 60.0)))
-    """Longest wait, in seconds, for a batch to fill before it is applied anyway."""
+    batch_wait: float = field(default=0.0, metadata=env("BATCH_WAIT", _number(0.0, 60.0)))
+    """Seconds a batch that is not full waits for more records after its first, even when the
+    database is free (0: none; a batch goes once full or once the previous one is applied)."""
     apply_lanes: int = field(default=2, metadata=env("APPLY_LANES", _integer(1, 16)))
     """Batches of one entity applied at once, each from its own partitions (p mod lanes)."""
     table_store: str = field(
