@@ -64,7 +64,7 @@ class BatchResult:
     """The final decision of each record (a row the database refused becomes a rejection)."""
     outcomes: list[Outcome | None] = field(default_factory=list)
     """Each record's outcome; None for a replay (below the stored offset: no effect)."""
-    states: dict[EntityKey, tuple[dict[str, Any] | None, Record]] = field(default_factory=dict)
+    states: dict[EntityKey, tuple[Mapping[str, Any] | None, Record]] = field(default_factory=dict)
     """With ``read_back``: the committed row (its public columns; None: absent) of the keys the
     batch changed, and
     of the keys its replays name (the cache may have missed them), each with a record that
@@ -284,13 +284,13 @@ class Mirror:
         tx: Any,
         spec: EntitySpec,
         plan: Any,
-        written: Mapping[EntityKey, dict[str, Any]],
+        written: Mapping[EntityKey, Mapping[str, Any]],
         decisions: Sequence[Decision],
         outcomes: Sequence[Outcome | None],
-    ) -> dict[EntityKey, tuple[dict[str, Any] | None, Record]]:
+    ) -> dict[EntityKey, tuple[Mapping[str, Any] | None, Record]]:
         """Return what the cache needs: the rows the batch wrote, deleted keys, and the
         committed rows of keys named by replays or by upserts a newer row stopped."""
-        states: dict[EntityKey, tuple[dict[str, Any] | None, Record]] = {}
+        states: dict[EntityKey, tuple[Mapping[str, Any] | None, Record]] = {}
         unknown: dict[EntityKey, Record] = {}
         for writes in (plan.upserts, plan.patches):
             for key, upsert in writes.items():

@@ -315,6 +315,24 @@ def test_read_back_gives_the_rows_a_batch_changed_and_those_its_replays_name(
     assert stale.states == {}  # a stale event changes nothing: the cache has the newer state
 
 
+@pytest.mark.parametrize("count", [3, 150], ids=["values", "copy"])
+def test_rows_taken_from_the_write_are_the_rows_the_table_holds(mirror: Mirror, count: int) -> None:
+    # Planet's columns are text: the cache takes a full upsert's row from the write itself.
+    assert PLANET.rows_come_back_as_written
+    batch = [
+        rec_at({"planetUuid": f"w{i}", "planetName": f"name é 中 \t {i}"}, ts=1000 + i, offset=i)
+        for i in range(count)
+    ]
+    batch.append(rec_at({"planetUuid": "w0", "changeType": "DELETED"}, ts=5000, offset=count))
+    batch.append(rec_at({"planetUuid": "w0", "planetName": "back"}, ts=5001, offset=count + 1))
+    result = mirror.apply(PLANET, batch, read_back=True)
+    table = mirror.store.rows(PLANET)
+    assert {k: dict(row or {}) for k, (row, _) in result.states.items()} == {
+        k: {"uuid": row["uuid"], "name": row["name"]} for k, row in table.items()
+    }
+    assert table["w0"]["name"] == "back"
+
+
 def test_tombstones_are_purged_after_retention(mirror: Mirror) -> None:
     mirror.apply(PLANET, [rec_at({"planetUuid": "p1", "changeType": "DELETED"}, ts=1, offset=0)])
     assert mirror.store.purge_tombstones(PLANET, older_than_ms=0) == 0
