@@ -79,7 +79,8 @@ from streams.feed import Feed, Taken, heads_of, held_heads
 from streams.handoff import HELD, Handoff, discarded
 from streams.mirror import BatchResult, Mirror, fast_loads
 from streams.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
-from tables.cache import EntityCache, Entry, cache_key, encode_value, key_partition
+from tables.cache import EntityCache, Entry, cache_key, encode_value
+from tables.partitioner import key_partition
 
 log = logging.getLogger(__name__)
 
@@ -596,7 +597,7 @@ class Forwarder:
         self._backoff = HoldBackoff()
         self._partitions: list[int] | None = None
         """The target's partitions, read once (a key's partition, as Kafka's default
-        partitioner places it: ``tables.cache.key_partition``)."""
+        partitioner places it: ``tables.partitioner.key_partition``)."""
         self.idle = asyncio.Event()
         """Set when no batch is being forwarded (a revocation waits for it)."""
         self.idle.set()

@@ -36,7 +36,8 @@ from streams.core.changelog_checks import ChangelogLog, refill_reason
 from streams.core.errors import MirrorError
 from streams.settings import Settings
 from streams.topics import admin_client, topic_ids
-from tables.cache import ChangelogWriter, Entry, cache_entry, cache_key, key_partition
+from tables.cache import ChangelogWriter, Entry, cache_entry, cache_key
+from tables.partitioner import key_partition
 
 log = logging.getLogger(__name__)
 

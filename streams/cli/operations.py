@@ -353,7 +353,7 @@ async def cache_state(settings: Settings, topic: str) -> dict[str, Any] | None:
     """Read a cached table's changelog: the last value per key in the partition its key hashes
     to, where reads look (None when the topic is absent). Entries elsewhere were placed before
     partitions were added, and are never read."""
-    from tables.cache import key_partition
+    from tables.partitioner import key_partition
 
     partitions = await partitions_of(settings, topic)
     if not partitions:

@@ -38,7 +38,7 @@ def test_the_key_hash_is_kafkas_murmur2_as_aiokafka_computes_it() -> None:
 
     from aiokafka.partitioner import murmur2 as aiokafkas
 
-    from tables.cache import key_partition, murmur2
+    from tables.partitioner import key_partition, murmur2
 
     rng = random.Random(3)
     for length in range(70):
@@ -54,3 +54,17 @@ def test_the_key_hash_is_kafkas_murmur2_as_aiokafka_computes_it() -> None:
         (b"123456789", 566),
     ]:
         assert key_partition(key, 1000) == partition
+
+
+def test_a_batch_of_keys_is_placed_as_one_key_at_a_time_would_be() -> None:
+    import random
+
+    from tables.partitioner import key_partition, key_partitions
+
+    rng = random.Random(5)
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(70))) for _ in range(3_000)]
+    keys += [b"", b"a", b"ab", b"abc", b"123456789"] + [str(i).encode() for i in range(500)]
+    rng.shuffle(keys)
+    for count in (1, 4, 7, 1000):
+        assert key_partitions(keys, count) == [key_partition(k, count) for k in keys]
+    assert key_partitions([], 4) == []
