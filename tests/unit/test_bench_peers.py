@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from bench.measure import Event, newest_state
-from bench.mirror_bench import make_events
+from bench.workload import make_events
 from bench.peers import debezium, quix
 
 

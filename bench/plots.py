@@ -1,0 +1,117 @@
+"""The figures a reader would rather see than read, drawn as PNGs for BENCHMARKS.md.
+
+* ``progress-<workload>.png``: each path's applied events over time (the polled progress
+  the clock reads), one line per path, from its group ready;
+* ``freshness.png``: per fixed rate, the distribution (CDF) of each path's marker latencies;
+* ``freshness-ladder.png``: per path, the median latency of each phase's last second
+  against its rate: where it bends up, the path falls behind.
+
+matplotlib is optional (the ``bench`` extra): without it nothing is drawn and the bench
+says so in one line; the tables hold every figure anyway.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import Results
+
+COLOURS = {
+    "mirror": "tab:blue",
+    "quix": "tab:orange",
+    "debezium": "tab:green",
+    "mirror_uncached": "tab:cyan",
+    "mirror_x2": "tab:purple",
+}
+NAMES = {
+    "mirror": "worker",
+    "quix": "Quix Streams",
+    "debezium": "Debezium JDBC sink",
+    "mirror_uncached": "worker, cache off",
+    "mirror_x2": "two workers",
+}
+
+
+def draw_all(results: Results, folder: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Draw every figure into ``folder``; return the BENCH_JSON entry saying what was drawn."""
+    if importlib.util.find_spec("matplotlib") is None:
+        say("plots: not drawn, matplotlib is not installed (pip install -e '.[bench]')")
+        return {"plots_not_drawn": "matplotlib is not installed"}
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn = [*_progress(results, folder), *_freshness(results, folder)]
+    say(f"plots: {', '.join(str(folder / name) for name in drawn)}")
+    return {"plots": drawn}
+
+
+def _progress(results: Results, folder: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    for name, workload in results.workloads.items():
+        runs = [r for (w, p), r in results.runs.items() if w == name and r.progress and p in NAMES]
+        if not runs:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for run in runs:
+            xs = [t for t, _ in run.progress]
+            ys = [n for _, n in run.progress]
+            ax.plot(xs, ys, label=NAMES[run.path], color=COLOURS[run.path])
+        ax.set_title(workload.label)
+        _label(ax, "seconds since the group was ready", "events applied (durable progress)")
+        drawn.append(f"progress-{name}.png")
+        _save(fig, folder / drawn[-1])
+    return drawn
+
+
+def _freshness(results: Results, folder: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fresh = {p: f.result for p, f in results.fresh.items() if f.result is not None}
+    if not fresh:
+        return []
+    rates = sorted({ph.rate for r in fresh.values() for ph in r.phases if ph.fixed})
+    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
+    for ax, rate in zip(axes[0], rates, strict=True):
+        for path, result in fresh.items():
+            phase = result.phase(rate)
+            if phase is None or not phase.latencies_ms:
+                continue
+            xs = sorted(phase.latencies_ms)
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.step(xs, ys, where="post", label=NAMES[path], color=COLOURS[path])
+        ax.set_xscale("log")
+        ax.set_title(f"{rate:,} events/s")
+        _label(ax, "produce call to row readable in SQL (ms)", "share of markers")
+    _save(fig, folder / "freshness.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for path, result in fresh.items():
+        seen = [ph for ph in result.phases if ph.last_second_ms != float("inf")]
+        xs = [ph.rate for ph in seen]
+        ys = [ph.last_second_ms for ph in seen]
+        ax.plot(xs, ys, marker="o", label=NAMES[path], color=COLOURS[path])
+    ax.set_yscale("log")
+    _label(ax, "paced rate (events/s)", "median latency of the phase's last second (ms)")
+    _save(fig, folder / "freshness-ladder.png")
+    return ["freshness.png", "freshness-ladder.png"]
+
+
+def _label(ax: Any, x: str, y: str) -> None:
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
