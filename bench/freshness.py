@@ -181,7 +181,7 @@ class Session:
         self._encoded = [encode(e) for e in pool]  # before the clock: encoding costs
         self._rows = [_row(e) for e in pool]
         self._cursor = 0
-        self._rng = random.Random(seed)
+        self._rng = random.Random(f"markers {seed}")  # keys apart from the pool's
         self.result = Result(expected=expected)
 
     async def run(self, plan: Plan, poll: MarkerPoll, on_phase: Callable[[Phase], None]) -> Result:
@@ -254,7 +254,7 @@ class Session:
             markers=len(markers),
             last_second_ms=statistics.median(tail) if tail else float("inf"),
             cut_short=cut,
-            path_cpu_us=round(cpu.path / max(sent, 1) * 1e6, 1),
+            path_cpu_us=round((cpu.seconds["path"] or 0.0) / max(sent, 1) * 1e6, 1),
         )
 
     async def _drain(self, poll: MarkerPoll) -> None:

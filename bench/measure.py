@@ -64,7 +64,12 @@ class CatchUp:
             "seconds": self.seconds,
             "startup_s": self.startup_s,
             "peak_rss_mb": self.peak_rss_mb,
-            **{f"cpu_us_{part}": us for part, us in self.cpu.us_per_event(events).items()},
+            # A part not known (a server restarted in the window) is left out.
+            **{
+                f"cpu_us_{part}": us
+                for part, us in self.cpu.us_per_event(events).items()
+                if us is not None
+            },
         }
 
 

@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="freshness rates (comma-separated), instead of 5,000 and 20,000 and the ladder",
     )
+    parser.add_argument(
+        "--phase-seconds", type=float, default=None, help="length of every freshness phase"
+    )
     parser.add_argument("--long", action="store_true", help="also 5,000,000 events, worker only")
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive path")
     parser.add_argument(
@@ -121,6 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rates:
         rates = tuple(int(r) for r in args.rates.split(","))
         args.plan = dataclasses.replace(args.plan, fixed_rates=rates, ladder=())
+    if args.phase_seconds:
+        seconds = args.phase_seconds
+        args.plan = dataclasses.replace(args.plan, fixed_seconds=seconds, step_seconds=seconds)
     if args.peers is None:
         args.peers = not args.quick
     if args.plots is None:

@@ -71,6 +71,7 @@ def _progress(results: Results, folder: Path) -> list[str]:
 
 def _freshness(results: Results, folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
     fresh = {p: f.result for p, f in results.fresh.items() if f.result is not None}
     if not fresh:
@@ -88,6 +89,7 @@ def _freshness(results: Results, folder: Path) -> list[str]:
         ax.set_xscale("log")
         ax.set_title(f"{rate:,} events/s")
         _label(ax, "produce call to row readable in SQL (ms)", "share of markers")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     _save(fig, folder / "freshness.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -103,6 +105,11 @@ def _freshness(results: Results, folder: Path) -> list[str]:
 
 
 def _label(ax: Any, x: str, y: str) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "linear":
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3, which="both")

@@ -54,6 +54,12 @@ def process_cpu_seconds(pid: int) -> float:
     return (utime + stime + cutime + cstime) / CLOCK_TICKS
 
 
+def own_cpu_seconds() -> float:
+    """Return this process's own CPU time (every thread; not its reaped children's)."""
+    times = os.times()
+    return times.user + times.system
+
+
 def tree_cpu_seconds(root: int) -> float:
     """Return the CPU time of ``root``'s tree: each live member's own and its reaped children's.
 

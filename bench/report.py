@@ -14,9 +14,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from bench.cpu import PARTS
+from bench.cpu import PARTS, PARTS_LABEL
 from bench.freshness import BEHIND_MARGIN, Phase
-from bench.scenarios import FreshRun, Results, Run, sustained_text
+from bench.scenarios import FreshRun, Results, Run, cpu_text, sustained_text
 
 LABELS = {
     "mirror": "worker",
@@ -123,9 +123,10 @@ def print_report(results: Results, summary: dict[str, Any], say: Callable[[str],
     """Print the tables, then the BENCH_JSON line."""
     paths = [p for p in ("mirror", *PEERS) if any(path == p for _, path in results.runs)]
     say("")
-    _throughput(results, paths, say)
-    _cost(results, paths, say)
-    _every_run(results, say)
+    if results.runs:
+        _throughput(results, paths, say)
+        _cost(results, paths, say)
+        _every_run(results, say)
     _freshness(results, say)
     _rss(results, say)
     say("BENCH_JSON " + json.dumps(summary, sort_keys=True))
@@ -146,7 +147,7 @@ def _rate(run: Run) -> str:
 
 
 def _cpu(run: Run) -> str:
-    return " / ".join(f"{run.figures[f'cpu_us_{p}']:.0f}" for p in PARTS)
+    return cpu_text(run.figures)
 
 
 def _rows(results: Results) -> list[tuple[str, str, str]]:
@@ -188,7 +189,7 @@ def _throughput(results: Results, paths: list[str], say: Callable[[str], None]) 
 
 
 def _cost(results: Results, paths: list[str], say: Callable[[str], None]) -> None:
-    say("CPU us/event over the same window: machine / path process / PostgreSQL / broker:")
+    say(f"CPU us/event over the same window, {PARTS_LABEL}:")
     say("")
     say("| workload | " + " | ".join(LABELS[p] for p in paths) + " |")
     say("| --- |" + " --- |" * len(paths))
@@ -203,7 +204,7 @@ def _every_run(results: Results, say: Callable[[str], None]) -> None:
     say("Every run:")
     say("")
     say(
-        "| workload | path | events/s | seconds | CPU us/event (machine / path / PG / broker)"
+        f"| workload | path | events/s | seconds | CPU us/event ({PARTS_LABEL})"
         " | peak RSS (MB) | start-up (s) | final table |"
     )
     say("| --- | --- | ---: | ---: | --- | ---: | ---: | --- |")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import freshness, measure, topics
-from bench.cpu import PARTS
+from bench.cpu import PARTS, PARTS_LABEL
 from bench.launch import RunningPath
 from bench.measure import Event, NewestState
 from bench.paths import BenchPath, topic_of
@@ -234,8 +234,8 @@ def run_line(run: Run) -> str:
     f = run.figures
     line = f"{f['events_per_s']:,.0f} events/s, {f['seconds']:.2f} s"
     if "cpu_us_machine" in f:
-        cpu = " / ".join(f"{f[f'cpu_us_{part}']:.0f}" for part in PARTS)
-        line += f", CPU us/event {cpu} (machine / path / PostgreSQL / broker)"
+        cpu = cpu_text(f)
+        line += f", CPU us/event {cpu} ({PARTS_LABEL})"
     if "peak_rss_mb" in f:
         line += f", peak RSS {f['peak_rss_mb']:.1f} MB"
     if run.table_errors is not None:
@@ -243,6 +243,13 @@ def run_line(run: Run) -> str:
             ", table ok" if not run.table_errors else f", table WRONG ({run.table_errors:,} keys)"
         )
     return line
+
+
+def cpu_text(figures: dict[str, float]) -> str:
+    """The CPU us/event of each part, ``?`` for a part not known."""
+    return " / ".join(
+        f"{figures[f'cpu_us_{part}']:.0f}" if f"cpu_us_{part}" in figures else "?" for part in PARTS
+    )
 
 
 def _phase_line(phase: freshness.Phase) -> str:
