@@ -76,6 +76,8 @@ class Phase:
     achieved_rate: float
     latencies_ms: tuple[float, ...]
     """Each seen marker's latency, in produced order."""
+    produced_s: tuple[float, ...]
+    """When each seen marker was produced, seconds into the phase (beside latencies_ms)."""
     markers: int
     last_second_ms: float
     """Median latency of the markers of the phase's last second."""
@@ -251,6 +253,7 @@ class Session:
             produced=sent,
             achieved_rate=sent / elapsed,
             latencies_ms=tuple(seen[k] * 1000 for k, _ in markers if k in seen),
+            produced_s=tuple(round(at, 3) for k, at in markers if k in seen),
             markers=len(markers),
             last_second_ms=statistics.median(tail) if tail else float("inf"),
             cut_short=cut,

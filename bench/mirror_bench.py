@@ -43,6 +43,7 @@ from bench.paths import (  # noqa: E402
     SCALED,
     UNCACHED,
     BenchPath,
+    WorkerPath,
     topic_of,
 )
 from bench.producer import client_name  # noqa: E402
@@ -86,6 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default="warmup,steady,initial,freshness",
         help="scenarios to run, of warmup, steady, initial, freshness (comma-separated)",
+    )
+    parser.add_argument(
+        "--paths",
+        default="mirror,quix,debezium,mirror_uncached,mirror_x2",
+        help="paths to run (comma-separated); the last two run on the steady state only",
     )
     parser.add_argument(
         "--rates",
@@ -132,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.plots is None:
         args.plots = ROOT / (".cache/bench/quick-plots" if args.quick else "docs/bench")
     args.only = set(args.only.split(","))
+    args.paths = set(args.paths.split(","))
     return args
 
 
@@ -205,6 +212,14 @@ def run_baselines(bench: Bench, args: argparse.Namespace, warmup: Workload) -> N
     say(f"   raw write: {run_line(write)}")
 
 
+def _configured(path: BenchPath, args: argparse.Namespace) -> BenchPath:
+    """A worker path with the run's partitions (and forwarding, for ``--repartition``)."""
+    if not isinstance(path, WorkerPath):
+        return path
+    forward = args.repartition and path.name == "mirror"
+    return dataclasses.replace(path, partitions=args.partitions, repartition=forward)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--recovery" in argv:
@@ -232,26 +247,28 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         say=say,
     )
-    mirror = dataclasses.replace(MIRROR, partitions=args.partitions, repartition=args.repartition)
-    peers: list[BenchPath] = list(PEERS) if args.peers else []
+    every = {p.name: p for p in (MIRROR, *PEERS, UNCACHED, SCALED)}
+    chosen_paths = [
+        _configured(p, args)
+        for name, p in every.items()
+        if name in args.paths and (args.peers or p not in PEERS)
+    ]
+    main_paths = [p for p in chosen_paths if p.name in ("mirror", *(q.name for q in PEERS))]
     chosen = workloads(args)
     writer = client_name()
     say(f"bench run {run_id}: producer {writer}, work files in {workdir}")
     try:
         if "warmup" in args.only:
-            bench.workload(chosen["warmup"], [mirror, *peers])
+            bench.workload(chosen["warmup"], main_paths)
             run_baselines(bench, args, chosen["warmup"])
         if "steady" in args.only:
-            scaled = [
-                dataclasses.replace(p, partitions=args.partitions) for p in (UNCACHED, SCALED)
-            ]
-            bench.workload(chosen["steady"], [mirror, *peers, *scaled])
+            bench.workload(chosen["steady"], chosen_paths)
         if "initial" in args.only:
-            bench.workload(chosen["initial"], [mirror, *peers])
+            bench.workload(chosen["initial"], main_paths)
         if args.long:
-            bench.workload(chosen["long"], [mirror])
+            bench.workload(chosen["long"], [p for p in main_paths if p.name == "mirror"])
         if "freshness" in args.only:
-            for path in [mirror, *peers]:
+            for path in main_paths:
                 bench.run_freshness(path, args.plan, args.pool, args.pool_entities, args.seed + 4)
         meta = {"partitions": args.partitions, "batch_size": args.batch_size, "producer": writer}
         summary = report.summarize(bench.results, meta)

@@ -3,6 +3,8 @@
 * ``progress-<workload>.png``: each path's applied events over time (the polled progress
   the clock reads), one line per path, from its group ready;
 * ``freshness.png``: per fixed rate, the distribution (CDF) of each path's marker latencies;
+* ``freshness-timeline.png``: per fixed rate, each marker's latency against when it was
+  produced (a pause, a warm-up, a growing backlog show up here);
 * ``freshness-ladder.png``: per path, the median latency of each phase's last second
   against its rate: where it bends up, the path falls behind.
 
@@ -92,6 +94,18 @@ def _freshness(results: Results, folder: Path) -> list[str]:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     _save(fig, folder / "freshness.png")
 
+    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
+    for ax, rate in zip(axes[0], rates, strict=True):
+        for path, result in fresh.items():
+            phase = result.phase(rate)
+            if phase is None or not phase.latencies_ms:
+                continue
+            ax.plot(phase.produced_s, phase.latencies_ms, label=NAMES[path], color=COLOURS[path])
+        ax.set_yscale("log")
+        ax.set_title(f"{rate:,} events/s")
+        _label(ax, "produced at (seconds into the phase)", "marker latency (ms)")
+    _save(fig, folder / "freshness-timeline.png")
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for path, result in fresh.items():
         seen = [ph for ph in result.phases if ph.last_second_ms != float("inf")]
@@ -101,7 +115,7 @@ def _freshness(results: Results, folder: Path) -> list[str]:
     ax.set_yscale("log")
     _label(ax, "paced rate (events/s)", "median latency of the phase's last second (ms)")
     _save(fig, folder / "freshness-ladder.png")
-    return ["freshness.png", "freshness-ladder.png"]
+    return ["freshness.png", "freshness-timeline.png", "freshness-ladder.png"]
 
 
 def _label(ax: Any, x: str, y: str) -> None:
@@ -109,7 +123,7 @@ def _label(ax: Any, x: str, y: str) -> None:
 
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "linear":
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.10g}"))
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3, which="both")

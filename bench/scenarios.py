@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,9 @@ class Bench:
         expected = NewestState()
         sizes: list[int] = []
         events = _tap(workload.generate(), expected, sizes if workload.name == "warmup" else None)
+        started = time.monotonic()
         asyncio.run(topics.fill(self.bootstrap, self.partitions, targets, events))
+        self.say(f"   produced in {time.monotonic() - started:.1f} s")
         if sizes:
             self.results.value_bytes_median = statistics.median(sizes)
         ends = {
