@@ -124,6 +124,8 @@ class MarkerPoll:
         self._pending: dict[str, float] = {}
         self.seen: dict[str, float] = {}
         """Marker key -> latency in seconds."""
+        self.error: Exception | None = None
+        """Why the poll stopped, if it failed."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="marker-poll", daemon=True)
         self._thread.start()
@@ -141,18 +143,21 @@ class MarkerPoll:
         return len(self._pending)
 
     def _run(self) -> None:
-        with self._conn.cursor() as cursor:
-            while not self._stop.wait(POLL_EVERY):
-                with self._lock:
-                    keys = list(self._pending)
-                if not keys:
-                    continue
-                asked = time.monotonic()
-                cursor.execute(self._sql, (keys,))
-                found = [row[0] for row in cursor.fetchall()]
-                with self._lock:
-                    for key in found:
-                        self.seen[key] = asked - self._pending.pop(key)
+        try:
+            with self._conn.cursor() as cursor:
+                while not self._stop.wait(POLL_EVERY):
+                    with self._lock:
+                        keys = list(self._pending)
+                    if not keys:
+                        continue
+                    asked = time.monotonic()
+                    cursor.execute(self._sql, (keys,))
+                    found = [row[0] for row in cursor.fetchall()]
+                    with self._lock:
+                        for key in found:
+                            self.seen[key] = asked - self._pending.pop(key)
+        except Exception as exc:  # said by the drain, rather than waiting out its timeout
+            self.error = exc
 
     def close(self) -> None:
         self._stop.set()
@@ -266,6 +271,8 @@ class Session:
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while time.monotonic() < deadline:
             self._path.check()
+            if poll.error is not None:
+                raise RuntimeError(f"the marker poll failed: {poll.error}")
             done = await self._path.applied()
             if not poll.pending and sum(done.values()) >= sum(ends.values()):
                 return

@@ -9,6 +9,7 @@ its own holding the same events.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Mapping
@@ -126,20 +127,26 @@ class WorkerPath:
             # stored for the repartition topic add up to every event.
             base = {**base, "REPARTITION": "planet"}
             topic = f"{app_id}-{topic}-repartition"
+        data_dirs = [workdir / f"{app_id}-{i}" for i in range(self.processes)]
         processes = [
             Process(
                 [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
                 workdir / f"{app_id}-{i}.log",
-                {**base, "WEB_PORT": str(free_port()), "DATA_DIR": str(workdir / f"{app_id}-{i}")},
+                {**base, "WEB_PORT": str(free_port()), "DATA_DIR": str(data_dir)},
             )
-            for i in range(self.processes)
+            for i, data_dir in enumerate(data_dirs)
         ]
 
         async def stored_offsets(admin: AIOKafkaAdminClient) -> Mapping[int, int]:
             # Stored in the transaction that wrote the rows: the worker's applied offsets.
             return {p: o for (t, p), o in store.stored_offsets(app_id).items() if t == topic}
 
-        return Launch(processes, ROOT, app_id, stored_offsets, cleanup=(store.dispose,))
+        def clean_up() -> None:
+            store.dispose()
+            for data_dir in data_dirs:  # the cached table's files; the logs stay
+                shutil.rmtree(data_dir, ignore_errors=True)
+
+        return Launch(processes, ROOT, app_id, stored_offsets, cleanup=(clean_up,))
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,11 @@ def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int) -
     engine.dispose()
     group = f"{topic}-quix"
     command = [sys.executable, "-m", "bench.peers.quix", bootstrap, topic, group, db_url]
-    command += [str(batch), str(workdir / f"{group}-state")]
+    state = workdir / f"{group}-state"
+    command += [str(batch), str(state)]
     process = Process(command, workdir / f"{group}.log")
-    return Launch([process], ROOT, group, group_offsets(group, topic))
+    cleanup = (lambda: shutil.rmtree(state, ignore_errors=True),)
+    return Launch([process], ROOT, group, group_offsets(group, topic), cleanup=cleanup)
 
 
 def to_row(value: dict[str, Any]) -> dict[str, Any]:
