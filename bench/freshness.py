@@ -22,6 +22,7 @@ the path drains its backlog (every marker seen, every applied offset at the end)
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import statistics
 import threading
@@ -90,7 +91,7 @@ class Phase:
         ordered = sorted(self.latencies_ms)
         if not ordered:
             return float("nan")
-        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
     @property
     def producer_short(self) -> bool:

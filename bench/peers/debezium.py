@@ -102,7 +102,7 @@ def encode_event(event: Event) -> Event:
 
 
 def encode(events: Sequence[Event]) -> list[Event]:
-    """The same events as the connector needs them: schema envelopes, and tombstones."""
+    """The same events as the connector needs them (tests/unit/test_bench_peers.py)."""
     return [encode_event(event) for event in events]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from bench.measure import Event, newest_state
+from bench.mirror_bench import make_events
 from bench.peers import debezium, quix
-from bench.workload import make_events
 
 
 def _event(key: str, change: str | None, name: str = "n") -> Event:
