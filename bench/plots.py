@@ -15,10 +15,11 @@ says so in one line; the tables hold every figure anyway.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.freshness import Phase, Result
 from bench.scenarios import Results
 
 COLOURS = {
@@ -79,32 +80,23 @@ def _freshness(results: Results, folder: Path) -> list[str]:
     if not fresh:
         return []
     rates = sorted({ph.rate for r in fresh.values() for ph in r.phases if ph.fixed})
-    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
-    for ax, rate in zip(axes[0], rates, strict=True):
-        for path, result in fresh.items():
-            phase = result.phase(rate)
-            if phase is None or not phase.latencies_ms:
-                continue
-            xs = sorted(phase.latencies_ms)
-            ys = [(i + 1) / len(xs) for i in range(len(xs))]
-            ax.step(xs, ys, where="post", label=NAMES[path], color=COLOURS[path])
+
+    def cdf(ax: Any, path: str, phase: Phase) -> None:
+        xs = sorted(phase.latencies_ms)
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax.step(xs, ys, where="post", label=NAMES[path], color=COLOURS[path])
+
+    for ax in _rate_panels(fresh, rates, cdf, folder / "freshness.png"):
         ax.set_xscale("log")
-        ax.set_title(f"{rate:,} events/s")
         _label(ax, "produce call to row readable in SQL (ms)", "share of markers")
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    _save(fig, folder / "freshness.png")
 
-    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
-    for ax, rate in zip(axes[0], rates, strict=True):
-        for path, result in fresh.items():
-            phase = result.phase(rate)
-            if phase is None or not phase.latencies_ms:
-                continue
-            ax.plot(phase.produced_s, phase.latencies_ms, label=NAMES[path], color=COLOURS[path])
+    def timeline(ax: Any, path: str, phase: Phase) -> None:
+        ax.plot(phase.produced_s, phase.latencies_ms, label=NAMES[path], color=COLOURS[path])
+
+    for ax in _rate_panels(fresh, rates, timeline, folder / "freshness-timeline.png"):
         ax.set_yscale("log")
-        ax.set_title(f"{rate:,} events/s")
         _label(ax, "produced at (seconds into the phase)", "marker latency (ms)")
-    _save(fig, folder / "freshness-timeline.png")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for path, result in fresh.items():
@@ -118,12 +110,34 @@ def _freshness(results: Results, folder: Path) -> list[str]:
     return ["freshness.png", "freshness-timeline.png", "freshness-ladder.png"]
 
 
+def _rate_panels(
+    fresh: dict[str, Result],
+    rates: list[int],
+    draw: Callable[[Any, str, Phase], None],
+    path: Path,
+) -> Iterator[Any]:
+    """One panel per fixed rate, each path drawn on it; yields each panel to label, then saves."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)
+    for ax, rate in zip(axes[0], rates, strict=True):
+        for name, result in fresh.items():
+            phase = result.phase(rate)
+            if phase is not None and phase.latencies_ms:
+                draw(ax, name, phase)
+        ax.set_title(f"{rate:,} events/s")
+        yield ax
+    _save(fig, path)
+
+
 def _label(ax: Any, x: str, y: str) -> None:
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() == "linear":
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.10g}"))
+        if axis.get_scale() == "log":  # 10, 20, 50, 100, ... in plain numbers
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_minor_formatter(NullFormatter())
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.10g}"))
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.grid(alpha=0.3, which="both")

@@ -43,7 +43,8 @@ def ratio(a: Run | None, b: Run | None) -> float | None:
 def summarize(results: Results, meta: dict[str, Any]) -> dict[str, Any]:
     """Every figure of the run, keyed as BENCH_JSON prints them."""
     summary: dict[str, Any] = {"cores": os.cpu_count(), **meta}
-    summary["value_bytes_median"] = results.value_bytes_median
+    if results.value_bytes_median:  # of the warm-up's values, when it ran
+        summary["value_bytes_median"] = results.value_bytes_median
     for name, load in results.workloads.items():
         summary[f"{KEY_PREFIX[name]}events"] = load.events
         summary[f"{KEY_PREFIX[name]}entities"] = load.entities
