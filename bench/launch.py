@@ -53,6 +53,10 @@ class Launch:
     progress: Progress
     health: Callable[[], str | None] | None = None
     """Says why the path has failed although its process runs (a FAILED Connect task)."""
+    assigned: Callable[[], Awaitable[bool]] | None = None
+    """The path's own word that one of its processes holds partitions (a worker's ``/ready``
+    body): with two processes the group may be ``Stable`` too briefly for a poll to see
+    before the second joins, while the first already works."""
     cleanup: Sequence[Callable[[], None]] = field(default_factory=tuple)
     """Run once the path has stopped (e.g. dispose of an engine the progress reader used)."""
 
@@ -130,8 +134,10 @@ class RunningPath:
         return max((rss.peak_mb for rss in self._rss), default=0.0)
 
     async def stable(self) -> bool:
-        """Return whether the path's group is ``Stable`` (partitions assigned) now."""
+        """Return whether the path's group is ``Stable`` (or the path says it holds partitions)."""
         assert self._admin is not None
+        if self._launch.assigned is not None and await self._launch.assigned():
+            return True
         try:
             (response,) = await self._admin.describe_consumer_groups([self._launch.group])
         except KafkaError as exc:

@@ -108,6 +108,9 @@ async def catch_up(
         await asyncio.sleep(POLL_SECONDS)
     stable_at = time.monotonic()
     before = path.cpu.read()
+    if sum((await path.applied()).values()) > 0:
+        # Applied before the start was seen: a clock started now would flatter the path.
+        raise RuntimeError(f"the clock's start was missed (already applying); see {path.logs}")
     samples: list[tuple[float, int]] = []
     progress_at = stable_at
     total = sum(ends.values())

@@ -8,10 +8,14 @@ its own holding the same events.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import socket
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,14 +132,21 @@ class WorkerPath:
             base = {**base, "REPARTITION": "planet"}
             topic = f"{app_id}-{topic}-repartition"
         data_dirs = [workdir / f"{app_id}-{i}" for i in range(self.processes)]
+        ports = [free_port() for _ in data_dirs]
         processes = [
             Process(
                 [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
                 workdir / f"{app_id}-{i}.log",
-                {**base, "WEB_PORT": str(free_port()), "DATA_DIR": str(data_dir)},
+                {**base, "WEB_PORT": str(port), "DATA_DIR": str(data_dir)},
             )
-            for i, data_dir in enumerate(data_dirs)
+            for i, (data_dir, port) in enumerate(zip(data_dirs, ports, strict=True))
         ]
+
+        async def assigned() -> bool:
+            for port in ports:
+                if await asyncio.to_thread(_holds_partitions, port, topic):
+                    return True
+            return False
 
         async def stored_offsets(admin: AIOKafkaAdminClient) -> Mapping[int, int]:
             # Stored in the transaction that wrote the rows: the worker's applied offsets.
@@ -146,7 +157,9 @@ class WorkerPath:
             for data_dir in data_dirs:  # the cached table's files; the logs stay
                 shutil.rmtree(data_dir, ignore_errors=True)
 
-        return Launch(processes, ROOT, app_id, stored_offsets, cleanup=(clean_up,))
+        return Launch(
+            processes, ROOT, app_id, stored_offsets, assigned=assigned, cleanup=(clean_up,)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +202,18 @@ MIRROR = WorkerPath()
 UNCACHED = WorkerPath(name="mirror_uncached", label="the worker, cache off", cached=False)
 SCALED = WorkerPath(name="mirror_x2", label="two workers, one group", processes=2)
 PEERS: tuple[BenchPath, ...] = (PeerPath("quix", peer_quix), PeerPath("debezium", peer_debezium))
+
+
+def _holds_partitions(port: int, topic: str) -> bool:
+    """Whether the worker on ``port`` says it holds a partition of ``topic`` (``/ready``)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=0.5) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:  # 503 while rebalancing or recovering: still a body
+        body = json.load(exc)
+    except (OSError, ValueError):  # not serving yet
+        return False
+    return any(str(p).startswith(f"{topic}[") for p in body.get("assigned", ()))
 
 
 def free_port() -> int:
