@@ -53,7 +53,7 @@ from bench.workload import Workload, make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 
-# Imported by bench/profile_worker.py and bench/recovery_bench.py, and kept where they were.
+# Still importable from here, as before issue 22 (tests/unit/test_bench_peers.py, scripts).
 __all__ = ["PLANET", "create_and_fill", "end_offsets", "make_events"]
 
 FULL_PLAN = freshness.Plan(
