@@ -4,34 +4,32 @@ The clock (the same for the worker and the peers): it starts when the path's con
 group is first seen ``Stable`` (partitions assigned; polled every 50 ms) and stops when
 every partition's *applied* offset reaches the topic's end offset. Applied means durably
 written by that path: the offset the worker stores in the same SQL transaction as the rows,
-or the group offset a peer commits to Kafka only after its sink has written the rows.
+or the group offset a peer commits to Kafka only after its sink has written the rows. Those
+are cheap to read (one indexed query, one offsets request); the table itself is read once,
+at the end, for the check. Over the same window: the CPU each part of the pipeline used
+(``bench/cpu.py``) and the applied offsets sampled at each poll (for the plots).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import create_engine, text
 
-from devservices.processes import note_started
+from bench import procfs
+
+if TYPE_CHECKING:
+    from bench.cpu import CpuCost
+    from bench.launch import RunningPath
 
 POLL_SECONDS = 0.05
 #: A path that applies nothing for this long has failed (a dead task, a stuck consumer).
 STALL_SECONDS = 120.0
-
-#: Reads a path's applied offsets: partition -> next offset to apply.
-AppliedOffsets = Callable[[], Awaitable[Mapping[int, int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +44,18 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class CatchUp:
-    """How long a path took from assignment to caught up, and what it held in memory."""
+    """How long a path took from assignment to caught up, and what it cost."""
 
     seconds: float
     """First ``Stable`` group state to every applied offset at the end offset."""
     startup_s: float
     """Process launch to first ``Stable`` group state."""
     peak_rss_mb: float
-    """Peak resident set of the process tree (see :class:`TreeRss`)."""
+    """Largest peak resident set of the path's process trees (see :class:`TreeRss`)."""
+    cpu: CpuCost
+    """CPU each part used over the window."""
+    progress: tuple[tuple[float, int], ...]
+    """(seconds since the clock started, events applied) at each poll."""
 
     def figures(self, events: int) -> dict[str, float]:
         """Return the bench's per-path figures for ``events`` events."""
@@ -62,6 +64,12 @@ class CatchUp:
             "seconds": self.seconds,
             "startup_s": self.startup_s,
             "peak_rss_mb": self.peak_rss_mb,
+            # A part not known (a server restarted in the window) is left out.
+            **{
+                f"cpu_us_{part}": us
+                for part, us in self.cpu.us_per_event(events).items()
+                if us is not None
+            },
         }
 
 
@@ -78,8 +86,8 @@ class TreeRss:
 
     def sample(self) -> None:
         """Read VmHWM of every live process in the tree now."""
-        for pid in _tree(self._root):
-            kib = _status_kib(pid, "VmHWM:")
+        for pid in procfs.process_tree(self._root):
+            kib = procfs.status_kib(pid, "VmHWM:")
             if kib is not None:
                 self._peaks[pid] = max(self._peaks.get(pid, 0), kib)
 
@@ -88,154 +96,64 @@ class TreeRss:
         return sum(self._peaks.values()) / 1024
 
 
-def _tree(root: int) -> list[int]:
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-    return pids
-
-
-def _status_kib(pid: int, field: str) -> int | None:
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith(field):
-            return int(line.split()[1])
-    return None
-
-
-def group_offsets(admin: AIOKafkaAdminClient, group: str, topic: str) -> AppliedOffsets:
-    """Applied offsets of a peer: the group's committed offsets on ``topic``."""
-
-    async def read() -> Mapping[int, int]:
-        committed = await admin.list_consumer_group_offsets(group)
-        return {tp.partition: om.offset for tp, om in committed.items() if tp.topic == topic}
-
-    return read
-
-
-async def _group_state(admin: AIOKafkaAdminClient, group: str) -> str:
-    """Return the group's state ("" while the broker cannot say yet)."""
-    from aiokafka.errors import KafkaError
-
-    try:
-        (response,) = await admin.describe_consumer_groups([group])
-    except KafkaError as exc:
-        # A broker just started has no group coordinator for a moment
-        # (GroupCoordinatorNotAvailableError): the group is not Stable yet.
-        if not exc.retriable:
-            raise
-        return ""
-    return str(response.to_object()["groups"][0]["state"])
-
-
-def run_process(
-    command: Sequence[str],
-    *,
-    cwd: Path,
-    log_path: Path,
-    env: Mapping[str, str] | None = None,
-    **watched: Any,
+async def catch_up(
+    path: RunningPath, ends: Mapping[int, int], *, stall: float = STALL_SECONDS
 ) -> CatchUp:
-    """Launch ``command`` (output to ``log_path``), :func:`watch` it, then stop its group."""
-    with log_path.open("wb") as log:
-        launched_at = time.monotonic()
-        proc = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    note_started(proc.pid)
-    try:
-        return asyncio.run(watch(proc, launched_at=launched_at, log_path=log_path, **watched))
-    finally:
-        _stop(proc)
+    """Poll ``path`` until its applied offsets add up to ``ends``'; raise if it dies or stalls."""
+    progress, progress_at = -1, time.monotonic()
+    while not await path.stable():
+        path.check()
+        if time.monotonic() - progress_at > stall:
+            raise TimeoutError(f"no partition assigned for {stall:.0f} s; see {path.logs}")
+        await asyncio.sleep(POLL_SECONDS)
+    stable_at = time.monotonic()
+    before = path.cpu.read()
+    if sum((await path.applied()).values()) > 0:
+        # Applied before the start was seen: a clock started now would flatter the path.
+        raise RuntimeError(f"the clock's start was missed (already applying); see {path.logs}")
+    samples: list[tuple[float, int]] = []
+    progress_at = stable_at
+    total = sum(ends.values())
+    while True:
+        path.check()
+        # Summed: a forwarding worker's offsets are those of its repartition topic, whose
+        # partitions hold other counts; an applied offset never passes its end offset.
+        applied = min(sum((await path.applied()).values()), total)
+        now = time.monotonic()
+        samples.append((now - stable_at, applied))
+        if applied >= total:
+            cost = path.cpu.read() - before
+            path.sample_rss()
+            startup = stable_at - path.launched_at
+            return CatchUp(now - stable_at, startup, path.peak_rss_mb, cost, tuple(samples))
+        if applied != progress:
+            progress, progress_at = applied, now
+        if now - progress_at > stall:
+            raise TimeoutError(f"no offset applied for {stall:.0f} s; see {path.logs}")
+        await asyncio.sleep(POLL_SECONDS)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group we started, SIGKILL it after 60 s."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+class NewestState:
+    """The rows a correct mirror ends with, kept as events go by: each key's newest event."""
 
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
 
-async def watch(
-    proc: subprocess.Popen[bytes],
-    *,
-    launched_at: float,
-    bootstrap: str,
-    group: str,
-    ends: Mapping[int, int],
-    applied: AppliedOffsets | None = None,
-    topic: str = "",
-    health: Callable[[], str | None] | None = None,
-    log_path: Path,
-    stall: float = STALL_SECONDS,
-) -> CatchUp:
-    """Poll ``proc``'s group until it is caught up with ``ends``; raise if it dies or stalls.
-
-    ``applied`` defaults to the group's committed offsets on ``topic``; ``health``, asked
-    once a second, returns why the path has failed (a failed Connect task), or None.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    rss = TreeRss(proc.pid)
-    try:
-        read_applied = applied or group_offsets(admin, group, topic)
-        stable_at: float | None = None
-        progress, progress_at, asked_at = -1, launched_at, 0.0
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"exited with {proc.returncode}; see {log_path}")
-            now = time.monotonic()
-            rss.sample()
-            if health is not None and now - asked_at >= 1.0:
-                asked_at = now
-                if (failure := health()) is not None:
-                    raise RuntimeError(f"{failure}; see {log_path}")
-            if stable_at is None and await _group_state(admin, group) == "Stable":
-                stable_at = now
-            if stable_at is not None:
-                done = await read_applied()
-                if all(done.get(p, 0) >= end for p, end in ends.items()):
-                    finished = time.monotonic()
-                    rss.sample()
-                    return CatchUp(finished - stable_at, stable_at - launched_at, rss.peak_mb)
-                if sum(done.values()) != progress:
-                    progress, progress_at = sum(done.values()), now
-            if now - progress_at > stall:
-                what = "no partition assigned" if stable_at is None else "no offset applied"
-                raise TimeoutError(f"{what} for {stall:.0f} s; see {log_path}")
-            await asyncio.sleep(POLL_SECONDS)
-    finally:
-        await admin.close()
+    def add(self, event: Event) -> None:
+        """Take ``event`` as the newest of its key (a delete or a tombstone drops the key)."""
+        body = orjson.loads(event.value) if event.value is not None else None
+        if body is None or body.get("changeType") == "DELETED":
+            self.rows.pop(event.key, None)
+        else:
+            self.rows[event.key] = body["planetName"]
 
 
 def newest_state(events: Iterable[Event]) -> dict[str, str]:
     """The rows a correct mirror ends with: each key's newest event, deletes removed."""
-    rows: dict[str, str] = {}
+    state = NewestState()
     for event in events:
-        body = orjson.loads(event.value) if event.value is not None else None
-        if body is None or body.get("changeType") == "DELETED":
-            rows.pop(event.key, None)
-        else:
-            rows[event.key] = body["planetName"]
-    return rows
+        state.add(event)
+    return state.rows
 
 
 def table_errors(db_url: str, live_rows_sql: str, expected: Mapping[str, str]) -> int:

@@ -1,23 +1,24 @@
-"""Benchmark: this project's worker beside its peers, the naive path and the raw limits.
+"""Benchmark: this project's worker beside its peers, where users run it (``./run bench``).
 
-On the real local Kafka broker and PostgreSQL (started by devservices), on the same data,
-each path into an empty table of its own database:
+On the real local Kafka broker and PostgreSQL (started by devservices), each path into an
+empty table of its own database, one at a time, all in one run: the worker (``mirror``) and
+the peers Quix Streams and Debezium's JDBC sink (``bench/peers/``; ``--no-peers`` leaves
+them out, as ``--quick`` does):
 
-1. ``mirror``: one ``faust -A streams.app worker`` process, empty table to caught up:
-   events/s end to end and the worker's peak RSS.
-2. ``quix``, ``debezium``: the peers (``bench/peers/``), each from a fresh topic of its own
-   holding the same events (re-encoded for Debezium), timed by the same clock
-   (``bench/measure.py``); ``--no-peers`` leaves them out, as ``--quick`` does.
-3. ``naive``: the seed's pattern, one event at a time: read the row, then insert, update
-   or delete it through the same SQLAlchemy model, one transaction per event, consuming
-   with aiokafka.
-4. ``raw_consume``: aiokafka reading the topic with no processing at all.
-5. ``raw_write``: every event's row upserted into PostgreSQL with psycopg2
-   ``execute_values`` in pages of 2,000 (folded per page), as fast as Python can.
+1. warm-up: 200,000 events over 20,000 entities (the old default, a few seconds: start-up
+   and warm-up weigh a lot), then the naive path and the raw limits on the same topic;
+2. steady state: 1,000,000 events over 100,000 entities; also the worker with its cache off
+   and two workers in one group, on the same topic;
+3. initial load: 500,000 events, each a CREATED of a new entity;
+4. ``--long`` only: 5,000,000 events over 100,000 entities, the worker alone (its memory);
+5. freshness: each path caught up on a topic of its own, then a producer paced at fixed
+   rates with markers (``bench/freshness.py``): p50 / p99 from produce to readable, and the
+   highest rate it sustains.
 
-Every table a path leaves is checked against the newest state of each key. Then a second
-topic with ``--rss-factor`` times the events, for the worker only, to see whether its
-peak RSS stays flat. Prints a table and one JSON line (``BENCH_JSON {...}``).
+Each run is timed by ``bench/measure.py``'s clock, with the CPU per event of the machine,
+the path, PostgreSQL and the broker (``bench/cpu.py``), and its table checked once at the
+end. Prints a line per step, then the tables and one ``BENCH_JSON {...}`` line, and draws
+``docs/bench/*.png`` when matplotlib is installed (``bench/plots.py``).
 """
 
 from __future__ import annotations
@@ -25,344 +26,83 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import random
-import statistics
+import dataclasses
 import sys
-import time
 import uuid
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from sqlalchemy import create_engine, delete, select  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-from bench import measure  # noqa: E402
-from bench.measure import Event  # noqa: E402
-from bench.peers import PeerSkipped  # noqa: E402
-from bench.peers import debezium as peer_debezium  # noqa: E402
-from bench.peers import quix as peer_quix  # noqa: E402
+from bench import baselines, freshness, plots, report, topics  # noqa: E402
+from bench.measure import newest_state, table_errors  # noqa: E402
+from bench.paths import (  # noqa: E402
+    MIRROR,
+    PEERS,
+    PLANET,
+    SCALED,
+    UNCACHED,
+    BenchPath,
+    WorkerPath,
+    topic_of,
+)
+from bench.producer import client_name  # noqa: E402
+from bench.scenarios import Bench, Run, run_line  # noqa: E402
+from bench.topics import create_and_fill, end_offsets  # noqa: E402
+from bench.workload import Workload, make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
-from models.planet import Planet  # noqa: E402
-from models.registry import build_spec  # noqa: E402
-from models.store import SqlStore  # noqa: E402
 
-PLANET = build_spec(Planet)
-PEERS = {"quix": peer_quix, "debezium": peer_debezium}
-#: The live rows (uuid, name) each path's table ends with, for the check against the events.
-LIVE_ROWS_SQL = {
-    "mirror": f"SELECT uuid, name FROM {PLANET.table.name}",
-    "naive": f"SELECT uuid, name FROM {PLANET.table.name}",
-    "raw_write": "SELECT uuid, name FROM raw_planet",
-    **{name: peer.LIVE_ROWS_SQL for name, peer in PEERS.items()},
-}
+# Still importable from here, as before issue 22 (tests/unit/test_bench_peers.py, scripts).
+__all__ = ["PLANET", "create_and_fill", "end_offsets", "make_events"]
 
-
-def make_events(count: int, entities: int, seed: int) -> list[Event]:
-    """About 20 % CREATED, 60 % UPDATED, 10 % no changeType, 10 % DELETED; ~400-byte values."""
-    rng = random.Random(seed)
-    keys = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(entities)]
-    events = []
-    for i in range(count):
-        key = keys[rng.randrange(entities)]
-        roll = rng.random()
-        body: dict[str, Any] = {
-            "planetUuid": key,
-            "planetName": f"Planet {i} of system {rng.randrange(1000)}",
-            "massKg": rng.random() * 1e25,
-            "radiusKm": rng.random() * 70_000,
-            "orbitalPeriodDays": rng.random() * 10_000,
-            "discoveredBy": rng.choice(["Kepler", "TESS", "Hubble", "JWST", "ground survey"]),
-            "discoveredAt": "2026-11-29T04:21:00Z",
-            "habitable": rng.random() < 0.1,
-            "moons": rng.randrange(80),
-            "atmosphere": {"n2": 0.78, "o2": 0.21, "ar": 0.0093},
-            "tags": ["rocky", "inner", "survey-7"],
-            "updatedBy": "service-a",
-        }
-        if roll < 0.2:
-            body["changeType"] = "CREATED"
-        elif roll < 0.8:
-            body["changeType"] = "UPDATED"
-        elif roll < 0.9:
-            pass
-        else:
-            body = {"planetUuid": key, "changeType": "DELETED", "updatedBy": "service-a"}
-        events.append(Event(key, json.dumps(body).encode()))
-    return events
+FULL_PLAN = freshness.Plan(
+    fixed_rates=(5_000, 20_000),
+    fixed_seconds=20.0,
+    ladder=(10_000, 15_000, 25_000, 30_000, 40_000, 50_000, 60_000, 80_000),
+    step_seconds=10.0,
+)
+QUICK_PLAN = freshness.Plan(
+    fixed_rates=(500, 2_000), fixed_seconds=2.0, ladder=(1_000, 4_000), step_seconds=1.0
+)
 
 
-async def create_and_fill(
-    bootstrap: str, topic: str, partitions: int, events: Sequence[Event]
-) -> None:
-    """Create ``topic`` and produce ``events`` keyed by entity."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
-    # Idempotent, so a retried batch cannot land after a later one: every path's table is
-    # checked against the newest event per key in produced order.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=20,
-        max_batch_size=256 * 1024,
-    )
-    await producer.start()
-    try:
-        pending = []
-        for event in events:
-            pending.append(await producer.send(topic, event.value, key=event.key.encode()))
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await asyncio.sleep(0)
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-        return {tp.partition: o for tp, o in ends.items()}
-    finally:
-        await consumer.stop()
-
-
-def run_mirror(
-    bootstrap: str,
-    db_url: str,
-    prefix: str,
-    ends: dict[int, int],
-    workdir: Path,
-    batch_size: int,
-    repartition: bool = False,
-) -> dict[str, float]:
-    """Run one worker from an empty table until its stored offsets reach ``ends``.
-
-    With ``repartition``, the worker forwards the topic through its repartition topic first
-    (``REPARTITION=planet``): it is caught up once the offsets stored for the repartition
-    topic count every event (each is forwarded once; nothing crashes here).
-    """
-    app_id = f"bench-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "KAFKA_BROKER": f"kafka://{bootstrap}",
-        "DATABASE_URL": db_url,
-        "APP_ID": app_id,
-        "TOPIC_PREFIX": prefix,
-        "WEB_PORT": str(_free_port()),
-        "DATA_DIR": str(workdir / app_id),
-        "BATCH_SIZE": str(batch_size),
-        "TOPIC_PARTITIONS": str(len(ends)),
-    }
-    store = SqlStore.from_url(db_url)
-    store.create_tables([PLANET])
-    topic = f"{prefix}planet-changed"
-    if repartition:
-        env["REPARTITION"] = "planet"
-        topic = f"{app_id}-{topic}-repartition"
-    total = sum(ends.values())
-
-    async def stored_offsets() -> dict[int, int]:
-        # The worker's applied offsets: stored in the transaction that wrote the rows.
-        stored = {p: o for (t, p), o in store.stored_offsets(app_id).items() if t == topic}
-        if not repartition:
-            return stored
-        # The repartition topic's partitions are not the source's: report the share applied.
-        share = min(1.0, sum(stored.values()) / total) if total else 1.0
-        return {p: end if share >= 1.0 else int(end * share) for p, end in ends.items()}
-
-    try:
-        caught_up = measure.run_process(
-            [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
-            cwd=ROOT,
-            env=env,
-            log_path=workdir / f"{app_id}.log",
-            bootstrap=bootstrap,
-            group=app_id,
-            ends=ends,
-            applied=stored_offsets,
-        )
-    finally:
-        store.dispose()
-    return caught_up.figures(sum(ends.values()))
-
-
-async def assigned_consumer(bootstrap: str, topic: str, ends: dict[int, int]) -> AIOKafkaConsumer:
-    """A consumer of every partition from the beginning, with no group (as Lambda's is not).
-
-    No group means no heartbeats for the blocking naive path to starve.
-    """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    await consumer.start()
-    parts = [TopicPartition(topic, p) for p in ends]
-    consumer.assign(parts)
-    await consumer.seek_to_beginning(*parts)
-    return consumer
-
-
-def run_naive(bootstrap: str, db_url: str, topic: str, ends: dict[int, int]) -> dict[str, float]:
-    """The seed's pattern: per event, read the row, write it, commit."""
-    engine = create_engine(db_url)
-    PLANET.table.create(engine, checkfirst=True)
-    total = sum(ends.values())
-
-    async def consume() -> float:
-        consumer = await assigned_consumer(bootstrap, topic, ends)
-        seen = 0
-        started = time.monotonic()  # every path is timed from "ready to consume" to done
-        try:
-            with Session(engine) as session:
-                while seen < total:
-                    batch = await consumer.getmany(timeout_ms=1000, max_records=500)
-                    for messages in batch.values():
-                        for message in messages:
-                            apply_naively(session, message.value)
-                            seen += 1
-        finally:
-            await consumer.stop()
-        return time.monotonic() - started
-
-    seconds = asyncio.run(consume())
-    engine.dispose()
-    return {"events_per_s": total / seconds, "seconds": seconds}
-
-
-def apply_naively(session: Session, value: bytes | None) -> None:
-    """One event, the Lambda way: a read, then an insert, update or delete, then a commit."""
-    if value is None:
-        return
-    event = json.loads(value)
-    uuid_ = event["planetUuid"]
-    existing = session.execute(select(Planet).where(Planet.uuid == uuid_)).scalar_one_or_none()
-    if event.get("changeType") == "DELETED":
-        if existing is not None:
-            session.execute(delete(Planet).where(Planet.uuid == uuid_))
-    elif existing is None:
-        session.add(Planet(uuid=uuid_, name=event["planetName"]))
-    else:
-        existing.name = event["planetName"]
-    session.commit()
-
-
-def run_raw_consume(bootstrap: str, topic: str, ends: dict[int, int]) -> dict[str, float]:
-    """aiokafka reading every record, no processing."""
-    total = sum(ends.values())
-
-    async def consume() -> float:
-        consumer = await assigned_consumer(bootstrap, topic, ends)
-        seen = 0
-        started = time.monotonic()
-        try:
-            while seen < total:
-                batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-                seen += sum(len(m) for m in batch.values())
-        finally:
-            await consumer.stop()
-        return time.monotonic() - started
-
-    seconds = asyncio.run(consume())
-    return {"events_per_s": total / seconds, "seconds": seconds}
-
-
-def run_raw_write(db_url: str, events: Sequence[Event]) -> dict[str, float]:
-    """Every event's row, upserted with psycopg2 execute_values in pages of 2,000."""
-    import psycopg2
-    from psycopg2.extras import execute_values
-    from sqlalchemy.engine import make_url
-
-    url = make_url(db_url)
-    conn = psycopg2.connect(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        dbname=url.database,
-    )
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            "CREATE TABLE raw_planet (uuid varchar(64) PRIMARY KEY, name varchar(255) NOT NULL,"
-            " version bigint NOT NULL)"
-        )
-    decoded = [json.loads(e.value) for e in events]  # not timed: the limit is the write
-    started = time.monotonic()
-    page = 2000
-    with conn.cursor() as cur:
-        for start in range(0, len(decoded), page):
-            # Folded to the newest event per key of the page: an upsert or a delete.
-            upserts: dict[str, tuple[str, str, int]] = {}
-            deletes: set[str] = set()
-            for i, event in enumerate(decoded[start : start + page], start=start):
-                key = event["planetUuid"]
-                if event.get("changeType") == "DELETED":
-                    upserts.pop(key, None)
-                    deletes.add(key)
-                else:
-                    deletes.discard(key)
-                    upserts[key] = (key, event["planetName"], i)
-            if upserts:
-                execute_values(
-                    cur,
-                    "INSERT INTO raw_planet (uuid, name, version) VALUES %s ON CONFLICT (uuid)"
-                    " DO UPDATE SET name = excluded.name, version = excluded.version"
-                    " WHERE raw_planet.version < excluded.version",
-                    list(upserts.values()),
-                    page_size=page,
-                )
-            if deletes:
-                cur.execute("DELETE FROM raw_planet WHERE uuid = ANY(%s)", (list(deletes),))
-            conn.commit()
-    seconds = time.monotonic() - started
-    conn.close()
-    return {"events_per_s": len(events) / seconds, "seconds": seconds}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Read the command line; ``--quick`` shrinks the run and leaves the peers out."""
+    """Read the command line; ``--quick`` shrinks every scenario and leaves the peers out."""
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--entities", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=1_000_000, help="steady state's events")
+    parser.add_argument("--entities", type=int, default=100_000, help="steady state's keys")
+    parser.add_argument("--initial-events", type=int, default=500_000)
+    parser.add_argument("--warmup-events", type=int, default=200_000)
+    parser.add_argument("--warmup-entities", type=int, default=20_000)
+    parser.add_argument("--naive-events", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument(
-        "--rss-factor",
-        type=int,
-        default=5,
-        help="second run with this many times the events (0: skip)",
-    )
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument(
-        "--skip-naive",
-        action="store_true",
-        help="leave out the slow naive path (while iterating on the worker)",
+        "--only",
+        default="warmup,steady,initial,freshness",
+        help="scenarios to run, of warmup, steady, initial, freshness (comma-separated)",
     )
+    parser.add_argument(
+        "--paths",
+        default="mirror,quix,debezium,mirror_uncached,mirror_x2",
+        help="paths to run (comma-separated); the last two run on the steady state only",
+    )
+    parser.add_argument(
+        "--rates",
+        default=None,
+        help="freshness rates (comma-separated), instead of 5,000 and 20,000 and the ladder",
+    )
+    parser.add_argument(
+        "--phase-seconds", type=float, default=None, help="length of every freshness phase"
+    )
+    parser.add_argument("--long", action="store_true", help="also 5,000,000 events, worker only")
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the naive path")
     parser.add_argument(
         "--peers",
         action=argparse.BooleanOptionalAction,
@@ -370,45 +110,114 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the peers, Quix Streams and Debezium's JDBC sink (default: not with --quick)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="2,000 events over 200 entities, second run x2 (CI)"
+        "--quick", action="store_true", help="every scenario at a tiny size, no peers (CI)"
     )
     parser.add_argument(
         "--repartition",
         action="store_true",
         help="the worker forwards the topic through a repartition topic (REPARTITION=planet)",
     )
+    parser.add_argument(
+        "--plots", type=Path, default=None, help="folder of the PNGs (default docs/bench)"
+    )
     args = parser.parse_args(argv)
+    args.plan = FULL_PLAN
+    args.pool, args.pool_entities = 200_000, 100_000
     if args.quick:
-        args.events, args.entities, args.rss_factor = 2_000, 200, 2
+        args.events, args.entities, args.initial_events = 10_000, 1_000, 5_000
+        args.warmup_events, args.warmup_entities, args.naive_events = 2_000, 200, 1_000
+        args.plan, args.pool, args.pool_entities = QUICK_PLAN, 5_000, 1_000
+    if args.rates:
+        rates = tuple(int(r) for r in args.rates.split(","))
+        args.plan = dataclasses.replace(args.plan, fixed_rates=rates, ladder=())
+    if args.phase_seconds:
+        seconds = args.phase_seconds
+        args.plan = dataclasses.replace(args.plan, fixed_seconds=seconds, step_seconds=seconds)
     if args.peers is None:
         args.peers = not args.quick
+    if args.plots is None:
+        args.plots = ROOT / (".cache/bench/quick-plots" if args.quick else "docs/bench")
+    args.only = set(args.only.split(","))
+    args.paths = set(args.paths.split(","))
     return args
 
 
-def run_peer(
-    name: str,
-    bootstrap: str,
-    db_url: Callable[[], str],
-    topic: str,
-    partitions: int,
-    events: Sequence[Event],
-    workdir: Path,
-    batch_size: int,
-) -> dict[str, float] | str:
-    """Run one peer on its own topic of ``events``; return its figures, or why it did not run."""
-    peer = PEERS[name]
-    try:
-        peer.available()
-        asyncio.run(create_and_fill(bootstrap, topic, partitions, peer.encode(events)))
-        ends = asyncio.run(end_offsets(bootstrap, topic, partitions))
-        caught_up = peer.run(bootstrap, db_url(), topic, ends, workdir, batch_size)
-    except PeerSkipped as exc:
-        return f"skipped: {exc}"
-    except Exception as exc:
-        # A peer's failure is a result to report, not a reason to lose the other figures.
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return f"failed: {type(exc).__name__}: {first}"
-    return caught_up.figures(len(events))
+def workloads(args: argparse.Namespace) -> dict[str, Workload]:
+    """The workloads of this run, by name."""
+    s = args.seed
+    return {
+        "warmup": Workload(
+            "warmup",
+            f"warm-up: {args.warmup_events:,} events over {args.warmup_entities:,} entities",
+            args.warmup_events,
+            args.warmup_entities,
+            s,
+        ),
+        "steady": Workload(
+            "steady",
+            f"steady state: {args.events:,} events over {args.entities:,} entities",
+            args.events,
+            args.entities,
+            s + 1,
+        ),
+        "initial": Workload(
+            "initial",
+            f"initial load: {args.initial_events:,} events, every entity new",
+            args.initial_events,
+            args.initial_events,
+            s + 2,
+            kind="initial",
+        ),
+        "long": Workload(
+            "long",
+            f"long: {args.events * 5:,} events over {args.entities:,} entities",
+            args.events * 5,
+            args.entities,
+            s + 3,
+        ),
+    }
+
+
+def run_baselines(bench: Bench, args: argparse.Namespace, warmup: Workload) -> None:
+    """The naive path (on its own slice), then the raw limits on the warm-up's topic."""
+    runs = bench.results.runs
+    if not args.skip_naive:
+        say(f"naive path: {args.naive_events:,} events ...")
+        prefix = bench.prefix("naive")
+        topic = topic_of(MIRROR, prefix)
+        events = make_events(min(args.naive_events, warmup.events), warmup.entities, warmup.seed)
+        asyncio.run(create_and_fill(bench.bootstrap, topic, args.partitions, events))
+        ends = asyncio.run(end_offsets(bench.bootstrap, topic, args.partitions))
+        db_url = bench.fresh_db("naive")
+        run = Run("naive", "warmup", len(events))
+        run.figures = baselines.run_naive(bench.bootstrap, db_url, topic, ends)
+        expected = newest_state(events)
+        run.table_errors = table_errors(db_url, baselines.LIVE_ROWS_SQL["naive"], expected)
+        runs[("warmup", "naive")] = run
+        say(f"   naive: {run_line(run)}")
+    say("raw consume / raw write ...")
+    topic = topic_of(MIRROR, bench.prefix("warmup"))
+    ends = asyncio.run(end_offsets(bench.bootstrap, topic, args.partitions))
+    consume = Run("raw_consume", "warmup", warmup.events)
+    consume.figures = baselines.run_raw_consume(bench.bootstrap, topic, ends)
+    runs[("warmup", "raw_consume")] = consume
+    events = list(warmup.generate())
+    write = Run("raw_write", "warmup", warmup.events)
+    db_url = bench.fresh_db("raw_write")
+    write.figures = baselines.run_raw_write(db_url, events)
+    expected = newest_state(events)
+    write.table_errors = table_errors(db_url, baselines.LIVE_ROWS_SQL["raw_write"], expected)
+    runs[("warmup", "raw_write")] = write
+    say(f"   raw consume: {run_line(consume)}")
+    say(f"   raw write: {run_line(write)}")
+
+
+def _configured(path: BenchPath, args: argparse.Namespace) -> BenchPath:
+    """A worker path with the run's partitions (and forwarding, for ``--repartition``)."""
+    if not isinstance(path, WorkerPath):
+        return path
+    forward = args.repartition and path.name == "mirror"
+    return dataclasses.replace(path, partitions=args.partitions, repartition=forward)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,195 +231,58 @@ def main(argv: list[str] | None = None) -> int:
     server = dev_postgres.start()
     workdir = ROOT / ".cache" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    run = uuid.uuid4().hex[:6]
-    prefix = f"bench-{run}."
-    topic = f"{prefix}planet-changed"
-
-    print(
-        f"producing {args.events:,} events over {args.entities:,} entities into "
-        f"{args.partitions} partitions ...",
-        flush=True,
-    )
-    events = make_events(args.events, args.entities, args.seed)
-    expected = measure.newest_state(events)
-    value_sizes = [len(e.value or b"") for e in events]
-    asyncio.run(create_and_fill(bootstrap, topic, args.partitions, events))
-    ends = asyncio.run(end_offsets(bootstrap, topic, args.partitions))
-
-    databases: dict[str, str] = {}
+    run_id = uuid.uuid4().hex[:6]
+    databases: list[str] = []
 
     def fresh_db(name: str) -> str:
-        databases[name] = dev_postgres.create_database(server, f"bench_{run}_{name}")
-        return databases[name]
+        databases.append(f"bench_{run_id}_{name}")
+        return dev_postgres.create_database(server, databases[-1])
 
-    steps = ["mirror", *(PEERS if args.peers else ()), "naive", "raw_consume", "raw_write"]
-    if args.skip_naive:
-        steps.remove("naive")
-    results: dict[str, dict[str, float]] = {}
-    not_run: dict[str, str] = {}
-    wrong: dict[str, int] = {}  # keys whose row differs from the newest state, per path
-    for i, name in enumerate(steps, start=1):
-        print(f"{i}/{len(steps)} {name} ...", flush=True)
-        if name == "mirror":
-            results[name] = run_mirror(
-                bootstrap,
-                fresh_db(name),
-                prefix,
-                ends,
-                workdir,
-                args.batch_size,
-                repartition=args.repartition,
-            )
-        elif name in PEERS:
-            outcome = run_peer(
-                name,
-                bootstrap,
-                lambda name=name: fresh_db(name),
-                f"{prefix}{name}.planet-changed",
-                args.partitions,
-                events,
-                workdir,
-                args.batch_size,
-            )
-            if isinstance(outcome, str):
-                print(f"{name}: {outcome}", flush=True)
-                not_run[name] = outcome
-            else:
-                results[name] = outcome
-        elif name == "naive":
-            results[name] = run_naive(bootstrap, fresh_db(name), topic, ends)
-        elif name == "raw_consume":
-            results[name] = run_raw_consume(bootstrap, topic, ends)
-        else:
-            results[name] = run_raw_write(fresh_db(name), events)
-        if name in results:
-            if name in LIVE_ROWS_SQL:
-                wrong[name] = measure.table_errors(databases[name], LIVE_ROWS_SQL[name], expected)
-            print(f"   {name}: {progress_line(results[name], wrong.get(name))}", flush=True)
-
-    large: dict[str, float] | None = None
-    if args.rss_factor:
-        big = args.events * args.rss_factor
-        print(f"RSS run: {big:,} events ...", flush=True)
-        big_prefix = f"bench-{run}-x{args.rss_factor}."
-        big_events = make_events(big, args.entities, args.seed + 1)
-        big_expected = measure.newest_state(big_events)
-        asyncio.run(
-            create_and_fill(bootstrap, f"{big_prefix}planet-changed", args.partitions, big_events)
-        )
-        del big_events
-        big_ends = asyncio.run(
-            end_offsets(bootstrap, f"{big_prefix}planet-changed", args.partitions)
-        )
-        large = run_mirror(
-            bootstrap, fresh_db("large"), big_prefix, big_ends, workdir, args.batch_size
-        )
-        wrong["large"] = measure.table_errors(
-            databases["large"], LIVE_ROWS_SQL["mirror"], big_expected
-        )
-        print(f"   large: {progress_line(large, wrong['large'])}", flush=True)
-
-    summary = summarize(args, results, wrong, not_run, large, statistics.median(value_sizes))
-    report(args, results, wrong, not_run, summary)
-    for name in databases:
-        # Best effort: a leftover bench database harms nothing.
+    bench = Bench(
+        bootstrap=bootstrap,
+        fresh_db=fresh_db,
+        run_id=run_id,
+        workdir=workdir,
+        partitions=args.partitions,
+        batch_size=args.batch_size,
+        say=say,
+    )
+    every = {p.name: p for p in (MIRROR, *PEERS, UNCACHED, SCALED)}
+    chosen_paths = [
+        _configured(p, args)
+        for name, p in every.items()
+        if name in args.paths and (args.peers or p not in PEERS)
+    ]
+    main_paths = [p for p in chosen_paths if p.name in ("mirror", *(q.name for q in PEERS))]
+    chosen = workloads(args)
+    writer = client_name()
+    say(f"bench run {run_id}: producer {writer}, work files in {workdir}")
+    try:
+        if "warmup" in args.only:
+            bench.workload(chosen["warmup"], main_paths)
+            run_baselines(bench, args, chosen["warmup"])
+        if "steady" in args.only:
+            bench.workload(chosen["steady"], chosen_paths)
+        if "initial" in args.only:
+            bench.workload(chosen["initial"], main_paths)
+        if args.long:
+            bench.workload(chosen["long"], [p for p in main_paths if p.name == "mirror"])
+        if "freshness" in args.only:
+            for path in main_paths:
+                bench.run_freshness(path, args.plan, args.pool, args.pool_entities, args.seed + 4)
+        meta = {"partitions": args.partitions, "batch_size": args.batch_size, "producer": writer}
+        summary = report.summarize(bench.results, meta)
+        summary.update(plots.draw_all(bench.results, args.plots, say))
+        report.print_report(bench.results, summary, say)
+    finally:
+        for name in databases:
+            # Best effort: a leftover bench database harms nothing.
+            with contextlib.suppress(Exception):
+                dev_postgres.drop_database(server, name)
         with contextlib.suppress(Exception):
-            dev_postgres.drop_database(server, f"bench_{run}_{name}")
-    return 0
-
-
-def progress_line(figures: dict[str, float], errors: int | None) -> str:
-    """One path's figures as soon as it is measured, so an interrupted run keeps them."""
-    line = f"{figures['events_per_s']:,.0f} events/s, {figures['seconds']:.2f} s"
-    if "peak_rss_mb" in figures:
-        line += f", peak RSS {figures['peak_rss_mb']:.1f} MB"
-    if errors is not None:
-        line += ", table ok" if not errors else f", table WRONG ({errors:,} keys)"
-    return line
-
-
-def ratio(results: dict[str, dict[str, float]], wrong: dict[str, int], path: str) -> float | None:
-    """The worker's events/s over ``path``'s; None unless both ran and left correct tables."""
-    if path not in results or wrong.get("mirror", 0) or wrong.get(path, 0):
-        return None
-    return round(results["mirror"]["events_per_s"] / results[path]["events_per_s"], 2)
-
-
-def summarize(
-    args: argparse.Namespace,
-    results: dict[str, dict[str, float]],
-    wrong: dict[str, int],
-    not_run: dict[str, str],
-    large: dict[str, float] | None,
-    value_bytes_median: float,
-) -> dict[str, Any]:
-    """The figures of the run as BENCH_JSON prints them."""
-    mirror = results["mirror"]["events_per_s"]
-    limit = min(results["raw_consume"]["events_per_s"], results["raw_write"]["events_per_s"])
-    summary: dict[str, Any] = {
-        "cores": os.cpu_count(),
-        "events": args.events,
-        "entities": args.entities,
-        "partitions": args.partitions,
-        "value_bytes_median": value_bytes_median,
-        **{f"{name}_events_per_s": round(r["events_per_s"], 1) for name, r in results.items()},
-        **{f"{name}_table_ok": errors == 0 for name, errors in wrong.items()},
-        "mirror_vs_naive": ratio(results, wrong, "naive") if "naive" in results else None,
-        "mirror_vs_raw_limit": round(mirror / limit, 3),
-        "mirror_peak_rss_mb": round(results["mirror"]["peak_rss_mb"], 1),
-        "mirror_startup_s": round(results["mirror"]["startup_s"], 2),
-    }
-    for name in PEERS:
-        if name in results:
-            summary[f"{name}_peak_rss_mb"] = round(results[name]["peak_rss_mb"], 1)
-            summary[f"{name}_startup_s"] = round(results[name]["startup_s"], 2)
-            summary[f"mirror_vs_{name}"] = ratio(results, wrong, name)
-        elif name in not_run:
-            summary[f"{name}_not_run"] = not_run[name]
-    if large is not None:
-        summary["large_events"] = args.events * args.rss_factor
-        summary["large_events_per_s"] = round(large["events_per_s"], 1)
-        summary["large_peak_rss_mb"] = round(large["peak_rss_mb"], 1)
-    return summary
-
-
-def report(
-    args: argparse.Namespace,
-    results: dict[str, dict[str, float]],
-    wrong: dict[str, int],
-    not_run: dict[str, str],
-    summary: dict[str, Any],
-) -> None:
-    """Print the table, the ratios and the BENCH_JSON line."""
-    print()
-    print("| path | events/s | seconds | peak RSS (MB) | final table |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for name in ("mirror", *PEERS, "naive", "raw_consume", "raw_write"):
-        if name in not_run:
-            print(f"| {name} | - | - | - | not run: {not_run[name]} |")
-        if name not in results:
-            continue
-        r = results[name]
-        rss = f"{r['peak_rss_mb']:.1f}" if "peak_rss_mb" in r else "-"
-        errors = wrong.get(name)
-        table = "-" if errors is None else f"WRONG ({errors:,} keys)" if errors else "ok"
-        print(f"| {name} | {r['events_per_s']:,.0f} | {r['seconds']:.2f} | {rss} | {table} |")
-    print()
-    for name in (*PEERS, "naive"):
-        if name in results:
-            value = summary.get(f"mirror_vs_{name}")
-            shown = f"{value}x" if value is not None else "n/a (a table is wrong)"
-            print(f"mirror / {name} = {shown}")
-    print(f"mirror / min(raw consume, raw write) = {summary['mirror_vs_raw_limit']}")
-    print(f"worker peak RSS: {summary['mirror_peak_rss_mb']} MB at {args.events:,} events", end="")
-    if "large_events" in summary:
-        print(
-            f", {summary['large_peak_rss_mb']} MB at {summary['large_events']:,} events "
-            f"({summary['large_events_per_s']:,.0f} events/s)"
-        )
-    else:
-        print()
-    print("BENCH_JSON " + json.dumps(summary, sort_keys=True), flush=True)
+            asyncio.run(topics.delete_topics(bootstrap, f"bench-{run_id}."))
+    failed = [r for (_, p), r in bench.results.runs.items() if p.startswith("mirror") and not r.ok]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -21,13 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.mirror_bench import (  # noqa: E402
-    PLANET,
-    _free_port,
-    create_and_fill,
-    end_offsets,
-    make_events,
-)
+from bench.paths import PLANET, free_port  # noqa: E402
+from bench.topics import create_and_fill, end_offsets  # noqa: E402
+from bench.workload import make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 from models.store import SqlStore  # noqa: E402
@@ -72,7 +68,7 @@ def main() -> int:
         "DATABASE_URL": db,
         "APP_ID": app_id,
         "TOPIC_PREFIX": prefix,
-        "WEB_PORT": str(_free_port()),
+        "WEB_PORT": str(free_port()),
         "DATA_DIR": str(workdir / app_id),
         # Quiet, so the profile is of the work, not of log lines (LOG_LEVEL sets it, not -l).
         "LOG_LEVEL": "warning",

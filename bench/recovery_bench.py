@@ -44,7 +44,8 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.measure import Event  # noqa: E402
-from bench.mirror_bench import _free_port, create_and_fill, end_offsets  # noqa: E402
+from bench.paths import free_port  # noqa: E402
+from bench.topics import create_and_fill, end_offsets  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 from devservices.processes import note_started  # noqa: E402
@@ -212,7 +213,7 @@ class Run:
             "DATABASE_URL": self.db_url,
             "APP_ID": self.app_id,
             "TOPIC_PREFIX": self.prefix,
-            "WEB_PORT": str(_free_port()),
+            "WEB_PORT": str(free_port()),
             "DATA_DIR": str(self.workdir / self.app_id / name),
             "ENTITY_MODULES": "models.planet" if cached else "bench.uncached_planet",
             "TABLE_STORE": self.store if cached else "rocksdb",

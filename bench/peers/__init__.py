@@ -1,11 +1,13 @@
 """The tools users would pick instead of this worker, run by the bench on the same data.
 
-One module per peer, each with the same four names, so the driver treats them alike:
-``available()`` raises :class:`PeerSkipped` when the peer cannot run here; ``encode(events)``
-gives the records its topic gets (the worker's, or re-encoded as the peer needs them);
-``run(...)`` consumes that topic from the start into an empty table until caught up and
-returns the :class:`bench.measure.CatchUp`; ``LIVE_ROWS_SQL`` reads the table's live rows
-(``uuid``, ``name``) for the check against the newest state of each key.
+One module per peer, each with the same names, so the bench treats them alike
+(``bench.paths.PeerPath``): ``LABEL`` names it in the report; ``available()`` raises
+:class:`PeerSkipped` when the peer cannot run here; ``ENCODING`` is ``json`` when it reads
+the worker's records as they are (it then shares the worker's topic), else the name of its
+own topic's encoding, and ``encode_event(event)`` gives the record its topic gets;
+``launch(...)`` creates its empty table and says how to start it (``bench.launch.Launch``);
+``TABLE`` is where its rows land and ``LIVE_ROWS_SQL`` reads its live rows (``uuid``,
+``name``) for the check against the newest state of each key.
 """
 
 from __future__ import annotations

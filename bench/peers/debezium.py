@@ -15,17 +15,22 @@ from __future__ import annotations
 import json
 import socket
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench.measure import CatchUp, Event, run_process
+from bench.launch import Launch, Process, group_offsets
+from bench.measure import Event
 from bench.peers import PeerSkipped
 from devservices import kafka as dev_kafka
 
+LABEL = "Debezium JDBC sink 3.6.0.Final"
+#: Its own topic: values in JsonConverter's schema envelope, deletes as tombstones.
+ENCODING = "debezium"
 TABLE = "debezium_planet"
 LIVE_ROWS_SQL = f"SELECT uuid, name FROM {TABLE}"
 REST_PORT = 18083
@@ -84,24 +89,25 @@ def available() -> None:
         raise PeerSkipped(str(exc)) from exc
 
 
+#: The envelope around a value, joined as bytes: a million events are encoded per workload.
+_ENVELOPE_HEAD = b'{"schema": ' + json.dumps(VALUE_SCHEMA).encode() + b', "payload": '
+
+
+def encode_event(event: Event) -> Event:
+    """The event as the connector needs it: a schema envelope, or a tombstone for DELETED."""
+    assert event.value is not None
+    if orjson.loads(event.value).get("changeType") == "DELETED":
+        return Event(event.key, None)
+    return Event(event.key, _ENVELOPE_HEAD + event.value + b"}")
+
+
 def encode(events: Sequence[Event]) -> list[Event]:
-    """The same events as the connector needs them: schema envelopes, and tombstones."""
-    encoded = []
-    for event in events:
-        assert event.value is not None
-        body = json.loads(event.value)
-        if body.get("changeType") == "DELETED":
-            encoded.append(Event(event.key, None))
-        else:
-            envelope = {"schema": VALUE_SCHEMA, "payload": body}
-            encoded.append(Event(event.key, json.dumps(envelope).encode()))
-    return encoded
+    """The same events as the connector needs them (tests/unit/test_bench_peers.py)."""
+    return [encode_event(event) for event in events]
 
 
-def run(
-    bootstrap: str, db_url: str, topic: str, ends: Mapping[int, int], workdir: Path, batch: int
-) -> CatchUp:
-    """Run Connect with the connector from an empty table until its offsets reach ``ends``."""
+def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int) -> Launch:
+    """Create the empty table and say how to run Connect with the connector on ``topic``."""
     jars = dev_kafka.connect_jars()
     with socket.socket() as sock:
         if sock.connect_ex(("127.0.0.1", REST_PORT)) == 0:
@@ -143,15 +149,13 @@ def run(
         "org.apache.kafka.connect.cli.ConnectStandalone",
         *configs,
     ]
-    return run_process(
-        command,
-        cwd=workdir,
-        log_path=workdir / f"{name}.log",
-        bootstrap=bootstrap,
-        # Connect names a sink connector's consumer group connect-<connector name>.
-        group=f"connect-{name}",
-        ends=ends,
-        topic=topic,
+    # Connect names a sink connector's consumer group connect-<connector name>.
+    group = f"connect-{name}"
+    return Launch(
+        [Process(command, workdir / f"{name}.log")],
+        workdir,
+        group,
+        group_offsets(group, topic),
         health=lambda: task_failure(name),
     )
 
