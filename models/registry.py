@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import (
-    CHAR,
     JSON,
     BigInteger,
     Boolean,
@@ -103,11 +102,6 @@ class EntitySpec:
     patch_mapper: RowMapper | None = None
     """Maps an update to the columns it carries (with partial updates)."""
     patch_check: PatchCheck | None = None
-    rows_come_back_as_written: bool = False
-    """Whether a row naming every public column reads back exactly as written: each column
-    takes text (not fixed-length ``CHAR``), integers or booleans, whose values the checks make
-    exact before SQL. The cache then takes an upserted row from the write itself instead of
-    the database returning it (``StoreTransaction.write``)."""
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
@@ -314,7 +308,6 @@ def build_spec(model: type[Any]) -> EntitySpec:
         partial_updates=partial_updates,
         patch_mapper=_patch_mapper_for(model, mapper) if partial_updates else None,
         patch_check=compile_patch_check(rules) if partial_updates else None,
-        rows_come_back_as_written=_rows_come_back_as_written(table),
     )
 
 
@@ -335,17 +328,6 @@ def _required(column: Column[Any]) -> bool:
         and not column.primary_key
         and column.default is None
         and column.server_default is None
-    )
-
-
-def _rows_come_back_as_written(table: Table) -> bool:
-    """Whether every public column's value reads back as the checks made it (see
-    ``EntitySpec.rows_come_back_as_written``): text but ``CHAR`` (padded), integers, booleans."""
-    exact = (ColumnKind.TEXT, ColumnKind.INTEGER, ColumnKind.BOOLEAN)
-    return all(
-        column_rule(c).kind in exact and not isinstance(c.type, CHAR)
-        for c in table.columns
-        if not c.key.startswith("mirror_")
     )
 
 

@@ -25,7 +25,13 @@ from sqlalchemy.exc import (
 
 from models.copy_format import copy_text
 from models.registry import VERSION_COLUMNS, EntitySpec
-from models.store.schema import changelogs_table, logs_table, offsets_table, public_columns
+from models.store.schema import (
+    changelogs_table,
+    logs_table,
+    offsets_table,
+    public_columns,
+    reads_back_as_written,
+)
 from models.store.statements import (
     _CHUNK,
     COPY_FROM_ROWS,
@@ -257,7 +263,7 @@ class StoreTransaction:
             written: dict[EntityKey, Mapping[str, Any]] = {u.key: u.row for u in upserts}
             returning = False
         else:
-            written = dict(self._upsert(spec, upserts, returning))
+            written = self._upsert(spec, upserts, returning)
         if patches:
             written.update(self._patch(spec, patches, returning))
         # Every tombstone of a key written is older than the write (resolve() skipped it
@@ -272,7 +278,7 @@ class StoreTransaction:
 
     def _upsert(
         self, spec: EntitySpec, writes: Sequence[Upsert], returning: bool
-    ) -> dict[EntityKey, dict[str, Any]]:
+    ) -> dict[EntityKey, Mapping[str, Any]]:
         """Upsert ``writes`` (one statement per set of columns); return the rows written (their
         public columns, :func:`public_columns`)."""
         shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
@@ -283,7 +289,7 @@ class StoreTransaction:
             if values is None:
                 values = shapes[shape] = []
             values.append((*row.values(), *write.version))
-        written: dict[EntityKey, dict[str, Any]] = {}
+        written: dict[EntityKey, Mapping[str, Any]] = {}
         for shape, values in shapes.items():
             columns = (*shape, *VERSION_COLUMNS)
             statement = self._upsert_statement(spec, columns)
@@ -616,9 +622,9 @@ def _rows_known(
 ) -> bool:
     """Whether the rows these writes leave are known without reading them back: upserts only
     (a patch merges into a row, a soft delete marks one), each naming every public column of
-    an entity whose values come back as written (``EntitySpec.rows_come_back_as_written``).
-    Every upsert of a plan is written: its versions were read under the entity's lock."""
-    if not spec.rows_come_back_as_written or patches or (deletes and spec.soft_delete):
+    an entity whose values come back as written (:func:`reads_back_as_written`). Every
+    upsert of a plan is written: its versions were read under the entity's lock."""
+    if patches or (deletes and spec.soft_delete) or not reads_back_as_written(spec.table):
         return False
     count = len(public_columns(spec.table))
     return all(len(u.row) == count for u in upserts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from sqlalchemy import (
+    CHAR,
     BigInteger,
     Column,
     Integer,
@@ -12,6 +13,9 @@ from sqlalchemy import (
     String,
     Table,
 )
+
+from models.registry import column_rule
+from streams.core.columns import ColumnKind
 
 #: Bookkeeping tables shared by every entity (separate metadata: never in a user's models).
 bookkeeping = MetaData()
@@ -60,3 +64,16 @@ logs_table = Table(
 def public_columns(table: Table) -> tuple[str, ...]:
     """Return the columns a reader sees (the bookkeeping ``mirror_*`` ones left out)."""
     return tuple(c.key for c in table.columns if not c.key.startswith("mirror_"))
+
+
+@functools.lru_cache(maxsize=256)
+def reads_back_as_written(table: Table) -> bool:
+    """Tell whether every public column's value reads back exactly as written: text (not
+    fixed-length ``CHAR``, which pads), integers or booleans, whose values the checks make exact
+    before SQL. A full upsert's row is then known without the database returning it
+    (``StoreTransaction.write``)."""
+    exact = (ColumnKind.TEXT, ColumnKind.INTEGER, ColumnKind.BOOLEAN)
+    return all(
+        column_rule(table.c[name]).kind in exact and not isinstance(table.c[name].type, CHAR)
+        for name in public_columns(table)
+    )

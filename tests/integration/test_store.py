@@ -26,6 +26,7 @@ from models.base import MirroredEntity
 from models.planet import Planet
 from models.registry import EntitySpec, Registry, build_spec, default_registry
 from models.store import SqlStore
+from models.store.schema import reads_back_as_written
 from streams.core.routing import Outcome, Rejection, RejectReason, SourceRecord
 from streams.mirror import Mirror
 
@@ -318,7 +319,7 @@ def test_read_back_gives_the_rows_a_batch_changed_and_those_its_replays_name(
 @pytest.mark.parametrize("count", [3, 150], ids=["values", "copy"])
 def test_rows_taken_from_the_write_are_the_rows_the_table_holds(mirror: Mirror, count: int) -> None:
     # Planet's columns are text: the cache takes a full upsert's row from the write itself.
-    assert PLANET.rows_come_back_as_written
+    assert reads_back_as_written(PLANET.table)
     batch = [
         rec_at({"planetUuid": f"w{i}", "planetName": f"name é 中 \t {i}"}, ts=1000 + i, offset=i)
         for i in range(count)
