@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
 from streams.checkpoint import FORWARD_BATCH_BYTES, AppliedOffsets, Checkpoint, Forwarder
+from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.routing import ORIGIN_HEADER, Origin, SourceRecord
 from streams.core.staleness import Head
@@ -35,7 +36,6 @@ from tables.cache import EntityCache
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
 #: Longest wait, at a revocation, for the batch in flight to finish its effects.
 REVOKE_WAIT_SECONDS = 20.0
 
@@ -165,16 +165,17 @@ async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
     retry fixes (a privilege missing, a topic the broker will not create) is an error line
     each 30 s, so the operator sees what to fix while the worker waits for it.
     """
-    delay = 0.5
+    backoff = Backoff()
     while True:
         try:
             return await step()
         except (MirrorError, KafkaError, OSError) as exc:
             passing = exc.retriable if isinstance(exc, MirrorError) else passing_failure(exc)
             if passing:
+                delay = backoff.next()
                 log.warning("%s failed, retrying in %.1fs: %r", what, delay, exc)
             else:
-                delay = MAX_BACKOFF
+                delay = backoff.longest()
                 log.error(
                     "%s failed and a retry will not fix it: %s; trying again in %.0f s",
                     what,
@@ -182,7 +183,6 @@ async def _until_done(what: str, step: Callable[[], Awaitable[Any]]) -> Any:
                     delay,
                 )
         await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_BACKOFF)
 
 
 def make_forwarder(

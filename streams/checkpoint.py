@@ -54,6 +54,7 @@ from aiokafka.errors import KafkaError
 from models.registry import EntitySpec
 from streams import metrics
 from streams.aiokafka_fixes import needs_raw_headers, send_record
+from streams.core.backoff import Backoff
 from streams.core.errors import (
     CacheError,
     ForwardError,
@@ -85,7 +86,6 @@ from tables.partitioner import key_partition
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_BACKOFF = 30.0
 #: How long the partitions of a batch that failed for good are held before they are read again.
 FAILED_HOLD_SECONDS = 60.0
 DEAD_LETTER = "dead_letter"
@@ -885,7 +885,7 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
     A retriable error (the database or the broker unreachable) holds the batch: the
     back-pressure a failing dependency should cause. Any other error is raised to the caller.
     """
-    delay = 0.5
+    backoff = Backoff()
     tries = 0
     while True:
         tries += 1
@@ -894,10 +894,10 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         except MirrorError as exc:
             if not exc.retriable:
                 raise
+            delay = backoff.next()
             log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, tries, delay, exc)
             metrics.BATCH_RETRIES.labels(what.split(" ", 1)[0]).inc()
         await asyncio.sleep(delay)
-        delay = min(delay * 2, MAX_BACKOFF)
 
 
 async def _hand_on(queue: asyncio.Queue[_Batch], batch: _Batch) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streams import metrics
+from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.positions import Jump, lost_below_log_start, start_offset
 from streams.faust_bridge import assignment_settled, position_partitions
@@ -30,7 +31,6 @@ from streams.topic_ids import TopicIds
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
 #: How often to look for partitions to position (a rebalance ending sets no event of ours).
 POLL_SECONDS = 0.05
 #: Seconds between two log-start checks of one partition after its records skipped offsets.
@@ -62,7 +62,7 @@ class Positioner:
         self.kafka_offset_topics = kafka_offset_topics or set()
         """Topics whose progress is the group's Kafka offset (forwarded: nothing in SQL)."""
         self.wake = asyncio.Event()
-        self._delay = 0.0
+        self._backoff = Backoff()
         self._jump_checked: dict[Any, float] = {}
         self._lost_until: dict[Any, int] = {}
         handoff.on_jump = self.check_jump
@@ -87,25 +87,25 @@ class Positioner:
                 continue
             try:
                 await self.position(pending)
-                self._delay = 0.0
+                self._backoff = Backoff()
             except (MirrorError, OSError, TimeoutError) as exc:
-                self._delay = min(max(0.5, self._delay * 2), MAX_BACKOFF)
+                delay = self._backoff.next()
                 log.warning(
                     "cannot position %d partitions yet, retrying in %.1fs: %s",
                     len(pending),
-                    self._delay,
+                    delay,
                     exc,
                 )
-                await asyncio.sleep(self._delay)
+                await asyncio.sleep(delay)
             except Exception as exc:  # the broker's own errors (aiokafka) and the like
-                self._delay = min(max(0.5, self._delay * 2), MAX_BACKOFF)
+                delay = self._backoff.next()
                 log.warning(
                     "cannot position %d partitions yet, retrying in %.1fs: %r",
                     len(pending),
-                    self._delay,
+                    delay,
                     exc,
                 )
-                await asyncio.sleep(self._delay)
+                await asyncio.sleep(delay)
 
     def pending(self) -> list[Any]:
         """Return the assigned mirrored partitions that are neither positioned nor held."""
