@@ -291,7 +291,7 @@ def register_agents(
     agents = EntityAgents(app, mirror, settings, handoff)
     for spec in mirror.registry:
         topic = _raw_topic(app, mirror.source_topic(spec), settings)
-        if spec.repartition or spec.kind in settings.repartition:
+        if settings.repartitioned(spec):
             target = repartition_topic(mirror, spec, settings)
             forwarded = handoff.add_topic(topic.get_topic_name())
             agents.kafka_offset_topics.add(topic.get_topic_name())

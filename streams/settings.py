@@ -13,12 +13,15 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from streams.core.errors import SettingsError
+
+if TYPE_CHECKING:  # models import the core only; the settings need no model at run time
+    from models.registry import EntitySpec
 
 DEFAULT_KAFKA_BROKER = "kafka://127.0.0.1:9092"
 DEFAULT_APP_ID = "entity-mirror"
@@ -402,6 +405,11 @@ class Settings:
     ignored_faust_variables: tuple[str, ...] = field(default=(), metadata={})
     """Faust's variables of :data:`FAUST_VARIABLES` set in the environment: not read, named in
     a warning at start (no variable of its own)."""
+
+    def repartitioned(self, spec: EntitySpec) -> bool:
+        """Tell whether ``spec``'s topic is forwarded to a repartition topic keyed by entity
+        key (``__repartition__`` on the model, or REPARTITION): the one rule every part asks."""
+        return spec.repartition or spec.kind in self.repartition
 
     @property
     def data_path(self) -> str:

@@ -410,7 +410,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
     pairs = {
         spec.kind: (mirror.source_topic(spec), changelog_topic(settings.app_id, spec.kind))
         for spec in mirror.registry
-        if spec.cached and not (spec.repartition or spec.kind in settings.repartition)
+        if spec.cached and not settings.repartitioned(spec)
     }
     counts = source_partition_counts(settings, [source for source, _ in pairs.values()])
     caches = declare_caches(

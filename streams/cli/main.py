@@ -179,7 +179,7 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
         scraped = [await operations.scrape(settings, url) for url in metrics_urls]
         for spec in mirror.registry:
             source = mirror.source_topic(spec)
-            if spec.repartition or spec.kind in settings.repartition:
+            if settings.repartitioned(spec):
                 # Forwarded: the source's progress is the group's offset, the repartition
                 # topic's is stored with the data.
                 target = repartition_topic(mirror, spec, settings)
