@@ -29,6 +29,7 @@ from models.registry import EntitySpec, Registry
 from streams import metrics
 from streams.faust_bridge import LocalTable, recovering_partitions
 from streams.producers import OwnProducer
+from streams.record_batches import RecordBatches
 from streams.settings import Settings
 from tables.api import public
 from tables.partitioner import key_partition, key_partitions
@@ -133,11 +134,11 @@ class ChangelogWriter:
         """Write ``entries`` and wait until the broker has them all; return each entry as
         ``(key, value, partition, offset)``, in order."""
         producer = await self._producer.get()
-        sent: list[tuple[Any, list[tuple[bytes, bytes | None, int]]]] = []
+        batches: RecordBatches[tuple[bytes, bytes | None, int]] = RecordBatches(producer, topic)
         try:
-            return await self._write(producer, topic, entries, sent)
+            return await self._write(producer, topic, entries, batches)
         except Exception as exc:
-            await self._producer.discard_if_broken(producer, exc, (f for f, _ in sent))
+            await self._producer.discard_if_broken(producer, exc, (f for f, _ in batches.sent))
             raise
 
     async def _write(
@@ -145,9 +146,9 @@ class ChangelogWriter:
         producer: Any,
         topic: str,
         entries: Iterable[Entry],
-        sent: list[tuple[Any, list[tuple[bytes, bytes | None, int]]]],
+        batches: RecordBatches[tuple[bytes, bytes | None, int]],
     ) -> list[tuple[bytes, bytes | None, int, int]]:
-        """Send ``entries`` as record batches (their futures into ``sent``), then await them."""
+        """Send ``entries`` as record batches (``batches``), then await them."""
         partitions = self._partitions.get(topic)
         if partitions is None:
             if topic in self._stale:
@@ -162,29 +163,15 @@ class ChangelogWriter:
                 [e.key for e in entries if e.partition is None or e.partition >= count], count
             )
         )
-        batches: dict[int, Any] = {}
-        # Per record batch sent (in ``sent``): its future, and the entries in it (in order).
-        open_entries: dict[int, list[tuple[bytes, bytes | None, int]]] = {}
         for entry in entries:
             partition = entry.partition
             if partition is None or partition >= count:
                 partition = partitions[next(placed_by_hash)]
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = producer.create_batch()
-                open_entries[partition] = []
-            if batch.append(key=entry.key, value=entry.value, timestamp=None) is None:
-                future = await producer.send_batch(batch, topic, partition=partition)
-                sent.append((future, open_entries[partition]))
-                batch = batches[partition] = producer.create_batch()
-                open_entries[partition] = []
-                batch.append(key=entry.key, value=entry.value, timestamp=None)
-            open_entries[partition].append((entry.key, entry.value, partition))
-        for partition, batch in batches.items():
-            future = await producer.send_batch(batch, topic, partition=partition)
-            sent.append((future, open_entries[partition]))
+            await batches.add(
+                partition, entry.key, entry.value, (entry.key, entry.value, partition)
+            )
         placed: list[tuple[bytes, bytes | None, int, int]] = []
-        for future, in_batch in sent:
+        for future, in_batch in await batches.send_rest():
             base = (await future).offset  # the record batch's first offset
             placed.extend((k, v, p, base + i) for i, (k, v, p) in enumerate(in_batch))
         return placed
