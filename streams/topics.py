@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from streams.preflight import start_client
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_MESSAGE_BYTES = "max.message.bytes"
 #: Kafka's default ``message.max.bytes``, for a broker that does not say.
@@ -29,16 +32,33 @@ async def admin_client(settings: Settings) -> Any:
     return admin
 
 
+async def with_admin(settings: Settings, call: Callable[[Any], Awaitable[T]]) -> T:
+    """Return what ``call`` returns given a started admin client, closed after."""
+    admin = await admin_client(settings)
+    try:
+        return await call(admin)
+    finally:
+        await admin.close()
+
+
+async def topic_partitions(admin: Any, topic: str) -> list[int] | None:
+    """Return the partitions of ``topic`` as the brokers describe it, or None when it is
+    missing (never creates it)."""
+    if topic not in await admin.list_topics():
+        return None
+    for item in await admin.describe_topics([topic]):
+        if item.get("topic") == topic and not item.get("error_code"):
+            return sorted(int(p["partition"]) for p in item.get("partitions", []))
+    return []
+
+
 async def topic_facts(admin: Any, topic: str) -> tuple[int, int] | None:
     """Return ``(partitions, max.message.bytes)`` of ``topic``, or None when it is missing."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    if topic not in await admin.list_topics():
+    partitions = await topic_partitions(admin, topic)
+    if partitions is None:
         return None
-    partitions = 0
-    for item in await admin.describe_topics([topic]):
-        if item.get("topic") == topic and not item.get("error_code"):
-            partitions = len(item.get("partitions", []))
     limit = DEFAULT_MAX_MESSAGE_BYTES
     described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     for response in described:
@@ -46,7 +66,7 @@ async def topic_facts(admin: Any, topic: str) -> tuple[int, int] | None:
             for entry in resource[4]:
                 if entry[0] == MAX_MESSAGE_BYTES and entry[1] is not None:
                     limit = int(entry[1])
-    return partitions, limit
+    return len(partitions), limit
 
 
 async def ensure_dead_letter_topic(settings: Settings, source: str, topic: str) -> int:
@@ -94,7 +114,7 @@ async def fit_repartition_topic(settings: Settings, source: str, target: str) ->
     broker's default while it is missing); warn when ``target`` takes less.
 
     Faust creates the repartition topic with the broker's defaults; a record of ``source``
-    larger than ``target`` takes holds its partition (``streams.checkpoint.Forwarder``).
+    larger than ``target`` takes holds its partition (``streams.forwarder.Forwarder``).
     """
     admin = await admin_client(settings)
     try:

@@ -12,7 +12,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,38 +25,17 @@ from streams.core.errors import MirrorError
 from streams.core.guard import Current, resolve
 from streams.core.routing import EntityKey, Rejection, SourceRecord, lift_to_floor, route
 from streams.mirror import Mirror, fast_loads
-from streams.preflight import start_client
 from streams.settings import Settings
-
-
-async def _admin_call(settings: Settings, call: Callable[[Any], Any]) -> Any:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.broker_hosts,
-        **settings.kafka_client_options(),
-        request_timeout_ms=15_000,
-    )
-    await start_client(settings, admin.start(), admin.close, timeout=20)
-    try:
-        return await call(admin)
-    finally:
-        await admin.close()
+from streams.topics import topic_partitions, with_admin
 
 
 async def partitions_of(settings: Settings, topic: str) -> list[int]:
     """Return the partitions of ``topic`` ([] when missing; never creates it)."""
+    return await with_admin(settings, lambda admin: _partitions_or_none(admin, topic))
 
-    async def call(admin: Any) -> list[int]:
-        if topic not in await admin.list_topics():
-            return []
-        for item in await admin.describe_topics([topic]):
-            if item.get("topic") == topic and not item.get("error_code"):
-                return sorted(int(p["partition"]) for p in item.get("partitions", []))
-        return []
 
-    result: list[int] = await _admin_call(settings, call)
-    return result
+async def _partitions_or_none(admin: Any, topic: str) -> list[int]:
+    return await topic_partitions(admin, topic) or []
 
 
 async def ensure_topic(settings: Settings, topic: str) -> None:
@@ -75,7 +54,7 @@ async def ensure_topic(settings: Settings, topic: str) -> None:
         with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile, by a worker
             await admin.create_topics([new])
 
-    await _admin_call(settings, call)
+    await with_admin(settings, call)
 
 
 async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[int, int]:
@@ -101,7 +80,7 @@ async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[
         offsets = await admin.list_consumer_group_offsets(group)
         return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
-    result: dict[int, int] = await _admin_call(settings, call)
+    result: dict[int, int] = await with_admin(settings, call)
     return result
 
 
