@@ -20,13 +20,15 @@ import faust
 from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
-from streams.checkpoint import FORWARD_BATCH_BYTES, AppliedOffsets, Checkpoint, Forwarder
+from streams.applied_offsets import AppliedOffsets
+from streams.checkpoint import Checkpoint
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.routing import ORIGIN_HEADER, Origin, SourceRecord
 from streams.core.staleness import Head
 from streams.deadletters import DeadLetterWriter, dead_letter_topic
 from streams.feed import Feed
+from streams.forwarder import FORWARD_BATCH_BYTES, Forwarder
 from streams.handoff import Handoff
 from streams.mirror import Mirror
 from streams.producers import OwnProducer, passing_failure
@@ -189,7 +191,7 @@ def make_forwarder(
     agents: EntityAgents, spec: EntitySpec, feeds: Sequence[Feed], target: str
 ) -> Callable[[Any], Awaitable[None]]:
     """Build the agent that re-keys ``spec``'s topic by entity key into ``target``
-    (``streams.checkpoint.Forwarder``: the order of a forwarded batch's effects)."""
+    (``streams.forwarder.Forwarder``: the order of a forwarded batch's effects)."""
     settings = agents.settings
     source = agents.mirror.source_topic(spec)
     (feed,) = feeds  # one lane: forwarding keeps each source partition's order

@@ -22,19 +22,10 @@ only lags. Errors that a retry can fix (the database or the broker unreachable) 
 with backoff, holding the batch (back-pressure); an error no retry can fix holds the batch's
 partitions for a while with one error line saying what failed, and they are read again after.
 
-A repartitioned entity's source topic takes a shorter path (:class:`Forwarder`):
-
-1. **Forward** every record to the repartition topic, keyed by its entity key, with the place
-   it was first produced in a ``mirror-origin`` header; each confirmed by the broker.
-2. **Kafka offsets**, as step 5 above: the source offsets are noted as applied only then.
-
-A crash in between forwards some records twice: same origin, same version, so the copy is
-skipped as a duplicate where it is applied. A record the repartition topic will never take
-holds its partition from that record on, as a dead letter the broker refuses does.
-
 Nothing else sends, writes or commits on a batch's behalf: the agents (``streams.agents``) only
-build these and hand them their feeds, and the worker's commit timer and revocations call
-:meth:`AppliedOffsets.commit`.
+build these (and :class:`streams.forwarder.Forwarder`, the forwarded path's order) and hand
+them their feeds, and the worker's commit timer and revocations call
+:meth:`streams.applied_offsets.AppliedOffsets.commit`.
 """
 
 from __future__ import annotations
@@ -44,132 +35,51 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
 from streams import metrics
-from streams.aiokafka_fixes import needs_raw_headers, send_record
-from streams.core.backoff import Backoff
+from streams.applied_offsets import AppliedOffsets
 from streams.core.errors import (
     CacheError,
-    ForwardError,
-    ForwardRefused,
     MirrorError,
     OffsetGap,
     StoreRefusals,
 )
-from streams.core.positions import Gap, offset_gaps
+from streams.core.positions import Gap
 from streams.core.routing import (
-    ORIGIN_HEADER,
     Decision,
     Rejection,
-    entity_key_of,
     first_of,
     route_batch,
     stamped_ahead,
 )
 from streams.core.staleness import Head
 from streams.deadletters import DeadLetterRefused, DeadLetterWriter
-from streams.faust_bridge import commit_offsets
-from streams.feed import Feed, Taken, heads_of, held_heads
+from streams.feed import Feed, heads_of, held_heads
 from streams.handoff import HELD, Handoff, discarded
+from streams.holds import (
+    DEAD_LETTER,
+    FAILED,
+    FAILED_HOLD_SECONDS,
+    HoldBackoff,
+    hold,
+    read_again,
+    say_failed,
+)
 from streams.mirror import BatchResult, Mirror, fast_loads
-from streams.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
-from streams.record_batches import RecordBatches
+from streams.retrying import retrying
 from tables.cache import EntityCache, Entry, cache_key, encode_value
-from tables.partitioner import key_partition
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-#: How long the partitions of a batch that failed for good are held before they are read again.
-FAILED_HOLD_SECONDS = 60.0
-DEAD_LETTER = "dead_letter"
-FAILED = "failed"
-FORWARD = "forward"
 
 Position = tuple[str, int, int]
-
-
-class AppliedOffsets:
-    """Next offset per source partition whose records have had every effect here.
-
-    Noted when a batch's checkpoint is complete, or when a partition is positioned (records
-    below its start need nothing more). These are the only offsets committed to the group
-    (forward only), which keeps its offsets, restarts and lag monitors right.
-    """
-
-    def __init__(self) -> None:
-        self.next: dict[Any, int] = {}
-        self.committed: dict[Any, int] = {}
-        self._revoked: set[tuple[str, int]] = set()
-        """Partitions forgotten at a revocation and not positioned here since: a batch of
-        theirs that finishes late must not note (and later commit) an offset another worker
-        has moved past."""
-
-    def note(self, records: Iterable[Any], starts: Mapping[Hashable, int]) -> list[Gap]:
-        """Record the offsets after ``records`` (all applied), for each partition whose records
-        follow on (``starts``: the offset each partition's records continue from) from what is
-        noted already; return the partitions that do not (nothing of theirs is noted: a batch
-        lost on its way must not be stepped over by the Kafka offset either)."""
-        last: dict[tuple[str, int], int] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            if record.offset >= last.get(key, -1):
-                last[key] = record.offset
-        noted = self.next
-        gaps = offset_gaps([key for key in last if key not in self._revoked], starts, noted)
-        refused = {(gap.topic, gap.partition) for gap in gaps}
-        for key, offset in last.items():
-            if key not in self._revoked and key not in refused:
-                self.applied_below(key, offset + 1)
-        return gaps
-
-    def positioned(self, tp: Any, offset: int) -> None:
-        """Record that ``tp`` is read here from ``offset`` on (assigned): nothing below needs
-        an effect of ours, and its batches note their offsets again."""
-        self._revoked.discard((tp[0], tp[1]))
-        self.applied_below(tp, offset)
-
-    def applied_below(self, tp: Any, offset: int) -> None:
-        """Record that every record of ``tp`` below ``offset`` has had its effects."""
-        key = (tp[0], tp[1])
-        if offset > self.next.get(key, -1):
-            self.next[key] = offset
-
-    def forget(self, tps: Iterable[Any]) -> None:
-        """Drop revoked partitions: another worker's later progress must not be undone."""
-        for tp in tps:
-            key = (tp[0], tp[1])
-            self.next.pop(key, None)
-            self.committed.pop(key, None)
-            self._revoked.add(key)
-
-    def due(self, assigned: Iterable[Any]) -> dict[Any, int]:
-        """Return the offsets of ``assigned`` partitions ahead of what was committed."""
-        found = {}
-        for tp in assigned:
-            key = (tp[0], tp[1])
-            offset = self.next.get(key)
-            if offset is not None and offset > self.committed.get(key, -1):
-                found[tp] = offset
-        return found
-
-    def committed_now(self, offsets: Mapping[Any, int]) -> None:
-        """Note that ``offsets`` were committed."""
-        for tp, offset in offsets.items():
-            self.committed[(tp[0], tp[1])] = offset
-
-    async def commit(self, consumer: Any, tps: Iterable[Any] | None = None) -> None:
-        """Commit the applied offsets of ``tps`` (default: every partition ``consumer`` has)."""
-        due = self.due(consumer.assignment() if tps is None else tps)
-        if due and await commit_offsets(consumer, due):
-            self.committed_now(due)
 
 
 @dataclass(slots=True, eq=False)
@@ -374,7 +284,7 @@ class Checkpoint:
                     read_back=self.cache is not None,
                     starts=batch.starts,
                 )
-                batch.result = await _retrying(
+                batch.result = await retrying(
                     f"apply {len(batch.records)} {self.spec.kind} records", apply
                 )
                 self._observe_delay(batch, before)
@@ -400,7 +310,7 @@ class Checkpoint:
         assert result is not None
         cache = self.cache
         if cache is not None:
-            await _retrying(
+            await retrying(
                 f"write {len(result.states)} {self.spec.kind} entries to {cache.changelog}",
                 functools.partial(_write_cache, cache, result),
             )
@@ -488,7 +398,7 @@ class Checkpoint:
             due.append(decision)
             sent.add(position)
         if due:
-            await _retrying(
+            await retrying(
                 f"write {len(due)} dead letters to {self.dlq_topic}",
                 lambda: self.dead_letters.write(self.dlq_topic, due),
             )
@@ -518,7 +428,7 @@ class Checkpoint:
         for gap in gaps:
             key = (gap.topic, gap.partition)
             self._cut[key] = min(gap.stored, self._cut.get(key, gap.stored))
-        _read_again(self.handoff, gaps)
+        read_again(self.handoff, gaps)
         if batch is not None:
             gone = {(g.topic, g.partition) for g in gaps}
             self._drop(batch, lambda r: (r.topic, r.partition) in gone)
@@ -535,14 +445,14 @@ class Checkpoint:
         for r in records:
             tp = (r.topic, r.partition)
             first[tp] = min(r.offset, first.get(tp, r.offset))
-        _say_failed(doing, len(records), self.spec.kind, first, exc, bug=bug)
+        say_failed(doing, len(records), self.spec.kind, first, exc, bug=bug)
         for tp, offset in first.items():
             self._hold(tp, FAILED, FAILED_HOLD_SECONDS, offset)
 
     def _hold(self, key: tuple[str, int], reason: str, seconds: float, cut: int) -> None:
         """Hold ``key`` a while; its records after ``cut`` already on their way are dropped."""
         self._cut[key] = min(cut, self._cut.get(key, cut))
-        _hold(self.handoff, key, reason, seconds)
+        hold(self.handoff, key, reason, seconds)
 
 
 async def _write_cache(cache: EntityCache, result: BatchResult) -> None:
@@ -559,213 +469,6 @@ async def _write_cache(cache: EntityCache, result: BatchResult) -> None:
     except KafkaError as exc:
         raise CacheError(f"cannot write to {cache.changelog} yet: {exc!r}") from exc
     metrics.CACHE_SECONDS.labels(cache.spec.kind).observe(time.perf_counter() - started)
-
-
-class Forwarder:
-    """Carries a repartitioned entity's source batches to its repartition topic, in the order
-    of the module docstring (forward, confirmed; then the offsets).
-
-    Faust's ``group_by`` does the same one event at a time and loses the record's first
-    position. One lane: forwarding keeps each source partition's order.
-
-    A record larger than the target takes is known before it is sent (the broker refusing a
-    batch of an idempotent producer would break the producer's numbering for the partition):
-    its partition is held from it, the rest of the batch goes on. A batch the broker refuses
-    anyway (not allowed, a limit lowered meanwhile) holds the batch's partitions for a while.
-    """
-
-    def __init__(
-        self,
-        spec: EntitySpec,
-        target: str,
-        producer: OwnProducer,
-        handoff: Handoff,
-        applied: AppliedOffsets,
-        read_limit: Callable[[], Awaitable[int]],
-    ) -> None:
-        self.spec = spec
-        self.target = target
-        self.producer = producer
-        self.handoff = handoff
-        self.applied = applied
-        self.read_limit = read_limit
-        """Reads the largest record the target takes now (``max.message.bytes``)."""
-        self.limit: int | None = None
-        """The largest record the target took when last read (None: not read yet)."""
-        self.feed: Feed | None = None
-        self.batch: Taken | None = None
-        """The batch being forwarded (staleness reads its heads)."""
-        self._backoff = HoldBackoff()
-        self._partitions: list[int] | None = None
-        """The target's partitions, read once (a key's partition, as Kafka's default
-        partitioner places it: ``tables.partitioner.key_partition``)."""
-        self.idle = asyncio.Event()
-        """Set when no batch is being forwarded (a revocation waits for it)."""
-        self.idle.set()
-
-    def heads(self) -> Iterator[tuple[Hashable, Head]]:
-        """Yield the first record of each partition held here, oldest place first."""
-        batches = [] if self.batch is None else [self.batch.heads]
-        for tp, record in held_heads(batches, self.feed):
-            yield tp, Head(record.offset, first_of(record).timestamp)
-
-    async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
-        """Take batches from ``feed`` and forward each, until cancelled."""
-        self.feed = feed
-        while True:
-            batch = self.batch = await feed.take(batch_size, linger)
-            self.idle.clear()
-            what = f"forward {len(batch)} {self.spec.kind} events to {self.target}"
-            try:
-                sent = await _retrying(what, functools.partial(self._forward, batch))
-            except MirrorError as exc:  # not retriable: no retry can fix it soon
-                self._hold_failed(batch, exc)
-            except Exception as exc:  # a bug: say where, hold the partitions, read them again
-                self._hold_failed(batch, exc, bug=True)
-            else:
-                gaps = self.applied.note(sent, batch.starts)
-                if gaps:
-                    _read_again(self.handoff, gaps)
-                self._backoff.passed((r.topic, r.partition) for r in sent)
-            finally:
-                self.batch = None
-                self.idle.set()
-
-    async def _forward(self, batch: Sequence[Any]) -> list[Any]:
-        """Send ``batch`` but the records too large for the target (their partitions are held
-        from them on); return the records sent, once the broker has confirmed each."""
-        records = await self._fitting(batch)
-        producer = await self.producer.get()
-        futures: list[Any] = []
-        try:
-            await self._send(producer, [_forwarded(r, self.spec) for r in records], futures)
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        except KafkaError as exc:
-            await asyncio.gather(*futures, return_exceptions=True)
-            outcomes = [exc]
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if not failures:
-            return records
-        for failure in failures:
-            if not isinstance(failure, KafkaError):
-                raise failure  # a bug: the lane says where
-        first = failures[0]
-        if all(passing_failure(f) for f in failures):
-            await self.producer.discard_if_broken(producer, first)
-            raise ForwardError(f"cannot forward to {self.target} yet: {first!r}") from first
-        refusal = next(f for f in failures if not passing_failure(f))
-        await self.producer.discard(producer, refusal)  # its numbering has a gap now
-        if isinstance(refusal, BROKEN_PRODUCER_ERRORS):
-            raise ForwardError(f"cannot forward to {self.target} yet: {refusal!r}") from refusal
-        raise ForwardRefused(f"{self.target} refused a batch: {type(refusal).__name__}: {refusal}")
-
-    async def _send(
-        self,
-        producer: Any,
-        records: Sequence[tuple[bytes | None, bytes | None, list[Any]]],
-        futures: list[Any],
-    ) -> None:
-        """Send ``(key, value, headers)`` records to the target, their futures into ``futures``.
-
-        As record batches built per target partition (``streams.record_batches``), each at
-        most FORWARD_BATCH_BYTES and what the target takes; records whose header keys
-        aiokafka's builder cannot write (``streams.aiokafka_fixes``) are sent one by one, the
-        batch with them.
-        """
-        target = self.target
-        if any(needs_raw_headers(headers) for _, _, headers in records):
-            for key, value, headers in records:
-                futures.append(await send_record(producer, target, key, value, headers))
-            return
-        if self._partitions is None:
-            self._partitions = sorted(await producer.partitions_for(target))
-        partitions = self._partitions
-        count = len(partitions)
-        room = min(FORWARD_BATCH_BYTES, self.limit or FORWARD_BATCH_BYTES)
-        batches: RecordBatches[None] = RecordBatches(producer, target, room)
-        try:
-            for key, value, headers in records:
-                # A record with no key at all (rejected where it is applied) goes to the first.
-                partition = partitions[0 if key is None else key_partition(key, count)]
-                size = _record_size(key, value, headers)
-                await batches.add(partition, key, value, None, headers, size)
-            await batches.send_rest()
-        finally:
-            futures.extend(future for future, _ in batches.sent)
-
-    async def _fitting(self, batch: Sequence[Any]) -> list[Any]:
-        """Return ``batch`` without the records too large for the target and those after them
-        in their partitions, holding each such partition from its first one."""
-        largest = max(map(_forwarded_size, batch), default=0)
-        if self.limit is not None and largest <= self.limit:
-            return list(batch)
-        try:
-            self.limit = await self.read_limit()  # the target may take more now
-        except (MirrorError, KafkaError, OSError) as exc:
-            raise ForwardError(f"cannot read {self.target}'s max.message.bytes: {exc!r}") from exc
-        if largest <= self.limit:
-            return list(batch)
-        cut: dict[tuple[str, int], int] = {}
-        kept = []
-        for record in batch:
-            tp = (record.topic, record.partition)
-            if tp in cut:
-                continue
-            if _forwarded_size(record) > self.limit:
-                cut[tp] = record.offset
-                self._hold_from(record)
-                continue
-            kept.append(record)
-        return kept
-
-    def _hold_from(self, record: Any) -> None:
-        """Hold the partition of a record too large for the target, from that record on."""
-        key = (record.topic, record.partition)
-        delay = self._backoff.next(key)
-        log.error(
-            "%s[%d]@%d (%d bytes) is larger than %s takes (max.message.bytes %s); holding the "
-            "partition from that offset for %.0f s, then trying again (raise %s's "
-            "max.message.bytes to %d, or fix the record's producer)",
-            record.topic,
-            record.partition,
-            record.offset,
-            len(record.value or b""),
-            self.target,
-            self.limit,
-            delay,
-            self.target,
-            _forwarded_size(record),
-            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
-        )
-        metrics.FORWARD_FAILURES.labels(record.topic, str(record.partition)).inc()
-        _hold(self.handoff, key, FORWARD, delay)
-
-    def _hold_failed(self, batch: Sequence[Any], exc: BaseException, *, bug: bool = False) -> None:
-        tps = sorted({(r.topic, r.partition) for r in batch})
-        _say_failed("forwarding", len(batch), self.spec.kind, tps, exc, bug=bug)
-        for tp in tps:
-            _hold(self.handoff, tp, FAILED, FAILED_HOLD_SECONDS)
-
-
-class HoldBackoff:
-    """How long a partition is held for a record the broker will not take: 5 s, doubling each
-    time it is held again up to 60 s, and 5 s again once a batch of it has gone through."""
-
-    def __init__(self) -> None:
-        self._last: dict[Hashable, float] = {}
-
-    def next(self, key: Hashable) -> float:
-        """Return how long to hold ``key`` now (and remember it)."""
-        delay = min(max(5.0, self._last.get(key, 0.0) * 2), 60.0)
-        self._last[key] = delay
-        return delay
-
-    def passed(self, keys: Iterable[Hashable]) -> None:
-        """Start over for ``keys``, whose records went through (nothing to do when none was
-        ever held: the usual case, on every batch)."""
-        if self._last:
-            for key in keys:
-                self._last.pop(key, None)
 
 
 def _say_ahead(records: Sequence[Any], limit: int, seconds: float) -> None:
@@ -788,108 +491,6 @@ def _say_ahead(records: Sequence[Any], limit: int, seconds: float) -> None:
     counts = Counter(r.topic for r in records)
     for topic, count in counts.items():
         metrics.STAMPED_AHEAD.labels(topic).inc(count)
-
-
-def _say_failed(
-    doing: str,
-    count: int,
-    kind: str,
-    tps: Iterable[tuple[str, int]],
-    exc: BaseException,
-    *,
-    bug: bool = False,
-) -> None:
-    """Say in one line that a batch failed for good and its partitions are held (with the
-    traceback when it is a bug of ours, not an error we raise on purpose); count it."""
-    log.error(
-        "%s %d %s records of %s failed and a retry will not fix it: %s; holding "
-        "these partitions for %.0f s, then reading them again",
-        doing,
-        count,
-        kind,
-        ", ".join(f"{t}[{p}]" for t, p in sorted(tps)),
-        exc if not bug else f"{type(exc).__name__}: {exc}",
-        FAILED_HOLD_SECONDS,
-        exc_info=exc if bug else None,
-    )
-    metrics.BATCH_FAILURES.labels(kind).inc()
-
-
-def _read_again(handoff: Handoff, gaps: Sequence[Gap]) -> None:
-    """Say that batches did not follow on from the noted offsets (a bug: one error line each,
-    ``mirror_offset_gaps_total``) and read their partitions again from there."""
-    from aiokafka import TopicPartition
-
-    for gap in gaps:
-        log.error(
-            "%s; nothing of it was applied and the partition is read again from there. This is "
-            "a bug: please report it with this line",
-            gap,
-            extra={"topic": gap.topic, "partition": gap.partition},
-        )
-        metrics.OFFSET_GAPS.labels(gap.topic, str(gap.partition)).inc()
-    handoff.forget([TopicPartition(g.topic, g.partition) for g in gaps])
-
-
-def _hold(handoff: Handoff, key: tuple[str, int], reason: str, seconds: float) -> None:
-    """Stop reading ``key`` for ``seconds``; it is positioned again after, and read anew."""
-    from aiokafka import TopicPartition
-
-    tp = TopicPartition(*key)
-    handoff.forget([tp])
-    handoff.hold(tp, reason, until=time.monotonic() + seconds)
-
-
-#: Largest record batch the forwarder builds (fewer, larger requests; within the 1 MB a topic
-#: takes by default).
-FORWARD_BATCH_BYTES = 256 * 1024
-#: Bytes a record batch of one forwarded record takes beyond its key, value and headers: the
-#: batch header (61), the record's own framing and the ``mirror-origin`` header, with room.
-_FORWARD_OVERHEAD = 256
-
-
-def _forwarded_size(record: Any) -> int:
-    """Return about how many bytes ``record`` takes on the target, alone in a record batch."""
-    return _record_size(record.key, record.value, record.headers or ())
-
-
-def _record_size(
-    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]
-) -> int:
-    """Return about how many bytes a record of these parts takes in a record batch."""
-    size = _FORWARD_OVERHEAD + len(key or b"") + len(value or b"")
-    for name, header in headers:
-        size += len(name) + len(header or b"") + 8
-    return size
-
-
-def _forwarded(record: Any, spec: EntitySpec) -> tuple[bytes | None, bytes | None, list[Any]]:
-    """Return the key, value and headers ``record`` is forwarded with."""
-    key = entity_key_of(record, spec, fast_loads)
-    new_key = record.key if key is None else str(key).encode()
-    own = [(k, v if isinstance(v, bytes) else b"") for k, v in (record.headers or ())]
-    return new_key, record.value, [*own, (ORIGIN_HEADER, first_of(record).header())]
-
-
-async def _retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-    """Await ``attempt()`` until it succeeds, with backoff while its errors are retriable.
-
-    A retriable error (the database or the broker unreachable) holds the batch: the
-    back-pressure a failing dependency should cause. Any other error is raised to the caller.
-    """
-    backoff = Backoff()
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            return await attempt()
-        except MirrorError as exc:
-            if not exc.retriable:
-                raise
-            delay = backoff.next()
-            log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, tries, delay, exc)
-            metrics.BATCH_RETRIES.labels(what.split(" ", 1)[0]).inc()
-        await asyncio.sleep(delay)
 
 
 async def _hand_on(queue: asyncio.Queue[_Batch], batch: _Batch) -> None:

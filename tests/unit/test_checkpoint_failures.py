@@ -14,10 +14,12 @@ from typing import Any, NamedTuple
 from models.planet import Planet
 from models.registry import Registry, build_spec
 from models.store import SqlStore
-from streams.checkpoint import FAILED, AppliedOffsets, Checkpoint
+from streams.applied_offsets import AppliedOffsets
+from streams.checkpoint import Checkpoint
 from streams.core.routing import SourceRecord
 from streams.deadletters import DeadLetterWriter
 from streams.handoff import Handoff
+from streams.holds import FAILED
 from streams.mirror import Mirror
 from streams.settings import Settings
 

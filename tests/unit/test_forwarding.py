@@ -7,9 +7,11 @@ import asyncio
 
 import models.planet  # noqa: F401  (registers the planet)
 from models.registry import default_registry
-from streams.checkpoint import FORWARD, AppliedOffsets, Forwarder
+from streams.applied_offsets import AppliedOffsets
 from streams.core.routing import SourceRecord
+from streams.forwarder import Forwarder
 from streams.handoff import Handoff
+from streams.holds import FORWARD
 from streams.producers import OwnProducer, passing_failure
 from streams.settings import Settings
 
@@ -104,7 +106,7 @@ def test_a_batch_that_does_not_follow_on_from_the_noted_offset_notes_nothing() -
 
 
 def test_a_partition_held_again_after_its_records_went_through_starts_at_5_s() -> None:
-    from streams.checkpoint import HoldBackoff
+    from streams.holds import HoldBackoff
 
     backoff = HoldBackoff()
     assert [backoff.next(("planets", 0)) for _ in range(6)] == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]
