@@ -2,8 +2,8 @@
 
 The agent subscribes its entity's topic, so Faust's consumer group and partition assignor
 cover it, but its records never pass Faust's streams: the consumer hands each fetched run
-over (``streams.faust_bridge``, ``streams.handoff``) and the agent takes batches from its feed
-and hands them to ``streams.checkpoint``, which owns the order of a batch's effects.
+over (``streams.intake.faust_consumer``, ``streams.handoff``) and the agent takes batches from
+its feed and hands them to ``streams.checkpoint``, which owns the order of a batch's effects.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from streams.core.positions import Gap, offset_gaps
-from streams.faust_bridge import commit_offsets
+from streams.intake.faust_consumer import commit_offsets
 
 
 class AppliedOffsets:

@@ -1,8 +1,8 @@
 """What the consumer hands the mirror: each fetched run of a mirrored partition, admitted in order.
 
-The consumer (``streams.faust_bridge``) calls :meth:`Handoff.deliver` with every fetched run of
-records of a mirrored topic's partition, and asks :meth:`Handoff.fetchable` which partitions to
-fetch. A run is admitted only in order from where its partition was positioned
+The consumer (``streams.intake.faust_consumer``) calls :meth:`Handoff.deliver` with every
+fetched run of records of a mirrored topic's partition, and asks :meth:`Handoff.fetchable`
+which partitions to fetch. A run is admitted only in order from where its partition was positioned
 (``streams.core.positions``) and goes to its topic's :class:`~streams.feed.Feed`, which the
 entity's agent takes batches from. Partitions not positioned yet, and partitions held (a full
 feed, a dead letter that cannot be written, a failing batch), are not fetched.

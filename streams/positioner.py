@@ -24,8 +24,8 @@ from streams import metrics
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.positions import Jump, lost_below_log_start, start_offset
-from streams.faust_bridge import assignment_settled, position_partitions
 from streams.handoff import Handoff
+from streams.intake.faust_consumer import assignment_settled, position_partitions
 from streams.mirror import Mirror
 from streams.topic_ids import TopicIds
 

@@ -90,7 +90,7 @@ def faust_conf_problem(conf: Any, settings: Settings) -> str | None:
     """Return which of Faust's settings are not what the worker's settings chose, or None.
 
     The app gets each of them from the settings, with no environment of Faust's
-    (streams/faust_bridge.py, workaround 10); faust's worker options still set some after the
+    (streams/faust_app.py, workaround 10); faust's worker options still set some after the
     app is built: the worker refuses to start rather than serve where its settings do not say.
     """
     have = {

@@ -34,7 +34,7 @@ _BROKER_SCHEMES = ("kafka://", "aiokafka://")
 
 #: Variables Faust reads for something the worker configures from a variable of its own (the
 #: worker's, in the values). The worker reads none of them: Faust's ``Settings`` get no
-#: environment (``streams.faust_bridge.FAUST_OPTIONS``), and what ``faust/types/_env.py`` reads
+#: environment (``streams.faust_app.FAUST_OPTIONS``), and what ``faust/types/_env.py`` reads
 #: (``FAUST_*``, ``F_*``; faust's ``--datadir`` sets ``FAUST_DATADIR``) are only defaults of
 #: settings the worker always passes. Set beside the worker's, they are named in one warning.
 FAUST_VARIABLES: dict[str, str] = {

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from streams import metrics
-from streams.faust_bridge import request_rejoin
 from streams.handoff import Handoff
+from streams.intake.faust_consumer import request_rejoin
 from streams.mirror import Mirror
 from streams.settings import Settings
 from streams.topic_ids import TopicFacts, TopicIds

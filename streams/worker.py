@@ -26,15 +26,12 @@ from streams.agents import (
     repartition_topic,
 )
 from streams.core.errors import MirrorError, SettingsError
-from streams.faust_bridge import (
-    FAUST_OPTIONS,
-    MirrorTransportApp,
-    assignment_settled,
-    recovery_watchdog,
-)
+from streams.faust_app import FAUST_OPTIONS, MirrorTransportApp
 from streams.freshness import Freshness
 from streams.handoff import Handoff
+from streams.intake.faust_consumer import assignment_settled
 from streams.mirror import Mirror
+from streams.ops.faust_recovery import recovery_watchdog
 from streams.positioner import Positioner
 from streams.preflight import (
     broker_problem,
@@ -93,7 +90,8 @@ def build_mirror(settings: Settings, registry: Registry = default_registry) -> M
 
 
 class MirrorApp(MirrorTransportApp):
-    """A Faust app whose consumer hands mirrored topics over in batches (``streams.faust_bridge``).
+    """A Faust app whose consumer hands mirrored topics over in batches
+    (``streams.intake.faust_consumer``).
 
     It checks its broker and web port before starting, and never takes longer than
     SHUTDOWN_TIMEOUT to stop.

@@ -27,11 +27,11 @@ import orjson
 
 from models.registry import EntitySpec, Registry
 from streams import metrics
-from streams.faust_bridge import LocalTable, recovering_partitions
 from streams.producers import OwnProducer
 from streams.record_batches import RecordBatches
 from streams.settings import Settings
 from tables.api import public
+from tables.faust_store import LocalTable, recovering_partitions
 from tables.partitioner import key_partition, key_partitions
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Faust's RocksDB store keeps one database per table partition, each holding the changelog
 offset it is at; a recovery reads the changelog on from there. Files kept across a Kafka reset,
 a changelog made again, or reused under another APP_ID belong to another log: Faust stops with
-``ConsistencyError`` (``streams/faust_bridge.py``, workaround 12), and a supervisor restarts it
+``ConsistencyError`` (``tables/faust_store.py``, workaround 12), and a supervisor restarts it
 into the same error. The files are derived state, so files that do not match the changelog
 (``streams.core.changelog_checks.local_mismatch``) are removed and Faust recovers the table
 from the changelog. What they were built from is recorded beside them (:data:`IDENTITY_FILE`).
@@ -25,7 +25,7 @@ from typing import IO
 
 from streams.core.changelog_checks import ChangelogLog, StoreIdentity, local_mismatch
 from streams.core.errors import SettingsError
-from streams.faust_bridge import persisted_offset, table_files
+from tables.faust_store import persisted_offset, table_files
 
 #: Beside the table files: the APP_ID and changelog topic ids they were built from.
 IDENTITY_FILE = "entity-mirror-tables.json"

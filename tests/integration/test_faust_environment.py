@@ -1,6 +1,6 @@
 """Faust's own variables cannot change the worker: its settings come from its variables only.
 
-Faust's settings take environment values over the app's arguments (streams/faust_bridge.py,
+Faust's settings take environment values over the app's arguments (streams/faust_app.py,
 workaround 10): with BROKER_URL beside KAFKA_BROKER a worker consumed from one cluster and wrote
 to the other, WEB_BIND=0.0.0.0 exposed the API on every interface, APP_DATADIR and
 NODE_CANONICAL_URL won over DATA_DIR and CANONICAL_URL.

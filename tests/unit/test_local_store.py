@@ -9,7 +9,7 @@ from rocksdict import Options, Rdict
 
 from streams.core.changelog_checks import ChangelogLog, StoreIdentity
 from streams.core.errors import SettingsError
-from streams.faust_bridge import OFFSET_KEY
+from tables.faust_store import OFFSET_KEY
 from tables.local_store import (
     IDENTITY_FILE,
     check_table_files,

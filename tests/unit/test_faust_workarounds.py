@@ -1,5 +1,6 @@
-"""The workarounds of ``streams.faust_bridge``: each test shows the bug, or the Faust behaviour
-the workaround answers, in the installed faust-streaming and aiokafka, and the workaround."""
+"""The workarounds of faust-streaming in the ``faust_*`` modules: each test shows the bug, or
+the Faust behaviour the workaround answers, in the installed faust-streaming and aiokafka, and
+the workaround."""
 
 from __future__ import annotations
 
@@ -18,16 +19,9 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.web.exceptions import NotFound
 
-from streams.faust_bridge import (
-    FAUST_OPTIONS,
-    FETCH_MAX_WAIT_MS,
-    OFFSET_KEY,
-    LocalTable,
-    MirrorRouter,
-    _seek_to_committed,
-    persisted_offset,
-    table_files,
-)
+from streams.faust_app import FAUST_OPTIONS, MirrorRouter
+from streams.intake.faust_consumer import FETCH_MAX_WAIT_MS, _seek_to_committed
+from tables.faust_store import OFFSET_KEY, LocalTable, persisted_offset, table_files
 
 
 class AssignedConsumer:
