@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from aiokafka.errors import (
     IllegalSaslStateError,
@@ -37,6 +38,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
+from streams.core.errors import MirrorError
 from streams.settings import Settings
 
 #: First bytes of a TLS record (change cipher spec, alert, handshake, data): a client without
@@ -217,3 +219,20 @@ async def broker_failure(settings: Settings, exc: BaseException, timeout: float 
     if refusal is None:  # every server answers now: what failed was passing
         refusal = Refusal(",".join(settings.broker_hosts), exc, listening=False)
     return failure_line(settings, refusal)
+
+
+async def start_client(
+    settings: Settings,
+    start: Awaitable[Any],
+    close: Callable[[], Awaitable[Any]],
+    timeout: float,
+) -> None:
+    """Await a Kafka client's ``start``; if it fails, ``close`` it and raise
+    :class:`MirrorError` with the one line saying why (:func:`broker_failure`)."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.wait_for(start, timeout=timeout)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        await close()
+        raise MirrorError(await broker_failure(settings, exc, min(timeout, 10.0))) from None

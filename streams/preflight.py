@@ -12,7 +12,7 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.broker_failures import broker_failure
@@ -22,23 +22,6 @@ from streams.settings import Settings
 if TYPE_CHECKING:
     from models.registry import EntitySpec
     from models.store import SqlStore
-
-
-async def start_client(
-    settings: Settings,
-    start: Awaitable[Any],
-    close: Callable[[], Awaitable[Any]],
-    timeout: float,
-) -> None:
-    """Await a Kafka client's ``start``; if it fails, ``close`` it and raise
-    :class:`MirrorError` with the one line saying why (``streams.broker_failures``)."""
-    from aiokafka.errors import KafkaError
-
-    try:
-        await asyncio.wait_for(start, timeout=timeout)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        await close()
-        raise MirrorError(await broker_failure(settings, exc, min(timeout, 10.0))) from None
 
 
 def web_port_problem(settings: Settings) -> str | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from streams import aiokafka_fixes
 from streams.aiokafka_fixes import send_record
-from streams.cli.operations import partitions_of
+from streams.broker_failures import start_client
 from streams.core.errors import MirrorError
 from streams.core.routing import ORIGIN_HEADER, Origin
 from streams.deadletters import (
@@ -26,8 +26,8 @@ from streams.deadletters import (
     SOURCE_TOPIC,
     headers_dict,
 )
-from streams.preflight import start_client
 from streams.settings import Settings
+from streams.topics import topic_partitions, with_admin
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +96,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
     )
     await start_client(settings, consumer.start(), consumer.stop, timeout=20)
     try:
-        partitions = await partitions_of(settings, topic)
+        partitions = await with_admin(settings, lambda admin: topic_partitions(admin, topic))
         if not partitions:
             raise MirrorError(f"dead-letter topic {topic!r} does not exist")
         parts = [TopicPartition(topic, p) for p in partitions]

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from streams.preflight import start_client
+from streams.broker_failures import start_client
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

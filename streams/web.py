@@ -92,7 +92,7 @@ def register_pages(
     if api_token:
         web_app: aiohttp_web.Application = app.web.web_app  # type: ignore[attr-defined]
         web_app.middlewares.append(token_guard(api_token))
-    register_entity_views(app, mirror, caches)
+    register_entity_views(app, mirror.registry, mirror.store, caches)
 
     @app.page("/health")
     class Health(View):

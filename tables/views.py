@@ -23,9 +23,10 @@ import faust
 from faust.web import Request, Response, View
 from yarl import URL
 
+from models.registry import Registry
+from models.store import SqlStore
 from streams import metrics
 from streams.core.errors import StoreUnavailableError
-from streams.mirror import Mirror
 from tables import api
 from tables.cache import EntityCache, cache_key
 
@@ -51,7 +52,8 @@ def same_worker(url: URL, canonical: URL) -> bool:
 
 def register_entity_views(
     app: faust.App,
-    mirror: Mirror,
+    registry: Registry,
+    store: SqlStore,
     caches: Mapping[str, EntityCache],
 ) -> None:
     """Add the entity pages to ``app``'s web server (streams/web.py guards them with the token)."""
@@ -63,7 +65,7 @@ def register_entity_views(
     async def from_store(view: View, read: Callable[..., api.Reply], *args: Any) -> Response:
         """Answer from the SQL store; while it cannot be reached, 503 (retry), not a 500."""
         try:
-            status, body = await asyncio.to_thread(read, mirror.registry, mirror.store, *args)
+            status, body = await asyncio.to_thread(read, registry, store, *args)
         except StoreUnavailableError as exc:
             log.warning("answered 503: the database is unavailable: %s", exc)
             return unavailable(view, "the database is unavailable; retry")
@@ -104,7 +106,7 @@ def register_entity_views(
             query = dict(request.query)
             if cache is None:
                 return await from_store(self, api.get_entity, kind, key, query)
-            target = api.entity_target(mirror.registry, kind, key)
+            target = api.entity_target(registry, kind, key)
             if not isinstance(target, api.Target):
                 status, body = target
                 return self.json(body, status=status)

@@ -17,8 +17,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from streams.broker_failures import start_client
 from streams.core.errors import MirrorError
-from streams.preflight import database_problem, start_client
+from streams.preflight import database_problem
 
 if TYPE_CHECKING:
     from models.registry import EntitySpec
