@@ -6,11 +6,12 @@ WORKDIR /app
 # with the lock); nothing is resolved at build time.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
+# The product only (pyproject.toml's packages): not the local services, the bench or the tests.
+# README.md is the package's long description.
 COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY models ./models
 COPY tables ./tables
-COPY devservices ./devservices
 # The project itself, built by the locked setuptools, without resolving its dependencies again;
 # pip check fails the build if the lock no longer satisfies pyproject.toml.
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . && pip check

@@ -31,7 +31,9 @@ BATCH_SIZE = Histogram(
 )
 BATCH_SECONDS = Histogram(
     "mirror_batch_seconds",
-    "Time from a batch being read to its transaction committing, retries included.",
+    "Time from a batch being taken from its feed to its offsets being noted as applied: "
+    "routing, dead letters, the SQL transaction and the cache's changelog write, with their "
+    "retries and the waits between them (batches that fail for good are not observed).",
     ["entity"],
     registry=registry,
 )

@@ -1,4 +1,11 @@
-"""Command line: ``python -m streams sample-events | show``.
+"""Command line: ``python -m streams status | verify | rebuild | dlq | sample-events | show``.
+
+- ``status``: offsets, lag and staleness per partition, rows per table.
+- ``verify KIND``: replay a topic in memory and compare it with its table.
+- ``rebuild KIND``: empty a table and its tombstones, and apply its topic again.
+- ``dlq list|redrive KIND``: list dead letters, or send them back to their source topic.
+- ``sample-events``: publish sample Planet events.
+- ``show KIND``: print the mirrored rows of an entity.
 
 Expected failures (bad settings, broker unreachable, unknown kind) print one line on
 stderr and exit 1; only a bug shows a traceback.

@@ -1,9 +1,12 @@
-"""The pure routing core: decode a record, route its changeType, fold a batch.
+"""The pure routing core: decode a record and route its changeType to a decision.
 
-Every agent hands its records to these functions. They import only the standard library
-and never do I/O: they return *decisions* (upsert, delete, reject) that the SQL store and
-the agents carry out. "Unknown changeType" or "not JSON" is a value, not an exception, so
-one bad event can never stop a partition.
+Each record becomes one *decision* (upsert, delete, reject), in consumption order
+(:func:`route`, :func:`route_batch`); the worker's batches, the MSK adapter and ``verify``
+all route through here. Folding a batch to one write per key and the version guard are
+the next step, in :mod:`streams.core.guard` (:func:`~streams.core.guard.resolve`). These
+functions import only the standard library and never do I/O: the SQL store and the
+checkpoint carry the decisions out. "Unknown changeType" or "not JSON" is a value, not an
+exception, so one bad event can never stop a partition.
 """
 
 from __future__ import annotations

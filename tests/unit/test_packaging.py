@@ -1,17 +1,22 @@
-"""What the code imports is declared and bounded, and requirements.lock pins it.
+"""What the code imports is declared and bounded, requirements.lock pins it, and what ships
+is the product.
 
 The lock is what ./run, the Dockerfile and CI install: each declared requirement (the runtime
 ones, the test extra's and the build backend) must be pinned there, at a version its bounds
 allow, with hashes; and every third-party module the code imports must be declared, so that a
-fresh install never takes whatever is newest on the day.
+fresh install never takes whatever is newest on the day. The wheel and the image hold
+streams, models and tables only: the local services, the bench and the tests are not shipped.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
+import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -135,3 +140,61 @@ def test_the_image_installs_the_lock_and_then_only_the_project() -> None:
     assert "--no-deps --no-build-isolation ." in dockerfile
     cmd = re.search(r"^CMD (.+)$", dockerfile, re.MULTILINE)
     assert cmd and "-l" not in cmd[1], "the app applies LOG_LEVEL itself"
+
+
+PRODUCT = ("streams", "models", "tables")
+"""The packages the wheel and the image ship; devservices/, bench/ and tests/ stay in the repo."""
+
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", ".cache", "build", "dist", "*.egg-info", "__pycache__", "*-data", ".*_cache"
+)
+
+
+def test_the_wheel_holds_the_product_packages_and_nothing_else(tmp_path: Path) -> None:
+    """Build the wheel as `pip wheel .` would (the locked setuptools, no isolation) from a copy
+    of the checkout, and compare its modules with the product's source files."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    build = (
+        "import sys, setuptools.build_meta as backend; "
+        "print(backend.build_wheel(sys.argv[1]), file=sys.stderr)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", build, str(tmp_path / "wheel")],
+        cwd=source,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == set(PRODUCT), f"the wheel ships {sorted(tops)}"
+    want = {
+        path.relative_to(ROOT).as_posix()
+        for package in PRODUCT
+        for path in (ROOT / package).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    missing = want - set(names)
+    assert not missing, (
+        f"the wheel lacks {sorted(missing)}: a folder of the product without an __init__.py, "
+        "or a data file pyproject.toml's package-data does not name"
+    )
+
+
+def test_the_image_copies_the_product_packages_only() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {
+        source.rstrip("/")
+        for line in re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE)
+        for source in line.split()[:-1]
+    }
+    assert copied == {"requirements.lock", "pyproject.toml", "README.md", *PRODUCT}
+    # The build context is the same list, so the local services' jars and data never reach it.
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    assert allowed == copied
