@@ -283,7 +283,7 @@ class Settings:
     Each field declares its environment variable, default and parser once (``env(...)``);
     :meth:`from_env`, :data:`ENVIRONMENT` and the README's table check all read that. A small
     hand-written reader rather than pydantic-settings: it keeps the frozen dataclass and
-    the exact one-line messages, in about forty lines.
+    the exact one-line messages.
     """
 
     kafka_broker: str = field(
