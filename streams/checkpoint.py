@@ -1,20 +1,8 @@
-"""The order of one batch's effects, written down once.
+"""The order of one batch's effects, in one function: :meth:`Checkpoint.carry`.
 
-For a batch of one entity's records (several partitions, each in order):
-
-1. **Route** every record (pure: ``streams.core.routing``); rejections are known before any SQL.
-2. **Dead letters** of the records rejected for the first time are sent, and confirmed by the
-   broker, before the transaction that moves their partition's stored offset past them commits.
-   A dead letter the broker will never take (too large) holds its partition from that record
-   on (``mirror_held_partitions``), and the rest of the batch goes on.
-3. **One SQL transaction** applies the batch with its stored offsets and outcome counts
-   (``streams.mirror``). A row the database refuses rolls the transaction back; it is
-   dead-lettered (step 2) and the transaction runs again without it.
-4. **The cache**, after the commit: the committed state of the batch's keys goes to the cached
-   table and its changelog, confirmed; so the cache never shows state the database does not
-   have.
-5. **Kafka offsets**: only then are the batch's offsets noted as applied; they are committed to
-   the group every commit interval (``AppliedOffsets``).
+Read it top to bottom: route, dead letters, one SQL transaction, the cache, the offsets noted as
+applied, and where the Kafka commit happens. Everything else in this module is a step it calls
+or the bookkeeping of batches on their way.
 
 A crash between two steps repeats the later ones when the batch is read again: a dead letter
 may be sent twice, a replay changes nothing in SQL and rewrites the cache, and the Kafka offset
@@ -84,7 +72,7 @@ Position = tuple[str, int, int]
 
 @dataclass(slots=True, eq=False)
 class _Batch:
-    """One batch on its way through the stages."""
+    """One batch on its way through the steps of :meth:`Checkpoint.carry`."""
 
     records: list[Any]
     read_at: float
@@ -98,15 +86,42 @@ class _Batch:
     """Whether some records carry the place they were first produced (``mirror-origin``)."""
 
 
-class Checkpoint:
-    """Carries one entity's batches through their effects, in the order above.
+@dataclass(slots=True)
+class _Turns:
+    """Whose turn it is at each step of a lane: one batch at a time in each, in batch order."""
 
-    Three stages, each taking one batch at a time and handing it on through a queue of one:
-    routing (pure Python), the SQL transaction (mostly waiting on the database) and the
-    cache with the offsets (mostly waiting on the broker). Batch *n+1* is routed while batch
-    *n* is in the database and batch *n-1* reaches the changelog, each stage in batch order,
-    so the order of effects above holds for every batch and across batches.
-    """
+    routing: asyncio.Lock
+    """Held from taking a batch from the feed until it has the applying turn."""
+    applying: asyncio.Lock
+    """Held through the dead letters and the transaction, until the finishing turn."""
+    finishing: asyncio.Lock
+    """Held through the cache and the offsets."""
+    wanted: asyncio.Event
+    """Set while the applying turn is free: the feed gives the next batch then, whatever its
+    size (or once full)."""
+
+    async def apply_next(self) -> None:
+        """Wait for the applying turn, then give up the routing turn."""
+        await self.applying.acquire()
+        self.wanted.clear()
+        self.routing.release()
+
+    def applied(self) -> None:
+        """Give up the applying turn (the batch went no further)."""
+        self.applying.release()
+        self.wanted.set()
+
+    async def finish_next(self) -> None:
+        """Wait for the finishing turn, then give up the applying turn."""
+        await self.finishing.acquire()
+        self.applied()
+
+
+class Checkpoint:
+    """Carries one entity's batches (one lane of them) through their effects, in the order
+    of :meth:`carry`: routing (pure Python), the SQL transaction (mostly waiting on the
+    database), the cache with the offsets (mostly waiting on the broker), one batch at a time
+    in each, in batch order."""
 
     def __init__(
         self,
@@ -139,78 +154,105 @@ class Checkpoint:
         """Set when no batch is on its way (a revocation waits for it)."""
         self.idle.set()
         self.wanted = asyncio.Event()
-        """Set while the SQL stage waits for a batch: the next one is taken from the feed then,
+        """Set while the SQL step waits for a batch: the next one is taken from the feed then,
         whatever its size (or once full): no fixed wait at low rates, full batches under load."""
 
     async def run(self, feed: Feed, batch_size: int, linger: float) -> None:
-        """Take batches from ``feed`` and carry each through every stage, until cancelled.
+        """Take batches from ``feed`` and :meth:`carry` each through its effects, until
+        cancelled.
 
-        A stage that fails on a batch holds the batch's partitions and reads them again from
-        the stored offsets (:meth:`_failed`); if a stage's own loop ever raises, every batch
-        on its way is given up the same way before the error goes on (nothing is dropped:
-        what was taken is read again).
+        Each batch is a task of its own, and takes each step's turn in the order it was taken
+        (``asyncio.Lock`` wakes its waiters first come, first served), so the order of effects
+        holds for every batch and across batches. A step that fails on a batch holds the
+        batch's partitions and reads them again from the stored offsets (:meth:`_failed`); if
+        a step ever raises past that (a bug), every batch on its way is given up the same way
+        before the error goes on (nothing is dropped: what was taken is read again).
         """
         self.feed = feed
         self.in_flight = []
         self.idle.set()
-        routed: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
-        applied: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
-        stages = [
-            asyncio.create_task(self._route_stage(feed, batch_size, linger, routed)),
-            asyncio.create_task(self._apply_stage(routed, applied)),
-            asyncio.create_task(self._finish_stage(applied)),
-        ]
+        self.wanted.set()
+        turns = _Turns(asyncio.Lock(), asyncio.Lock(), asyncio.Lock(), self.wanted)
         try:
-            done, _ = await asyncio.wait(stages, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # a stage only ends by raising (a bug): re-raise it here
+            async with asyncio.TaskGroup() as lane:
+                while True:
+                    await turns.routing.acquire()  # the batch before has left step 1
+                    records = await feed.take(batch_size, linger, self.wanted)
+                    batch = _Batch(records, time.perf_counter(), records.heads, records.starts)
+                    self._started(batch)
+                    lane.create_task(self.carry(batch, turns))
+        except BaseExceptionGroup as errors:  # a step raised past its own handling: a bug
+            raise errors.exceptions[0] from None
         finally:
-            for task in stages:
-                task.cancel()
-            await asyncio.gather(*stages, return_exceptions=True)
             self._give_up_in_flight()
 
-    async def _route_stage(
-        self, feed: Feed, batch_size: int, linger: float, out: asyncio.Queue[_Batch]
-    ) -> None:
-        while True:
-            records = await feed.take(batch_size, linger, self.wanted)
-            batch = _Batch(records, time.perf_counter(), records.heads, records.starts)
-            self._started(batch)
-            try:
-                await self._route(batch)
-            except Exception as exc:  # a bug: say where, hold the partitions, read them again
-                self._failed("routing", batch, exc)
-                continue
-            await _hand_on(out, batch)
+    async def carry(self, batch: _Batch, turns: _Turns) -> None:
+        """Carry one batch of one entity's records (several partitions, each in order) through
+        its effects, in this order.
 
-    async def _apply_stage(self, source: asyncio.Queue[_Batch], out: asyncio.Queue[_Batch]) -> None:
-        while True:
-            self.wanted.set()
-            batch = await _take(source)
-            self.wanted.clear()
-            if await self._apply(batch):
-                await _hand_on(out, batch)
-            else:
-                self._done(batch)
+        A batch leaves a step only once the step after is free (it waits for that step's
+        turn, then gives up its own): batch *n+1* is routed while batch *n* is in the database
+        and batch *n-1* reaches the changelog, and at most three batches of a lane are on
+        their way.
 
-    async def _finish_stage(self, source: asyncio.Queue[_Batch]) -> None:
-        while True:
-            batch = await _take(source)
-            try:
-                await self._finish(batch)
-            except Exception as exc:  # committed in SQL; the cache and offsets are not done
-                self._failed("caching", batch, exc)
+        A crash between two steps repeats the later ones when the batch is read again: a dead
+        letter may be sent twice, a replay changes nothing in SQL and rewrites the cache, and
+        the Kafka offset only lags. Errors that a retry can fix (the database or the broker
+        unreachable) are retried with backoff, holding the batch (back-pressure); an error no
+        retry can fix holds the batch's partitions for a while with one error line saying what
+        failed, and they are read again after.
+        """
+        # 1. Route every record (pure: ``streams.core.routing``), in a thread: rejections are
+        #    known before any SQL.
+        try:
+            await self._route(batch)
+        except Exception as exc:  # a bug: say where, hold the partitions, read them again
+            turns.routing.release()
+            self._failed("routing", batch, exc)
+            return
+        await turns.apply_next()
+        # 2. Dead letters of the records rejected for the first time, confirmed by the broker
+        #    before the transaction that moves their partition's stored offset past them. One
+        #    the broker will never take (too large) holds its partition from that record on.
+        # 3. One SQL transaction applies the batch with its stored offsets and outcome counts
+        #    (``streams.mirror``). A row the database refuses rolls it back; the row is
+        #    dead-lettered (step 2) and the transaction runs again without it.
+        try:
+            committed = await self._dead_letter_and_commit(batch)
+        except BaseException:
+            turns.applied()
+            raise
+        if not committed:
+            turns.applied()
+            self._done(batch)
+            return
+        await turns.finish_next()
+        try:
+            # 4. The cache, after the commit: the committed state of the batch's keys goes to
+            #    the changelog, confirmed, then to this worker's copy; so the cache never
+            #    shows state the database does not have.
+            await self._write_cache(batch)
+            # 5. The batch's offsets are noted as applied (``AppliedOffsets``), only now.
+            self._note_applied(batch)
+        except Exception as exc:  # committed in SQL; the cache and offsets are not done
+            self._failed("caching", batch, exc)
+        finally:
+            turns.finishing.release()
+        # 6. The Kafka commit is not per batch: the worker's commit timer commits the noted
+        #    offsets every commit interval, and a revocation commits them before its
+        #    partitions go (``AppliedOffsets.commit``). Nothing else sends, writes or commits
+        #    on a batch's behalf: the agents (``streams.agents``) only build checkpoints (and
+        #    forwarders, ``streams.forwarder``: the forwarded path's order) and hand them feeds.
 
     def _failed(self, doing: str, batch: _Batch, exc: Exception) -> None:
-        """Hold the partitions of a batch a stage failed on (a bug: its traceback is logged),
+        """Hold the partitions of a batch a step failed on (a bug: its traceback is logged),
         to read them again from the stored offsets (the Kafka offset, for the cache, of a
         cached topic); the batch is done."""
         self._hold_failed(batch.records, exc, doing, bug=True)
         self._done(batch)
 
     def _give_up_in_flight(self) -> None:
-        """Read the partitions of every batch on its way again (the stages are gone)."""
+        """Read the partitions of every batch on its way again (the lane is gone)."""
         from aiokafka import TopicPartition
 
         tps = {(r.topic, r.partition) for batch in self.in_flight for r in batch.heads.values()}
@@ -240,7 +282,7 @@ class Checkpoint:
         for tp, record in held_heads([batch.heads for batch in self.in_flight], self.feed):
             cut = self._cut.get((record.topic, record.partition))
             if cut is not None and record.offset > cut:
-                continue  # dropped when it reaches the database stage
+                continue  # dropped when it reaches the database step
             yield tp, Head(record.offset, self._first_timestamp(record))
 
     def _first_timestamp(self, record: Any) -> int:
@@ -250,8 +292,8 @@ class Checkpoint:
         return first_of(record).timestamp
 
     async def _route(self, batch: _Batch) -> None:
-        """Stage 1: route every record (pure), with timestamps believed up to MAX_TIMESTAMP_AHEAD
-        past this worker's clock."""
+        """Step 1: route every record (pure), with timestamps believed up to
+        MAX_TIMESTAMP_AHEAD past this worker's clock."""
         if self.prepare is not None:
             prepared = self.prepare(batch.records)
             batch.forwarded = prepared is not batch.records  # the same list: none has an origin
@@ -264,8 +306,9 @@ class Checkpoint:
             route_batch, batch.records, self.spec, fast_loads, clock
         )
 
-    async def _apply(self, batch: _Batch) -> bool:
-        """Stage 2: dead letters, then the transaction; False when nothing is left to finish."""
+    async def _dead_letter_and_commit(self, batch: _Batch) -> bool:
+        """Steps 2 and 3: dead letters, then the transaction, again without the rows the
+        database refuses; False when nothing is left to finish."""
         self._drop_cut(batch)
         stored = self.mirror.positions
         before = {tp: stored.get((r.topic, r.partition), 0) for tp, r in batch.heads.items()}
@@ -304,8 +347,8 @@ class Checkpoint:
                 return False
         return False
 
-    async def _finish(self, batch: _Batch) -> None:
-        """Stage 3: the cache, then the offsets."""
+    async def _write_cache(self, batch: _Batch) -> None:
+        """Step 4: the committed states of the batch's keys to the cache, confirmed."""
         result = batch.result
         assert result is not None
         cache = self.cache
@@ -314,6 +357,9 @@ class Checkpoint:
                 f"write {len(result.states)} {self.spec.kind} entries to {cache.changelog}",
                 functools.partial(_write_cache, cache, result),
             )
+
+    def _note_applied(self, batch: _Batch) -> None:
+        """Step 5: note the batch's offsets as applied; the batch is done."""
         self._backoff.passed(batch.heads)
         gaps = self.applied.note(batch.records, batch.starts)
         if gaps:
@@ -491,23 +537,6 @@ def _say_ahead(records: Sequence[Any], limit: int, seconds: float) -> None:
     counts = Counter(r.topic for r in records)
     for topic, count in counts.items():
         metrics.STAMPED_AHEAD.labels(topic).inc(count)
-
-
-async def _hand_on(queue: asyncio.Queue[_Batch], batch: _Batch) -> None:
-    """Give ``batch`` to the next stage and wait until it has taken it.
-
-    So a stage starts its next batch only once the one it handed on is taken: each stage holds
-    one batch and none waits in between, which keeps three batches a lane in memory, not five.
-    """
-    await queue.put(batch)
-    await queue.join()
-
-
-async def _take(queue: asyncio.Queue[_Batch]) -> _Batch:
-    """Take the next batch from the stage before (releasing it, see :func:`_hand_on`)."""
-    batch = await queue.get()
-    queue.task_done()
-    return batch
 
 
 def _position(record: Any) -> Position:

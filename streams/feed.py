@@ -121,12 +121,12 @@ class Feed:
     ) -> Taken:
         """Wait for records, then return up to ``max_records`` of them, oldest runs first.
 
-        The batch goes as soon as it is full, or as soon as the stage it is for waits for
+        The batch goes as soon as it is full, or as soon as the step it is for waits for
         work (``wanted`` set, or no ``wanted`` given): at a low rate a record is applied as soon
         as the batch before it is done, and under a backlog the batches are full. Records that
         arrived while the batch before was applied have waited already. With ``linger``, a
         batch that is not full waits up to that long after its first record for more, even
-        when the stage wants it (fewer, larger transactions at low rates, for a later copy).
+        when the step wants it (fewer, larger transactions at low rates, for a later copy).
         """
         while not self._size:
             self._arrived.clear()
