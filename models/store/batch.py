@@ -23,8 +23,9 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
-from models.copy_format import copy_text
+from models.columns import ColumnKind
 from models.registry import VERSION_COLUMNS, EntitySpec
+from models.store.postgres_copy import copy_text
 from models.store.schema import (
     changelogs_table,
     logs_table,
@@ -55,7 +56,6 @@ from models.store.statements import (
     _version_values,
     _versions_query,
 )
-from streams.core.columns import ColumnKind
 from streams.core.guard import Current, Plan, StoredVersions
 from streams.core.routing import Delete, EntityKey, Upsert, Version, first_of
 

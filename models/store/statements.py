@@ -34,7 +34,7 @@ from streams.core.routing import Version
 _CHUNK = 500
 #: First key of the advisory locks serialising an entity's writes (StoreTransaction.serialize).
 ENTITY_LOCK_SPACE = 0x6D697272  # "mirr"
-#: Upserts of at least this many rows go through COPY (see models/copy_format.py).
+#: Upserts of at least this many rows go through COPY (see models/store/postgres_copy.py).
 COPY_FROM_ROWS = 50
 
 
