@@ -58,10 +58,10 @@ def tombstone_rows(spec: EntitySpec, writes: Sequence[Delete]) -> list[dict[str,
     rows = []
     for w in writes:
         assert w.version is not None  # resolve() gives every delete a version
-        rows.append({spec.key_column: w.key, **version_values(w.version), "deleted_at": now})
+        rows.append({spec.key_column: w.key, **_version_values(w.version), "deleted_at": now})
     return rows
 
 
-def version_values(version: Version) -> dict[str, int]:
+def _version_values(version: Version) -> dict[str, int]:
     """Return ``version`` by its column name."""
     return dict(zip(VERSION_COLUMNS, version, strict=True))
