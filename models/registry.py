@@ -25,7 +25,7 @@ from sqlalchemy import (
     inspect,
 )
 
-from streams.core.columns import (
+from models.columns import (
     ColumnKind,
     ColumnRule,
     Invalid,
@@ -82,7 +82,7 @@ class EntitySpec:
     """Maps an event to column values (``from_kafka_event`` underneath)."""
 
     rules: tuple[ColumnRule, ...] = ()
-    """What each column but the key takes (``streams.core.columns``)."""
+    """What each column but the key takes (``models.columns``)."""
     key_rule: ColumnRule | None = None
     """What the key column takes."""
     column_kinds: Mapping[str, ColumnKind] = field(default_factory=dict)
@@ -332,7 +332,7 @@ def _required(column: Column[Any]) -> bool:
 
 
 def column_rule(column: Column[Any]) -> ColumnRule:
-    """Say what ``column`` takes, for the checks before any SQL (``streams.core.columns``)."""
+    """Say what ``column`` takes, for the checks before any SQL (``models.columns``)."""
     kind = ColumnKind.OTHER
     length = None
     int_range = None

@@ -1,15 +1,19 @@
-"""The SQL store: carries out a batch's plan on PostgreSQL or SQLite in one transaction.
+"""The SQL store: carries out a batch's plan in one transaction, on PostgreSQL or SQLite.
 
 :class:`SqlStore` is the entry point (schema creation, one transaction per batch, the reads of
-the HTTP pages and the command line); ``engine`` sets up SQLAlchemy, ``schema`` holds the
-bookkeeping tables, ``statements`` the SQL (built once per table), ``batch`` the operations of
-one batch's transaction (:class:`StoreTransaction`).
+the HTTP pages and the command line). ``batch`` is one batch's transaction
+(:class:`StoreTransaction`), the same on every database; what differs by database is behind
+one small interface, ``dialect`` (:class:`~models.store.dialect.Dialect`), with one module
+per database (``postgres``, ``sqlite``), chosen by name in ``engine``. ``schema`` holds the
+bookkeeping tables; ``statements`` and ``on_conflict`` the SQL databases share;
+``postgres_copy`` PostgreSQL's COPY text format.
 
-Per batch, inside one transaction: read the consumer group's stored offsets and the current
-versions of the batch's keys (one query each, with row locks), write the plan (one
-``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` executemany for upserts, ``DELETE ... IN`` for
-deletes, tombstones likewise), advance the stored offsets and add the outcome counts. Never a
-read followed by a write per event.
+Per batch, inside one transaction: read the consumer group's stored offsets (locking their
+rows) and the stored versions of the batch's keys (under the entity's lock), write the plan
+set-based (upserts as one version-guarded ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` per
+set of columns: on PostgreSQL from rows staged by COPY, or one multi-row ``VALUES`` for a
+few; on SQLite an executemany; deletes and tombstones likewise), advance the stored offsets
+and add the outcome counts. Never a read followed by a write per event.
 
 Guarantee: everything a batch does commits together or not at all, and the stored offset
 of a partition moves with it. A record below the stored offset has had its effect already, so
@@ -24,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Engine, delete, func, inspect, select, text
+from sqlalchemy import Column, Engine, delete, func, inspect, select
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -35,8 +39,10 @@ from sqlalchemy.exc import (
 )
 
 from models.registry import EntitySpec
-from models.store.batch import Refusal, StoreTransaction, _first_line, is_sqlite_schema_error
-from models.store.engine import create_store_engine
+from models.store.batch import Refusal, StoreTransaction
+from models.store.dialect import first_line
+from models.store.engine import create_store_engine, dialect_named
+from models.store.postgres import COPY_FROM_ROWS, ENTITY_LOCK_SPACE
 from models.store.schema import (
     bookkeeping,
     logs_table,
@@ -44,7 +50,6 @@ from models.store.schema import (
     outcomes_table,
     public_columns,
 )
-from models.store.statements import COPY_FROM_ROWS, ENTITY_LOCK_SPACE, _log_upsert
 from streams.core.errors import StoreError, StoreUnavailableError
 
 __all__ = [
@@ -91,10 +96,8 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.dialect = engine.dialect.name
+        self.dialect = dialect_named(engine.dialect.name)
         self._ddl_lock = threading.Lock()
-        if self.dialect not in ("postgresql", "sqlite"):
-            raise StoreError(f"unsupported database dialect {self.dialect!r}")
 
     @classmethod
     def from_url(cls, url: str) -> SqlStore:
@@ -109,8 +112,7 @@ class SqlStore:
         them fail on PostgreSQL's catalog.
         """
         with self._ddl_lock, self._wrapped("create tables"), self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('entity-mirror ddl'))"))
+            self.dialect.lock(conn, "entity-mirror ddl")
             bookkeeping.create_all(conn, checkfirst=True)
             for spec in specs:
                 spec.table.create(conn, checkfirst=True)
@@ -212,7 +214,7 @@ class SqlStore:
         """Record the id of the log ``topic`` is read from, unless another id is known."""
         row = {"topic": topic, "topic_id": topic_id}
         with self._wrapped(f"note the log of {topic}"), self.engine.begin() as conn:
-            conn.execute(_log_upsert(self.dialect), [row])
+            conn.execute(self.dialect.bookkeeping.log, [row])
 
     def restart_log(
         self,
@@ -231,8 +233,7 @@ class SqlStore:
         """
         t, o = logs_table, offsets_table
         with self._wrapped(f"restart the log of {topic}"), self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('entity-mirror logs'))"))
+            self.dialect.lock(conn, "entity-mirror logs")
             row = conn.execute(
                 select(t.c.topic_id, t.c.version_floor).where(t.c.topic == topic).with_for_update()
             ).first()
@@ -287,10 +288,10 @@ class SqlStore:
             yield
         except (IntegrityError, DataError, ProgrammingError, NotSupportedError) as exc:
             # Constraints, values, a table or privilege missing: no retry changes these.
-            raise StoreError(f"{what}: database refused it: {_first_line(exc)}") from exc
+            raise StoreError(f"{what}: database refused it: {first_line(exc)}") from exc
         except DBAPIError as exc:
-            if not exc.connection_invalidated and is_sqlite_schema_error(exc):
-                raise StoreError(f"{what}: database refused it: {_first_line(exc)}") from exc
-            raise StoreUnavailableError(f"{what}: {_first_line(exc)}") from exc
+            if not exc.connection_invalidated and self.dialect.refuses(exc):
+                raise StoreError(f"{what}: database refused it: {first_line(exc)}") from exc
+            raise StoreUnavailableError(f"{what}: {first_line(exc)}") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"{what}: {_first_line(exc)}") from exc
+            raise StoreError(f"{what}: {first_line(exc)}") from exc

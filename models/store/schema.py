@@ -14,8 +14,8 @@ from sqlalchemy import (
     Table,
 )
 
+from models.columns import ColumnKind
 from models.registry import column_rule
-from streams.core.columns import ColumnKind
 
 #: Bookkeeping tables shared by every entity (separate metadata: never in a user's models).
 bookkeeping = MetaData()

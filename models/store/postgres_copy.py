@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from streams.core.columns import ColumnKind
+from models.columns import ColumnKind
 
 NULL = "\\N"
 
