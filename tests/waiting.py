@@ -100,3 +100,14 @@ async def eventually(
                 f"timed out after {timeout:.0f} s waiting for {what}; last seen: {shown}{tail}"
             )
         await asyncio.sleep(every)
+
+
+async def watched_pause(seconds: float, *, alive: Iterable[Watched]) -> None:
+    """Let ``seconds`` pass (a duration the test means: chaos, an outage; not a wait for a
+    condition), failing at once if one of ``alive`` exits meanwhile."""
+    watched = list(alive)
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        for process in watched:
+            process.assert_alive()
+        await asyncio.sleep(min(0.1, max(0.0, until - time.monotonic())))

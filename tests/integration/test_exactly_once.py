@@ -35,6 +35,7 @@ from tests.support import (
     wait_for_metric,
     wait_stored,
 )
+from tests.waiting import watched_pause
 
 PLANET = build_spec(Planet)
 TOPIC = "planet-changed"
@@ -78,10 +79,7 @@ async def kill_at_random_moments(
     for _ in range(kills):
         # A random moment: this pause is the chaos, not a wait for a condition. The worker is
         # watched meanwhile, so one that exits on its own fails here, with its status.
-        until = time.monotonic() + rng.uniform(2.0, 5.0)
-        while time.monotonic() < until:
-            worker.assert_alive()
-            await asyncio.sleep(0.1)
+        await watched_pause(rng.uniform(2.0, 5.0), alive=[worker])
         progress = sum((await asyncio.to_thread(store.stored_offsets, group)).values())
         if progress > 0 and not producing.done():
             mid_stream += 1
@@ -268,9 +266,7 @@ async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
         outage_started = time.monotonic()
         # Wait until the worker has noticed and is retrying, then keep the database down.
         await wait_for_metric(worker, 'mirror_batch_retries_total{step="apply"}', 1, timeout=60)
-        while time.monotonic() - outage_started < 5:
-            worker.assert_alive()
-            await asyncio.sleep(0.2)
+        await watched_pause(5 - (time.monotonic() - outage_started), alive=[worker])
         dev_postgres.start()
         positions = await producing
         ends = await end_offsets(kafka_bootstrap, topic)
