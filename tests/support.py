@@ -1,7 +1,7 @@
 """Helpers for tests: topics, producing, worker processes, catching up (integration), and a
 store of mirrored planets (unit).
 
-Every wait here polls a condition against a generous deadline; none sleeps a fixed time.
+Every wait here goes through ``tests.waiting.eventually``; none sleeps a fixed time.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devservices.processes import note_started
 from streams.settings import Settings
+from tests.waiting import DEADLINE, eventually
 
 if TYPE_CHECKING:
     from models.store import SqlStore
@@ -86,11 +87,12 @@ async def create_topic(
         await admin.create_topics([NewTopic(topic, partitions, replicas)])
     finally:
         await admin.close()
-    deadline = time.monotonic() + 60
-    while len(await partitions_of(bootstrap, topic)) < partitions:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topic {topic} has no metadata for {partitions} partitions")
-        await asyncio.sleep(0.1)
+    await eventually(
+        lambda: partitions_of(bootstrap, topic),
+        lambda found: len(found) >= partitions,
+        what=f"metadata of {topic}'s {partitions} partitions",
+        every=0.1,
+    )
 
 
 async def partitions_of(bootstrap: str | Broker, topic: str) -> list[int]:
@@ -217,16 +219,38 @@ async def committed_offsets(bootstrap: str | Broker, group: str, topic: str) -> 
 
 
 async def wait_stored(
-    store: Any, group: str, at_least: int, *workers: WorkerProcess, timeout: float = 120.0
+    store: Any, group: str, at_least: int, *workers: WorkerProcess, timeout: float = DEADLINE
 ) -> None:
     """Wait until ``group``'s offsets stored with the data add up to ``at_least`` (records
     applied), failing at once if one of ``workers`` exits."""
-    deadline = time.monotonic() + timeout
-    while sum((await asyncio.to_thread(store.stored_offsets, group)).values()) < at_least:
-        for worker in workers:
-            worker.assert_alive()
-        assert time.monotonic() < deadline, workers[0].tail() if workers else "no progress"
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: asyncio.to_thread(store.stored_offsets, group),
+        lambda stored: sum(stored.values()) >= at_least,
+        what=f"offsets of {group} stored with the data adding up to {at_least}",
+        timeout=timeout,
+        every=0.05,
+        alive=workers,
+    )
+
+
+async def wait_applied(
+    store: Any,
+    group: str,
+    topic: str,
+    ends: Mapping[int, int],
+    *workers: WorkerProcess,
+    timeout: float = 240.0,
+) -> None:
+    """Wait until ``group``'s offsets stored with the data reach ``ends`` on every partition
+    of ``topic``, failing at once if one of ``workers`` exits."""
+    await eventually(
+        lambda: asyncio.to_thread(store.stored_offsets, group),
+        lambda stored: all(stored.get((topic, p), 0) >= end for p, end in ends.items()),
+        what=f"offsets of {group} stored with the data reaching {topic}'s ends {dict(ends)}",
+        timeout=timeout,
+        every=0.25,
+        alive=workers,
+    )
 
 
 async def wait_caught_up(
@@ -234,44 +258,53 @@ async def wait_caught_up(
     group: str,
     topic: str,
     *,
-    timeout: float = 180.0,
+    timeout: float = DEADLINE,
     alive: Callable[[], None] | None = None,
 ) -> None:
-    """Wait until ``group`` has committed the end offset of every partition of ``topic``."""
+    """Wait until ``group`` has committed the end offset of every partition of ``topic``;
+    ``alive`` is called on each poll (a worker's ``assert_alive``)."""
     ends = await end_offsets(bootstrap, topic)
-    deadline = time.monotonic() + timeout
-    committed: dict[int, int] = {}
-    while time.monotonic() < deadline:
+
+    async def committed() -> dict[int, int]:
         if alive is not None:
             alive()
-        committed = await committed_offsets(bootstrap, group, topic)
-        if all(committed.get(p, -1) >= end for p, end in ends.items()):
-            return
-        await asyncio.sleep(0.25)
-    raise TimeoutError(f"group {group} did not catch up on {topic}: ends {ends}, at {committed}")
+        return await committed_offsets(bootstrap, group, topic)
+
+    await eventually(
+        committed,
+        lambda at: all(at.get(p, -1) >= end for p, end in ends.items()),
+        what=f"group {group} committing the ends of {topic} {ends}",
+        timeout=timeout,
+        every=0.25,
+    )
 
 
 @dataclass
 class WorkerProcess:
-    """A real ``faust -A streams.app worker`` process with its own environment and log."""
+    """A real ``faust -A streams.app worker`` process with its own environment and log.
+
+    Whether it runs is asked of the process itself (``assert_alive``, ``assert_exited``):
+    a worker that exits on its own fails the test with its exit status and its log's tail.
+    """
 
     env: Mapping[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    starts: int = field(default=0)
     options: tuple[str, ...] = ("-l", "info")
     """Options of ``faust ... worker`` (LOG_LEVEL decides the level whatever ``-l`` says)."""
     stdout_path: Path | None = None
     """Where the worker's stdout (Faust's banner) goes; None: into the log, with stderr."""
+    _launches: int = field(default=0, init=False, repr=False)
+    """Numbers the start banners in the log, nothing else."""
 
     def start(self) -> None:
         """Start the worker (the log file is appended to across restarts)."""
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.starts += 1
+        self._launches += 1
         with contextlib.ExitStack() as files:
             log = files.enter_context(self.log_path.open("ab"))
-            log.write(f"\n===== start #{self.starts} =====\n".encode())
+            log.write(f"\n===== start #{self._launches} =====\n".encode())
             log.flush()
             stdout = (
                 log
@@ -288,15 +321,50 @@ class WorkerProcess:
             )
         note_started(self.proc.pid)
 
+    @property
+    def exit_status(self) -> int | None:
+        """Return the process's exit status (-N: ended by signal N); None while it runs."""
+        return None if self.proc is None else self.proc.poll()
+
     def assert_alive(self) -> None:
-        """Fail with the log's tail if the worker has exited, for whatever reason.
+        """Fail with the exit status and the log's tail if the worker has exited on its own.
 
         Status 3 is the recovery watchdog's last resort (streams/faust_bridge.py): a failure too.
         """
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            why = " (its table recovery stalled: streams/faust_bridge.py)" if code == 3 else ""
-            raise AssertionError(f"worker exited ({code}){why}; log tail:\n{self.tail()}")
+        if self.proc is None:
+            raise AssertionError("worker was never started")
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"worker (pid {self.proc.pid}) exited on its own with {self._status()}; "
+                f"log tail:\n{self.tail()}"
+            )
+
+    def assert_exited(self, status: int, timeout: float = 60.0) -> None:
+        """Wait up to ``timeout`` for the worker to exit and fail unless it exited with
+        ``status`` (-N: ended by signal N)."""
+        if self.proc is None:
+            raise AssertionError("worker was never started")
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"worker (pid {self.proc.pid}) still runs after {timeout:.0f} s, expected to "
+                f"exit with {status}; log tail:\n{self.tail()}"
+            ) from None
+        if self.proc.returncode != status:
+            raise AssertionError(
+                f"worker (pid {self.proc.pid}) exited with {self._status()}, expected {status}; "
+                f"log tail:\n{self.tail()}"
+            )
+
+    def _status(self) -> str:
+        """Describe how the exited worker ended: its status, and what that status means."""
+        assert self.proc is not None
+        code = self.proc.returncode
+        if code is not None and code < 0:
+            return f"status {code} ({signal.Signals(-code).name})"
+        why = " (its table recovery stalled: streams/faust_bridge.py)" if code == 3 else ""
+        return f"status {code}{why}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> str:
         """Stop the worker with ``sig``; SIGKILL if it outlives ``timeout``.
@@ -338,8 +406,11 @@ class WorkerProcess:
         return metric_value(text, "mirror_recovery_stalls_total")
 
     def kill(self) -> None:
-        """SIGKILL the worker, as a crash would."""
+        """SIGKILL the running worker, as a crash would; fail if it had exited on its own."""
+        self.assert_alive()
         self.stop(signal.SIGKILL)
+        # Had it exited on its own between the check and the signal, its status says so.
+        self.assert_exited(-signal.SIGKILL)
 
     def tail(self, lines: int = 40) -> str:
         """Return the last lines of the worker log."""
@@ -357,44 +428,109 @@ def metric_value(text: str, sample: str) -> float | None:
     return None
 
 
+def _auth(worker: WorkerProcess) -> dict[str, str]:
+    token = worker.env.get("API_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def read_metrics(worker: WorkerProcess) -> str:
+    """Return the worker's ``/metrics`` text (aiohttp.ClientError while it does not listen)."""
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        http.get(url, headers=_auth(worker)) as response,
+    ):
+        return await response.text()
+
+
+async def wait_metrics(
+    worker: WorkerProcess, what: str, ok: Callable[[str], bool], timeout: float = DEADLINE
+) -> str:
+    """Wait until the worker's ``/metrics`` text satisfies ``ok``; return that text."""
+    return await eventually(
+        lambda: read_metrics(worker),
+        ok,
+        what=what,
+        timeout=timeout,
+        alive=[worker],
+        ignoring=(aiohttp.ClientError, TimeoutError),
+    )
+
+
 async def wait_for_metric(
-    worker: WorkerProcess, sample: str, at_least: float, timeout: float = 120.0
+    worker: WorkerProcess, sample: str, at_least: float, timeout: float = DEADLINE
 ) -> float:
     """Wait until the worker's ``/metrics`` shows ``sample`` at ``at_least`` or more."""
-    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
-    deadline = time.monotonic() + timeout
-    value: float | None = None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        while time.monotonic() < deadline:
-            worker.assert_alive()
-            try:
-                async with http.get(url) as response:
-                    value = metric_value(await response.text(), sample)
-            except aiohttp.ClientError:
-                value = None
-            if value is not None and value >= at_least:
-                return value
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"{sample} is {value}, not {at_least} or more\n{worker.tail()}")
+
+    async def value() -> float | None:
+        return metric_value(await read_metrics(worker), sample)
+
+    found = await eventually(
+        value,
+        lambda v: v is not None and v >= at_least,
+        what=f"{sample} at {at_least} or more",
+        timeout=timeout,
+        alive=[worker],
+        ignoring=(aiohttp.ClientError, TimeoutError),
+    )
+    assert found is not None
+    return found
 
 
-async def wait_ready(worker: WorkerProcess, token: str = "", timeout: float = 120.0) -> None:
-    """Wait until the worker's ``/ready`` answers 200 (partitions assigned, tables recovered)."""
+async def wait_ready(
+    worker: WorkerProcess,
+    token: str = "",
+    timeout: float = DEADLINE,
+    *,
+    alive: Iterable[WorkerProcess] = (),
+) -> None:
+    """Wait until the worker's ``/ready`` answers 200 (partitions assigned, tables recovered),
+    failing at once if it or one of ``alive`` exits."""
     url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/ready"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        while True:
-            worker.assert_alive()
-            try:
-                async with http.get(url, headers=headers) as response:
-                    if response.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} never answered 200; log tail:\n{worker.tail()}")
-            await asyncio.sleep(0.25)
+
+    async def status() -> int:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(url, headers=headers) as response,
+        ):
+            return response.status
+
+    await eventually(
+        status,
+        lambda code: code == 200,
+        what=f"{url} answering 200",
+        timeout=timeout,
+        every=0.25,
+        alive=[worker, *alive],
+        ignoring=(aiohttp.ClientError, TimeoutError),  # not listening yet
+    )
+
+
+async def get_settled(
+    http: aiohttp.ClientSession,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+    alive: Iterable[WorkerProcess] = (),
+) -> tuple[int, Any]:
+    """GET ``url``'s JSON, asked again while it answers 503 (a rebalance or a recovery under
+    way); return the first other status and its body."""
+
+    async def answer() -> tuple[int, Any]:
+        async with http.get(url, headers=dict(headers or {})) as response:
+            return response.status, await response.json()
+
+    return await eventually(
+        answer,
+        lambda got: got[0] != 503,
+        what=f"{url} answering other than 503",
+        timeout=timeout,
+        alive=alive,
+    )
 
 
 async def read_planet(port: str, key: str) -> tuple[int, dict[str, Any]]:

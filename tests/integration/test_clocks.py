@@ -4,7 +4,6 @@ stamped in the future holds its entity against other partitions for MAX_TIMESTAM
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.support import (
     wait_for_metric,
     wait_stored,
 )
+from tests.waiting import eventually
 
 AHEAD = 2.0
 """MAX_TIMESTAMP_AHEAD of the test's worker, in seconds."""
@@ -79,9 +79,13 @@ async def test_partition_order_beats_clocks_and_a_future_stamp_holds_for_a_bound
         # ... for MAX_TIMESTAMP_AHEAD at most: once that has passed, an event of another
         # partition stamped by a correct clock is newer (its version counts the future record
         # that far ahead of when it was read, no further).
-        while time.time() < applied_at + AHEAD + 0.5:
-            worker.assert_alive()
-            await asyncio.sleep(0.1)
+        await eventually(
+            time.time,
+            lambda now: now >= applied_at + AHEAD + 0.5,
+            what=f"MAX_TIMESTAMP_AHEAD ({AHEAD} s) passing since the first records applied",
+            every=0.1,
+            alive=[worker],
+        )
         second = [(1, "crossed", "from another partition", int(time.time() * 1000))]
         await send(kafka_bootstrap, topic, second)
         await wait_stored(store, app_id, len(first) + len(second), worker)

@@ -30,10 +30,12 @@ from tests.support import (
     expected_state,
     make_worker,
     produce_timed,
+    wait_applied,
     wait_caught_up,
     wait_for_metric,
     wait_stored,
 )
+from tests.waiting import watched_pause
 
 PLANET = build_spec(Planet)
 TOPIC = "planet-changed"
@@ -41,26 +43,6 @@ TOPIC = "planet-changed"
 
 def table_state(store: SqlStore) -> dict[str, str]:
     return {str(k): str(v["name"]) for k, v in store.rows(PLANET).items()}
-
-
-async def wait_applied(
-    store: SqlStore,
-    group: str,
-    topic: str,
-    ends: dict[int, int],
-    worker: WorkerProcess,
-    timeout: float = 240.0,
-) -> None:
-    """Wait until the offsets stored with the data reach the end of every partition."""
-    deadline = time.monotonic() + timeout
-    stored: dict[tuple[str, int], int] = {}
-    while time.monotonic() < deadline:
-        worker.assert_alive()
-        stored = await asyncio.to_thread(store.stored_offsets, group)
-        if all(stored.get((topic, p), 0) >= end for p, end in ends.items()):
-            return
-        await asyncio.sleep(0.25)
-    raise TimeoutError(f"not applied: ends {ends}, stored {stored}\n{worker.tail()}")
 
 
 def produce_spread(
@@ -84,6 +66,10 @@ async def kill_at_random_moments(
     starting it again each time; return how many kills came while records were still produced
     and some were applied.
 
+    Each kill must find the worker running and end it by SIGKILL: a worker that exited on its
+    own meanwhile (the recovery watchdog's status 3, a crash) fails the test with its exit
+    status and log tail, instead of being started again as if this loop had killed it.
+
     The first kill waits for the first applied batch (a condition, not a time): a worker killed
     before it ever applied anything, and killed again at each start while the group still waits
     for the dead one's session to expire, would test nothing.
@@ -91,12 +77,13 @@ async def kill_at_random_moments(
     await wait_stored(store, group, 1, worker)
     mid_stream = 0
     for _ in range(kills):
-        # A random moment: this sleep is the chaos, not a wait for a condition.
-        await asyncio.sleep(rng.uniform(2.0, 5.0))
+        # A random moment: this pause is the chaos, not a wait for a condition. The worker is
+        # watched meanwhile, so one that exits on its own fails here, with its status.
+        await watched_pause(rng.uniform(2.0, 5.0), alive=[worker])
         progress = sum((await asyncio.to_thread(store.stored_offsets, group)).values())
         if progress > 0 and not producing.done():
             mid_stream += 1
-        worker.kill()
+        worker.kill()  # fails unless the worker ran until this SIGKILL ended it
         worker.start()
     return mid_stream
 
@@ -151,10 +138,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
         assert counts[(topic, "skipped")] > 0  # duplicates and late events were skipped
         # Offsets are acknowledged to Kafka too, after the commits that hold them.
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        # The last start ran to the end and stops when asked.
+        assert worker.stop() == "SIGTERM"
     finally:
         producing.cancel()
         worker.stop()
-    assert worker.starts == 7
     assert kills_mid_stream >= 3, f"only {kills_mid_stream} kills hit a flowing stream"
 
 
@@ -191,10 +179,11 @@ async def test_sigkill_while_forwarding_loses_nothing_and_applies_nothing_twice(
         ), counts
         assert counts.get((repartition, "rejected"), 0) == 0
         await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=worker.assert_alive)
+        # The last start ran to the end and stops when asked.
+        assert worker.stop() == "SIGTERM"
     finally:
         producing.cancel()
         worker.stop()
-    assert worker.starts == 6
     assert kills_mid_stream >= 2, f"only {kills_mid_stream} kills hit a flowing stream"
 
 
@@ -277,17 +266,16 @@ async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
         outage_started = time.monotonic()
         # Wait until the worker has noticed and is retrying, then keep the database down.
         await wait_for_metric(worker, 'mirror_batch_retries_total{step="apply"}', 1, timeout=60)
-        while time.monotonic() - outage_started < 5:
-            worker.assert_alive()
-            await asyncio.sleep(0.2)
+        await watched_pause(5 - (time.monotonic() - outage_started), alive=[worker])
         dev_postgres.start()
         positions = await producing
         ends = await end_offsets(kafka_bootstrap, topic)
         await wait_applied(store, app_id, topic, ends, worker)
-        worker.assert_alive()
-        assert worker.starts == 1  # the same process rode out the outage
         assert table_state(store) == expected_state(sent, positions)
         assert sum(store.outcome_counts(app_id).values()) == len(sent)
+        # The process started before the outage rode it out: it still runs, and stops when asked.
+        worker.assert_alive()
+        assert worker.stop() == "SIGTERM"
     finally:
         producing.cancel()
         if not dev_postgres.is_running():

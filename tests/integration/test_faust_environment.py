@@ -8,9 +8,7 @@ NODE_CANONICAL_URL won over DATA_DIR and CANONICAL_URL.
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +18,7 @@ from tests.support import (
     create_topic,
     expected_planets,
     free_port,
+    get_settled,
     make_worker,
     planet_stream,
     produce,
@@ -64,7 +63,10 @@ async def test_faust_s_variables_set_to_other_values_change_nothing(
             # NODE_CANONICAL_URL (reads would be forwarded there and answer 503).
             async with http.get(f"{base}/router/") as response:
                 routes = await response.json()
-            answers = {key: await read(http, f"{base}/entities/planet/{key}") for key in expected}
+            answers = {
+                key: await get_settled(http, f"{base}/entities/planet/{key}", alive=[worker])
+                for key in expected
+            }
     finally:
         worker.stop()
     assert set(routes) == {base}, routes
@@ -76,14 +78,3 @@ async def test_faust_s_variables_set_to_other_values_change_nothing(
     assert len(named) == 1 and "[WARNING]" in named[0], named
     assert "BROKER_URL, WEB_BIND, NODE_CANONICAL_URL, APP_DATADIR" in named[0], named
     assert "Traceback" not in log
-
-
-async def read(http: aiohttp.ClientSession, url: str, timeout: float = 60.0) -> tuple[int, object]:
-    """GET ``url``, retrying 503s (rebalancing, recovering) until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        async with http.get(url) as response:
-            body = await response.json()
-            if response.status != 503 or time.monotonic() > deadline:
-                return response.status, body
-        await asyncio.sleep(0.2)

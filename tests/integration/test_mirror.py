@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from tests.support import (
     WorkerProcess,
@@ -28,6 +28,7 @@ from tests.support import (
     wait_caught_up,
     worker_env,
 )
+from tests.waiting import eventually
 
 
 def http_get(url: str, token: str = "") -> tuple[int, str]:
@@ -101,11 +102,12 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
     env = worker.env
     worker.start()
     try:
-        deadline = time.monotonic() + 120
-        while await partitions_of(kafka_bootstrap, topic) != list(range(6)):
-            worker.assert_alive()
-            assert time.monotonic() < deadline, "the worker did not create its topic"
-            await asyncio.sleep(0.2)
+        await eventually(
+            lambda: partitions_of(kafka_bootstrap, topic),
+            lambda found: found == list(range(6)),
+            what=f"the worker creating {topic} with 6 partitions",
+            alive=[worker],
+        )
         events = planet_stream(300, 20, seed=11, poison_every=50)
         await produce(kafka_bootstrap, topic, ((e.key.encode(), e.value) for e in events))
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
@@ -247,17 +249,14 @@ async def test_columns_the_events_never_set_keep_their_default_and_their_value(
         return {str(c): (str(n), d, int(o)) for c, n, d, o in found}
 
     async def wait_names(names: dict[str, str]) -> dict[str, tuple[str, object, int]]:
-        deadline = time.monotonic() + 120
-        while True:
-            worker.assert_alive()
-            try:
-                found = await asyncio.to_thread(rows)
-            except Exception:  # the table is created when the worker starts
-                found = {}
-            if {c: r[0] for c, r in found.items()} == names:
-                return found
-            assert time.monotonic() < deadline, worker.tail()
-            await asyncio.sleep(0.2)
+        found: dict[str, tuple[str, object, int]] = await eventually(
+            lambda: asyncio.to_thread(rows),
+            lambda now: {c: r[0] for c, r in now.items()} == names,
+            what=f"the comets {names}",
+            alive=[worker],
+            ignoring=(SQLAlchemyError,),  # the table is created when the worker starts
+        )
+        return found
 
     worker.start()
     try:

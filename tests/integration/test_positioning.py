@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.support import (
     wait_caught_up,
     worker_env,
 )
+from tests.waiting import eventually
 
 PLANET = build_spec(Planet)
 
@@ -97,13 +97,13 @@ async def test_positioning_waits_out_a_database_outage_with_backoff(
         await proxy.close()  # worker a loses its database
         outage_from = a.log_path.stat().st_size
         b.start()  # a rebalance: a must position its partitions again, without a database
-        deadline = time.monotonic() + 120
-        while len(_positioning_warnings(a, outage_from)) < 3:
-            a.assert_alive()
-            b.assert_alive()
-            assert time.monotonic() < deadline, a.tail()
-            await asyncio.sleep(0.2)
-        first, _, third = _positioning_warnings(a, outage_from)[:3]
+        warnings = await eventually(
+            lambda: _positioning_warnings(a, outage_from),
+            lambda found: len(found) >= 3,
+            what="three positioning warnings from worker a",
+            alive=[a, b],
+        )
+        first, _, third = warnings[:3]
         assert (third - first).total_seconds() >= 1.4  # 0.5 s, then 1 s: backing off
         await proxy.start()  # the database is back
         await produce(kafka_bootstrap, topic, planets(100, 100))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import TopicAlreadyExistsError
 
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
@@ -23,6 +24,7 @@ from tests.support import (
     wait_caught_up,
     wait_stored,
 )
+from tests.waiting import eventually
 
 PARTITIONS = 4
 
@@ -65,15 +67,12 @@ async def recreate(bootstrap: str, topic: str) -> None:
         await admin.delete_topics([topic])
     finally:
         await admin.close()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await create_topic(bootstrap, topic, PARTITIONS)
-            break
-        except Exception:  # the deletion is still under way: TopicAlreadyExists
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    await eventually(
+        lambda: create_topic(bootstrap, topic, PARTITIONS),
+        lambda _: True,
+        what=f"{topic} created again",
+        ignoring=(TopicAlreadyExistsError,),  # the deletion is still under way
+    )
     assert sum((await end_offsets(bootstrap, topic)).values()) == 0
 
 

@@ -3,11 +3,10 @@ rest applied in order from the log start."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 
+import aiohttp
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
@@ -23,8 +22,10 @@ from tests.support import (
     make_worker,
     metric_value,
     produce_timed,
+    read_metrics,
     wait_caught_up,
 )
+from tests.waiting import eventually
 
 PLANET = build_spec(Planet)
 PARTITIONS = 4
@@ -141,8 +142,12 @@ async def delete_records(bootstrap: str, topic: str, log_start: dict[int, int]) 
 
 async def lost_counts(worker: WorkerProcess, topic: str) -> dict[int, float | None]:
     """Return the worker's ``mirror_lost_records_total`` of each partition of ``topic``."""
-    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/metrics"
-    text = await asyncio.to_thread(_get, url)
+    text = await eventually(
+        lambda: read_metrics(worker),
+        what="/metrics answering",
+        alive=[worker],
+        ignoring=(aiohttp.ClientError, TimeoutError),
+    )
     return {
         p: metric_value(text, f'mirror_lost_records_total{{partition="{p}",topic="{topic}"}}')
         for p in range(PARTITIONS)
@@ -162,17 +167,3 @@ def kept_planets(
         if offset >= log_start[partition]:
             kept.add(key.decode())
     return kept
-
-
-def _get(url: str) -> str:
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return str(response.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,12 +28,15 @@ from tests.support import (
     create_topic,
     end_offsets,
     expected_state,
+    get_settled,
     produce_timed,
     read_latest,
     wait_caught_up,
+    wait_ready,
     wait_stored,
     worker_env,
 )
+from tests.waiting import DEADLINE, eventually
 
 PLANET = build_spec(Planet)
 PARTITIONS = 6
@@ -76,56 +78,34 @@ def base_url(worker: WorkerProcess) -> str:
     return f"http://127.0.0.1:{worker.env['WEB_PORT']}"
 
 
-async def wait_ready(
-    http: aiohttp.ClientSession, workers: list[WorkerProcess], timeout: float = 120.0
-) -> None:
-    """Wait until every worker's /ready says ready (assigned, no rebalance, tables recovered)."""
-    deadline = time.monotonic() + timeout
-    pending = list(workers)
-    while pending:
-        for worker in list(pending):
-            worker.assert_alive()
-            try:
-                async with http.get(f"{base_url(worker)}/ready") as response:
-                    if response.status == 200:
-                        pending.remove(worker)
-            except aiohttp.ClientError:
-                pass
-        if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"not ready: {[base_url(w) for w in pending]}\n{pending[0].tail()}")
-        await asyncio.sleep(0.25)
-
-
-async def get_entity(
-    http: aiohttp.ClientSession, worker: WorkerProcess, key: str, timeout: float = 60.0
-) -> tuple[int, dict[str, object]]:
-    """GET one planet, retrying 503s (rebalancing, recovering) until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        async with http.get(f"{base_url(worker)}/entities/planet/{key}") as response:
-            body = await response.json()
-            if response.status != 503:
-                return response.status, body
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{base_url(worker)} still answers 503 for {key}: {body}")
-        await asyncio.sleep(0.2)
-
-
 async def wait_sql_state(
-    store: SqlStore, expected: dict[str, str], workers: list[WorkerProcess], timeout: float = 180.0
+    store: SqlStore,
+    expected: dict[str, str],
+    workers: list[WorkerProcess],
+    timeout: float = DEADLINE,
 ) -> None:
-    deadline = time.monotonic() + timeout
-    state: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        for worker in workers:
-            worker.assert_alive()
-        rows = await asyncio.to_thread(store.rows, PLANET)
-        state = {str(k): str(v["name"]) for k, v in rows.items()}
-        if state == expected:
-            return
-        await asyncio.sleep(0.25)
-    missing = {k: v for k, v in expected.items() if state.get(k) != v}
-    raise AssertionError(f"SQL differs on {len(missing)} keys, e.g. {list(missing.items())[:3]}")
+    """Wait until the SQL table holds exactly ``expected`` (uuid -> name)."""
+
+    def differences() -> dict[str, tuple[str | None, str | None]]:
+        state = {str(k): str(v["name"]) for k, v in store.rows(PLANET).items()}
+        keys = set(state) | set(expected)
+        return {k: (state.get(k), expected.get(k)) for k in keys if state.get(k) != expected.get(k)}
+
+    await eventually(
+        lambda: asyncio.to_thread(differences),
+        lambda differ: not differ,
+        what=f"the SQL table holding the {len(expected)} expected planets (key: (found, wanted))",
+        timeout=timeout,
+        every=0.25,
+        alive=workers,
+    )
+
+
+async def wait_all_ready(workers: list[WorkerProcess]) -> None:
+    """Wait until every worker's /ready says ready (assigned, no rebalance, tables recovered),
+    failing at once if any of them exits."""
+    for worker in workers:
+        await wait_ready(worker, alive=workers)
 
 
 @pytest.mark.slow
@@ -156,7 +136,7 @@ async def test_workers_share_partitions_and_answer_for_every_key(
         try:
             for worker in (a, b, c):
                 worker.start()
-            await wait_ready(http, [a, b, c])
+            await wait_all_ready([a, b, c])
             producing = asyncio.create_task(
                 produce_timed(
                     kafka_bootstrap,
@@ -168,7 +148,9 @@ async def test_workers_share_partitions_and_answer_for_every_key(
             )
             # Leave while events flow: after the first records are applied.
             await wait_stored(store, app_id, 600, c, a, b)
-            c.stop(stop_signal)
+            # c leaves by the signal given, having run until then (not "exited" on its own).
+            assert c.stop(stop_signal) == stop_signal.name, c.tail()
+            c.assert_exited(-signal.SIGKILL if stop_signal == signal.SIGKILL else 0)
             d.start()
             positions = await producing
             assert sum((await end_offsets(kafka_bootstrap, topic)).values()) == len(sent)
@@ -180,7 +162,7 @@ async def test_workers_share_partitions_and_answer_for_every_key(
             )
             # Each record counted once, though some were delivered again after the rebalances.
             assert sum(store.outcome_counts(app_id).values()) == len(sent)
-            await wait_ready(http, survivors)
+            await wait_all_ready(survivors)
 
             # The changelog, which a new owner recovers from, holds the committed state.
             changelog = await read_latest(kafka_bootstrap, f"{app_id}-planet-changelog")
@@ -196,7 +178,9 @@ async def test_workers_share_partitions_and_answer_for_every_key(
             assert len(every_key) > len(expected)  # some entities end deleted
             for worker in survivors:
                 for key in every_key:
-                    status, body = await get_entity(http, worker, key)
+                    status, body = await get_settled(
+                        http, f"{base_url(worker)}/entities/planet/{key}", alive=survivors
+                    )
                     if key in expected:
                         assert (status, body) == (200, {"uuid": key, "name": expected[key]}), (
                             base_url(worker)
@@ -210,10 +194,14 @@ async def test_workers_share_partitions_and_answer_for_every_key(
                 assert 'result="local"' in text and 'result="forwarded"' in text, base_url(worker)
                 # The recovery watchdog never had to step in.
                 assert "mirror_recovery_stalls_total 0.0" in text, base_url(worker)
+            # Every survivor ran from its one start to the end, and stops when asked.
+            for worker in survivors:
+                worker.assert_alive()
+            for worker in survivors:
+                assert worker.stop() == "SIGTERM", worker.tail()
         finally:
             for worker in workers:
                 worker.stop()
-    assert all(w.starts == 1 for w in workers), [w.starts for w in workers]
 
 
 @pytest.mark.slow
@@ -235,40 +223,42 @@ async def test_workers_share_a_forwarded_topic_through_a_rebalance(
     a, b, c = member("a"), member("b"), member("c")
     workers = [a, b, c]
     sent: list[Sent] = chaotic_stream(6_000, 300, seed=41, foreign_keys=True)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        try:
-            a.start()
-            b.start()
-            await wait_ready(http, [a, b])
-            producing = asyncio.create_task(
-                produce_timed(
-                    kafka_bootstrap,
-                    topic,
-                    ((s.key, s.value, s.timestamp) for s in sent),
-                    chunk=300,
-                    pause=0.3,
-                )
+    try:
+        a.start()
+        b.start()
+        await wait_all_ready([a, b])
+        producing = asyncio.create_task(
+            produce_timed(
+                kafka_bootstrap,
+                topic,
+                ((s.key, s.value, s.timestamp) for s in sent),
+                chunk=300,
+                pause=0.3,
             )
-            await wait_stored(store, app_id, 600, b, a)
-            b.stop(signal.SIGKILL)
-            c.start()
-            positions = await producing
-            survivors = [a, c]
-            await wait_sql_state(store, expected_state(sent, positions), survivors)
+        )
+        await wait_stored(store, app_id, 600, b, a)
+        b.kill()  # fails unless b ran until this SIGKILL ended it
+        c.start()
+        positions = await producing
+        survivors = [a, c]
+        await wait_sql_state(store, expected_state(sent, positions), survivors)
 
-            def alive() -> None:
-                for worker in survivors:
-                    worker.assert_alive()
+        def alive() -> None:
+            for worker in survivors:
+                worker.assert_alive()
 
-            await wait_caught_up(kafka_bootstrap, app_id, topic, alive=alive)
-            await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=alive)
-            forwarded = sum((await end_offsets(kafka_bootstrap, repartition)).values())
-            assert forwarded >= len(sent)  # every record, some twice after the kill
-            counts = store.outcome_counts(app_id)
-            assert sum(n for (t, _), n in counts.items() if t == repartition) == forwarded
-            assert counts.get((repartition, "rejected"), 0) == 0
-        finally:
-            for worker in workers:
-                worker.stop()
-    assert all(w.starts == 1 for w in workers), [w.starts for w in workers]
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=alive)
+        await wait_caught_up(kafka_bootstrap, app_id, repartition, alive=alive)
+        forwarded = sum((await end_offsets(kafka_bootstrap, repartition)).values())
+        assert forwarded >= len(sent)  # every record, some twice after the kill
+        counts = store.outcome_counts(app_id)
+        assert sum(n for (t, _), n in counts.items() if t == repartition) == forwarded
+        assert counts.get((repartition, "rejected"), 0) == 0
+        # Every survivor ran from its one start to the end, and stops when asked.
+        for worker in survivors:
+            worker.assert_alive()
+        for worker in survivors:
+            assert worker.stop() == "SIGTERM", worker.tail()
+    finally:
+        for worker in workers:
+            worker.stop()

@@ -7,10 +7,9 @@ is one line naming what to fix, not "cannot reach Kafka" (streams/broker_failure
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 import trustme
 
@@ -23,6 +22,7 @@ from tests.support import (
     error_lines,
     expected_planets,
     free_port,
+    get_settled,
     make_worker,
     metric_value,
     planet_stream,
@@ -114,14 +114,12 @@ async def test_a_worker_and_the_commands_work_over_sasl_ssl(
         assert read_planets(pg_url) == expected
         # Reads by key come from the cached table, whose changelog is on the secure broker too;
         # 503 only while the group settles.
-        for key, name in sorted(expected.items())[:5]:
-            deadline = time.monotonic() + 60
-            status, body = await asyncio.to_thread(http_get, f"{base}/entities/planet/{key}")
-            while status == 503 and time.monotonic() < deadline:
-                worker.assert_alive()
-                await asyncio.sleep(0.25)
-                status, body = await asyncio.to_thread(http_get, f"{base}/entities/planet/{key}")
-            assert (status, json.loads(body)) == (200, {"uuid": key, "name": name})
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            for key, name in sorted(expected.items())[:5]:
+                answer = await get_settled(
+                    http, f"{base}/entities/planet/{key}", timeout=60, alive=[worker]
+                )
+                assert answer == (200, {"uuid": key, "name": name})
         _, metrics = await asyncio.to_thread(http_get, f"{base}/metrics")
         assert metric_value(metrics, 'mirror_entity_reads_total{entity="planet",result="local"}')
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -11,25 +10,27 @@ from sqlalchemy import create_engine, text
 
 from tests.integration.test_mirror import read_planets
 from tests.support import create_topic, make_worker, produce, wait_caught_up
+from tests.waiting import DEADLINE, eventually
 
 SHUTDOWN_TIMEOUT = 5.0
 
 
-async def wait_blocked_on_lock(pg_url: str, timeout: float = 120.0) -> None:
+async def wait_blocked_on_lock(pg_url: str, timeout: float = DEADLINE) -> None:
     """Wait until some session of the test's database waits on a lock (the worker's batch)."""
     engine = create_engine(pg_url)
     query = text(
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
-    deadline = time.monotonic() + timeout
+
+    def waiting() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     try:
-        while True:
-            with engine.connect() as conn:
-                if conn.execute(query).scalar_one():
-                    return
-            assert time.monotonic() < deadline, "no batch ever waited on the lock"
-            await asyncio.sleep(0.1)
+        await eventually(
+            waiting, what="a session waiting on the lock (a batch)", timeout=timeout, every=0.1
+        )
     finally:
         engine.dispose()
 

@@ -36,6 +36,7 @@ from tests.support import (
     wait_ready,
     worker_env,
 )
+from tests.waiting import eventually
 
 PLANET = build_spec(Planet)
 #: Faust's key for the changelog offset a RocksDB partition holds (faust/stores/rocksdb.py).
@@ -128,21 +129,20 @@ async def test_the_sql_mirror_goes_on_while_a_large_memory_table_recovers(
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             # Once it reads its partitions again (recovery under way), the updates are sent.
-            deadline = time.monotonic() + 120
-            while True:
-                worker.assert_alive()
-                assert time.monotonic() < deadline, worker.tail()
-                with_tables = await ready_body(http, base)
-                if with_tables.get("assigned") and with_tables.get("tables_recovering"):
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: ready_body(http, base),
+                lambda body: body.get("assigned") and body.get("tables_recovering"),
+                what="/ready saying assigned, tables recovering",
+                every=0.05,
+                alive=[worker],
+            )
             await produce(kafka_bootstrap, topic, (updated(k, f"second {k}") for k in later))
             in_sql_at = ready_at = None
             saw_recovering_503 = False
-            deadline = time.monotonic() + 300
-            while in_sql_at is None or ready_at is None:
-                worker.assert_alive()
-                assert time.monotonic() < deadline, worker.tail()
+
+            async def note_when() -> tuple[float | None, float | None]:
+                """Note when the updates are in SQL and when the worker is ready."""
+                nonlocal in_sql_at, ready_at, saw_recovering_503
                 now = time.monotonic()
                 if in_sql_at is None:
                     rows = await asyncio.to_thread(store.rows, PLANET)
@@ -155,7 +155,17 @@ async def test_the_sql_mirror_goes_on_while_a_large_memory_table_recovers(
                     else:
                         async with http.get(f"{base}/entities/planet/{keys[-1]}") as response:
                             saw_recovering_503 |= response.status == 503
-                await asyncio.sleep(0.05)
+                return in_sql_at, ready_at
+
+            await eventually(
+                note_when,
+                lambda seen: None not in seen,
+                what="the updates in SQL (first) and the worker ready (second)",
+                timeout=300,
+                every=0.05,
+                alive=[worker],
+            )
+            assert in_sql_at is not None and ready_at is not None
             # The updates reached SQL before the table was recovered, and reads answered 503
             # meanwhile.
             assert in_sql_at < ready_at, (in_sql_at, ready_at)
@@ -196,19 +206,19 @@ async def make_again(bootstrap: str, topic: str, partitions: int) -> None:
     await admin.start()
     try:
         await admin.delete_topics([topic])
-        deadline = time.monotonic() + 60
-        while True:  # the broker deletes it in the background
-            assert time.monotonic() < deadline, f"{topic} was not deleted"
-            if topic not in await admin.list_topics():
-                try:
-                    new = NewTopic(
-                        topic, partitions, 1, topic_configs={"cleanup.policy": "compact"}
-                    )
-                    await admin.create_topics([new])
-                    break
-                except TopicAlreadyExistsError:
-                    pass  # still being deleted
-            await asyncio.sleep(0.2)
+        new = NewTopic(topic, partitions, 1, topic_configs={"cleanup.policy": "compact"})
+
+        async def create_once_deleted() -> bool:
+            if topic in await admin.list_topics():
+                return False  # the broker deletes it in the background
+            await admin.create_topics([new])
+            return True
+
+        await eventually(
+            create_once_deleted,
+            what=f"{topic} deleted and created again",
+            ignoring=(TopicAlreadyExistsError,),  # still being deleted
+        )
     finally:
         await admin.close()
     assert await end_offsets(bootstrap, topic) == dict.fromkeys(range(partitions), 0)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from sqlalchemy.engine import make_url
@@ -19,6 +16,7 @@ from tests.support import (
     WorkerProcess,
     create_topic,
     expected_planets,
+    get_settled,
     make_worker,
     planet_stream,
     produce,
@@ -26,20 +24,10 @@ from tests.support import (
     wait_ready,
     worker_env,
 )
+from tests.waiting import eventually
 
 TOKEN = "t0ken-" + uuid.uuid4().hex[:8]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-async def get_json(http: aiohttp.ClientSession, url: str, timeout: float = 60.0) -> tuple[int, Any]:
-    """GET ``url`` with the token, retrying 503s (rebalancing, recovering) until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        async with http.get(url, headers=AUTH) as response:
-            body = await response.json()
-            if response.status != 503 or time.monotonic() > deadline:
-                return response.status, body
-        await asyncio.sleep(0.2)
 
 
 def served_routes(env: dict[str, str]) -> list[tuple[str, str]]:
@@ -156,7 +144,10 @@ async def test_a_read_forwarded_to_the_owning_worker_passes_the_token_on(
             for worker in workers:
                 base = f"http://127.0.0.1:{worker.env['WEB_PORT']}"
                 answers = {
-                    key: await get_json(http, f"{base}/entities/planet/{key}") for key in expected
+                    key: await get_settled(
+                        http, f"{base}/entities/planet/{key}", headers=AUTH, alive=workers
+                    )
+                    for key in expected
                 }
                 assert answers == {
                     key: (200, {"uuid": key, "name": name}) for key, name in expected.items()
@@ -220,11 +211,12 @@ async def test_bad_parameters_are_400_and_a_store_outage_is_503(
                 async with http.get(base + path) as response:
                     return response.status, response.headers.get("Retry-After")
 
-            deadline = time.monotonic() + 60
-            while (await answer("/entities/planet/p-cached"))[0] != 200:
-                worker.assert_alive()
-                assert time.monotonic() < deadline, "p-cached is never read back"
-                await asyncio.sleep(0.2)
+            await eventually(
+                lambda: answer("/entities/planet/p-cached"),
+                lambda got: got[0] == 200,
+                what="p-cached read back",
+                alive=[worker],
+            )
             store_up = {
                 path: await answer(path)
                 for path in (

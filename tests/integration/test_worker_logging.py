@@ -8,15 +8,14 @@ nothing else (``faust -A streams.app -q worker`` leaves it out).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import WorkerProcess, make_worker, wait_ready
+from tests.waiting import eventually
 
 #: Faust's worker says "[^<its class>]: Ready" once started.
 READY = "Worker]: Ready"
@@ -28,17 +27,20 @@ def started_lines(worker: WorkerProcess) -> list[str]:
     return [line for line in text.split("=====\n")[-1].splitlines() if line.strip()]
 
 
-async def wait_logged(worker: WorkerProcess, text: str, timeout: float = 120.0) -> list[str]:
+async def wait_logged(worker: WorkerProcess, text: str) -> list[str]:
     """Wait until a log line holds ``text``; return the lines up to and including it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        worker.assert_alive()
+
+    def up_to_text() -> list[str]:
         lines = started_lines(worker)
         for index, line in enumerate(lines):
             if text in line:
                 return lines[: index + 1]
-        assert time.monotonic() < deadline, f"no log line says {text!r}:\n{worker.tail()}"
-        await asyncio.sleep(0.2)
+        return []
+
+    lines: list[str] = await eventually(
+        up_to_text, what=f"a log line saying {text!r}", alive=[worker]
+    )
+    return lines
 
 
 def logging_worker(

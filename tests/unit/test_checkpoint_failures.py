@@ -22,6 +22,7 @@ from streams.handoff import Handoff
 from streams.holds import FAILED
 from streams.mirror import Mirror
 from streams.settings import Settings
+from tests.waiting import eventually
 
 PLANET = build_spec(Planet)
 TOPIC = "planet-changed"
@@ -48,10 +49,12 @@ class FailingCache:
     async def put(self, entries: Any) -> None:
         self.written.append(len(list(entries)))
         if len(self.written) == self.fail_on:
-            deadline = asyncio.get_running_loop().time() + 30
-            while self.store.stored_offsets("g").get((TOPIC, 0)) != self.committed_after:
-                assert asyncio.get_running_loop().time() < deadline
-                await asyncio.sleep(0.01)
+            await eventually(
+                lambda: self.store.stored_offsets("g").get((TOPIC, 0)),
+                lambda stored: stored == self.committed_after,
+                what=f"the batch after it committed (offset {self.committed_after} stored)",
+                every=0.01,
+            )
             raise RuntimeError("no space left on device")
 
 
@@ -99,10 +102,12 @@ async def test_a_batch_whose_cache_step_fails_is_read_again_and_not_stepped_over
         # Three batches of ten: the second's cache step fails once the third has committed.
         for first in (0, 10, 20):
             assert handoff.deliver(tp, records(0, first, 10))
-        deadline = asyncio.get_running_loop().time() + 30
-        while not (tp in handoff.held and checkpoint.idle.is_set() and not len(feed)):
-            assert asyncio.get_running_loop().time() < deadline, (handoff.held, cache.written)
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: (dict(handoff.held), checkpoint.idle.is_set(), len(feed), cache.written),
+            lambda seen: tp in seen[0] and seen[1] and not seen[2],
+            what="the partition held, the checkpoint idle and the feed empty",
+            every=0.01,
+        )
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

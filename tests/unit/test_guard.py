@@ -1,8 +1,10 @@
 """The version guard: stale and duplicate events are skipped, deletes leave tombstones.
 
-The property test replays the same events in any order, any batching and with duplicates
-through ``resolve`` and an in-memory model of the store, and always reaches the state that
-the newest event of each key decides.
+The property tests replay the same events in any order, any batching and with duplicates
+through ``route``, ``resolve`` and an in-memory model of the store, and always reach the state
+that the newest event of each key decides. What is newest, and what each event says, the
+oracles work out from the test's own description of the events (``Event``), never through
+the code under test (``route``, ``SourceRecord.position``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from models.planet import Planet
 from models.registry import build_spec
 from streams.core.guard import ZERO_VERSION, Current, Plan, resolve
-from streams.core.routing import Decision, Delete, Outcome, SourceRecord, Upsert, Version, route
+from streams.core.routing import Delete, Outcome, SourceRecord, Upsert, Version, route
 
 PLANET = build_spec(Planet)
 
@@ -156,14 +158,47 @@ def test_a_versionless_tombstone_deletes_whatever_is_there() -> None:
     assert plan.deletes["a"].version == ZERO_VERSION
 
 
-def _final_by_newest(records: list[SourceRecord]) -> dict[str, str]:
-    newest: dict[str, tuple[Version, Decision]] = {}
-    for r in records:
-        d = route(r, PLANET)
-        assert isinstance(d, Upsert | Delete) and d.version is not None
-        if d.key not in newest or d.version > newest[d.key][0]:
-            newest[d.key] = (d.version, d)
-    return {str(k): str(d.row["name"]) for k, (_, d) in newest.items() if isinstance(d, Upsert)}
+@dataclass(frozen=True)
+class Event:
+    """One event as the test made it: what the oracles read instead of the routed record."""
+
+    key: str
+    kind: str
+    """``update``, ``delete`` (a DELETED event) or ``tombstone`` (a null value)."""
+    ts: int
+    partition: int
+    offset: int
+    name: str
+
+    @property
+    def position(self) -> Version:
+        """Where it was produced: (timestamp, partition, offset)."""
+        return (self.ts, self.partition, self.offset)
+
+    @property
+    def deletes(self) -> bool:
+        return self.kind in ("delete", "tombstone")
+
+    def record(self) -> SourceRecord:
+        """Return the Kafka record that carries this event."""
+        return rec(
+            self.key,
+            self.ts,
+            name=self.name,
+            delete=self.kind == "delete",
+            tombstone=self.kind == "tombstone",
+            partition=self.partition,
+            offset=self.offset,
+        )
+
+
+def _final_by_newest(events: list[Event]) -> dict[str, str]:
+    """The greatest (timestamp, partition, offset) of each key decides its state."""
+    newest: dict[str, Event] = {}
+    for event in events:
+        if event.key not in newest or event.position > newest[event.key].position:
+            newest[event.key] = event
+    return {key: event.name for key, event in newest.items() if not event.deletes}
 
 
 events = st.lists(
@@ -181,31 +216,33 @@ events = st.lists(
 def test_any_order_batching_and_duplication_ends_in_the_same_state(
     events: list[tuple[str, str]], data: st.DataObject
 ) -> None:
-    records = [
-        rec(key, ts, delete=kind == "delete", tombstone=kind == "tombstone", partition=ts % 3)
+    made = [
+        Event(
+            key, "update" if kind in ("create", "update") else kind, ts, ts % 3, ts, f"{key}@{ts}"
+        )
         for ts, (key, kind) in enumerate(events, start=1)
     ]
-    expected = _final_by_newest(records)
-    delivered = data.draw(st.permutations(records))
-    duplicates = data.draw(st.lists(st.sampled_from(records), max_size=10))
-    delivered = [*delivered, *duplicates]
+    expected = _final_by_newest(made)
+    in_order = data.draw(st.permutations(made))
+    duplicates = data.draw(st.lists(st.sampled_from(made), max_size=10))
+    delivered = [*in_order, *duplicates]
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(delivered) - 1)), max_size=6)))
     store = MemoryStore()
     total: list[Outcome] = []
     for start, end in zip([0, *cuts], [*cuts, len(delivered)], strict=True):
-        total += outcomes(store.run(delivered[start:end]))
+        total += outcomes(store.run([event.record() for event in delivered[start:end]]))
     assert store.names() == expected
     assert len(total) == len(delivered)
-    # Exactly the events newer than every earlier delivery of their key apply, as one by one:
-    # so a duplicate (as new as its first delivery) never applies.
-    newest: dict[bytes | None, tuple[int, int, int]] = {}
-    applies = 0
-    for r in delivered:
-        if r.key not in newest or r.position > newest[r.key]:
-            newest[r.key] = r.position
-            applies += 1
-    assert total.count(Outcome.APPLIED) == applies
-    assert applies <= len(records)
+    # Exactly the events newer than every earlier delivery of their key apply, as one by one.
+    newest: dict[str, Version] = {}
+    applies = []
+    for event in delivered:
+        applies.append(event.key not in newest or event.position > newest[event.key])
+        if applies[-1]:
+            newest[event.key] = event.position
+    assert [outcome == Outcome.APPLIED for outcome in total] == applies
+    # A duplicate, delivered after its first copy, is never newer than it: always skipped.
+    assert total[len(in_order) :] == [Outcome.SKIPPED] * len(duplicates)
 
 
 def test_a_later_event_of_the_same_partition_applies_whatever_its_timestamp() -> None:
@@ -245,24 +282,18 @@ def test_a_clock_bounds_how_far_ahead_a_version_goes() -> None:
     assert isinstance(tombstone, Delete) and tombstone.version == (60_000, 0, 3_600_000)
 
 
-def _partition_order_oracle(records: list[SourceRecord]) -> dict[str, str]:
+def _partition_order_oracle(events: list[Event]) -> dict[str, str]:
     """The README's ordering, without the guard's code: each event's timestamp counts as the
     largest of its key's in its partition up to it; the greatest such version wins."""
-    lifted: dict[tuple[bytes | None, int], int] = {}
-    newest: dict[str, tuple[Version, SourceRecord]] = {}
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-        stamp = max(r.timestamp, lifted.get((r.key, r.partition), r.timestamp))
-        lifted[(r.key, r.partition)] = stamp
-        version = (stamp, r.partition, r.offset)
-        key = (r.key or b"").decode()
-        if key not in newest or version > newest[key][0]:
-            newest[key] = (version, r)
-    state = {}
-    for key, (_, r) in newest.items():
-        d = route(r, PLANET)
-        if isinstance(d, Upsert):
-            state[key] = str(d.row["name"])
-    return state
+    lifted: dict[tuple[str, int], int] = {}
+    newest: dict[str, tuple[Version, Event]] = {}
+    for event in sorted(events, key=lambda e: (e.partition, e.offset)):
+        stamp = max(event.ts, lifted.get((event.key, event.partition), event.ts))
+        lifted[(event.key, event.partition)] = stamp
+        version = (stamp, event.partition, event.offset)
+        if event.key not in newest or version > newest[event.key][0]:
+            newest[event.key] = (version, event)
+    return {key: event.name for key, (_, event) in newest.items() if not event.deletes}
 
 
 skewed = st.lists(
@@ -283,31 +314,24 @@ def test_partitions_in_any_interleaving_and_batching_end_as_partition_order_says
     events: list[tuple[str, str, int, int]], data: st.DataObject
 ) -> None:
     offsets = [0, 0, 0]
-    by_partition: list[list[SourceRecord]] = [[], [], []]
+    by_partition: list[list[Event]] = [[], [], []]
     for key, kind, partition, ts in events:
         offsets[partition] += 1
-        r = rec(
-            key,
-            ts,
-            name=f"{key}-{partition}-{offsets[partition]}",
-            delete=kind == "delete",
-            tombstone=kind == "tombstone",
-            partition=partition,
-            offset=offsets[partition],
-        )
-        by_partition[partition].append(r)
-    records = [r for part in by_partition for r in part]
+        offset = offsets[partition]
+        name = f"{key}-{partition}-{offset}"
+        by_partition[partition].append(Event(key, kind, ts, partition, offset, name))
+    made = [event for part in by_partition for event in part]
     # Deliver the partitions interleaved at random, each in its own order.
     pending = [list(part) for part in by_partition]
     delivered = []
     while any(pending):
         choice = data.draw(st.sampled_from([i for i, p in enumerate(pending) if p]))
-        delivered.append(pending[choice].pop(0))
+        delivered.append(pending[choice].pop(0).record())
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(delivered) - 1)), max_size=6)))
     batched, one_by_one = MemoryStore(), MemoryStore()
     total: list[Outcome] = []
     for start, end in zip([0, *cuts], [*cuts, len(delivered)], strict=True):
         total += outcomes(batched.run(delivered[start:end]))
     alone = [o for r in delivered for o in outcomes(one_by_one.run([r]))]
-    assert batched.names() == one_by_one.names() == _partition_order_oracle(records)
+    assert batched.names() == one_by_one.names() == _partition_order_oracle(made)
     assert total == alone

@@ -6,13 +6,13 @@ min.insync.replicas=2) before fault tests rely on it.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,15 +46,14 @@ async def test_topic_is_fully_replicated_and_round_trips_with_acks_all(
         await admin.close()
 
     # Metadata reaches the other brokers a moment after CreateTopics returns.
-    deadline = time.monotonic() + 60
-    while True:
-        partitions = await _describe(kafka_cluster_bootstrap, topic_name)
-        if len(partitions) == PARTITIONS and all(
-            len(p["isr"]) == REPLICAS and p["leader"] >= 0 for p in partitions
-        ):
-            break
-        assert time.monotonic() < deadline, f"partitions never fully in sync: {partitions}"
-        await asyncio.sleep(0.2)
+    partitions = await eventually(
+        lambda: _describe(kafka_cluster_bootstrap, topic_name),
+        lambda found: (
+            len(found) == PARTITIONS
+            and all(len(p["isr"]) == REPLICAS and p["leader"] >= 0 for p in found)
+        ),
+        what=f"{PARTITIONS} partitions with a leader and {REPLICAS} replicas in sync",
+    )
     assert sorted(p["partition"] for p in partitions) == list(range(PARTITIONS))
     assert all(sorted(p["replicas"]) == [1, 2, 3] for p in partitions), partitions
     assert all(sorted(p["isr"]) == [1, 2, 3] for p in partitions), partitions
@@ -83,12 +82,17 @@ async def test_topic_is_fully_replicated_and_round_trips_with_acks_all(
     )
     await consumer.start()
     try:
-        deadline = time.monotonic() + 60
-        while len(received) < MESSAGES and time.monotonic() < deadline:
+
+        async def fetch() -> int:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     assert record.key is not None and record.value is not None
                     received[record.key] = record.value
+            return len(received)
+
+        await eventually(
+            fetch, lambda got: got >= MESSAGES, what=f"{MESSAGES} messages back", every=0
+        )
         await consumer.commit()
     finally:
         await consumer.stop()

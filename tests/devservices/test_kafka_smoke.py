@@ -8,11 +8,11 @@ sends, this fails first and says which call broke.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -56,14 +56,19 @@ async def test_keyed_messages_come_back_from_every_partition(
     )
     await consumer.start()
     try:
-        deadline = time.monotonic() + 60
-        while len(received) < MESSAGES and time.monotonic() < deadline:
+
+        async def fetch() -> int:
             batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
                 partitions_seen.add(tp.partition)
                 for record in records:
                     assert record.key is not None and record.value is not None
                     received[record.key] = record.value
+            return len(received)
+
+        await eventually(
+            fetch, lambda got: got >= MESSAGES, what=f"{MESSAGES} messages back", every=0
+        )
         await consumer.commit()
         committed = {
             p: await consumer.committed(TopicPartition(topic_name, p)) for p in range(PARTITIONS)
