@@ -2,7 +2,7 @@
 
 Settings come from the environment once, here at the edge. A bad value ends the process
 with one line naming the variable, not a traceback. LOG_LEVEL and LOG_FORMAT apply from here
-on, before the app is built (``streams.logs``).
+on, before the app is built (``streams.ops.logs``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from streams.core.errors import MirrorError
-from streams.logs import configure_logging
+from streams.ops.logs import configure_logging
 from streams.settings import Settings
 from streams.worker import build_app
 

@@ -5,7 +5,7 @@ record has base64 ``key``/``value``, ``timestamp`` (ms), ``topic``, ``partition`
 ``offset``. :func:`handle_msk_event` keeps that pattern's contract: it returns
 ``(max_status, results)`` with 201 for CREATED, 200 for UPDATED (or no changeType),
 204 for DELETED and 400 for a rejected event. Records go through the same
-:class:`~streams.mirror.Mirror` as the Faust agents, in batches per entity.
+:class:`~streams.apply.mirror.Mirror` as the Faust agents, in batches per entity.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from streams.apply.mirror import Mirror, RecordResult
 from streams.core.routing import ChangeType, Outcome, Rejection, RejectReason, SourceRecord
-from streams.mirror import Mirror, RecordResult
 
 STATUS_BY_CHANGE = {ChangeType.CREATED: 201, ChangeType.UPDATED: 200, ChangeType.DELETED: 204}
 STATUS_REJECTED = 400

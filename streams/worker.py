@@ -18,22 +18,24 @@ import faust
 
 from models.registry import Registry, default_registry
 from models.store import SqlStore
-from streams import aiokafka_fixes, logs
-from streams.agents import (
+from streams.apply.agents import (
     EntityAgents,
     register_agents,
     register_tombstone_purge,
     repartition_topic,
 )
+from streams.apply.mirror import Mirror
 from streams.core.errors import MirrorError, SettingsError
 from streams.faust_app import FAUST_OPTIONS, MirrorTransportApp
-from streams.freshness import Freshness
-from streams.handoff import Handoff
 from streams.intake.faust_consumer import assignment_settled
-from streams.mirror import Mirror
+from streams.intake.handoff import Handoff
+from streams.intake.positioner import Positioner
+from streams.kafka import aiokafka_fixes
+from streams.kafka.topic_ids import TopicIds
+from streams.ops import logs
 from streams.ops.faust_recovery import recovery_watchdog
-from streams.positioner import Positioner
-from streams.preflight import (
+from streams.ops.freshness import Freshness
+from streams.ops.preflight import (
     broker_problem,
     database_problem,
     faust_conf_problem,
@@ -41,10 +43,9 @@ from streams.preflight import (
     topic_partition_counts,
     web_port_problem,
 )
+from streams.ops.topic_watch import TopicWatch
+from streams.ops.web import register_pages
 from streams.settings import Settings
-from streams.topic_ids import TopicIds
-from streams.topic_watch import TopicWatch
-from streams.web import register_pages
 from tables.cache import EntityCache, changelog_topic, declare_caches
 from tables.changelogs import read_changelogs, refill
 from tables.local_store import check_table_files, lock_data_dir, writable_problem
@@ -398,7 +399,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         producer_metadata_max_age_ms=METADATA_MAX_AGE_MS,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 5),
-        # LOG_LEVEL and LOG_FORMAT from the worker's first line (streams/logs.py).
+        # LOG_LEVEL and LOG_FORMAT from the worker's first line (streams/ops/logs.py).
         Worker=MirrorWorker,
         **extra,
     )

@@ -26,9 +26,9 @@ import faust
 import orjson
 
 from models.registry import EntitySpec, Registry
-from streams import metrics
-from streams.producers import OwnProducer
-from streams.record_batches import RecordBatches
+from streams.kafka.producers import OwnProducer
+from streams.kafka.record_batches import RecordBatches
+from streams.ops import metrics
 from streams.settings import Settings
 from tables.api import public
 from tables.faust_store import LocalTable, recovering_partitions

@@ -15,7 +15,7 @@ entry of every key is its newest committed state. Running workers read what a re
 their next recovery, which this worker's joining the group starts. A refill that fails leaves
 nothing recorded, and the next start does it again (an entry written twice is harmless).
 
-A source topic given more partitions (``streams.topic_watch``): its changelog is given as many
+A source topic given more partitions (``streams.ops.topic_watch``): its changelog is given as many
 (:func:`grow_changelog`), and the entries whose key now hashes to another partition are written
 there again from the rows, with a deletion where they were (:func:`rebuild_moved`), under the
 same lock and with the same guarantee as a refill.
@@ -34,8 +34,8 @@ from models.registry import EntitySpec
 from models.store import SqlStore, StoreTransaction
 from streams.core.changelog_checks import ChangelogLog, refill_reason
 from streams.core.errors import MirrorError
+from streams.kafka.topics import admin_client, topic_ids
 from streams.settings import Settings
-from streams.topics import admin_client, topic_ids
 from tables.cache import ChangelogWriter, Entry, cache_entry, cache_key
 from tables.partitioner import key_partition
 

@@ -25,8 +25,8 @@ from yarl import URL
 
 from models.registry import Registry
 from models.store import SqlStore
-from streams import metrics
 from streams.core.errors import StoreUnavailableError
+from streams.ops import metrics
 from tables import api
 from tables.cache import EntityCache, cache_key
 
@@ -56,7 +56,8 @@ def register_entity_views(
     store: SqlStore,
     caches: Mapping[str, EntityCache],
 ) -> None:
-    """Add the entity pages to ``app``'s web server (streams/web.py guards them with the token)."""
+    """Add the entity pages to ``app``'s web server (streams/ops/web.py guards them with the
+    token)."""
     canonical = URL(str(app.conf.canonical_url))
 
     def unavailable(view: View, message: str) -> Response:

@@ -841,8 +841,8 @@ def mirrored_planets(url: str, count: int, group: str = "api") -> SqlStore:
     import models.planet  # noqa: F401  (declares Planet in the default registry)
     from models.registry import default_registry
     from models.store import SqlStore
+    from streams.apply.mirror import Mirror
     from streams.core.routing import SourceRecord
-    from streams.mirror import Mirror
 
     store = SqlStore.from_url(url)
     store.create_tables(list(default_registry))

@@ -24,13 +24,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.broker_failures import start_client
 from streams.core.errors import MirrorError
-from streams.preflight import database_problem
+from streams.kafka.broker_failures import start_client
+from streams.ops.preflight import database_problem
 
 if TYPE_CHECKING:
     from models.registry import EntitySpec
-    from streams.mirror import Mirror
+    from streams.apply.mirror import Mirror
 from streams.settings import Settings
 
 PLANETS = ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune", "Pluto"]
@@ -118,10 +118,10 @@ def _entity(settings: Settings, kind: str) -> tuple[Mirror, EntitySpec]:
 def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
     """Print committed, stored and end offsets with the lag and staleness per partition, table
     rows, and the end-to-end delay per entity when workers' ``/metrics`` are given."""
-    from streams.agents import repartition_topic
+    from streams.apply.agents import repartition_topic
     from streams.cli import operations
     from streams.core.staleness import stored_staleness
-    from streams.topics import topic_ids
+    from streams.kafka.topics import topic_ids
     from streams.worker import build_mirror
 
     mirror = build_mirror(settings)
@@ -318,8 +318,8 @@ def cmd_rebuild(settings: Settings, kind: str) -> int:
 
 def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     """List or redrive the dead letters of one entity's topic."""
-    from streams.deadletters import dead_letter_topic
-    from streams.redrive import Selection, read_dead_letters, redrive
+    from streams.apply.deadletters import dead_letter_topic
+    from streams.ops.redrive import Selection, read_dead_letters, redrive
 
     mirror, spec = _entity(settings, args.kind)
     mirror.store.dispose()

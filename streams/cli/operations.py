@@ -20,13 +20,13 @@ from sqlalchemy import delete
 
 from models.registry import EntitySpec
 from models.store import offsets_table
-from streams import aiokafka_fixes
+from streams.apply.mirror import Mirror, fast_loads
 from streams.core.errors import MirrorError
 from streams.core.guard import Current, resolve
 from streams.core.routing import EntityKey, Rejection, SourceRecord, lift_to_floor, route
-from streams.mirror import Mirror, fast_loads
+from streams.kafka import aiokafka_fixes
+from streams.kafka.topics import topic_partitions, with_admin
 from streams.settings import Settings
-from streams.topics import topic_partitions, with_admin
 
 
 async def partitions_of(settings: Settings, topic: str) -> list[int]:

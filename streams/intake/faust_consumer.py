@@ -13,14 +13,14 @@ be written (``tests/unit/test_faust_workarounds.py`` unless said otherwise).
    an ``Event`` and queues it): a bare agent read 5,000 to 15,000 records/s here, against about
    200,000 for the same consumer's raw ``getmany`` (BENCHMARKS.md, "What changed, measured").
    :meth:`MirrorConsumer.getmany` hands each fetched run of a mirrored partition to
-   :class:`~streams.handoff.Handoff` whole; other topics (changelogs) take Faust's own path.
+   :class:`~streams.intake.handoff.Handoff` whole; other topics (changelogs) take Faust's own path.
 
 2. **Faust seeks to the committed offset after resuming** (faust-streaming/faust#216):
    ``Recovery._resume_streams`` and ``Recovery.on_recovery_completed`` call
    ``resume_partitions`` before ``perform_seek``, so the first records can come from a stale
    position. :meth:`MirrorConsumer.perform_seek` leaves mirrored partitions to
-   ``streams.positioner`` (they are sought to the offsets stored with the data before they are
-   fetched at all, :meth:`MirrorConsumer._getmany`). Test: the order in Faust's source.
+   ``streams.intake.positioner`` (they are sought to the offsets stored with the data before
+   they are fetched at all, :meth:`MirrorConsumer._getmany`). Test: the order in Faust's source.
 
 3. **Seeking a partition a rebalance took away crashes the fetcher** (faust-streaming/faust#54,
    aiokafka's ``IllegalStateError``): :func:`_seek_to_committed` seeks only what aiokafka still
@@ -51,7 +51,7 @@ from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 
-from streams.handoff import FLOW_STOPPED, Handoff, discarded
+from streams.intake.handoff import FLOW_STOPPED, Handoff, discarded
 
 log = logging.getLogger(__name__)
 

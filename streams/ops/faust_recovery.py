@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable
 
 import faust
 
-from streams import metrics
 from streams.core.recovery import RecoveryProgress
 from streams.intake.faust_consumer import request_rejoin
+from streams.ops import metrics
 from tables.faust_store import recovery_remaining
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.record.memory_records import MemoryRecords
 
-from streams.aiokafka_fixes import RawHeaderKey, TolerantMemoryRecords, send_with_raw_headers
+from streams.kafka.aiokafka_fixes import RawHeaderKey, TolerantMemoryRecords, send_with_raw_headers
 from tests.integration.test_mirror import read_planets
 from tests.support import create_topic, make_worker, wait_caught_up
 

@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.store import SqlStore
-from streams.deadletters import headers_dict
+from streams.apply.deadletters import headers_dict
 from tests.integration.test_mirror import read_planets
 from tests.support import (
     WorkerProcess,

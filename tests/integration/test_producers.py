@@ -3,7 +3,7 @@
 aiokafka, like the Java client, treats ``OutOfOrderSequenceNumber`` as fatal: once a partition
 answers it, every later batch of that producer to the partition fails the same way, so a
 changelog writer that only retried would fail forever (seen after a broker restart:
-``streams/producers.py``). Here the gap is made on purpose, on the real broker, by skipping
+``streams/kafka/producers.py``). Here the gap is made on purpose, on the real broker, by skipping
 sequence numbers of a partition; the first test shows aiokafka's behaviour, the second that the
 changelog writer (``tables/cache.py``) replaces its producer and its retry goes through.
 """

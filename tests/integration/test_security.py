@@ -1,7 +1,7 @@
 """Kafka over SASL_SSL (SCRAM-SHA-512, a test CA), against a real broker configured that way.
 
 A worker and the commands work end to end over it; each way of getting the settings wrong
-is one line naming what to fix, not "cannot reach Kafka" (streams/broker_failures.py).
+is one line naming what to fix, not "cannot reach Kafka" (streams/kafka/broker_failures.py).
 """
 
 from __future__ import annotations

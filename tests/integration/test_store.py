@@ -27,8 +27,8 @@ from models.planet import Planet
 from models.registry import EntitySpec, Registry, build_spec, default_registry
 from models.store import SqlStore
 from models.store.schema import reads_back_as_written
+from streams.apply.mirror import Mirror
 from streams.core.routing import Outcome, Rejection, RejectReason, SourceRecord
-from streams.mirror import Mirror
 
 PLANET = build_spec(Planet)
 

@@ -9,9 +9,9 @@ import aiokafka
 import aiokafka.consumer.fetcher as fetcher
 import pytest
 
-from streams import aiokafka_fixes
-from streams.aiokafka_fixes import TESTED_AIOKAFKA, check_aiokafka
 from streams.core.errors import DependencyError, MirrorError
+from streams.kafka import aiokafka_fixes
+from streams.kafka.aiokafka_fixes import TESTED_AIOKAFKA, check_aiokafka
 
 
 def test_the_installed_aiokafka_is_the_one_the_fixes_were_written_for() -> None:

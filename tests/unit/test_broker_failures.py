@@ -1,4 +1,4 @@
-"""From what a broker did to the one line saying what to fix (streams/broker_failures.py).
+"""From what a broker did to the one line saying what to fix (streams/kafka/broker_failures.py).
 
 The errors are built as aiokafka and the ssl module raised them against the real SASL_SSL
 broker (tests/integration/test_security.py runs each case against it once).
@@ -17,7 +17,7 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 
-from streams.broker_failures import Failure, Refusal, failure_line, most_telling
+from streams.kafka.broker_failures import Failure, Refusal, failure_line, most_telling
 from streams.settings import Settings
 
 ADDRESS = "127.0.0.1:29092"

@@ -14,13 +14,13 @@ from typing import Any, NamedTuple
 from models.planet import Planet
 from models.registry import Registry, build_spec
 from models.store import SqlStore
-from streams.applied_offsets import AppliedOffsets
-from streams.checkpoint import Checkpoint
+from streams.apply.applied_offsets import AppliedOffsets
+from streams.apply.checkpoint import Checkpoint
+from streams.apply.deadletters import DeadLetterWriter
+from streams.apply.holds import FAILED
+from streams.apply.mirror import Mirror
 from streams.core.routing import SourceRecord
-from streams.deadletters import DeadLetterWriter
-from streams.handoff import Handoff
-from streams.holds import FAILED
-from streams.mirror import Mirror
+from streams.intake.handoff import Handoff
 from streams.settings import Settings
 from tests.waiting import eventually
 

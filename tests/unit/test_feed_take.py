@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import NamedTuple
 
-from streams.feed import Feed
+from streams.intake.feed import Feed
 
 
 class Rec(NamedTuple):

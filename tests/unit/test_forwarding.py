@@ -7,12 +7,12 @@ import asyncio
 
 import models.planet  # noqa: F401  (registers the planet)
 from models.registry import default_registry
-from streams.applied_offsets import AppliedOffsets
+from streams.apply.applied_offsets import AppliedOffsets
+from streams.apply.forwarder import Forwarder
+from streams.apply.holds import FORWARD
 from streams.core.routing import SourceRecord
-from streams.forwarder import Forwarder
-from streams.handoff import Handoff
-from streams.holds import FORWARD
-from streams.producers import OwnProducer, passing_failure
+from streams.intake.handoff import Handoff
+from streams.kafka.producers import OwnProducer, passing_failure
 from streams.settings import Settings
 
 
@@ -106,7 +106,7 @@ def test_a_batch_that_does_not_follow_on_from_the_noted_offset_notes_nothing() -
 
 
 def test_a_partition_held_again_after_its_records_went_through_starts_at_5_s() -> None:
-    from streams.holds import HoldBackoff
+    from streams.apply.holds import HoldBackoff
 
     backoff = HoldBackoff()
     assert [backoff.next(("planets", 0)) for _ in range(6)] == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0]

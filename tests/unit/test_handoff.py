@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from streams.handoff import BACKLOG, Handoff
+from streams.intake.handoff import BACKLOG, Handoff
 
 
 class TP(NamedTuple):

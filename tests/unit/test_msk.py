@@ -15,7 +15,7 @@ import models.planet  # noqa: F401  (declares Planet in the default registry, ru
 from models.base import MirroredEntity
 from models.registry import Registry, default_registry
 from models.store import SqlStore
-from streams.mirror import Mirror
+from streams.apply.mirror import Mirror
 from streams.msk import MskEventError, handle_msk_event, records_from_msk_event
 
 

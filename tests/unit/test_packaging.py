@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from streams.aiokafka_fixes import TESTED_AIOKAFKA
+from streams.kafka.aiokafka_fixes import TESTED_AIOKAFKA
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"

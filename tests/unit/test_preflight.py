@@ -8,7 +8,7 @@ from typing import Any
 
 from yarl import URL
 
-from streams.preflight import faust_conf_problem
+from streams.ops.preflight import faust_conf_problem
 from streams.settings import Settings
 
 

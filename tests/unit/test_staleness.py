@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from streams.core.staleness import BEHIND_FLOOR, Head, Staleness, oldest_unapplied
-from streams.feed import Feed, heads_of, held_heads
+from streams.intake.feed import Feed, heads_of, held_heads
 
 NOW = 1_000_000.0
 P = ("planet-changed", 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from io import BytesIO
 
-from streams.topic_ids import (
+from streams.kafka.topic_ids import (
     MetadataRequest_v12,
     MetadataResponse_v12,
     TopicFacts,

@@ -1,10 +1,10 @@
-"""The API_TOKEN check of streams/web.py: the scheme in any case, the token exactly."""
+"""The API_TOKEN check of streams/ops/web.py: the scheme in any case, the token exactly."""
 
 from __future__ import annotations
 
 import pytest
 
-from streams.web import authorized
+from streams.ops.web import authorized
 
 TOKEN = "s3cret-Token"
 

@@ -22,9 +22,18 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
-from streams import metrics
-from streams.aiokafka_fixes import needs_raw_headers, send_record
-from streams.applied_offsets import AppliedOffsets
+from streams.apply.applied_offsets import AppliedOffsets
+from streams.apply.holds import (
+    FAILED,
+    FAILED_HOLD_SECONDS,
+    FORWARD,
+    HoldBackoff,
+    hold,
+    read_again,
+    say_failed,
+)
+from streams.apply.mirror import fast_loads
+from streams.apply.retrying import retrying
 from streams.core.errors import (
     ForwardError,
     ForwardRefused,
@@ -36,21 +45,12 @@ from streams.core.routing import (
     first_of,
 )
 from streams.core.staleness import Head
-from streams.feed import Feed, Taken, held_heads
-from streams.handoff import Handoff
-from streams.holds import (
-    FAILED,
-    FAILED_HOLD_SECONDS,
-    FORWARD,
-    HoldBackoff,
-    hold,
-    read_again,
-    say_failed,
-)
-from streams.mirror import fast_loads
-from streams.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
-from streams.record_batches import RecordBatches
-from streams.retrying import retrying
+from streams.intake.feed import Feed, Taken, held_heads
+from streams.intake.handoff import Handoff
+from streams.kafka.aiokafka_fixes import needs_raw_headers, send_record
+from streams.kafka.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
+from streams.kafka.record_batches import RecordBatches
+from streams.ops import metrics
 from tables.partitioner import key_partition
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,9 @@ class Forwarder:
     ) -> None:
         """Send ``(key, value, headers)`` records to the target, their futures into ``futures``.
 
-        As record batches built per target partition (``streams.record_batches``), each at
+        As record batches built per target partition (``streams.kafka.record_batches``), each at
         most FORWARD_BATCH_BYTES and what the target takes; records whose header keys
-        aiokafka's builder cannot write (``streams.aiokafka_fixes``) are sent one by one, the
+        aiokafka's builder cannot write (``streams.kafka.aiokafka_fixes``) are sent one by one, the
         batch with them.
         """
         target = self.target

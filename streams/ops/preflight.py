@@ -3,7 +3,7 @@
 Without them, an unreachable broker or a busy web port ends the worker with Faust's
 traceback, and an unusable database keeps it retrying forever; an operator needs the one
 thing to fix. Why the brokers refused (credentials, certificate, protocol, or no answer) is
-``streams.broker_failures``'s to say.
+``streams.kafka.broker_failures``'s to say.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.broker_failures import broker_failure
 from streams.core.errors import MirrorError
+from streams.kafka.broker_failures import broker_failure
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def partition_problem(
         want, have = partitions.get(source), partitions.get(changelog)
         if want is not None and have is not None and want < have:
             # Fewer: the source was created again with fewer partitions (more: partitions
-            # were added, and the worker gives the changelog as many, streams.topic_watch).
+            # were added, and the worker gives the changelog as many, streams.ops.topic_watch).
             return (
                 f"changelog {changelog} has {have} partitions but its source topic {source} has "
                 f"{want}: a topic cannot lose partitions, so the source was created again with "

@@ -19,7 +19,6 @@ import orjson
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
-from streams import metrics
 from streams.core.errors import BatchHookError, OffsetGap, StoreRefusals
 from streams.core.guard import resolve
 from streams.core.positions import offset_gaps
@@ -34,6 +33,7 @@ from streams.core.routing import (
     lift_to_floor,
     route_batch,
 )
+from streams.ops import metrics
 
 log = logging.getLogger(__name__)
 

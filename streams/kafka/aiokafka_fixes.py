@@ -155,8 +155,9 @@ def check_aiokafka(installed: str | None = None) -> None:
     version = aiokafka.__version__ if installed is None else installed
     if version not in TESTED_AIOKAFKA:
         raise DependencyError(
-            f"aiokafka {version} is installed, but streams/aiokafka_fixes.py patches the private "
-            f"record reader and builder of aiokafka {' or '.join(TESTED_AIOKAFKA)} only; install "
+            f"aiokafka {version} is installed, but streams/kafka/aiokafka_fixes.py patches the "
+            f"private record reader and builder of aiokafka {' or '.join(TESTED_AIOKAFKA)} only; "
+            "install "
             "the locked versions (pip install --require-hashes -r requirements.lock; ./run does)"
         )
 

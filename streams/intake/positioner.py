@@ -20,16 +20,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from streams import metrics
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.positions import Jump, lost_below_log_start, start_offset
-from streams.handoff import Handoff
 from streams.intake.faust_consumer import assignment_settled, position_partitions
-from streams.topic_ids import TopicIds
+from streams.intake.handoff import Handoff
+from streams.kafka.topic_ids import TopicIds
+from streams.ops import metrics
 
 if TYPE_CHECKING:  # the apply room is above this one: its Mirror is only passed in
-    from streams.mirror import Mirror
+    from streams.apply.mirror import Mirror
 
 log = logging.getLogger(__name__)
 

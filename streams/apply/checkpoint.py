@@ -3,17 +3,6 @@
 Read it top to bottom: route, dead letters, one SQL transaction, the cache, the offsets noted as
 applied, and where the Kafka commit happens. Everything else in this module is a step it calls
 or the bookkeeping of batches on their way.
-
-A crash between two steps repeats the later ones when the batch is read again: a dead letter
-may be sent twice, a replay changes nothing in SQL and rewrites the cache, and the Kafka offset
-only lags. Errors that a retry can fix (the database or the broker unreachable) are retried
-with backoff, holding the batch (back-pressure); an error no retry can fix holds the batch's
-partitions for a while with one error line saying what failed, and they are read again after.
-
-Nothing else sends, writes or commits on a batch's behalf: the agents (``streams.agents``) only
-build these (and :class:`streams.forwarder.Forwarder`, the forwarded path's order) and hand
-them their feeds, and the worker's commit timer and revocations call
-:meth:`streams.applied_offsets.AppliedOffsets.commit`.
 """
 
 from __future__ import annotations
@@ -31,8 +20,19 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
-from streams import metrics
-from streams.applied_offsets import AppliedOffsets
+from streams.apply.applied_offsets import AppliedOffsets
+from streams.apply.deadletters import DeadLetterRefused, DeadLetterWriter
+from streams.apply.holds import (
+    DEAD_LETTER,
+    FAILED,
+    FAILED_HOLD_SECONDS,
+    HoldBackoff,
+    hold,
+    read_again,
+    say_failed,
+)
+from streams.apply.mirror import BatchResult, Mirror, fast_loads
+from streams.apply.retrying import retrying
 from streams.core.errors import (
     CacheError,
     MirrorError,
@@ -48,20 +48,9 @@ from streams.core.routing import (
     stamped_ahead,
 )
 from streams.core.staleness import Head
-from streams.deadletters import DeadLetterRefused, DeadLetterWriter
-from streams.feed import Feed, heads_of, held_heads
-from streams.handoff import HELD, Handoff, discarded
-from streams.holds import (
-    DEAD_LETTER,
-    FAILED,
-    FAILED_HOLD_SECONDS,
-    HoldBackoff,
-    hold,
-    read_again,
-    say_failed,
-)
-from streams.mirror import BatchResult, Mirror, fast_loads
-from streams.retrying import retrying
+from streams.intake.feed import Feed, heads_of, held_heads
+from streams.intake.handoff import HELD, Handoff, discarded
+from streams.ops import metrics
 from tables.cache import EntityCache, Entry, cache_key, encode_value
 
 log = logging.getLogger(__name__)
@@ -215,7 +204,7 @@ class Checkpoint:
         #    before the transaction that moves their partition's stored offset past them. One
         #    the broker will never take (too large) holds its partition from that record on.
         # 3. One SQL transaction applies the batch with its stored offsets and outcome counts
-        #    (``streams.mirror``). A row the database refuses rolls it back; the row is
+        #    (``streams.apply.mirror``). A row the database refuses rolls it back; the row is
         #    dead-lettered (step 2) and the transaction runs again without it.
         try:
             committed = await self._dead_letter_and_commit(batch)
@@ -241,8 +230,9 @@ class Checkpoint:
         # 6. The Kafka commit is not per batch: the worker's commit timer commits the noted
         #    offsets every commit interval, and a revocation commits them before its
         #    partitions go (``AppliedOffsets.commit``). Nothing else sends, writes or commits
-        #    on a batch's behalf: the agents (``streams.agents``) only build checkpoints (and
-        #    forwarders, ``streams.forwarder``: the forwarded path's order) and hand them feeds.
+        #    on a batch's behalf: the agents (``streams.apply.agents``) only build checkpoints
+        #    (and forwarders, ``streams.apply.forwarder``: the forwarded path's order) and hand
+        #    them feeds.
 
     def _failed(self, doing: str, batch: _Batch, exc: Exception) -> None:
         """Hold the partitions of a batch a step failed on (a bug: its traceback is logged),

@@ -15,8 +15,8 @@ from aiohttp.typedefs import Handler, Middleware
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import metrics
-from streams.mirror import Mirror
+from streams.apply.mirror import Mirror
+from streams.ops import metrics
 from tables.cache import EntityCache
 from tables.views import register_entity_views
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from streams.aiokafka_fixes import send_record
 from streams.core.errors import DeadLetterError, MirrorError
 from streams.core.routing import Rejection, first_of
-from streams.producers import OwnProducer, passing_failure
+from streams.kafka.aiokafka_fixes import send_record
+from streams.kafka.producers import OwnProducer, passing_failure
 from streams.settings import Settings
 
 REASON = "dlq.reason"
@@ -88,7 +88,7 @@ class DeadLetterWriter:
 
     async def prepare(self, source: str, topic: str) -> None:
         """Create ``topic`` when missing, to take any record of ``source``; size the producer."""
-        from streams.topics import ensure_dead_letter_topic
+        from streams.kafka.topics import ensure_dead_letter_topic
 
         limit = await ensure_dead_letter_topic(self.settings, source, topic)
         # Room for the dlq.* headers and the batch framing around one record.

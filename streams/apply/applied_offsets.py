@@ -1,5 +1,5 @@
 """The offsets committed to the group: per source partition, the next one whose records have
-had every effect here (step 5 of ``streams.checkpoint``'s order, and the forwarder's step 2).
+had every effect here (step 5 of ``streams.apply.checkpoint``'s order, and the forwarder's step 2).
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Hashable, Iterable, Sequence
 
-from streams import metrics
 from streams.core.positions import Gap
-from streams.handoff import Handoff
+from streams.intake.handoff import Handoff
+from streams.ops import metrics
 
 log = logging.getLogger(__name__)
 

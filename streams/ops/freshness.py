@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streams import metrics
-from streams.agents import EntityAgents
+from streams.apply.agents import EntityAgents
 from streams.core.staleness import Staleness, oldest_unapplied
+from streams.ops import metrics
 
 
 class Freshness:

@@ -6,7 +6,7 @@ its cached tables' changelogs (one metadata request):
 
 - A mirrored topic whose id changed was deleted and created again: its assigned partitions
   are positioned again, and the positioner drops the offsets stored for the old log
-  (``streams.positioner.Positioner.check_logs``).
+  (``streams.intake.positioner.Positioner.check_logs``).
 - A cached entity's source topic with more partitions than its changelog: the changelog is
   given as many, and, once every worker has seen the change and places entries by the new
   count, the entries whose key moved are rebuilt from the database (``tables.changelogs``); then
@@ -22,12 +22,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from streams import metrics
-from streams.handoff import Handoff
+from streams.apply.mirror import Mirror
 from streams.intake.faust_consumer import request_rejoin
-from streams.mirror import Mirror
+from streams.intake.handoff import Handoff
+from streams.kafka.topic_ids import TopicFacts, TopicIds
+from streams.ops import metrics
 from streams.settings import Settings
-from streams.topic_ids import TopicFacts, TopicIds
 from tables.cache import EntityCache
 from tables.changelogs import grow_changelog, rebuild_moved
 

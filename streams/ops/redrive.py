@@ -12,12 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from streams import aiokafka_fixes
-from streams.aiokafka_fixes import send_record
-from streams.broker_failures import start_client
-from streams.core.errors import MirrorError
-from streams.core.routing import ORIGIN_HEADER, Origin
-from streams.deadletters import (
+from streams.apply.deadletters import (
     DLQ_HEADERS,
     REASON,
     SOURCE_OFFSET,
@@ -26,8 +21,13 @@ from streams.deadletters import (
     SOURCE_TOPIC,
     headers_dict,
 )
+from streams.core.errors import MirrorError
+from streams.core.routing import ORIGIN_HEADER, Origin
+from streams.kafka import aiokafka_fixes
+from streams.kafka.aiokafka_fixes import send_record
+from streams.kafka.broker_failures import start_client
+from streams.kafka.topics import topic_partitions, with_admin
 from streams.settings import Settings
-from streams.topics import topic_partitions, with_admin
 
 
 @dataclass(frozen=True, slots=True)

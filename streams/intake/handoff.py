@@ -3,7 +3,7 @@
 The consumer (``streams.intake.faust_consumer``) calls :meth:`Handoff.deliver` with every
 fetched run of records of a mirrored topic's partition, and asks :meth:`Handoff.fetchable`
 which partitions to fetch. A run is admitted only in order from where its partition was positioned
-(``streams.core.positions``) and goes to its topic's :class:`~streams.feed.Feed`, which the
+(``streams.core.positions``) and goes to its topic's :class:`~streams.intake.feed.Feed`, which the
 entity's agent takes batches from. Partitions not positioned yet, and partitions held (a full
 feed, a dead letter that cannot be written, a failing batch), are not fetched.
 """
@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
-from streams import metrics
 from streams.core.positions import Jump, ReadPositions
-from streams.feed import Feed
+from streams.intake.feed import Feed
+from streams.ops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class Handoff:
         Records are consumed without being handed over when a run comes while its partition
         is not positioned (a fetch issued before a rebalance can return after the positioner's
         seek, with records from the new position), or when a fetch returns while the flow is
-        stopped. A positioning under way for such a partition is redone (``streams.positioner``).
+        stopped. A positioning under way for such a partition is redone
+        (``streams.intake.positioner``).
         """
 
     def add_topic(self, topic: str, lanes: int = 1) -> list[Feed]:

@@ -8,9 +8,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from streams import metrics
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
+from streams.ops import metrics
 
 log = logging.getLogger(__name__)
 

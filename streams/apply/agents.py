@@ -2,8 +2,9 @@
 
 The agent subscribes its entity's topic, so Faust's consumer group and partition assignor
 cover it, but its records never pass Faust's streams: the consumer hands each fetched run
-over (``streams.intake.faust_consumer``, ``streams.handoff``) and the agent takes batches from
-its feed and hands them to ``streams.checkpoint``, which owns the order of a batch's effects.
+over (``streams.intake.faust_consumer``, ``streams.intake.handoff``) and the agent takes
+batches from its feed and hands them to ``streams.apply.checkpoint``, which owns the order of a
+batch's effects.
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ import faust
 from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
-from streams.applied_offsets import AppliedOffsets
-from streams.checkpoint import Checkpoint
+from streams.apply.applied_offsets import AppliedOffsets
+from streams.apply.checkpoint import Checkpoint
+from streams.apply.deadletters import DeadLetterWriter, dead_letter_topic
+from streams.apply.forwarder import FORWARD_BATCH_BYTES, Forwarder
+from streams.apply.mirror import Mirror
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.routing import ORIGIN_HEADER, Origin, SourceRecord
 from streams.core.staleness import Head
-from streams.deadletters import DeadLetterWriter, dead_letter_topic
-from streams.feed import Feed
-from streams.forwarder import FORWARD_BATCH_BYTES, Forwarder
-from streams.handoff import Handoff
-from streams.mirror import Mirror
-from streams.producers import OwnProducer, passing_failure
+from streams.intake.feed import Feed
+from streams.intake.handoff import Handoff
+from streams.kafka.producers import OwnProducer, passing_failure
+from streams.kafka.topics import fit_repartition_topic, max_message_bytes
 from streams.settings import Settings
-from streams.topics import fit_repartition_topic, max_message_bytes
 from tables.cache import EntityCache
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def make_forwarder(
     agents: EntityAgents, spec: EntitySpec, feeds: Sequence[Feed], target: str
 ) -> Callable[[Any], Awaitable[None]]:
     """Build the agent that re-keys ``spec``'s topic by entity key into ``target``
-    (``streams.forwarder.Forwarder``: the order of a forwarded batch's effects)."""
+    (``streams.apply.forwarder.Forwarder``: the order of a forwarded batch's effects)."""
     settings = agents.settings
     source = agents.mirror.source_topic(spec)
     (feed,) = feeds  # one lane: forwarding keeps each source partition's order

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from streams.broker_failures import start_client
+from streams.kafka.broker_failures import start_client
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ async def fit_repartition_topic(settings: Settings, source: str, target: str) ->
     broker's default while it is missing); warn when ``target`` takes less.
 
     Faust creates the repartition topic with the broker's defaults; a record of ``source``
-    larger than ``target`` takes holds its partition (``streams.forwarder.Forwarder``).
+    larger than ``target`` takes holds its partition (``streams.apply.forwarder.Forwarder``).
     """
     admin = await admin_client(settings)
     try:
@@ -149,10 +149,10 @@ async def max_message_bytes(settings: Settings, topic: str) -> int:
 
 async def topic_ids(settings: Settings, topics: list[str]) -> dict[str, str] | None:
     """Return the ids of ``topics`` that exist (None: the brokers give no ids,
-    ``streams.topic_ids``)."""
+    ``streams.kafka.topic_ids``)."""
     from aiokafka.client import AIOKafkaClient
 
-    from streams.topic_ids import read_topic_ids
+    from streams.kafka.topic_ids import read_topic_ids
 
     client = AIOKafkaClient(
         bootstrap_servers=settings.broker_hosts, **settings.kafka_client_options()
