@@ -1,8 +1,9 @@
 """Events for the moons of ``tests/models/declared_moons.py`` and what they must leave, one by one.
 
-The oracle applies each event alone, in the order of its partition, under the rules the README
-states; it shares no code with the worker's batch fold (``streams.core.guard.resolve``), which must
-reach the same rows and the same outcome of every event however the events are batched.
+The oracle applies each event alone, in the order of its partition, under the rules
+docs/guarantees.md and docs/entities.md state; it shares no code with the worker's batch fold
+(``streams.core.guard.resolve``), which must reach the same rows and the same outcome of every
+event however the events are batched.
 """
 
 from __future__ import annotations

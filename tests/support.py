@@ -329,7 +329,8 @@ class WorkerProcess:
     def assert_alive(self) -> None:
         """Fail with the exit status and the log's tail if the worker has exited on its own.
 
-        Status 3 is the recovery watchdog's last resort (streams/faust_bridge.py): a failure too.
+        Status 3 is the recovery watchdog's last resort (streams/ops/faust_recovery.py): a
+        failure too.
         """
         if self.proc is None:
             raise AssertionError("worker was never started")
@@ -363,7 +364,7 @@ class WorkerProcess:
         code = self.proc.returncode
         if code is not None and code < 0:
             return f"status {code} ({signal.Signals(-code).name})"
-        why = " (its table recovery stalled: streams/faust_bridge.py)" if code == 3 else ""
+        why = " (its table recovery stalled: streams/ops/faust_recovery.py)" if code == 3 else ""
         return f"status {code}{why}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> str:
@@ -386,7 +387,7 @@ class WorkerProcess:
             # The recovery watchdog is a last resort: a test in which it stepped in fails.
             if stalls:
                 raise AssertionError(
-                    f"table recovery stalled {stalls:.0f} times (streams/faust_bridge.py); "
+                    f"table recovery stalled {stalls:.0f} times (streams/ops/faust_recovery.py); "
                     f"log tail:\n{self.tail()}"
                 )
         return signal.Signals(sig).name
@@ -818,7 +819,7 @@ def chaotic_stream(
 
 
 def expected_state(sent: list[Sent], positions: list[tuple[int, int, int]]) -> dict[str, str]:
-    """The newest record per entity decides its state (the README's ordering, computed here
+    """The newest record per entity decides its state (docs/guarantees.md's ordering, computed here
     without the worker's code): within one partition the later record, whatever the clocks
     say (its timestamp counts as the largest of its entity's in the partition up to it);
     between partitions the greater (timestamp, partition, offset)."""

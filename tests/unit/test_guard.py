@@ -283,8 +283,8 @@ def test_a_clock_bounds_how_far_ahead_a_version_goes() -> None:
 
 
 def _partition_order_oracle(events: list[Event]) -> dict[str, str]:
-    """The README's ordering, without the guard's code: each event's timestamp counts as the
-    largest of its key's in its partition up to it; the greatest such version wins."""
+    """The ordering of docs/guarantees.md, without the guard's code: each event's timestamp
+    counts as the largest of its key's in its partition up to it; the greatest version wins."""
     lifted: dict[tuple[str, int], int] = {}
     newest: dict[str, tuple[Version, Event]] = {}
     for event in sorted(events, key=lambda e: (e.partition, e.offset)):

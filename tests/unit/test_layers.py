@@ -1,4 +1,6 @@
-"""The layers of ../DESIGN.md hold: no import cycle between our modules, the core at the bottom.
+"""The layers of ../DESIGN.md hold: every import points down the package order (:data:`LAYERS`),
+no package or module imports one that imports it back, and only ``faust_*.py`` modules touch
+Faust's internals.
 
 Every module of ``streams``, ``models`` and ``tables`` is read (not imported) and its imports
 of our own modules collected, those inside functions included: a cycle hidden in a function
