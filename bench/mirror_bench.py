@@ -34,7 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import baselines, freshness, plots, report, topics  # noqa: E402
+from bench import (  # noqa: E402
+    against,
+    baselines,
+    freshness,
+    plots,
+    report,
+    topics,
+)
 from bench.measure import newest_state, table_errors  # noqa: E402
 from bench.paths import (  # noqa: E402
     MIRROR,
@@ -119,6 +126,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--plots", type=Path, default=None, help="folder of the PNGs (default docs/bench)"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        default=None,
+        help="old code against new: the worker of this checkout and of git revision REV, "
+        "alternating on the steady state (bench/against.py); nothing else runs",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="rounds of new and old with --against"
     )
     args = parser.parse_args(argv)
     args.plan = FULL_PLAN
@@ -258,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     writer = client_name()
     say(f"bench run {run_id}: producer {writer}, work files in {workdir}")
     try:
+        if args.against:
+            return against.run(bench, chosen["steady"], args, say)
         if "warmup" in args.only:
             bench.workload(chosen["warmup"], main_paths)
             run_baselines(bench, args, chosen["warmup"])

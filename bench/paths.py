@@ -95,6 +95,9 @@ class WorkerPath:
     repartition: bool = False
     """Forward the topic through the worker's repartition topic first (``REPARTITION``)."""
     encoding: str = "json"
+    checkout: Path | None = None
+    """Run the worker of another checkout of this repository (``--against``): its code, this
+    venv. None: this checkout."""
 
     @property
     def table(self) -> str:
@@ -126,6 +129,10 @@ class WorkerPath:
             "TOPIC_PARTITIONS": str(self.partitions),
             "ENTITY_MODULES": "models.planet" if self.cached else "bench.uncached_planet",
         }
+        if self.checkout is not None:
+            # ``python -m`` puts the working directory first on sys.path, before the venv's
+            # editable install of this checkout; PYTHONPATH says it again for any child.
+            base = {**base, "PYTHONPATH": str(self.checkout)}
         if self.repartition:
             # Each record is forwarded once (nothing crashes here): caught up once the offsets
             # stored for the repartition topic add up to every event.
@@ -157,8 +164,9 @@ class WorkerPath:
             for data_dir in data_dirs:  # the cached table's files; the logs stay
                 shutil.rmtree(data_dir, ignore_errors=True)
 
+        cwd = ROOT if self.checkout is None else self.checkout
         return Launch(
-            processes, ROOT, app_id, stored_offsets, assigned=assigned, cleanup=(clean_up,)
+            processes, cwd, app_id, stored_offsets, assigned=assigned, cleanup=(clean_up,)
         )
 
 
