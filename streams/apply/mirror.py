@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,15 +78,6 @@ class BatchResult:
             for d, o in zip(self.decisions, self.outcomes, strict=True)
         ]
 
-    @property
-    def rejections(self) -> list[Rejection]:
-        """Return the rejections of this batch's first deliveries."""
-        return [
-            d
-            for d, o in zip(self.decisions, self.outcomes, strict=True)
-            if o is Outcome.REJECTED and isinstance(d, Rejection)
-        ]
-
     def count(self, outcome: Outcome) -> int:
         """Count first deliveries with ``outcome`` (replays are not counted)."""
         return self.outcomes.count(outcome)
@@ -132,9 +123,6 @@ class Mirror:
         self.timestamps_ahead = timestamps_ahead
         """Seconds a record's timestamp is believed ahead of this process's clock
         (MAX_TIMESTAMP_AHEAD)."""
-        #: Outcomes of this process (the durable totals are in the store).
-        self.counts: Counter[tuple[str, Outcome]] = Counter()
-        self.replayed = 0
         #: Next offset to apply per (topic, partition), as committed by this process.
         self.positions: dict[tuple[str, int], int] = {}
 
@@ -166,7 +154,6 @@ class Mirror:
         read_back: bool = False,
         decisions: Sequence[Decision] | None = None,
         refused: Mapping[Position, Rejection] | None = None,
-        before_commit: Callable[[list[Rejection]], None] | None = None,
         starts: Mapping[Any, int] | None = None,
     ) -> BatchResult:
         """Apply one batch of records of one entity in one transaction.
@@ -182,9 +169,8 @@ class Mirror:
         ``refused`` (positions the database refused before, dead-lettered since), a row the
         database refuses now rolls the transaction back with
         :class:`~streams.core.errors.StoreRefusals`, so the caller can dead-letter it first; without
-        it such a row is rejected in the same transaction. ``before_commit`` gets the batch's
-        new rejections inside the transaction, before it commits; if it raises, nothing is
-        committed. With ``read_back``, the result's ``states`` say what the cache needs.
+        it such a row is rejected in the same transaction. With ``read_back``, the result's
+        ``states`` say what the cache needs.
         """
         if not records:
             return BatchResult()
@@ -267,10 +253,6 @@ class Mirror:
             for topic, ends in next_offsets.items():
                 tx.advance(self.group, topic, ends)
             tx.add_counts(self.group, result.first_delivery_counts())
-            if before_commit is not None:
-                fresh_rejections = result.rejections
-                if fresh_rejections:
-                    before_commit(fresh_rejections)
         metrics.SQL_SECONDS.labels(spec.kind).observe(time.perf_counter() - started)
         for topic, ends in next_offsets.items():
             for partition, offset in ends.items():
@@ -329,11 +311,9 @@ class Mirror:
                     },
                 )
         for (topic, outcome), n in counts.items():
-            self.counts[(topic, Outcome(outcome))] += n
             metrics.EVENTS.labels(spec.kind, topic, outcome).inc(n)
         if replayed:
             topic = result.decisions[0].record.topic
-            self.replayed += replayed
             metrics.REPLAYED.labels(spec.kind, topic).inc(replayed)
 
 

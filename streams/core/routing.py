@@ -112,19 +112,6 @@ class SourceRecord:
     """The record's place in the entity topic, when it was consumed from a repartition
     topic; versions and the fields injected into events come from there."""
 
-    @property
-    def first(self) -> Origin:
-        """Return where the record was first produced (itself, unless forwarded)."""
-        if self.origin is not None:
-            return self.origin
-        return Origin(self.topic, self.partition, self.offset, self.timestamp)
-
-    @property
-    def position(self) -> Version:
-        """Return ``(timestamp, partition, offset)`` where first produced: the default version."""
-        first = self.first
-        return (first.timestamp, first.partition, first.offset)
-
 
 class Record(Protocol):
     """What the core reads of a consumed record: a :class:`SourceRecord`, or aiokafka's own

@@ -4,7 +4,7 @@ The property tests replay the same events in any order, any batching and with du
 through ``route``, ``resolve`` and an in-memory model of the store, and always reach the state
 that the newest event of each key decides. What is newest, and what each event says, the
 oracles work out from the test's own description of the events (``Event``), never through
-the code under test (``route``, ``SourceRecord.position``).
+the code under test (``route``, the records' versions).
 """
 
 from __future__ import annotations
