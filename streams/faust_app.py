@@ -40,10 +40,18 @@ from faust.app.router import Router
 from faust.web.exceptions import NotFound
 
 from streams.intake.faust_consumer import MirrorConsumer
+from streams.intake.handoff import Handoff
 
 
 class MirrorTransportApp(faust.App):
-    """A Faust app whose transport makes :class:`MirrorConsumer`s (this app's only)."""
+    """A Faust app whose transport makes :class:`MirrorConsumer`s (this app's only), and
+    what they need of it (``streams.intake.faust_consumer.MirrorHost``)."""
+
+    handoff: Handoff
+    """Given by ``streams.worker.build_app``."""
+
+    async def on_mirror_revoked(self, revoked: set[Any]) -> None:
+        """Finish the batches of ``revoked`` partitions in flight (none here)."""
 
     def _new_transport(self) -> Any:
         transport: Any = super()._new_transport()

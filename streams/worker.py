@@ -101,7 +101,6 @@ class MirrorApp(MirrorTransportApp):
     mirror_settings: Settings
     cached_topics: list[tuple[str, str]]
     """(source topic, changelog topic) of each cached entity read straight from its topic."""
-    handoff: Handoff
     entity_agents: EntityAgents
     early_tasks: list[tuple[Callable[[], Awaitable[None]], float | None]]
     """What :meth:`run_early` registered."""
@@ -437,6 +436,7 @@ def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
         kafka_offset_topics=agents.kafka_offset_topics,
         topic_ids=app.topic_ids,
     )
+    app.handoff.listen(on_jump=positioner.check_jump, on_refused=positioner.refused)
     app.run_early(positioner.run)
 
     async def commit_applied() -> None:

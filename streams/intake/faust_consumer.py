@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, cast
 
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -72,6 +72,18 @@ class MirrorConsumerThread(AIOKafkaConsumerThread):
         return consumer
 
 
+class MirrorHost(Protocol):
+    """What the consumer needs of its app. Faust makes the consumer (``App._new_transport``),
+    so the app is its only link to the rest: ``streams.faust_app.MirrorTransportApp`` declares
+    both, and ``streams.worker.build_app`` gives the hand-off."""
+
+    handoff: Handoff
+    """Where fetched runs of mirrored partitions go."""
+
+    async def on_mirror_revoked(self, revoked: set[Any]) -> None:
+        """Finish the batches of ``revoked`` partitions in flight, before they move."""
+
+
 class MirrorConsumer(AiokafkaConsumer):
     """Faust's aiokafka consumer, handing mirrored topics' records over in batches."""
 
@@ -79,10 +91,14 @@ class MirrorConsumer(AiokafkaConsumer):
         return MirrorConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     @property
+    def host(self) -> MirrorHost:
+        """Return the app, as what this consumer needs of it."""
+        return cast(MirrorHost, self.app)
+
+    @property
     def handoff(self) -> Handoff:
-        """Return the app's hand-off (set by ``streams.worker.build_app``)."""
-        handoff: Handoff = self.app.handoff  # type: ignore[attr-defined]
-        return handoff
+        """Return the app's hand-off."""
+        return self.host.handoff
 
     def _new_offset(self, tp: Any) -> int | None:
         # Faust's commit timer asks this for the offset to commit; None: nothing, ever.
@@ -181,9 +197,7 @@ class MirrorConsumer(AiokafkaConsumer):
         """Stop handing over revoked partitions; let the app finish their batches in flight."""
         self.settled = False
         self.handoff.forget(revoked)
-        finish = getattr(self.app, "on_mirror_revoked", None)
-        if finish is not None:
-            await finish(revoked)
+        await self.host.on_mirror_revoked(revoked)
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[Any], generation_id: int = 0) -> None:

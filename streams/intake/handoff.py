@@ -62,7 +62,8 @@ class Handoff:
         self.on_jump: Callable[[Jump], None] = lambda jump: None
         """Told when a partition's records skip offsets (to check for retention losses)."""
         self.on_refused: Callable[[Hashable], None] = lambda tp: None
-        """Told when a positioned partition's run was refused: it must be positioned again."""
+        """Told when a positioned partition's run was refused: it must be positioned again.
+        Both are given by :meth:`listen` (the positioner's, in ``streams.worker``)."""
         self.moved_on: set[Hashable] = set()
         """Partitions whose fetch position may have moved past records not handed over.
 
@@ -72,6 +73,14 @@ class Handoff:
         stopped. A positioning under way for such a partition is redone
         (``streams.intake.positioner``).
         """
+
+    def listen(
+        self, on_jump: Callable[[Jump], None], on_refused: Callable[[Hashable], None]
+    ) -> None:
+        """Tell ``on_jump`` of partitions whose records skip offsets, ``on_refused`` of runs
+        refused from positioned partitions (the positioner's checks)."""
+        self.on_jump = on_jump
+        self.on_refused = on_refused
 
     def add_topic(self, topic: str, lanes: int = 1) -> list[Feed]:
         """Mirror ``topic``: its records go to the returned feeds instead of Faust's streams,

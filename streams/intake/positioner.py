@@ -67,8 +67,6 @@ class Positioner:
         self._backoff = Backoff()
         self._jump_checked: dict[Any, float] = {}
         self._lost_until: dict[Any, int] = {}
-        handoff.on_jump = self.check_jump
-        handoff.on_refused = self.refused
 
     def refused(self, tp: Any) -> None:
         """Position ``tp`` again: a run of it was refused, so its fetch position moved on."""
