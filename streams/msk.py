@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from streams.apply.mirror import Mirror, RecordResult
-from streams.core.routing import ChangeType, Outcome, Rejection, RejectReason, SourceRecord
+from streams.core.decisions import ChangeType, Outcome, Rejection, RejectReason
+from streams.core.records import SourceRecord
 
 STATUS_BY_CHANGE = {ChangeType.CREATED: 201, ChangeType.UPDATED: 200, ChangeType.DELETED: 204}
 STATUS_REJECTED = 400

@@ -843,7 +843,7 @@ def mirrored_planets(url: str, count: int, group: str = "api") -> SqlStore:
     from models.registry import default_registry
     from models.store import SqlStore
     from streams.apply.mirror import Mirror
-    from streams.core.routing import SourceRecord
+    from streams.core.records import SourceRecord
 
     store = SqlStore.from_url(url)
     store.create_tables(list(default_registry))

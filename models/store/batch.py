@@ -26,8 +26,9 @@ from models.store.statements import (
     patch_statement,
     soft_delete_statement,
 )
+from streams.core.decisions import Delete, Upsert
 from streams.core.guard import Plan, StoredVersions
-from streams.core.routing import Delete, EntityKey, Upsert, Version, first_of
+from streams.core.records import EntityKey, Version, first_of
 
 
 @dataclass(frozen=True, slots=True)

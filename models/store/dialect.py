@@ -16,8 +16,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from models.registry import EntitySpec
+from streams.core.decisions import Delete
 from streams.core.guard import StoredVersions
-from streams.core.routing import Delete, EntityKey, Version
+from streams.core.records import EntityKey, Version
 
 
 class BookkeepingUpserts(NamedTuple):

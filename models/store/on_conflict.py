@@ -20,7 +20,8 @@ from models.store.schema import (
     outcomes_table,
 )
 from models.store.statements import tombstone_rows
-from streams.core.routing import Delete, EntityKey
+from streams.core.decisions import Delete
+from streams.core.records import EntityKey
 
 #: A dialect's ``insert`` (``sqlalchemy.dialects.postgresql.insert``, ``...sqlite.insert``).
 Insert = Callable[[Table], Any]

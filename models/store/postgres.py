@@ -36,9 +36,10 @@ from models.registry import VERSION_COLUMNS, EntitySpec
 from models.store.on_conflict import OnConflictDialect
 from models.store.postgres_copy import copy_text
 from models.store.schema import public_columns
+from streams.core.decisions import Delete
 from streams.core.errors import StoreError
 from streams.core.guard import StoredVersions
-from streams.core.routing import Delete, EntityKey, Version
+from streams.core.records import EntityKey, Version
 
 #: First key of the advisory locks serialising an entity's writes (PostgresDialect.lock_entity).
 ENTITY_LOCK_SPACE = 0x6D697272  # "mirr"

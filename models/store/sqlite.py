@@ -24,7 +24,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from models.registry import VERSION_COLUMNS, EntitySpec
 from models.store.on_conflict import OnConflictDialect
 from streams.core.guard import Current, StoredVersions
-from streams.core.routing import EntityKey, Version
+from streams.core.records import EntityKey, Version
 
 #: The most keys in one ``IN`` list.
 _CHUNK = 500

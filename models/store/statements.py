@@ -16,7 +16,8 @@ from sqlalchemy import (
 )
 
 from models.registry import VERSION_COLUMNS, EntitySpec
-from streams.core.routing import Delete, Version
+from streams.core.decisions import Delete
+from streams.core.records import Version
 
 
 def _guarded_update(table: Table, key_column: str, *, same_version: bool = False) -> Any:

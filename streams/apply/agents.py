@@ -28,7 +28,7 @@ from streams.apply.forwarder import FORWARD_BATCH_BYTES, Forwarder
 from streams.apply.mirror import Mirror
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
-from streams.core.routing import ORIGIN_HEADER, Origin, SourceRecord
+from streams.core.records import ORIGIN_HEADER, Origin, SourceRecord
 from streams.core.staleness import Head
 from streams.intake.feed import Feed
 from streams.intake.handoff import Handoff

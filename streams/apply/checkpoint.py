@@ -33,6 +33,7 @@ from streams.apply.holds import (
 )
 from streams.apply.mirror import BatchResult, Mirror, fast_loads
 from streams.apply.retrying import retrying
+from streams.core.decisions import Decision, Rejection
 from streams.core.errors import (
     CacheError,
     MirrorError,
@@ -40,13 +41,8 @@ from streams.core.errors import (
     StoreRefusals,
 )
 from streams.core.positions import Gap
-from streams.core.routing import (
-    Decision,
-    Rejection,
-    first_of,
-    route_batch,
-    stamped_ahead,
-)
+from streams.core.records import first_of
+from streams.core.routing import route_batch, stamped_ahead
 from streams.core.staleness import Head
 from streams.intake.feed import Feed, heads_of, held_heads
 from streams.intake.handoff import HELD, Handoff, discarded

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from streams.core.decisions import Rejection
 from streams.core.errors import DeadLetterError, MirrorError
-from streams.core.routing import Rejection, first_of
+from streams.core.records import first_of
 from streams.kafka.aiokafka_fixes import send_record
 from streams.kafka.producers import OwnProducer, passing_failure
 from streams.settings import Settings

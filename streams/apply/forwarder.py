@@ -39,11 +39,8 @@ from streams.core.errors import (
     ForwardRefused,
     MirrorError,
 )
-from streams.core.routing import (
-    ORIGIN_HEADER,
-    entity_key_of,
-    first_of,
-)
+from streams.core.records import ORIGIN_HEADER, first_of
+from streams.core.routing import entity_key_of
 from streams.core.staleness import Head
 from streams.intake.feed import Feed, Taken, held_heads
 from streams.intake.handoff import Handoff

@@ -19,20 +19,12 @@ import orjson
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
+from streams.core.decisions import Decision, Outcome, Rejection, RejectReason
 from streams.core.errors import BatchHookError, OffsetGap, StoreRefusals
 from streams.core.guard import resolve
 from streams.core.positions import offset_gaps
-from streams.core.routing import (
-    Clock,
-    Decision,
-    EntityKey,
-    Outcome,
-    Record,
-    Rejection,
-    RejectReason,
-    lift_to_floor,
-    route_batch,
-)
+from streams.core.records import EntityKey, Record
+from streams.core.routing import Clock, lift_to_floor, route_batch
 from streams.ops import metrics
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,11 @@ from sqlalchemy import delete
 from models.registry import EntitySpec
 from models.store import offsets_table
 from streams.apply.mirror import Mirror, fast_loads
+from streams.core.decisions import Rejection
 from streams.core.errors import MirrorError
 from streams.core.guard import Current, resolve
-from streams.core.routing import EntityKey, Rejection, SourceRecord, lift_to_floor, route
+from streams.core.records import EntityKey, SourceRecord
+from streams.core.routing import lift_to_floor, route
 from streams.kafka import aiokafka_fixes
 from streams.kafka.topics import topic_partitions, with_admin
 from streams.settings import Settings
@@ -410,7 +412,7 @@ async def first_timestamps(
 
 def _first_timestamp(message: Any) -> int:
     """Return when ``message`` was first produced (ms): its origin's, if forwarded."""
-    from streams.core.routing import ORIGIN_HEADER, Origin
+    from streams.core.records import ORIGIN_HEADER, Origin
 
     for name, raw in message.headers or ():
         if name == ORIGIN_HEADER and (origin := Origin.from_header(raw)) is not None:

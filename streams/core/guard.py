@@ -26,16 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from streams.core.routing import (
-    Decision,
-    Delete,
-    EntityKey,
-    Outcome,
-    Rejection,
-    RejectReason,
-    Upsert,
-    Version,
-)
+from streams.core.decisions import Decision, Delete, Outcome, Rejection, RejectReason, Upsert
+from streams.core.records import EntityKey, Version
 
 #: Version given to a versionless delete of an entity that has no state at all.
 ZERO_VERSION: Version = (0, 0, 0)

@@ -1,4 +1,5 @@
-"""The pure routing core: decode a record and route its changeType to a decision.
+"""The pure routing core: decode a record in its entity's format and route its change to a
+decision.
 
 Each record becomes one *decision* (upsert, delete, reject), in consumption order
 (:func:`route`, :func:`route_batch`); the worker's batches, the MSK adapter and ``verify``
@@ -14,140 +15,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
+
+from streams.core.changetype_json import CHANGE_TYPE_JSON
+from streams.core.decisions import (
+    ChangeType,
+    Decision,
+    Delete,
+    Rejection,
+    RejectReason,
+    Upsert,
+)
+from streams.core.formats import InputFormat
+from streams.core.records import EntityKey, JsonLoads, Record, Version, first_of, position_of
 
 #: Record metadata injected into the event that ``from_kafka_event`` sees.
 TIMESTAMP_FIELD = "kafkaRecordTimestamp"
 TOPIC_FIELD = "kafkaTopic"
 PARTITION_FIELD = "kafkaPartition"
 OFFSET_FIELD = "kafkaOffset"
-CHANGE_TYPE_FIELD = "changeType"
-
-EntityKey = str | int
-#: Version of an entity's state: ``(timestamp ms, partition, offset)`` of the record by
-#: default, or ``(declared version field, 0, 0)``. Tuples compare in that order.
-Version = tuple[int, int, int]
-
-
-class ChangeType(StrEnum):
-    """The closed set of ``changeType`` values an event may carry."""
-
-    CREATED = "CREATED"
-    UPDATED = "UPDATED"
-    DELETED = "DELETED"
-
-
-class Outcome(StrEnum):
-    """What happened to one consumed record; every record gets exactly one."""
-
-    APPLIED = "applied"
-    SKIPPED = "skipped"
-    REJECTED = "rejected"
-
-
-class RejectReason(StrEnum):
-    """Why a record was rejected; stable strings, fit for dead-letter headers and metrics."""
-
-    BAD_ENCODING = "bad_encoding"
-    BAD_JSON = "bad_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_KEY = "missing_key"
-    BAD_KEY = "bad_key"
-    UNKNOWN_CHANGE_TYPE = "unknown_change_type"
-    MAPPING_FAILED = "mapping_failed"
-    INVALID_ROW = "invalid_row"
-    BAD_VERSION = "bad_version"
-    UNKNOWN_TOPIC = "unknown_topic"
-    STORE_REFUSED = "store_refused"
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a record forwarded through a repartition topic was first produced."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-
-    def header(self) -> bytes:
-        """Encode as the value of the ``mirror-origin`` header."""
-        return f"{self.partition}:{self.offset}:{self.timestamp}:{self.topic}".encode()
-
-    @classmethod
-    def from_header(cls, raw: bytes) -> Origin | None:
-        """Decode a ``mirror-origin`` header; None when it is malformed."""
-        try:
-            partition, offset, timestamp, topic = raw.decode("utf-8").split(":", 3)
-            return cls(topic, int(partition), int(offset), int(timestamp))
-        except (UnicodeDecodeError, ValueError):
-            return None
-
-
-ORIGIN_HEADER = "mirror-origin"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One Kafka record as the core sees it, whatever adapter it came through."""
-
-    topic: str
-    """Topic the record was read from."""
-    partition: int
-    """Partition within the topic."""
-    offset: int
-    """Offset within the partition."""
-    timestamp: int
-    """Record timestamp in milliseconds since the epoch (producer or broker time)."""
-    key: bytes | None
-    """Record key bytes as produced (not necessarily the entity key)."""
-    value: bytes | None
-    """Record value bytes as produced; ``None`` is a Kafka tombstone."""
-    headers: tuple[tuple[str, bytes], ...] = ()
-    """Record headers, kept for dead letters."""
-    origin: Origin | None = None
-    """The record's place in the entity topic, when it was consumed from a repartition
-    topic; versions and the fields injected into events come from there."""
-
-
-class Record(Protocol):
-    """What the core reads of a consumed record: a :class:`SourceRecord`, or aiokafka's own
-    ``ConsumerRecord`` as the worker gets it (same fields; timestamps in milliseconds)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Any: ...
-
-
-def first_of(record: Record) -> Origin:
-    """Return where ``record`` was first produced (itself, unless forwarded)."""
-    origin = getattr(record, "origin", None)
-    if origin is not None:
-        return origin  # type: ignore[no-any-return]
-    return Origin(record.topic, record.partition, record.offset, record.timestamp)
-
-
-def position_of(record: Record) -> Version:
-    """Return ``(timestamp, partition, offset)`` where first produced: the default version."""
-    origin = getattr(record, "origin", None)
-    if origin is not None:
-        return (origin.timestamp, origin.partition, origin.offset)
-    return (record.timestamp, record.partition, record.offset)
-
 
 #: No bound: a timestamp as large as any.
 UNBOUNDED = 2**62
@@ -226,6 +114,8 @@ class Entity(Protocol):
     def version_field(self) -> str | None:
         """Event field holding the entity's version (an integer), if the model declares one."""
 
+    # Optional: ``input_format`` (an ``streams.core.formats.InputFormat``, default
+    # ``CHANGE_TYPE_JSON``), the format of the entity's records.
     # Optional: ``reads_record_fields`` (default True), False when the mapping never reads the
     # record fields injected into the event (kafkaRecordTimestamp ...), which then are not.
 
@@ -243,101 +133,6 @@ class Entity(Protocol):
     # (like ``prepare_row``, returning the row and the NOT NULL columns it does not give).
 
 
-@dataclass(frozen=True, slots=True)
-class Upsert:
-    """Create the entity, or update it when it exists."""
-
-    key: EntityKey
-    row: Mapping[str, Any]
-    change_type: ChangeType
-    record: Record
-    version: Version
-    partial: bool = False
-    """A partial update (the model takes them): ``row`` holds only the columns the event
-    carries, and only those change."""
-    missing: tuple[str, ...] = ()
-    """For a partial update: the NOT NULL columns it does not give, which an entity the
-    table does not have yet would need."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    """Delete the entity; its absence is not an error."""
-
-    key: EntityKey
-    record: Record
-    version: Version | None
-    """None for a Kafka tombstone of an entity with a version field: it has no version of
-    its own and deletes whatever state is there."""
-    change_type: ChangeType = ChangeType.DELETED
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """The record cannot be applied; carries the original bytes for a dead-letter topic."""
-
-    reason: RejectReason
-    detail: str
-    record: Record
-    error_type: str = ""
-
-    @property
-    def message(self) -> str:
-        """Return a one-line description naming the record's position."""
-        r = self.record
-        return f"rejected {r.topic}[{r.partition}]@{r.offset}: {self.reason.value}: {self.detail}"
-
-
-Write = Upsert | Delete
-Decision = Upsert | Delete | Rejection
-
-
-#: Parses JSON from UTF-8 bytes; ``json.loads`` here, orjson's in the worker (both raise
-#: ValueError, or its subclass UnicodeDecodeError, on what is not JSON).
-JsonLoads = Callable[[bytes], Any]
-
-
-def decode_value(record: Record, loads: JsonLoads = json.loads) -> dict[str, Any] | Rejection:
-    """Decode a record value into a JSON object, or say why it is not one."""
-    raw = record.value
-    if raw is None:
-        return Rejection(RejectReason.NOT_AN_OBJECT, "value is null", record)
-    try:
-        event = loads(raw)  # the bytes as they are: orjson checks the UTF-8 as it parses
-    except ValueError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            return Rejection(
-                RejectReason.BAD_ENCODING, f"value is not UTF-8: {bad}", record, type(bad).__name__
-            )
-        return Rejection(
-            RejectReason.BAD_JSON, f"value is not JSON: {exc}", record, type(exc).__name__
-        )
-    if not isinstance(event, dict):
-        return Rejection(
-            RejectReason.NOT_AN_OBJECT,
-            f"value is a JSON {type(event).__name__}, not an object",
-            record,
-        )
-    return event
-
-
-_CHANGE_TYPES = {member.value: member for member in ChangeType}
-
-
-def parse_change_type(event: Mapping[str, Any]) -> ChangeType | str:
-    """Return the event's change type (missing means UPDATED), or the unknown raw value."""
-    raw = event.get(CHANGE_TYPE_FIELD)
-    if raw is None:
-        return ChangeType.UPDATED
-    if isinstance(raw, str):
-        known = _CHANGE_TYPES.get(raw)
-        if known is not None:
-            return known
-    return repr(raw)
-
-
 def _valid_key(value: Any) -> bool:
     if isinstance(value, bool):
         return False
@@ -352,17 +147,10 @@ def route(
     """Decide what one record means for its entity: upsert, delete or reject."""
     if record.value is None:
         return _route_tombstone(record, entity, clock)
-    decoded = decode_value(record, loads)
+    decoded = format_of(entity).decode(record, loads)
     if isinstance(decoded, Rejection):
         return decoded
-    event = decoded
-    change = parse_change_type(event)
-    if not isinstance(change, ChangeType):
-        return Rejection(
-            RejectReason.UNKNOWN_CHANGE_TYPE,
-            f"changeType {change} is not one of CREATED, UPDATED, DELETED",
-            record,
-        )
+    change, event = decoded.change_type, decoded.event
     version = _version_of(event, record, entity, clock)
     if isinstance(version, Rejection):
         return version
@@ -484,14 +272,21 @@ def entity_key_of(
     if record.value is None:
         decision = _route_tombstone(record, entity)
         return None if isinstance(decision, Rejection) else decision.key
-    decoded = decode_value(record, loads)
+    decoded = format_of(entity).decode(record, loads)
     if isinstance(decoded, Rejection):
         return None
+    event = decoded.event
     if entity.key_field is not None:
-        key = decoded.get(entity.key_field)
+        key = event.get(entity.key_field)
         return key if _valid_key(key) else None
     try:
-        key = entity.row_from_event(decoded).get(entity.key_column)
+        key = entity.row_from_event(event).get(entity.key_column)
     except Exception:  # a mapping that raises is rejected where the record is applied
         return None
     return key if _valid_key(key) else None
+
+
+def format_of(entity: Entity) -> InputFormat:
+    """Return the input format of ``entity``'s records (``changeType`` JSON unless declared)."""
+    declared: InputFormat | None = getattr(entity, "input_format", None)
+    return CHANGE_TYPE_JSON if declared is None else declared

@@ -22,7 +22,7 @@ from streams.apply.deadletters import (
     headers_dict,
 )
 from streams.core.errors import MirrorError
-from streams.core.routing import ORIGIN_HEADER, Origin
+from streams.core.records import ORIGIN_HEADER, Origin
 from streams.kafka import aiokafka_fixes
 from streams.kafka.aiokafka_fixes import send_record
 from streams.kafka.broker_failures import start_client

@@ -28,7 +28,8 @@ from models.registry import EntitySpec, Registry, build_spec, default_registry
 from models.store import SqlStore
 from models.store.schema import reads_back_as_written
 from streams.apply.mirror import Mirror
-from streams.core.routing import Outcome, Rejection, RejectReason, SourceRecord
+from streams.core.decisions import Outcome, Rejection, RejectReason
+from streams.core.records import SourceRecord
 
 PLANET = build_spec(Planet)
 

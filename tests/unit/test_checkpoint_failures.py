@@ -19,7 +19,7 @@ from streams.apply.checkpoint import Checkpoint
 from streams.apply.deadletters import DeadLetterWriter
 from streams.apply.holds import FAILED
 from streams.apply.mirror import Mirror
-from streams.core.routing import SourceRecord
+from streams.core.records import SourceRecord
 from streams.intake.handoff import Handoff
 from streams.settings import Settings
 from tests.waiting import eventually

@@ -17,16 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.registry import EntitySpec, build_spec, default_registry
+from streams.core.decisions import ChangeType, Delete, Rejection, RejectReason, Upsert
 from streams.core.guard import Current, Plan, resolve
-from streams.core.routing import (
-    ChangeType,
-    Delete,
-    Rejection,
-    RejectReason,
-    SourceRecord,
-    Upsert,
-    route,
-)
+from streams.core.records import SourceRecord
+from streams.core.routing import route
 from tests.models.declared_moons import PatchedMoon, SoftMoon, SoftPatchedMoon
 from tests.moon_oracle import FIELD_OF, MoonEvent, MoonOracle, moon_stream
 

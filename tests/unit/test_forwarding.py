@@ -10,7 +10,7 @@ from models.registry import default_registry
 from streams.apply.applied_offsets import AppliedOffsets
 from streams.apply.forwarder import Forwarder
 from streams.apply.holds import FORWARD
-from streams.core.routing import SourceRecord
+from streams.core.records import SourceRecord
 from streams.intake.handoff import Handoff
 from streams.kafka.producers import OwnProducer, passing_failure
 from streams.settings import Settings

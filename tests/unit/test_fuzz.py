@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from models.planet import Planet
 from models.registry import build_spec
+from streams.core.decisions import Delete, Rejection, Upsert
 from streams.core.guard import resolve
-from streams.core.routing import Delete, Rejection, SourceRecord, Upsert, route
+from streams.core.records import SourceRecord
+from streams.core.routing import route
 
 PLANET = build_spec(Planet)
 

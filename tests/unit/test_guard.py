@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 
 from models.planet import Planet
 from models.registry import build_spec
+from streams.core.decisions import Delete, Outcome, Upsert
 from streams.core.guard import ZERO_VERSION, Current, Plan, resolve
-from streams.core.routing import Delete, Outcome, SourceRecord, Upsert, Version, route
+from streams.core.records import SourceRecord, Version
+from streams.core.routing import route
 
 PLANET = build_spec(Planet)
 

@@ -11,18 +11,9 @@ import pytest
 
 from models.planet import Planet
 from models.registry import build_spec
-from streams.core.routing import (
-    ChangeType,
-    Delete,
-    Origin,
-    Rejection,
-    RejectReason,
-    SourceRecord,
-    Upsert,
-    entity_key_of,
-    route,
-    route_batch,
-)
+from streams.core.decisions import ChangeType, Delete, Rejection, RejectReason, Upsert
+from streams.core.records import Origin, SourceRecord
+from streams.core.routing import entity_key_of, route, route_batch
 
 PLANET = build_spec(Planet)
 
