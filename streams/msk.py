@@ -5,7 +5,7 @@ record has base64 ``key``/``value``, ``timestamp`` (ms), ``topic``, ``partition`
 ``offset``. :func:`handle_msk_event` keeps that pattern's contract: it returns
 ``(max_status, results)`` with 201 for CREATED, 200 for UPDATED (or no changeType),
 204 for DELETED and 400 for a rejected event. Records go through the same
-:class:`~streams.apply.mirror.Mirror` as the Faust agents, in batches per entity.
+:class:`~streams.apply.sql_applier.SqlApplier` as the Faust agents, in batches per entity.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from streams.apply.mirror import Mirror, RecordResult
+from streams.apply.sql_applier import RecordResult, SqlApplier
 from streams.core.decisions import ChangeType, Outcome, Rejection, RejectReason
 from streams.core.records import SourceRecord
 
@@ -110,7 +110,7 @@ def _result_dict(result: RecordResult) -> dict[str, Any]:
     return out
 
 
-def apply_records(mirror: Mirror, records: Iterable[SourceRecord]) -> list[RecordResult]:
+def apply_records(mirror: SqlApplier, records: Iterable[SourceRecord]) -> list[RecordResult]:
     """Apply records through ``mirror``, one transaction per run of one topic's records."""
     results: list[RecordResult] = []
     run: list[SourceRecord] = []
@@ -140,8 +140,8 @@ def apply_records(mirror: Mirror, records: Iterable[SourceRecord]) -> list[Recor
 
 
 @functools.cache
-def _default_mirror() -> Mirror:
-    """Build the Mirror from the environment once per Lambda container."""
+def _default_mirror() -> SqlApplier:
+    """Build the SqlApplier from the environment once per Lambda container."""
     from streams.settings import Settings
     from streams.worker import build_mirror
 
@@ -152,7 +152,7 @@ def _default_mirror() -> Mirror:
 
 
 def handle_msk_event(
-    event: Mapping[str, Any], context: Any = None, *, mirror: Mirror | None = None
+    event: Mapping[str, Any], context: Any = None, *, mirror: SqlApplier | None = None
 ) -> tuple[int, list[dict[str, Any]]]:
     """Apply an MSK/Lambda event; return ``(max_status, results)`` in partition order.
 

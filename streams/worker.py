@@ -1,4 +1,4 @@
-"""Build the Faust app of a worker from settings: the store, the Mirror and the agents."""
+"""Build the Faust app of a worker from settings: the store, the SqlApplier and the agents."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from streams.apply.agents import (
     register_tombstone_purge,
     repartition_topic,
 )
-from streams.apply.mirror import Mirror
+from streams.apply.sql_applier import SqlApplier
 from streams.core.errors import MirrorError, SettingsError
 from streams.faust_app import FAUST_OPTIONS, MirrorTransportApp
 from streams.intake.faust_consumer import assignment_settled
@@ -78,10 +78,10 @@ def load_entities(settings: Settings, registry: Registry = default_registry) -> 
     return registry
 
 
-def build_mirror(settings: Settings, registry: Registry = default_registry) -> Mirror:
-    """Build the Mirror (registry + SQL store) for ``settings``."""
+def build_mirror(settings: Settings, registry: Registry = default_registry) -> SqlApplier:
+    """Build the SqlApplier (registry + SQL store) for ``settings``."""
     load_entities(settings, registry)
-    return Mirror(
+    return SqlApplier(
         registry,
         SqlStore.from_url(settings.database_url),
         group=settings.app_id,
@@ -352,7 +352,7 @@ def ensure_data_dir(path: str) -> str:
     return path
 
 
-def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
+def _spec_of(mirror: SqlApplier, topic: str, settings: Settings) -> Any:
     """Return the entity applied from ``topic`` (its source or its repartition topic)."""
     for spec in mirror.registry:
         if topic in (mirror.source_topic(spec), repartition_topic(mirror, spec, settings)):
@@ -360,7 +360,7 @@ def _spec_of(mirror: Mirror, topic: str, settings: Settings) -> Any:
     return None
 
 
-def build_app(settings: Settings, mirror: Mirror | None = None) -> faust.App:
+def build_app(settings: Settings, mirror: SqlApplier | None = None) -> faust.App:
     """Create the Faust app with one agent per declared entity."""
     # First: it refuses an aiokafka its patches were not written for, before anything starts.
     aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal

@@ -842,7 +842,7 @@ def mirrored_planets(url: str, count: int, group: str = "api") -> SqlStore:
     import models.planet  # noqa: F401  (declares Planet in the default registry)
     from models.registry import default_registry
     from models.store import SqlStore
-    from streams.apply.mirror import Mirror
+    from streams.apply.sql_applier import SqlApplier
     from streams.core.records import SourceRecord
 
     store = SqlStore.from_url(url)
@@ -861,5 +861,5 @@ def mirrored_planets(url: str, count: int, group: str = "api") -> SqlStore:
         for i in range(count)
     ]
     if records:
-        Mirror(default_registry, store, group=group).apply(spec, records)
+        SqlApplier(default_registry, store, group=group).apply(spec, records)
     return store

@@ -1,9 +1,9 @@
-"""Faust agents: one per declared entity, each carrying its batches through the checkpoint.
+"""Faust agents: one per declared entity, each carrying its batches through its batch lanes.
 
 The agent subscribes its entity's topic, so Faust's consumer group and partition assignor
 cover it, but its records never pass Faust's streams: the consumer hands each fetched run
 over (``streams.intake.faust_consumer``, ``streams.intake.handoff``) and the agent takes
-batches from its feed and hands them to ``streams.apply.checkpoint``, which owns the order of a
+batches from its feed and hands them to ``streams.apply.lane``, which owns the order of a
 batch's effects.
 """
 
@@ -22,10 +22,10 @@ from aiokafka.errors import KafkaError
 
 from models.registry import EntitySpec
 from streams.apply.applied_offsets import AppliedOffsets
-from streams.apply.checkpoint import Checkpoint
 from streams.apply.deadletters import DeadLetterWriter, dead_letter_topic
 from streams.apply.forwarder import FORWARD_BATCH_BYTES, Forwarder
-from streams.apply.mirror import Mirror
+from streams.apply.lane import BatchLane
+from streams.apply.sql_applier import SqlApplier
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.records import ORIGIN_HEADER, Origin, SourceRecord
@@ -49,9 +49,9 @@ async def retrying(what: str, call: Callable[[], Any]) -> Any:
 
 
 class EntityAgents:
-    """Everything that carries the mirrored topics' batches: feeds, checkpoints, offsets."""
+    """Everything that carries the mirrored topics' batches: feeds, lanes, offsets."""
 
-    def __init__(self, app: faust.App, mirror: Mirror, settings: Settings, handoff: Handoff):
+    def __init__(self, app: faust.App, mirror: SqlApplier, settings: Settings, handoff: Handoff):
         self.app = app
         self.mirror = mirror
         self.settings = settings
@@ -68,7 +68,7 @@ class EntityAgents:
                 "max_batch_size": FORWARD_BATCH_BYTES,
             },
         )
-        self.checkpoints: list[Checkpoint] = []
+        self.lanes: list[BatchLane] = []
         self.forwarders: list[Forwarder] = []
         self.kafka_offset_topics: set[str] = set()
         """Topics read from the group's Kafka offsets (forwarded, nothing stored in SQL)."""
@@ -77,7 +77,7 @@ class EntityAgents:
         """Return, per partition, the first records of the places its unapplied records wait
         in (batches on their way, then feeds), oldest place first."""
         found: dict[tuple[str, int], list[Head]] = {}
-        lanes: list[Checkpoint | Forwarder] = [*self.checkpoints, *self.forwarders]
+        lanes: list[BatchLane | Forwarder] = [*self.lanes, *self.forwarders]
         for lane in lanes:
             for tp, head in lane.heads():
                 found.setdefault((tp[0], tp[1]), []).append(head)  # type: ignore[index]
@@ -86,7 +86,7 @@ class EntityAgents:
     def next_offset(self, key: tuple[str, int]) -> int | None:
         """Return the next offset to apply of ``key``: stored with the data for the mirrored
         topics, the group's applied offset for the forwarded ones (None: not positioned)."""
-        stored = self.mirror.positions.get(key)
+        stored = self.mirror.stored_offsets.get(key)
         applied = self.applied.next.get(key)
         if stored is None or applied is None:
             return stored if applied is None else applied
@@ -98,7 +98,7 @@ class EntityAgents:
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         """Let the batches in flight finish, then commit what is applied of ``revoked``."""
-        lanes: list[Checkpoint | Forwarder] = [*self.checkpoints, *self.forwarders]
+        lanes: list[BatchLane | Forwarder] = [*self.lanes, *self.forwarders]
         waits = [lane.idle.wait() for lane in lanes if not lane.idle.is_set()]
         if waits:
             _, pending = await asyncio.wait(
@@ -121,15 +121,15 @@ def make_agent(
 ) -> Callable[[Any], Awaitable[None]]:
     """Build the agent function that mirrors ``spec``'s topic (and fills its ``cache``).
 
-    One checkpoint per feed (lane): lanes apply batches of disjoint partitions at once, each in
+    One batch lane per feed: lanes apply batches of disjoint partitions at once, each in
     its own transactions, so that while one lane's batch waits on round trips to PostgreSQL,
     another's is routed or cached.
     """
     mirror, settings = agents.mirror, agents.settings
     source = mirror.source_topic(spec)
     dlq = dead_letter_topic(source, settings.dlq_suffix)
-    checkpoints = [
-        Checkpoint(
+    lanes = [
+        BatchLane(
             mirror,
             spec,
             agents.dead_letters,
@@ -141,7 +141,7 @@ def make_agent(
         )
         for _ in feeds
     ]
-    agents.checkpoints.extend(checkpoints)
+    agents.lanes.extend(lanes)
 
     async def mirror_entity(stream: Any) -> None:
         # The stream stays empty: records come through the feeds (see the module docstring).
@@ -151,8 +151,8 @@ def make_agent(
         await _until_done(f"create topic {dlq}", lambda: agents.dead_letters.prepare(source, dlq))
         await asyncio.gather(
             *(
-                checkpoint.run(feed, settings.batch_size, settings.batch_wait)
-                for checkpoint, feed in zip(checkpoints, feeds, strict=True)
+                lane.run(feed, settings.batch_size, settings.batch_wait)
+                for lane, feed in zip(lanes, feeds, strict=True)
             )
         )
 
@@ -264,7 +264,7 @@ def with_origin(record: Any) -> Any:
     return record
 
 
-def register_tombstone_purge(app: faust.App, mirror: Mirror, settings: Settings) -> None:
+def register_tombstone_purge(app: faust.App, mirror: SqlApplier, settings: Settings) -> None:
     """Purge tombstones older than the retention, every tenth of it (at most hourly)."""
     interval = max(1.0, min(3600.0, settings.tombstone_retention / 10))
 
@@ -284,7 +284,7 @@ def register_tombstone_purge(app: faust.App, mirror: Mirror, settings: Settings)
 
 def register_agents(
     app: faust.App,
-    mirror: Mirror,
+    mirror: SqlApplier,
     settings: Settings,
     handoff: Handoff,
     caches: Mapping[str, EntityCache] | None = None,
@@ -310,7 +310,7 @@ def register_agents(
     return agents
 
 
-def repartition_topic(mirror: Mirror, spec: EntitySpec, settings: Settings) -> str:
+def repartition_topic(mirror: SqlApplier, spec: EntitySpec, settings: Settings) -> str:
     """Return the name of ``spec``'s repartition topic (one per consumer group)."""
     return f"{settings.app_id}-{mirror.source_topic(spec)}-repartition"
 

@@ -1,5 +1,5 @@
 """The offsets committed to the group: per source partition, the next one whose records have
-had every effect here (step 5 of ``streams.apply.checkpoint``'s order, and the forwarder's step 2).
+had every effect here (step 5 of ``streams.apply.lane``'s order, and the forwarder's step 2).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from streams.intake.faust_consumer import commit_offsets
 class AppliedOffsets:
     """Next offset per source partition whose records have had every effect here.
 
-    Noted when a batch's checkpoint is complete, or when a partition is positioned (records
-    below its start need nothing more). These are the only offsets committed to the group
-    (forward only), which keeps its offsets, restarts and lag monitors right.
+    Noted when a batch's lane has carried it through every effect, or when a partition is
+    positioned (records below its start need nothing more). These are the only offsets
+    committed to the group (forward only), which keeps its offsets, restarts and lag monitors
+    right.
     """
 
     def __init__(self) -> None:

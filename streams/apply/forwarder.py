@@ -32,8 +32,8 @@ from streams.apply.holds import (
     read_again,
     say_failed,
 )
-from streams.apply.mirror import fast_loads
 from streams.apply.retrying import retrying
+from streams.apply.sql_applier import fast_loads
 from streams.core.errors import (
     ForwardError,
     ForwardRefused,
@@ -42,7 +42,7 @@ from streams.core.errors import (
 from streams.core.records import ORIGIN_HEADER, first_of
 from streams.core.routing import entity_key_of
 from streams.core.staleness import Head
-from streams.intake.feed import Feed, Taken, held_heads
+from streams.intake.feed import Feed, FeedBatch, held_heads
 from streams.intake.handoff import Handoff
 from streams.kafka.aiokafka_fixes import needs_raw_headers, send_record
 from streams.kafka.producers import BROKEN_PRODUCER_ERRORS, OwnProducer, passing_failure
@@ -85,7 +85,7 @@ class Forwarder:
         self.limit: int | None = None
         """The largest record the target took when last read (None: not read yet)."""
         self.feed: Feed | None = None
-        self.batch: Taken | None = None
+        self.batch: FeedBatch | None = None
         """The batch being forwarded (staleness reads its heads)."""
         self._backoff = HoldBackoff()
         self._partitions: list[int] | None = None

@@ -30,7 +30,7 @@ from streams.ops.preflight import database_problem
 
 if TYPE_CHECKING:
     from models.registry import EntitySpec
-    from streams.apply.mirror import Mirror
+    from streams.apply.sql_applier import SqlApplier
 from streams.settings import Settings
 
 PLANETS = ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune", "Pluto"]
@@ -103,8 +103,8 @@ def cmd_show(settings: Settings, kind: str, wait: float) -> int:
     return 0
 
 
-def _entity(settings: Settings, kind: str) -> tuple[Mirror, EntitySpec]:
-    """Return the Mirror and the spec of ``kind``, or fail naming the declared kinds."""
+def _entity(settings: Settings, kind: str) -> tuple[SqlApplier, EntitySpec]:
+    """Return the SqlApplier and the spec of ``kind``, or fail naming the declared kinds."""
     from streams.worker import build_mirror
 
     mirror = build_mirror(settings)

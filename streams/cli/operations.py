@@ -20,7 +20,7 @@ from sqlalchemy import delete
 
 from models.registry import EntitySpec
 from models.store import offsets_table
-from streams.apply.mirror import Mirror, fast_loads
+from streams.apply.sql_applier import SqlApplier, fast_loads
 from streams.core.decisions import Rejection
 from streams.core.errors import MirrorError
 from streams.core.guard import Current, resolve
@@ -194,7 +194,7 @@ class StampedAhead:
 
 async def expected_state(
     settings: Settings,
-    mirror: Mirror,
+    mirror: SqlApplier,
     spec: EntitySpec,
     progress: Progress | None = None,
     ahead: list[StampedAhead] | None = None,
@@ -298,10 +298,10 @@ def _visible(row: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (row or {}).items() if not k.startswith("mirror_")}
 
 
-async def rebuild(settings: Settings, mirror: Mirror, spec: EntitySpec) -> int:
+async def rebuild(settings: Settings, mirror: SqlApplier, spec: EntitySpec) -> int:
     """Empty the entity's table and tombstones and apply its topic again from the start.
 
-    Runs as its own consumer group (``<APP_ID>.rebuild``), through the same Mirror: safe
+    Runs as its own consumer group (``<APP_ID>.rebuild``), through the same SqlApplier: safe
     while workers run, since the version guard keeps the newest state whoever applies it.
     """
     group = f"{settings.app_id}.rebuild"
@@ -315,7 +315,7 @@ async def rebuild(settings: Settings, mirror: Mirror, spec: EntitySpec) -> int:
                 offsets_table.c.consumer_group == group, offsets_table.c.topic == topic
             )
         )
-    rebuilder = Mirror(
+    rebuilder = SqlApplier(
         mirror.registry,
         mirror.store,
         group=group,

@@ -18,7 +18,7 @@ Each admitted run also says which offset it **continues from**: the offset store
 that its records follow on (for the first run after a positioning, what the positioner vouched
 for: the stored offset, or below it; for later runs, the end of the run before). A batch's
 transaction stores a partition's next offset only if the batch continues from at most the
-offset stored before it (``streams.apply.mirror``): a run lost on the way between the consumer
+offset stored before it (``streams.apply.sql_applier``): a run lost on the way between the consumer
 and the database cannot be stepped over.
 """
 

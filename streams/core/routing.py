@@ -6,7 +6,7 @@ Each record becomes one *decision* (upsert, delete, reject), in consumption orde
 all route through here. Folding a batch to one write per key and the version guard are
 the next step, in :mod:`streams.core.guard` (:func:`~streams.core.guard.resolve`). These
 functions import only the standard library and never do I/O: the SQL store and the
-checkpoint carry the decisions out. "Unknown changeType" or "not JSON" is a value, not an
+batch lanes carry the decisions out. "Unknown changeType" or "not JSON" is a value, not an
 exception, so one bad event can never stop a partition.
 """
 

@@ -32,7 +32,7 @@ be written (``tests/unit/test_faust_workarounds.py`` unless said otherwise).
    :class:`MirrorConsumerThread` asks for 100 ms. Test: the value in Faust's source.
 
 5. **Faust commits what its streams acknowledged** (``Consumer._new_offset``); mirrored records
-   never pass its streams, and only what the checkpoint applied may be committed:
+   never pass its streams, and only what a batch lane applied may be committed:
    ``_new_offset`` returns None and :func:`commit_offsets` commits the applied offsets.
 
 6. **Faust's slow-stream check assumes every record passes its streams**

@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from typing import Any
 
 
-class Taken(list[Any]):
+class FeedBatch(list[Any]):
     """Records taken from a feed in one batch, with the first record of each partition and
     the stored offset each partition's records continue from."""
 
@@ -118,7 +118,7 @@ class Feed:
 
     async def take(
         self, max_records: int, linger: float = 0.0, wanted: asyncio.Event | None = None
-    ) -> Taken:
+    ) -> FeedBatch:
         """Wait for records, then return up to ``max_records`` of them, oldest runs first.
 
         The batch goes as soon as it is full, or as soon as the step it is for waits for
@@ -154,8 +154,8 @@ class Feed:
                     waiting.cancel()
         return self._pop(max_records)
 
-    def _pop(self, max_records: int) -> Taken:
-        batch = Taken()
+    def _pop(self, max_records: int) -> FeedBatch:
+        batch = FeedBatch()
         heads = batch.heads
         starts = batch.starts
         while self._runs and len(batch) < max_records:

@@ -64,7 +64,7 @@ class Handoff:
         self.on_refused: Callable[[Hashable], None] = lambda tp: None
         """Told when a positioned partition's run was refused: it must be positioned again.
         Both are given by :meth:`listen` (the positioner's, in ``streams.worker``)."""
-        self.moved_on: set[Hashable] = set()
+        self.fetched_past: set[Hashable] = set()
         """Partitions whose fetch position may have moved past records not handed over.
 
         Records are consumed without being handed over when a run comes while its partition
@@ -137,7 +137,7 @@ class Handoff:
         (counted with ``reason``: it is read again, here or by the partition's new owner)."""
         mirrored = [tp for tp in tps if tp.topic in self.feeds]
         self.positions.forget(mirrored)
-        self.moved_on.update(mirrored)
+        self.fetched_past.update(mirrored)
         by_feed: defaultdict[int, list[Any]] = defaultdict(list)
         feeds = {}
         for tp in mirrored:
@@ -159,7 +159,7 @@ class Handoff:
                 self.on_refused(tp)
             else:
                 discarded(tp, len(records), NOT_POSITIONED)
-                self.moved_on.add(tp)
+                self.fetched_past.add(tp)
             return False
         if admission.jump is not None:
             self.on_jump(admission.jump)

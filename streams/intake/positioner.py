@@ -28,8 +28,8 @@ from streams.intake.handoff import Handoff
 from streams.kafka.topic_ids import TopicIds
 from streams.ops import metrics
 
-if TYPE_CHECKING:  # the apply room is above this one: its Mirror is only passed in
-    from streams.apply.mirror import Mirror
+if TYPE_CHECKING:  # the apply room is above this one: its SqlApplier is only passed in
+    from streams.apply.sql_applier import SqlApplier
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Positioner:
         self,
         app: Any,
         handoff: Handoff,
-        mirror: Mirror,
+        mirror: SqlApplier,
         cached_topics: set[str],
         on_positioned: Callable[[Any, int], None],
         kafka_offset_topics: set[str] | None = None,
@@ -123,8 +123,8 @@ class Positioner:
     async def position(self, tps: list[Any]) -> None:
         """Seek ``tps`` to where they start, then let them be fetched."""
         consumer = self.app.consumer
-        moved_on = self.handoff.moved_on
-        moved_on.difference_update(tps)
+        fetched_past = self.handoff.fetched_past
+        fetched_past.difference_update(tps)
         same_log = await self.check_logs(sorted({tp.topic for tp in tps}))
         stored = await asyncio.to_thread(self.mirror.store.stored_offsets, self.mirror.group)
         losses: list[tuple[Any, int, int]] = []
@@ -170,7 +170,7 @@ class Positioner:
         for tp, offset in starts.items():
             if tp not in assigned:
                 continue  # revoked meanwhile: its next owner positions it
-            if tp in moved_on:
+            if tp in fetched_past:
                 # Records from the new position were consumed but not handed over (a fetch
                 # issued before the seek returned after it): seek again. No fetch of it is in
                 # flight by then, so once more is enough.

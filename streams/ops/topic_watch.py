@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from streams.apply.mirror import Mirror
+from streams.apply.sql_applier import SqlApplier
 from streams.intake.faust_consumer import request_rejoin
 from streams.intake.handoff import Handoff
 from streams.kafka.topic_ids import TopicFacts, TopicIds
@@ -47,7 +47,7 @@ class TopicWatch:
         self,
         app: Any,
         settings: Settings,
-        mirror: Mirror,
+        mirror: SqlApplier,
         handoff: Handoff,
         caches: Mapping[str, EntityCache],
         topic_ids: TopicIds,

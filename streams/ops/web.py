@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler, Middleware
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.apply.mirror import Mirror
+from streams.apply.sql_applier import SqlApplier
 from streams.ops import metrics
 from tables.cache import EntityCache
 from tables.views import register_entity_views
@@ -78,7 +78,7 @@ class MalformedRequestWarning(logging.Filter):
 
 def register_pages(
     app: faust.App,
-    mirror: Mirror,
+    mirror: SqlApplier,
     caches: Mapping[str, EntityCache],
     api_token: str = "",
     refresh: Callable[[], None] = lambda: None,

@@ -52,7 +52,7 @@ async def test_the_changelog_writer_replaces_a_producer_broken_by_a_sequence_gap
         skip_sequence_numbers(await writer._producer.get(), topic_name, 0)
         with pytest.raises(OutOfOrderSequenceNumber):
             await writer.write(topic_name, [Entry(b"a", b"2", 0)])
-        # The caller retries (the checkpoint does, with backoff): a new producer takes it.
+        # The caller retries (the batch lane does, with backoff): a new producer takes it.
         await writer.write(topic_name, [Entry(b"a", b"3", 0), Entry(b"b", b"4", 0)])
     finally:
         await writer.close()

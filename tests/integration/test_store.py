@@ -1,4 +1,4 @@
-"""The SQL store and the Mirror on SQLite and PostgreSQL: changeType x entity present/absent."""
+"""The SQL store and the SqlApplier on SQLite and PostgreSQL: changeType x entity present/absent."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from models.planet import Planet
 from models.registry import EntitySpec, Registry, build_spec, default_registry
 from models.store import SqlStore
 from models.store.schema import reads_back_as_written
-from streams.apply.mirror import Mirror
+from streams.apply.sql_applier import SqlApplier
 from streams.core.decisions import Outcome, Rejection, RejectReason
 from streams.core.records import SourceRecord
 
@@ -35,10 +35,10 @@ PLANET = build_spec(Planet)
 
 
 @pytest.fixture
-def mirror(db_url: str) -> Iterator[Mirror]:
+def mirror(db_url: str) -> Iterator[SqlApplier]:
     store = SqlStore.from_url(db_url)
     store.create_tables(list(default_registry))
-    yield Mirror(default_registry, store, group="test")
+    yield SqlApplier(default_registry, store, group="test")
     store.dispose()
 
 
@@ -51,13 +51,13 @@ def rec(event: dict[str, Any] | None) -> SourceRecord:
     return SourceRecord("planet-changed", 0, offset, 1_000 + offset, b"p1", value)
 
 
-def rows(mirror: Mirror, spec: EntitySpec = PLANET) -> dict[Any, Any]:
+def rows(mirror: SqlApplier, spec: EntitySpec = PLANET) -> dict[Any, Any]:
     return {k: v["name"] for k, v in mirror.store.rows(spec).items()}
 
 
 @pytest.mark.parametrize("present", [False, True], ids=["absent", "present"])
 @pytest.mark.parametrize("change", ["CREATED", "UPDATED", None, "DELETED"])
-def test_change_type_semantics(mirror: Mirror, change: str | None, present: bool) -> None:
+def test_change_type_semantics(mirror: SqlApplier, change: str | None, present: bool) -> None:
     if present:
         mirror.apply(PLANET, [rec({"planetUuid": "p1", "planetName": "Old"})])
     event: dict[str, Any] = {"planetUuid": "p1", "planetName": "New"}
@@ -69,7 +69,7 @@ def test_change_type_semantics(mirror: Mirror, change: str | None, present: bool
     assert rows(mirror) == expected
 
 
-def test_unknown_change_type_leaves_the_row_and_the_batch_goes_on(mirror: Mirror) -> None:
+def test_unknown_change_type_leaves_the_row_and_the_batch_goes_on(mirror: SqlApplier) -> None:
     result = mirror.apply(
         PLANET,
         [
@@ -86,7 +86,7 @@ def test_unknown_change_type_leaves_the_row_and_the_batch_goes_on(mirror: Mirror
     assert rows(mirror) == {"p1": "A", "p2": "C"}
 
 
-def test_values_no_column_can_hold_are_rejected_before_any_sql(mirror: Mirror) -> None:
+def test_values_no_column_can_hold_are_rejected_before_any_sql(mirror: SqlApplier) -> None:
     result = mirror.apply(
         PLANET,
         [
@@ -137,7 +137,7 @@ def test_a_row_the_database_refuses_is_rejected_alone(db_url: str) -> None:
     store = SqlStore.from_url(db_url)
     try:
         store.create_tables([spec])
-        mirror = Mirror(registry, store, group="test")
+        mirror = SqlApplier(registry, store, group="test")
         records = [
             SourceRecord("asteroid-changed", 0, i, 1_000 + i, None, json.dumps(event).encode())
             for i, event in enumerate(
@@ -155,7 +155,7 @@ def test_a_row_the_database_refuses_is_rejected_alone(db_url: str) -> None:
 
 
 def test_a_table_changed_under_a_running_worker_refuses_rows_on_either_database(
-    mirror: Mirror,
+    mirror: SqlApplier,
 ) -> None:
     # A column dropped while the worker runs: PostgreSQL says so with a ProgrammingError,
     # SQLite with the OperationalError it also uses for a busy database; both are the
@@ -171,12 +171,12 @@ def test_a_table_changed_under_a_running_worker_refuses_rows_on_either_database(
     assert "name" in refused.decision.detail
 
 
-def test_kafka_tombstone_deletes_by_record_key(mirror: Mirror) -> None:
+def test_kafka_tombstone_deletes_by_record_key(mirror: SqlApplier) -> None:
     mirror.apply(PLANET, [rec({"planetUuid": "p1", "planetName": "A"}), rec(None)])
     assert rows(mirror) == {}
 
 
-def test_a_large_batch_with_many_deletes_is_one_transaction(mirror: Mirror) -> None:
+def test_a_large_batch_with_many_deletes_is_one_transaction(mirror: SqlApplier) -> None:
     creates = [rec({"planetUuid": f"k{i}", "planetName": f"n{i}"}) for i in range(1500)]
     deletes = [rec({"planetUuid": f"k{i}", "changeType": "DELETED"}) for i in range(0, 1500, 2)]
     mirror.apply(PLANET, creates)
@@ -192,7 +192,7 @@ def rec_at(
     return SourceRecord("planet-changed", partition, offset, ts, b"p1", value)
 
 
-def test_an_older_event_never_overwrites_newer_state(mirror: Mirror) -> None:
+def test_an_older_event_never_overwrites_newer_state(mirror: SqlApplier) -> None:
     mirror.apply(PLANET, [rec_at({"planetUuid": "p1", "planetName": "new"}, ts=200, offset=5)])
     # Older through another partition (timestamps order partitions): skipped.
     result = mirror.apply(
@@ -211,7 +211,7 @@ def test_an_older_event_never_overwrites_newer_state(mirror: Mirror) -> None:
     assert (row["name"], row["mirror_version"], row["mirror_offset"]) == ("later", 200, 6)
 
 
-def test_no_resurrection_but_a_newer_create_recreates(mirror: Mirror) -> None:
+def test_no_resurrection_but_a_newer_create_recreates(mirror: SqlApplier) -> None:
     mirror.apply(
         PLANET,
         [
@@ -244,7 +244,7 @@ def test_no_resurrection_but_a_newer_create_recreates(mirror: Mirror) -> None:
     assert rows(mirror) == {"p1": "B"}
 
 
-def test_a_replayed_batch_changes_nothing_and_is_not_counted_twice(mirror: Mirror) -> None:
+def test_a_replayed_batch_changes_nothing_and_is_not_counted_twice(mirror: SqlApplier) -> None:
     batch = [
         rec_at(
             {"planetUuid": f"k{i % 7}", "planetName": f"n{i}"},
@@ -270,7 +270,7 @@ def test_a_replayed_batch_changes_nothing_and_is_not_counted_twice(mirror: Mirro
 
 
 def test_a_record_delivered_twice_in_one_batch_is_applied_and_counted_once(
-    mirror: Mirror,
+    mirror: SqlApplier,
 ) -> None:
     first = rec_at({"planetUuid": "d1", "planetName": "one"}, ts=1000, offset=0)
     second = rec_at({"planetUuid": "d1", "planetName": "two"}, ts=1001, offset=1)
@@ -287,7 +287,7 @@ def test_a_record_delivered_twice_in_one_batch_is_applied_and_counted_once(
 
 
 def test_read_back_gives_the_rows_a_batch_changed_and_those_its_replays_name(
-    mirror: Mirror,
+    mirror: SqlApplier,
 ) -> None:
     batch = [
         rec_at({"planetUuid": "r1", "planetName": "a"}, ts=1000, offset=0),
@@ -318,7 +318,9 @@ def test_read_back_gives_the_rows_a_batch_changed_and_those_its_replays_name(
 
 
 @pytest.mark.parametrize("count", [3, 150], ids=["values", "copy"])
-def test_rows_taken_from_the_write_are_the_rows_the_table_holds(mirror: Mirror, count: int) -> None:
+def test_rows_taken_from_the_write_are_the_rows_the_table_holds(
+    mirror: SqlApplier, count: int
+) -> None:
     # Planet's columns are text: the cache takes a full upsert's row from the write itself.
     assert reads_back_as_written(PLANET.table)
     batch = [
@@ -335,7 +337,7 @@ def test_rows_taken_from_the_write_are_the_rows_the_table_holds(mirror: Mirror, 
     assert table["w0"]["name"] == "back"
 
 
-def test_tombstones_are_purged_after_retention(mirror: Mirror) -> None:
+def test_tombstones_are_purged_after_retention(mirror: SqlApplier) -> None:
     mirror.apply(PLANET, [rec_at({"planetUuid": "p1", "changeType": "DELETED"}, ts=1, offset=0)])
     assert mirror.store.purge_tombstones(PLANET, older_than_ms=0) == 0
     assert mirror.store.purge_tombstones(PLANET, older_than_ms=2**62) == 1
@@ -345,7 +347,7 @@ def test_a_refused_newest_event_does_not_hide_an_older_good_one(pg_url: str) -> 
     # PostgreSQL only: SQLite stores NUL characters, so there is nothing it refuses here.
     store = SqlStore.from_url(pg_url)
     store.create_tables([PLANET])
-    mirror = Mirror(default_registry, store, group="test")
+    mirror = SqlApplier(default_registry, store, group="test")
     result = mirror.apply(
         PLANET,
         [
@@ -358,7 +360,7 @@ def test_a_refused_newest_event_does_not_hide_an_older_good_one(pg_url: str) -> 
     store.dispose()
 
 
-def test_values_from_events_are_parameters_never_sql(mirror: Mirror) -> None:
+def test_values_from_events_are_parameters_never_sql(mirror: SqlApplier) -> None:
     payload = "x'); DROP TABLE servicea_planet; --"
     quoted_key = "k' OR '1'='1"
     mirror.apply(
@@ -409,7 +411,7 @@ def test_a_large_batch_of_every_column_kind_is_written_exactly(db_url: str) -> N
     store = SqlStore.from_url(db_url)
     try:
         store.create_tables([spec])
-        mirror = Mirror(registry, store, group="test")
+        mirror = SqlApplier(registry, store, group="test")
         events = [
             {
                 "code": f"c{i}",
@@ -463,7 +465,7 @@ def test_two_transactions_writing_one_key_at_once_never_resurrect_it(pg_url: str
     registry.register(Planet)
     store = SqlStore.from_url(pg_url)
     store.create_tables([PLANET])
-    mirror = Mirror(registry, store, group="race")
+    mirror = SqlApplier(registry, store, group="race")
     try:
         for round_ in range(60):
             keys = [f"r{round_}-{i}" for i in range(50)]
@@ -515,7 +517,7 @@ def planet_at(partition: int, offset: int, name: str) -> SourceRecord:
 
 
 def test_a_batch_that_does_not_follow_on_from_the_stored_offset_commits_nothing(
-    mirror: Mirror,
+    mirror: SqlApplier,
 ) -> None:
     from streams.core.errors import OffsetGap
 

@@ -69,9 +69,9 @@ def test_a_run_dropped_while_unpositioned_is_remembered_for_the_positioner() -> 
     handoff.positions.position(a, 0)
     handoff.fetched_at = handoff.positions.epoch
     handoff.forget([a])
-    handoff.moved_on.clear()  # the positioner starts positioning it
+    handoff.fetched_past.clear()  # the positioner starts positioning it
     assert handoff.deliver(a, run(a, 5, 9)) is False
-    assert handoff.moved_on == {a}
+    assert handoff.fetched_past == {a}
 
 
 def test_forgetting_a_partition_marks_it_moved_on() -> None:
@@ -81,7 +81,7 @@ def test_forgetting_a_partition_marks_it_moved_on() -> None:
     handoff.add_topic("t")
     a, other = TP("t", 0), TP("changelog", 0)
     handoff.forget([a, other])
-    assert handoff.moved_on == {a}
+    assert handoff.fetched_past == {a}
 
 
 def test_forgetting_drops_what_waits() -> None:

@@ -257,7 +257,7 @@ def test_every_faust_module_lists_its_workarounds() -> None:
 def test_layers_catch_an_import_pointing_up() -> None:
     assert layer_of("streams.kafka.topics") < layer_of("tables.cache")  # type: ignore[operator]
     assert layer_of("streams.core.routing") == 0
-    assert package_of("streams.apply.checkpoint") == "streams.apply"
+    assert package_of("streams.apply.lane") == "streams.apply"
     assert package_of("streams.worker") == "streams"
     assert package_of("streams.settings") == "streams.settings"
     assert package_of("tables.cache") == "tables"

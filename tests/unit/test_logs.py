@@ -19,7 +19,7 @@ from streams.worker import MirrorApp, MirrorWorker
 
 def test_a_rejection_log_line_is_one_json_object_with_its_position() -> None:
     record = logging.LogRecord(
-        "streams.apply.mirror", logging.ERROR, __file__, 1, "rejected %s", ("t[1]@5",), None
+        "streams.apply.sql_applier", logging.ERROR, __file__, 1, "rejected %s", ("t[1]@5",), None
     )
     record.__dict__.update({"topic": "t", "partition": 1, "offset": 5, "reason": "bad_json"})
     line = JsonFormatter().format(record)
@@ -59,8 +59,8 @@ def test_text_lines_are_fausts_own_at_log_level(
 ) -> None:
     assert logging_config("text", "info") is None  # mode's default, as the worker sets it up
     configure_logging("text", "error")
-    logging.getLogger("streams.apply.mirror").warning("not shown")
-    logging.getLogger("streams.apply.mirror").error("shown")
+    logging.getLogger("streams.apply.sql_applier").warning("not shown")
+    logging.getLogger("streams.apply.sql_applier").error("shown")
     err = capsys.readouterr().err
     assert "shown" in err and "not shown" not in err and "[ERROR]" in err
 

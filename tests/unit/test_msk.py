@@ -15,7 +15,7 @@ import models.planet  # noqa: F401  (declares Planet in the default registry, ru
 from models.base import MirroredEntity
 from models.registry import Registry, default_registry
 from models.store import SqlStore
-from streams.apply.mirror import Mirror
+from streams.apply.sql_applier import SqlApplier
 from streams.msk import MskEventError, handle_msk_event, records_from_msk_event
 
 
@@ -51,10 +51,10 @@ def msk_event(*records: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def mirror(tmp_path: Path) -> Mirror:
+def mirror(tmp_path: Path) -> SqlApplier:
     store = SqlStore.from_url(f"sqlite:///{tmp_path / 'm.sqlite3'}")
     store.create_tables(list(default_registry))
-    return Mirror(default_registry, store, group="lambda")
+    return SqlApplier(default_registry, store, group="lambda")
 
 
 def test_records_are_flattened_decoded_and_kept_in_partition_order() -> None:
@@ -85,7 +85,7 @@ def test_a_malformed_lambda_event_raises_one_clear_error(event: dict[str, Any]) 
         records_from_msk_event(event)
 
 
-def test_statuses_follow_the_lambda_contract(mirror: Mirror) -> None:
+def test_statuses_follow_the_lambda_contract(mirror: SqlApplier) -> None:
     event = msk_event(
         msk_record({"planetUuid": "a", "planetName": "A", "changeType": "CREATED"}, ts=1, offset=0),
         msk_record({"planetUuid": "b", "planetName": "B"}, ts=2, offset=1),
@@ -102,7 +102,7 @@ def test_statuses_follow_the_lambda_contract(mirror: Mirror) -> None:
     assert {k: v["name"] for k, v in mirror.store.rows(spec).items()} == {"b": "B2"}
 
 
-def test_a_rejected_record_gives_400_and_the_rest_still_apply(mirror: Mirror) -> None:
+def test_a_rejected_record_gives_400_and_the_rest_still_apply(mirror: SqlApplier) -> None:
     event = msk_event(
         msk_record({"planetUuid": "a", "planetName": "A"}, ts=1, offset=0),
         msk_record({"planetUuid": "x", "changeType": "ARCHIVED"}, ts=2, offset=1),
@@ -127,7 +127,7 @@ def test_a_rejected_record_gives_400_and_the_rest_still_apply(mirror: Mirror) ->
     assert set(mirror.store.rows(spec)) == {"a", "d"}
 
 
-def test_records_out_of_timestamp_order_apply_in_timestamp_order(mirror: Mirror) -> None:
+def test_records_out_of_timestamp_order_apply_in_timestamp_order(mirror: SqlApplier) -> None:
     event = msk_event(
         msk_record({"planetUuid": "a", "planetName": "new"}, ts=20, offset=1, partition=1),
         msk_record({"planetUuid": "a", "planetName": "old"}, ts=10, offset=7, partition=0),
@@ -139,7 +139,7 @@ def test_records_out_of_timestamp_order_apply_in_timestamp_order(mirror: Mirror)
 
 
 def test_a_later_record_of_a_partition_applies_whatever_its_producers_clock(
-    mirror: Mirror,
+    mirror: SqlApplier,
 ) -> None:
     # The Lambda pattern sorted by timestamp: the update from a host 2 s behind was lost.
     event = msk_event(
@@ -152,7 +152,7 @@ def test_a_later_record_of_a_partition_applies_whatever_its_producers_clock(
     assert mirror.store.rows(spec)["a"]["name"] == "updated"
 
 
-def test_an_empty_event_is_fine(mirror: Mirror) -> None:
+def test_an_empty_event_is_fine(mirror: SqlApplier) -> None:
     assert handle_msk_event({"records": {}}, None, mirror=mirror) == (200, [])
 
 
@@ -176,7 +176,7 @@ def test_the_msk_adapter_calls_a_models_batch_hook_once_per_change(tmp_path: Pat
     registry.register(Star)
     store = SqlStore.from_url(f"sqlite:///{tmp_path / 'h.sqlite3'}")
     store.create_tables(list(registry))
-    mirror = Mirror(registry, store, group="lambda")
+    mirror = SqlApplier(registry, store, group="lambda")
     event = msk_event(
         msk_record(
             {"starUuid": "a", "starName": "A", "changeType": "CREATED"},
@@ -204,7 +204,7 @@ def test_the_msk_adapter_honours_soft_deletes_and_partial_updates(tmp_path: Path
     spec = registry.register(SoftPatchedMoon)
     store = SqlStore.from_url(f"sqlite:///{tmp_path / 'moons.sqlite3'}")
     store.create_tables(list(registry))
-    mirror = Mirror(registry, store, group="lambda")
+    mirror = SqlApplier(registry, store, group="lambda")
     topic = spec.topic
 
     def moon(offset: int, **event: Any) -> dict[str, Any]:

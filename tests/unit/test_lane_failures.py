@@ -15,10 +15,10 @@ from models.planet import Planet
 from models.registry import Registry, build_spec
 from models.store import SqlStore
 from streams.apply.applied_offsets import AppliedOffsets
-from streams.apply.checkpoint import Checkpoint
 from streams.apply.deadletters import DeadLetterWriter
 from streams.apply.holds import FAILED
-from streams.apply.mirror import Mirror
+from streams.apply.lane import BatchLane
+from streams.apply.sql_applier import SqlApplier
 from streams.core.records import SourceRecord
 from streams.intake.handoff import Handoff
 from streams.settings import Settings
@@ -79,12 +79,12 @@ async def test_a_batch_whose_cache_step_fails_is_read_again_and_not_stepped_over
     store.create_tables([PLANET])
     registry = Registry()
     registry.register(Planet)
-    mirror = Mirror(registry, store, group="g")
+    mirror = SqlApplier(registry, store, group="g")
     handoff = Handoff(high_water=10_000)
     (feed,) = handoff.add_topic(TOPIC)
     applied = AppliedOffsets()
     cache = FailingCache(fail_on=2, store=store, committed_after=30)
-    checkpoint = Checkpoint(
+    checkpoint = BatchLane(
         mirror,
         PLANET,
         DeadLetterWriter(Settings()),

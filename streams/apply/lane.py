@@ -1,4 +1,4 @@
-"""The order of one batch's effects, in one function: :meth:`Checkpoint.carry`.
+"""The order of one batch's effects, in one function: :meth:`BatchLane.carry`.
 
 Read it top to bottom: route, dead letters, one SQL transaction, the cache, the offsets noted as
 applied, and where the Kafka commit happens. Everything else in this module is a step it calls
@@ -31,8 +31,8 @@ from streams.apply.holds import (
     read_again,
     say_failed,
 )
-from streams.apply.mirror import BatchResult, Mirror, fast_loads
 from streams.apply.retrying import retrying
+from streams.apply.sql_applier import BatchResult, SqlApplier, fast_loads
 from streams.core.decisions import Decision, Rejection
 from streams.core.errors import (
     CacheError,
@@ -57,7 +57,7 @@ Position = tuple[str, int, int]
 
 @dataclass(slots=True, eq=False)
 class _Batch:
-    """One batch on its way through the steps of :meth:`Checkpoint.carry`."""
+    """One batch on its way through the steps of :meth:`BatchLane.carry`."""
 
     records: list[Any]
     read_at: float
@@ -102,7 +102,7 @@ class _Turns:
         self.applied()
 
 
-class Checkpoint:
+class BatchLane:
     """Carries one entity's batches (one lane of them) through their effects, in the order
     of :meth:`carry`: routing (pure Python), the SQL transaction (mostly waiting on the
     database), the cache with the offsets (mostly waiting on the broker), one batch at a time
@@ -110,7 +110,7 @@ class Checkpoint:
 
     def __init__(
         self,
-        mirror: Mirror,
+        mirror: SqlApplier,
         spec: EntitySpec,
         dead_letters: DeadLetterWriter,
         dlq_topic: str,
@@ -129,7 +129,7 @@ class Checkpoint:
         self.prepare = prepare
         """Turns fetched records into the core's (a repartition topic's origin headers)."""
         self._backoff = HoldBackoff()
-        self._cut: dict[tuple[str, int], int] = {}
+        self._held_from: dict[tuple[str, int], int] = {}
         """Partitions held from an offset on: their later records still on the way are dropped."""
         self.in_flight: list[_Batch] = []
         """The batches on their way, oldest first."""
@@ -200,7 +200,7 @@ class Checkpoint:
         #    before the transaction that moves their partition's stored offset past them. One
         #    the broker will never take (too large) holds its partition from that record on.
         # 3. One SQL transaction applies the batch with its stored offsets and outcome counts
-        #    (``streams.apply.mirror``). A row the database refuses rolls it back; the row is
+        #    (``streams.apply.sql_applier``). A row the database refuses rolls it back; the row is
         #    dead-lettered (step 2) and the transaction runs again without it.
         try:
             committed = await self._dead_letter_and_commit(batch)
@@ -226,7 +226,7 @@ class Checkpoint:
         # 6. The Kafka commit is not per batch: the worker's commit timer commits the noted
         #    offsets every commit interval, and a revocation commits them before its
         #    partitions go (``AppliedOffsets.commit``). Nothing else sends, writes or commits
-        #    on a batch's behalf: the agents (``streams.apply.agents``) only build checkpoints
+        #    on a batch's behalf: the agents (``streams.apply.agents``) only build lanes
         #    (and forwarders, ``streams.apply.forwarder``: the forwarded path's order) and hand
         #    them feeds.
 
@@ -266,7 +266,7 @@ class Checkpoint:
         """Yield the first record of each partition held here, oldest place first: the
         batches on their way in order, then the feed (what staleness reads, not records)."""
         for tp, record in held_heads([batch.heads for batch in self.in_flight], self.feed):
-            cut = self._cut.get((record.topic, record.partition))
+            cut = self._held_from.get((record.topic, record.partition))
             if cut is not None and record.offset > cut:
                 continue  # dropped when it reaches the database step
             yield tp, Head(record.offset, self._first_timestamp(record))
@@ -296,7 +296,7 @@ class Checkpoint:
         """Steps 2 and 3: dead letters, then the transaction, again without the rows the
         database refuses; False when nothing is left to finish."""
         self._drop_cut(batch)
-        stored = self.mirror.positions
+        stored = self.mirror.stored_offsets
         before = {tp: stored.get((r.topic, r.partition), 0) for tp, r in batch.heads.items()}
         refused: dict[Position, Rejection] = {}
         sent: set[Position] = set()
@@ -351,7 +351,7 @@ class Checkpoint:
         if gaps:
             # A batch before this one failed after its commit (its partitions are held, and
             # read again from the Kafka offset): expected. Anything else is a bug, said loudly.
-            unexpected = [g for g in gaps if (g.topic, g.partition) not in self._cut]
+            unexpected = [g for g in gaps if (g.topic, g.partition) not in self._held_from]
             if unexpected:
                 self._read_again(unexpected, None)
         metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
@@ -377,9 +377,9 @@ class Checkpoint:
 
     def _drop_cut(self, batch: _Batch) -> None:
         """Drop records of partitions held from an offset on, until they are read again."""
-        if not self._cut:
+        if not self._held_from:
             return
-        cuts = self._cut
+        cuts = self._held_from
 
         def read_before_the_hold(record: Any) -> bool:
             tp = (record.topic, record.partition)
@@ -416,7 +416,7 @@ class Checkpoint:
         sent: set[Position],
     ) -> None:
         """Send the dead letters of first deliveries not sent yet (before their commit)."""
-        stored = self.mirror.positions
+        stored = self.mirror.stored_offsets
         due = []
         for decision in [*decisions, *refused.values()]:
             if not isinstance(decision, Rejection):
@@ -459,7 +459,7 @@ class Checkpoint:
         there (nothing of theirs was stored), dropping their records from ``batch``."""
         for gap in gaps:
             key = (gap.topic, gap.partition)
-            self._cut[key] = min(gap.stored, self._cut.get(key, gap.stored))
+            self._held_from[key] = min(gap.stored, self._held_from.get(key, gap.stored))
         read_again(self.handoff, gaps)
         if batch is not None:
             gone = {(g.topic, g.partition) for g in gaps}
@@ -483,7 +483,7 @@ class Checkpoint:
 
     def _hold(self, key: tuple[str, int], reason: str, seconds: float, cut: int) -> None:
         """Hold ``key`` a while; its records after ``cut`` already on their way are dropped."""
-        self._cut[key] = min(cut, self._cut.get(key, cut))
+        self._held_from[key] = min(cut, self._held_from.get(key, cut))
         hold(self.handoff, key, reason, seconds)
 
 

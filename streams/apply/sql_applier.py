@@ -90,7 +90,7 @@ class BatchResult:
         return counts
 
 
-class Mirror:
+class SqlApplier:
     """Routes records through the core and applies them with the store, one batch at a time.
 
     ``apply`` either commits the batch (writes, stored offsets, outcome counts) and returns
@@ -116,7 +116,7 @@ class Mirror:
         """Seconds a record's timestamp is believed ahead of this process's clock
         (MAX_TIMESTAMP_AHEAD)."""
         #: Next offset to apply per (topic, partition), as committed by this process.
-        self.positions: dict[tuple[str, int], int] = {}
+        self.stored_offsets: dict[tuple[str, int], int] = {}
 
     def clock(self) -> Clock:
         """Return how far timestamps are believed now (``streams.core.routing.Clock``)."""
@@ -124,7 +124,7 @@ class Mirror:
 
     def note_stored(self, partition: tuple[str, int], offset: int) -> None:
         """Note the offset stored for ``partition`` (read when it was positioned)."""
-        self.positions[partition] = offset
+        self.stored_offsets[partition] = offset
 
     def source_topic(self, spec: EntitySpec) -> str:
         """Return the real topic name of ``spec`` (with the configured prefix)."""
@@ -249,7 +249,7 @@ class Mirror:
         for topic, ends in next_offsets.items():
             for partition, offset in ends.items():
                 key = (topic, partition)
-                self.positions[key] = max(offset, self.positions.get(key, 0))
+                self.stored_offsets[key] = max(offset, self.stored_offsets.get(key, 0))
         self._note(spec, result)
         return result
 
