@@ -51,6 +51,7 @@ from models.store.schema import (
     public_columns,
 )
 from streams.core.errors import StoreError, StoreUnavailableError
+from streams.core.records import Partition
 
 __all__ = [
     "COPY_FROM_ROWS",
@@ -191,14 +192,14 @@ class SqlStore:
             query = select(t.c.topic, t.c.outcome, t.c.count).where(t.c.consumer_group == group)
             return {(topic, outcome): int(n) for topic, outcome, n in conn.execute(query)}
 
-    def stored_offsets(self, group: str) -> dict[tuple[str, int], int]:
+    def stored_offsets(self, group: str) -> dict[Partition, int]:
         """Return the stored next offset per (topic, partition) of ``group``."""
         t = offsets_table
         with self._wrapped("read stored offsets"), self.engine.connect() as conn:
             query = select(t.c.topic, t.c.partition, t.c.next_offset).where(
                 t.c.consumer_group == group
             )
-            return {(topic, int(p)): int(o) for topic, p, o in conn.execute(query)}
+            return {Partition(topic, int(p)): int(o) for topic, p, o in conn.execute(query)}
 
     def known_logs(self) -> dict[str, KnownLog]:
         """Return what is known of each topic's log: its id and its version floor."""

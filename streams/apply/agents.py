@@ -28,7 +28,7 @@ from streams.apply.lane import BatchLane
 from streams.apply.sql_applier import SqlApplier
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
-from streams.core.records import ORIGIN_HEADER, Origin, SourceRecord
+from streams.core.records import ORIGIN_HEADER, Origin, Partition, SourceRecord
 from streams.core.staleness import Head
 from streams.intake.feed import Feed
 from streams.intake.handoff import Handoff
@@ -73,17 +73,17 @@ class EntityAgents:
         self.kafka_offset_topics: set[str] = set()
         """Topics read from the group's Kafka offsets (forwarded, nothing stored in SQL)."""
 
-    def held_heads(self) -> dict[tuple[str, int], list[Head]]:
+    def held_heads(self) -> dict[Partition, list[Head]]:
         """Return, per partition, the first records of the places its unapplied records wait
         in (batches on their way, then feeds), oldest place first."""
-        found: dict[tuple[str, int], list[Head]] = {}
+        found: dict[Partition, list[Head]] = {}
         lanes: list[BatchLane | Forwarder] = [*self.lanes, *self.forwarders]
         for lane in lanes:
             for tp, head in lane.heads():
-                found.setdefault((tp[0], tp[1]), []).append(head)  # type: ignore[index]
+                found.setdefault(Partition(*tp), []).append(head)  # type: ignore[misc]
         return found
 
-    def next_offset(self, key: tuple[str, int]) -> int | None:
+    def next_offset(self, key: Partition) -> int | None:
         """Return the next offset to apply of ``key``: stored with the data for the mirrored
         topics, the group's applied offset for the forwarded ones (None: not positioned)."""
         stored = self.mirror.stored_offsets.get(key)

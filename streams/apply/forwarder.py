@@ -39,7 +39,7 @@ from streams.core.errors import (
     ForwardRefused,
     MirrorError,
 )
-from streams.core.records import ORIGIN_HEADER, first_of
+from streams.core.records import ORIGIN_HEADER, Partition, first_of, partition_of
 from streams.core.routing import entity_key_of
 from streams.core.staleness import Head
 from streams.intake.feed import Feed, FeedBatch, held_heads
@@ -118,7 +118,7 @@ class Forwarder:
                 gaps = self.applied.note(sent, batch.starts)
                 if gaps:
                     read_again(self.handoff, gaps)
-                self._backoff.passed((r.topic, r.partition) for r in sent)
+                self._backoff.passed(partition_of(r) for r in sent)
             finally:
                 self.batch = None
                 self.idle.set()
@@ -197,10 +197,10 @@ class Forwarder:
             raise ForwardError(f"cannot read {self.target}'s max.message.bytes: {exc!r}") from exc
         if largest <= self.limit:
             return list(batch)
-        cut: dict[tuple[str, int], int] = {}
+        cut: dict[Partition, int] = {}
         kept = []
         for record in batch:
-            tp = (record.topic, record.partition)
+            tp = partition_of(record)
             if tp in cut:
                 continue
             if _forwarded_size(record) > self.limit:
@@ -212,7 +212,7 @@ class Forwarder:
 
     def _hold_from(self, record: Any) -> None:
         """Hold the partition of a record too large for the target, from that record on."""
-        key = (record.topic, record.partition)
+        key = partition_of(record)
         delay = self._backoff.next(key)
         log.error(
             "%s[%d]@%d (%d bytes) is larger than %s takes (max.message.bytes %s); holding the "
@@ -233,7 +233,7 @@ class Forwarder:
         hold(self.handoff, key, FORWARD, delay)
 
     def _hold_failed(self, batch: Sequence[Any], exc: BaseException, *, bug: bool = False) -> None:
-        tps = sorted({(r.topic, r.partition) for r in batch})
+        tps = sorted({partition_of(r) for r in batch})
         say_failed("forwarding", len(batch), self.spec.kind, tps, exc, bug=bug)
         for tp in tps:
             hold(self.handoff, tp, FAILED, FAILED_HOLD_SECONDS)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Hashable, Iterable, Sequence
 
 from streams.core.positions import Gap
+from streams.core.records import Partition
 from streams.intake.handoff import Handoff
 from streams.ops import metrics
 
@@ -51,7 +52,7 @@ def say_failed(
     doing: str,
     count: int,
     kind: str,
-    tps: Iterable[tuple[str, int]],
+    tps: Iterable[Partition],
     exc: BaseException,
     *,
     bug: bool = False,
@@ -75,7 +76,7 @@ def say_failed(
 def read_again(handoff: Handoff, gaps: Sequence[Gap]) -> None:
     """Say that batches did not follow on from the noted offsets (a bug: one error line each,
     ``mirror_offset_gaps_total``) and read their partitions again from there."""
-    from aiokafka import TopicPartition
+    from aiokafka import TopicPartition  # what the consumer's calls take
 
     for gap in gaps:
         log.error(
@@ -88,7 +89,7 @@ def read_again(handoff: Handoff, gaps: Sequence[Gap]) -> None:
     handoff.forget([TopicPartition(g.topic, g.partition) for g in gaps])
 
 
-def hold(handoff: Handoff, key: tuple[str, int], reason: str, seconds: float) -> None:
+def hold(handoff: Handoff, key: Partition, reason: str, seconds: float) -> None:
     """Stop reading ``key`` for ``seconds``; it is positioned again after, and read anew."""
     from aiokafka import TopicPartition
 

@@ -41,7 +41,7 @@ from streams.core.errors import (
     StoreRefusals,
 )
 from streams.core.positions import Gap
-from streams.core.records import first_of
+from streams.core.records import Partition, first_of, partition_of
 from streams.core.routing import route_batch, stamped_ahead
 from streams.core.staleness import Head
 from streams.intake.feed import Feed, heads_of, held_heads
@@ -129,7 +129,7 @@ class BatchLane:
         self.prepare = prepare
         """Turns fetched records into the core's (a repartition topic's origin headers)."""
         self._backoff = HoldBackoff()
-        self._held_from: dict[tuple[str, int], int] = {}
+        self._held_from: dict[Partition, int] = {}
         """Partitions held from an offset on: their later records still on the way are dropped."""
         self.in_flight: list[_Batch] = []
         """The batches on their way, oldest first."""
@@ -241,7 +241,7 @@ class BatchLane:
         """Read the partitions of every batch on its way again (the lane is gone)."""
         from aiokafka import TopicPartition
 
-        tps = {(r.topic, r.partition) for batch in self.in_flight for r in batch.heads.values()}
+        tps = {partition_of(r) for batch in self.in_flight for r in batch.heads.values()}
         self.in_flight = []
         self.idle.set()
         if tps:
@@ -266,7 +266,7 @@ class BatchLane:
         """Yield the first record of each partition held here, oldest place first: the
         batches on their way in order, then the feed (what staleness reads, not records)."""
         for tp, record in held_heads([batch.heads for batch in self.in_flight], self.feed):
-            cut = self._held_from.get((record.topic, record.partition))
+            cut = self._held_from.get(partition_of(record))
             if cut is not None and record.offset > cut:
                 continue  # dropped when it reaches the database step
             yield tp, Head(record.offset, self._first_timestamp(record))
@@ -297,7 +297,7 @@ class BatchLane:
         database refuses; False when nothing is left to finish."""
         self._drop_cut(batch)
         stored = self.mirror.stored_offsets
-        before = {tp: stored.get((r.topic, r.partition), 0) for tp, r in batch.heads.items()}
+        before = {tp: stored.get(partition_of(r), 0) for tp, r in batch.heads.items()}
         refused: dict[Position, Rejection] = {}
         sent: set[Position] = set()
         while batch.records:
@@ -351,7 +351,7 @@ class BatchLane:
         if gaps:
             # A batch before this one failed after its commit (its partitions are held, and
             # read again from the Kafka offset): expected. Anything else is a bug, said loudly.
-            unexpected = [g for g in gaps if (g.topic, g.partition) not in self._held_from]
+            unexpected = [g for g in gaps if partition_of(g) not in self._held_from]
             if unexpected:
                 self._read_again(unexpected, None)
         metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
@@ -364,7 +364,7 @@ class BatchLane:
         records = batch.records
         if any(head.offset < before[tp] for tp, head in batch.heads.items()):
             # Replays of applied records (rare: a cached partition's unconfirmed tail).
-            records = [r for r in records if r.offset >= before[(r.topic, r.partition)]]
+            records = [r for r in records if r.offset >= before[partition_of(r)]]
         if not records:
             return
         if not batch.forwarded:
@@ -382,7 +382,7 @@ class BatchLane:
         cuts = self._held_from
 
         def read_before_the_hold(record: Any) -> bool:
-            tp = (record.topic, record.partition)
+            tp = partition_of(record)
             cut = cuts.get(tp)
             if cut is None:
                 return False
@@ -396,10 +396,10 @@ class BatchLane:
     def _drop(self, batch: _Batch, dropping: Callable[[Any], bool]) -> None:
         """Take the records ``dropping`` says out of ``batch`` (counted: they are read again)."""
         kept_records, kept_decisions = [], []
-        gone: Counter[tuple[str, int]] = Counter()
+        gone: Counter[Partition] = Counter()
         for record, decision in zip(batch.records, batch.decisions, strict=True):
             if dropping(record):
-                gone[(record.topic, record.partition)] += 1
+                gone[partition_of(record)] += 1
                 continue
             kept_records.append(record)
             kept_decisions.append(decision)
@@ -425,7 +425,7 @@ class BatchLane:
             position = _position(record)
             if position in sent:
                 continue
-            if record.offset < stored.get((record.topic, record.partition), 0):
+            if record.offset < stored.get(partition_of(record), 0):
                 continue  # applied (and dead-lettered) by an earlier transaction
             due.append(decision)
             sent.add(position)
@@ -438,7 +438,7 @@ class BatchLane:
     def _hold_from(self, exc: DeadLetterRefused, batch: _Batch) -> None:
         """Hold the partition of a dead letter the broker refuses, from that record on."""
         bad = exc.rejection.record
-        tp = (bad.topic, bad.partition)
+        tp = partition_of(bad)
         delay = self._backoff.next(tp)
         log.error(
             "%s; holding %s[%d] from offset %d for %.0f s, then trying again (raise the "
@@ -452,18 +452,18 @@ class BatchLane:
         )
         metrics.DEAD_LETTER_FAILURES.labels(bad.topic, str(bad.partition)).inc()
         self._hold(tp, DEAD_LETTER, delay, bad.offset)
-        self._drop(batch, lambda r: (r.topic, r.partition) == tp and r.offset >= bad.offset)
+        self._drop(batch, lambda r: partition_of(r) == tp and r.offset >= bad.offset)
 
     def _read_again(self, gaps: Sequence[Gap], batch: _Batch | None) -> None:
         """Read partitions whose batch did not follow on from the stored offsets again from
         there (nothing of theirs was stored), dropping their records from ``batch``."""
         for gap in gaps:
-            key = (gap.topic, gap.partition)
+            key = partition_of(gap)
             self._held_from[key] = min(gap.stored, self._held_from.get(key, gap.stored))
         read_again(self.handoff, gaps)
         if batch is not None:
-            gone = {(g.topic, g.partition) for g in gaps}
-            self._drop(batch, lambda r: (r.topic, r.partition) in gone)
+            gone = {partition_of(g) for g in gaps}
+            self._drop(batch, lambda r: partition_of(r) in gone)
 
     def _hold_failed(
         self,
@@ -473,15 +473,15 @@ class BatchLane:
         *,
         bug: bool = False,
     ) -> None:
-        first: dict[tuple[str, int], int] = {}
+        first: dict[Partition, int] = {}
         for r in records:
-            tp = (r.topic, r.partition)
+            tp = partition_of(r)
             first[tp] = min(r.offset, first.get(tp, r.offset))
         say_failed(doing, len(records), self.spec.kind, first, exc, bug=bug)
         for tp, offset in first.items():
             self._hold(tp, FAILED, FAILED_HOLD_SECONDS, offset)
 
-    def _hold(self, key: tuple[str, int], reason: str, seconds: float, cut: int) -> None:
+    def _hold(self, key: Partition, reason: str, seconds: float, cut: int) -> None:
         """Hold ``key`` a while; its records after ``cut`` already on their way are dropped."""
         self._held_from[key] = min(cut, self._held_from.get(key, cut))
         hold(self.handoff, key, reason, seconds)

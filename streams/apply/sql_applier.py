@@ -23,7 +23,7 @@ from streams.core.decisions import Decision, Outcome, Rejection, RejectReason
 from streams.core.errors import BatchHookError, OffsetGap, StoreRefusals
 from streams.core.guard import resolve
 from streams.core.positions import offset_gaps
-from streams.core.records import EntityKey, Record
+from streams.core.records import EntityKey, Partition, Record, partition_key
 from streams.core.routing import Clock, lift_to_floor, route_batch
 from streams.ops import metrics
 
@@ -116,13 +116,13 @@ class SqlApplier:
         """Seconds a record's timestamp is believed ahead of this process's clock
         (MAX_TIMESTAMP_AHEAD)."""
         #: Next offset to apply per (topic, partition), as committed by this process.
-        self.stored_offsets: dict[tuple[str, int], int] = {}
+        self.stored_offsets: dict[Partition, int] = {}
 
     def clock(self) -> Clock:
         """Return how far timestamps are believed now (``streams.core.routing.Clock``)."""
         return Clock(int((time.time() + self.timestamps_ahead) * 1000))
 
-    def note_stored(self, partition: tuple[str, int], offset: int) -> None:
+    def note_stored(self, partition: Partition, offset: int) -> None:
         """Note the offset stored for ``partition`` (read when it was positioned)."""
         self.stored_offsets[partition] = offset
 
@@ -186,7 +186,7 @@ class SqlApplier:
             # at once, and a batch not keyed by entity may share keys with other partitions.
             tx.serialize(spec, exclusive=not keyed)
             stored = {
-                (topic, partition): offset
+                Partition(topic, partition): offset
                 for topic, ends in next_offsets.items()
                 for partition, offset in tx.next_offsets(self.group, topic, list(ends)).items()
             }
@@ -248,7 +248,7 @@ class SqlApplier:
         metrics.SQL_SECONDS.labels(spec.kind).observe(time.perf_counter() - started)
         for topic, ends in next_offsets.items():
             for partition, offset in ends.items():
-                key = (topic, partition)
+                key = Partition(topic, partition)
                 self.stored_offsets[key] = max(offset, self.stored_offsets.get(key, 0))
         self._note(spec, result)
         return result
@@ -309,9 +309,7 @@ class SqlApplier:
             metrics.REPLAYED.labels(spec.kind, topic).inc(replayed)
 
 
-def _first_deliveries(
-    decisions: Sequence[Decision], stored: Mapping[tuple[str, int], int]
-) -> list[int]:
+def _first_deliveries(decisions: Sequence[Decision], stored: Mapping[Partition, int]) -> list[int]:
     """Return the indexes of decisions at or past the stored offset, each position once.
 
     A record below its partition's stored offset was applied by an earlier transaction; a
@@ -319,11 +317,11 @@ def _first_deliveries(
     counted once.
     """
     fresh: list[int] = []
-    last: dict[tuple[str, int], int] = {}
-    seen: dict[tuple[str, int], set[int]] = {}
+    last: dict[Partition, int] = {}
+    seen: dict[Partition, set[int]] = {}
     for i, d in enumerate(decisions):
         r = d.record
-        partition = (r.topic, r.partition)
+        partition = partition_key(r)
         offset = r.offset
         if offset < stored.get(partition, 0):
             continue

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.core.errors import MirrorError
+from streams.core.records import Partition
 from streams.kafka.broker_failures import start_client
 from streams.ops.preflight import database_problem
 
@@ -127,7 +128,7 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
     mirror = build_mirror(settings)
 
     async def offset_lines(
-        topic: str, stored: Mapping[tuple[str, int], int], forwarded_to: str = ""
+        topic: str, stored: Mapping[Partition, int], forwarded_to: str = ""
     ) -> list[str]:
         """Describe ``topic``'s partitions: applied is the stored offset, or the group's
         committed one for a topic forwarded to a repartition topic (nothing stored)."""
@@ -139,7 +140,7 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
         if forwarded_to:
             applied = {p: max(0, committed.get(p, 0)) for p in partitions}
         else:
-            applied = {p: stored.get((topic, p), 0) for p in partitions}
+            applied = {p: stored.get(Partition(topic, p), 0) for p in partitions}
         behind = {p: done for p, done in applied.items() if done < ends[p]}
         stamps = await operations.first_timestamps(settings, topic, behind)
         now = time.time()

@@ -7,9 +7,41 @@ repartition topic carries its first place (:class:`Origin`), from which its vers
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, cast
+
+
+class Partition(NamedTuple):
+    """One partition of a topic: the one partition type of this code. A named tuple, as
+    aiokafka's ``TopicPartition`` and Faust's ``TP`` are, so each equals (and hashes as) the
+    others with the same fields, and a dict keyed by one is read with any."""
+
+    topic: str
+    partition: int
+
+
+class InPartition(Protocol):
+    """Anything that says which partition it is in (a record, a gap, a head)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+
+
+def partition_of(item: InPartition) -> Partition:
+    """Return the partition ``item`` is in."""
+    return Partition(item.topic, item.partition)
+
+
+#: The partition of a record as a plain ``(topic, partition)`` tuple, read in C: for the loops
+#: over every record of a batch, where building a :class:`Partition` each (0.4 us, measured)
+#: would be a cost per event. A plain tuple equals, and hashes as, the Partition of the same
+#: fields, so both key the same dicts.
+partition_key = cast(Callable[[InPartition], Partition], operator.attrgetter("topic", "partition"))
+
 
 EntityKey = str | int
 #: Version of an entity's state: ``(timestamp ms, partition, offset)`` of the record by

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from streams.core.backoff import Backoff
 from streams.core.errors import MirrorError
 from streams.core.positions import Jump, lost_below_log_start, start_offset
+from streams.core.records import partition_of
 from streams.intake.faust_consumer import assignment_settled, position_partitions
 from streams.intake.handoff import Handoff
 from streams.kafka.topic_ids import TopicIds
@@ -132,7 +133,7 @@ class Positioner:
         replaced: list[tuple[Any, int, int, int, bool]] = []
 
         def choose(tp: Any, committed: int | None, log_start: int, log_end: int) -> int:
-            key = (tp.topic, tp.partition)
+            key = partition_of(tp)
             kept = committed if tp.topic in self.kafka_offset_topics else stored.get(key)
             start = start_offset(
                 kept,

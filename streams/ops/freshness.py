@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from streams.apply.agents import EntityAgents
+from streams.core.records import Partition, partition_of
 from streams.core.staleness import Staleness, oldest_unapplied
 from streams.ops import metrics
 
@@ -27,7 +28,7 @@ class Freshness:
         self.kinds = kinds
         """The entity kind of each mirrored topic (sources, repartition topics)."""
         self.staleness = Staleness()
-        self._labelled: dict[tuple[str, int], str] = {}
+        self._labelled: dict[Partition, str] = {}
 
     def refresh(self) -> None:
         """Set both gauges of every assigned partition; drop those of partitions gone."""
@@ -36,7 +37,7 @@ class Freshness:
         heads = self.agents.held_heads()
         assigned = set()
         for tp in consumer.assignment():
-            key = (tp.topic, tp.partition)
+            key = partition_of(tp)
             assigned.add(key)
             position = self.agents.next_offset(key)
             highwater = consumer.highwater(tp)
