@@ -20,6 +20,20 @@ for: the stored offset, or below it; for later runs, the end of the run before).
 transaction stores a partition's next offset only if the batch continues from at most the
 offset stored before it (``streams.apply.sql_applier``): a run lost on the way between the consumer
 and the database cannot be stepped over.
+
+A partition's next offset is kept in five places, each for one reason, from the truth down:
+
+1. **Stored with the data** (``mirror_offsets``, read by ``SqlStore.stored_offsets``): what is
+   applied; written in each batch's transaction, the truth every other place defers to.
+2. **The applier's copy** (``SqlApplier.stored_offsets``): what this process stored last, so
+   the lanes tell records already applied (replays) from new ones without a query.
+3. **The read position** (:class:`ReadPositions` in the hand-off): where the consumer was
+   sought, and which fetched runs are admitted in order from there (this module).
+4. **Noted as applied** (``AppliedOffsets.next``): below it every record has had every effect
+   (the cache included); only these offsets are committed to Kafka (``AppliedOffsets.committed``:
+   the last commit, so an unchanged offset is not committed again).
+5. **The group's Kafka offset**: what monitors read and where a forwarded topic resumes; never
+   ahead of 4.
 """
 
 from __future__ import annotations
