@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from streams.core.errors import MirrorError
 from streams.kafka.broker_failures import broker_failure
+from streams.kafka.topic_ids import read_topic_facts
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -216,9 +217,9 @@ async def topic_partition_counts(
         await asyncio.wait_for(client.bootstrap(), timeout=timeout)
         if not topics:
             return {}
-        # Metadata of all topics: asking for named ones could auto-create them.
-        cluster = await asyncio.wait_for(client.fetch_all_metadata(), timeout=timeout)
-        return {topic: _partition_count(cluster, topic) for topic in topics}
+        # Named topics, without creating any (the reader the topic watch uses).
+        facts = await asyncio.wait_for(read_topic_facts(client, list(topics)), timeout=timeout)
+        return {topic: facts[topic].partitions if topic in facts else None for topic in topics}
     except (KafkaError, OSError, TimeoutError) as exc:
         raise MirrorError(await broker_failure(settings, exc, min(timeout, 10.0))) from None
     finally:
@@ -237,8 +238,3 @@ async def broker_problem(
     except MirrorError as exc:
         return str(exc)
     return partition_problem(cached, counts)
-
-
-def _partition_count(cluster: Any, topic: str) -> int | None:
-    partitions = cluster.partitions_for_topic(topic)
-    return None if partitions is None else len(partitions)
