@@ -167,9 +167,8 @@ class ChangelogWriter:
             partition = entry.partition
             if partition is None or partition >= count:
                 partition = partitions[next(placed_by_hash)]
-            await batches.add(
-                partition, entry.key, entry.value, (entry.key, entry.value, partition)
-            )
+            if batches.add(partition, entry.key, entry.value, (entry.key, entry.value, partition)):
+                await batches.send_full()
         placed: list[tuple[bytes, bytes | None, int, int]] = []
         for future, in_batch in await batches.send_rest():
             base = (await future).offset  # the record batch's first offset

@@ -180,7 +180,8 @@ class Forwarder:
                 # A record with no key at all (rejected where it is applied) goes to the first.
                 partition = partitions[0 if key is None else key_partition(key, count)]
                 size = _record_size(key, value, headers)
-                await batches.add(partition, key, value, None, headers, size)
+                if batches.add(partition, key, value, None, headers, size):
+                    await batches.send_full()
             await batches.send_rest()
         finally:
             futures.extend(future for future, _ in batches.sent)

@@ -20,6 +20,8 @@ class RecordBatches(Generic[T]):
     ``room`` bounds a batch's bytes (as counted by the caller's ``size``) below the builder's
     own limit (the producer's ``max_batch_size``); each record carries an ``item`` of the
     caller's, returned with the future of the batch it went in (in order) in :attr:`sent`.
+    :meth:`add` is not a coroutine (it runs once per record of a batch, thousands of times):
+    when it says a batch is full, the caller awaits :meth:`send_full` before adding more.
     """
 
     def __init__(self, producer: Any, topic: str, room: int | None = None) -> None:
@@ -28,9 +30,12 @@ class RecordBatches(Generic[T]):
         self.room = room
         self.sent: list[tuple[Any, list[T]]] = []
         """Each record batch sent: its future (the broker's answer), and the items in it."""
-        self._open: dict[int, tuple[Any, list[T], int]] = {}
+        self._builders: dict[int, Any] = {}
+        self._items: dict[int, list[T]] = {}
+        self._used: dict[int, int] = {}
+        self._full: list[tuple[int, Any, list[T]]] = []
 
-    async def add(
+    def add(
         self,
         partition: int,
         key: bytes | None,
@@ -38,29 +43,44 @@ class RecordBatches(Generic[T]):
         item: T,
         headers: Iterable[tuple[str, bytes]] | None = None,
         size: int = 0,
-    ) -> None:
-        """Add a record to ``partition``'s batch, sending the batch first when it is full."""
-        builder, items, used = self._open.get(partition, (None, [], 0))
-        if builder is not None and self.room is not None and used + size > self.room:
-            await self._send(partition)
+    ) -> bool:
+        """Add a record to ``partition``'s batch; return True when a batch is full and waits
+        for :meth:`send_full`."""
+        builder = self._builders.get(partition)
+        room = self.room
+        if builder is not None and room is not None and self._used[partition] + size > room:
+            self._close(partition)
             builder = None
         if builder is None:
-            builder, items, used = self.producer.create_batch(), [], 0
+            builder = self._open(partition)
         if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-            self._open[partition] = (builder, items, used)
-            await self._send(partition)  # full: the record starts the next one
-            builder, items, used = self.producer.create_batch(), [], 0
+            self._close(partition)  # full: the record starts the next one
+            builder = self._open(partition)
             builder.append(key=key, value=value, timestamp=None, headers=headers)
-        items.append(item)
-        self._open[partition] = (builder, items, used + size)
+        self._items[partition].append(item)
+        if self.room is not None:
+            self._used[partition] += size
+        return bool(self._full)
+
+    async def send_full(self) -> None:
+        """Send the batches that are full, in the order they filled."""
+        full, self._full = self._full, []
+        for partition, builder, items in full:
+            future = await self.producer.send_batch(builder, self.topic, partition=partition)
+            self.sent.append((future, items))
 
     async def send_rest(self) -> list[tuple[Any, list[T]]]:
-        """Send every batch still open; return :attr:`sent`."""
-        for partition in list(self._open):
-            await self._send(partition)
+        """Send every batch, full or not; return :attr:`sent`."""
+        for partition in list(self._builders):
+            self._close(partition)
+        await self.send_full()
         return self.sent
 
-    async def _send(self, partition: int) -> None:
-        builder, items, _ = self._open.pop(partition)
-        future = await self.producer.send_batch(builder, self.topic, partition=partition)
-        self.sent.append((future, items))
+    def _open(self, partition: int) -> Any:
+        builder = self._builders[partition] = self.producer.create_batch()
+        self._items[partition] = []
+        self._used[partition] = 0
+        return builder
+
+    def _close(self, partition: int) -> None:
+        self._full.append((partition, self._builders.pop(partition), self._items.pop(partition)))
