@@ -76,7 +76,7 @@ class ChangeTypeJson:
                 f"changeType {change} is not one of CREATED, UPDATED, DELETED",
                 record,
             )
-        return Change(change, decoded)
+        return change, decoded
 
 
 CHANGE_TYPE_JSON = ChangeTypeJson()

@@ -12,21 +12,16 @@ object like :data:`streams.core.changetype_json.CHANGE_TYPE_JSON`, declared on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streams.core.decisions import ChangeType, Rejection
 from streams.core.records import JsonLoads, Record
 
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What a record says happened to its entity, before the entity's mapping."""
-
-    change_type: ChangeType
-    event: dict[str, Any]
-    """The fields the entity's mapping reads (a dict of its own: routing adds the record's
-    metadata fields to it)."""
+Change = tuple[ChangeType, dict[str, Any]]
+"""What a record says happened to its entity, before the entity's mapping: the change type,
+and the fields the entity's mapping reads (a dict of its own: routing adds the record's
+metadata fields to it). A plain tuple: one is made per record, and a dataclass costs 0.35 to
+0.9 us more each (measured)."""
 
 
 class InputFormat(Protocol):

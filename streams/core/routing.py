@@ -142,15 +142,20 @@ def _valid_key(value: Any) -> bool:
 
 
 def route(
-    record: Record, entity: Entity, loads: JsonLoads = json.loads, clock: Clock = BELIEVED
+    record: Record,
+    entity: Entity,
+    loads: JsonLoads = json.loads,
+    clock: Clock = BELIEVED,
+    input_format: InputFormat | None = None,
 ) -> Decision:
-    """Decide what one record means for its entity: upsert, delete or reject."""
+    """Decide what one record means for its entity: upsert, delete or reject
+    (``input_format``: the entity's, when the caller has it already)."""
     if record.value is None:
         return _route_tombstone(record, entity, clock)
-    decoded = format_of(entity).decode(record, loads)
+    decoded = (input_format or format_of(entity)).decode(record, loads)
     if isinstance(decoded, Rejection):
         return decoded
-    change, event = decoded.change_type, decoded.event
+    change, event = decoded
     version = _version_of(event, record, entity, clock)
     if isinstance(version, Rejection):
         return version
@@ -258,7 +263,8 @@ def route_batch(
     clock: Clock = BELIEVED,
 ) -> list[Decision]:
     """Route every record of a batch, in consumption order."""
-    return [route(record, entity, loads, clock) for record in records]
+    input_format = format_of(entity)
+    return [route(record, entity, loads, clock, input_format) for record in records]
 
 
 def entity_key_of(
@@ -275,7 +281,7 @@ def entity_key_of(
     decoded = format_of(entity).decode(record, loads)
     if isinstance(decoded, Rejection):
         return None
-    event = decoded.event
+    event = decoded[1]
     if entity.key_field is not None:
         key = event.get(entity.key_field)
         return key if _valid_key(key) else None

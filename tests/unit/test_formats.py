@@ -31,9 +31,9 @@ class Verbs:
         value: Any = loads(record.value or b"null")
         verb = value.get("verb") if isinstance(value, dict) else None
         if verb == "put":
-            return Change(ChangeType.UPDATED, dict(value["body"]))
+            return ChangeType.UPDATED, dict(value["body"])
         if verb == "drop":
-            return Change(ChangeType.DELETED, dict(value["body"]))
+            return ChangeType.DELETED, dict(value["body"])
         return Rejection(RejectReason.UNKNOWN_CHANGE_TYPE, f"verb {verb!r}", record)
 
 
