@@ -14,6 +14,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from streams.core.records import partition_key
+
 
 class FeedBatch(list[Any]):
     """Records taken from a feed in one batch, with the first record of each partition and
@@ -35,7 +37,7 @@ def heads_of(records: Iterable[Any]) -> dict[Hashable, Any]:
     """Return the first record of each partition of ``records`` (one pass; off the hot path)."""
     heads: dict[Hashable, Any] = {}
     for record in records:
-        heads.setdefault((record.topic, record.partition), record)
+        heads.setdefault(partition_key(record), record)
     return heads
 
 

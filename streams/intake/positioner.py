@@ -118,7 +118,7 @@ class Positioner:
                 for tp in self.app.consumer.assignment()
                 if handoff.is_mirrored(tp.topic) and tp not in positioned and tp not in handoff.held
             ),
-            key=lambda tp: (tp.topic, tp.partition),
+            key=partition_of,
         )
 
     async def position(self, tps: list[Any]) -> None:
