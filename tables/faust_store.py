@@ -1,11 +1,7 @@
 """A cached table's copy in Faust's store, and Faust's table recovery (workarounds 7, 12).
 
-The workarounds of faust-streaming 0.15.3 are numbered across the ``faust_*`` modules,
-the only ones touching its internals (``tests/unit/test_layers.py`` checks it): 1-6 in
-``streams/intake/faust_consumer.py``, 7 and 12 in ``tables/faust_store.py``, 8 in
-``streams/ops/faust_recovery.py``, 9-11 in ``streams/faust_app.py``. Each names what it works
-around (an upstream issue, or the source line) and the test that shows the bug, where one can
-be written (``tests/unit/test_faust_workarounds.py`` unless said otherwise).
+Workarounds of faust-streaming 0.15.3, numbered across the ``faust_*`` modules (their index:
+docs/internals.md, "Faust's workarounds").
 
 7. **A table cannot be written outside a stream event** (faust-streaming/faust#300, #497:
    ``Table._send_changelog`` raises "Cannot modify table key from outside of stream
