@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from streams.core.errors import MirrorError
 from streams.core.records import Partition
 from streams.kafka.broker_failures import start_client
+from streams.kafka.topics import partitions_of
 from streams.ops.preflight import database_problem
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
     ) -> list[str]:
         """Describe ``topic``'s partitions: applied is the stored offset, or the group's
         committed one for a topic forwarded to a repartition topic (nothing stored)."""
-        partitions = await operations.partitions_of(settings, topic)
+        partitions = await partitions_of(settings, topic)
         if not partitions:
             return [f"{topic}: topic does not exist yet"]
         ends = await operations.end_offsets(settings, topic, partitions)

@@ -27,17 +27,8 @@ from streams.core.guard import Current, resolve
 from streams.core.records import EntityKey, SourceRecord
 from streams.core.routing import lift_to_floor, route
 from streams.kafka import aiokafka_fixes
-from streams.kafka.topics import topic_partitions, with_admin
+from streams.kafka.topics import partitions_of, with_admin
 from streams.settings import Settings
-
-
-async def partitions_of(settings: Settings, topic: str) -> list[int]:
-    """Return the partitions of ``topic`` ([] when missing; never creates it)."""
-    return await with_admin(settings, lambda admin: _partitions_or_none(admin, topic))
-
-
-async def _partitions_or_none(admin: Any, topic: str) -> list[int]:
-    return await topic_partitions(admin, topic) or []
 
 
 async def ensure_topic(settings: Settings, topic: str) -> None:

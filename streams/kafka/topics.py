@@ -52,6 +52,13 @@ async def topic_partitions(admin: Any, topic: str) -> list[int] | None:
     return []
 
 
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    """Return the partitions of ``topic`` ([] when missing; never creates it), with an admin
+    client of its own."""
+    partitions = await with_admin(settings, lambda admin: topic_partitions(admin, topic))
+    return partitions or []
+
+
 async def topic_facts(admin: Any, topic: str) -> tuple[int, int] | None:
     """Return ``(partitions, max.message.bytes)`` of ``topic``, or None when it is missing."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType

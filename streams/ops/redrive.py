@@ -26,7 +26,7 @@ from streams.core.records import ORIGIN_HEADER, Origin
 from streams.kafka import aiokafka_fixes
 from streams.kafka.aiokafka_fixes import send_record
 from streams.kafka.broker_failures import start_client
-from streams.kafka.topics import topic_partitions, with_admin
+from streams.kafka.topics import partitions_of
 from streams.settings import Settings
 
 
@@ -96,7 +96,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
     )
     await start_client(settings, consumer.start(), consumer.stop, timeout=20)
     try:
-        partitions = await with_admin(settings, lambda admin: topic_partitions(admin, topic))
+        partitions = await partitions_of(settings, topic)
         if not partitions:
             raise MirrorError(f"dead-letter topic {topic!r} does not exist")
         parts = [TopicPartition(topic, p) for p in partitions]
