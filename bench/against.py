@@ -26,7 +26,7 @@ FIGURES = (
     ("events_per_s", "events/s"),
     ("cpu_us_machine", "machine CPU us/event"),
     ("cpu_us_path", "worker CPU us/event"),
-    ("cpu_us_postgres", "PostgreSQL CPU us/event"),
+    ("cpu_us_database", "database CPU us/event"),
 )
 #: Where the other revisions are checked out.
 CHECKOUTS = ROOT / ".cache" / "bench"

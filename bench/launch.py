@@ -72,9 +72,14 @@ def group_offsets(group: str, topic: str) -> Progress:
 
 
 class RunningPath:
-    """A started path (``async with``): its progress, its health, its CPU and memory."""
+    """A started path (``async with``): its progress, its health, its CPU and memory.
 
-    def __init__(self, launch: Launch, bootstrap: str) -> None:
+    ``database_pid`` finds the server the path writes to, for the CPU's ``database`` part.
+    """
+
+    def __init__(
+        self, launch: Launch, bootstrap: str, database_pid: Callable[[], int | None]
+    ) -> None:
         self._launch = launch
         self._bootstrap = bootstrap
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -82,7 +87,7 @@ class RunningPath:
         self._admin: AIOKafkaAdminClient | None = None
         self._health_asked = 0.0
         self.launched_at = 0.0
-        self.cpu = CpuMeter(lambda: [p.pid for p in self._procs])
+        self.cpu = CpuMeter(lambda: [p.pid for p in self._procs], database_pid)
 
     @property
     def logs(self) -> str:

@@ -3,7 +3,9 @@
 On the real local Kafka broker and PostgreSQL (started by devservices), each path into an
 empty table of its own database, one at a time, all in one run: the worker (``mirror``) and
 the peers Quix Streams and Debezium's JDBC sink (``bench/peers/``; ``--no-peers`` leaves
-them out, as ``--quick`` does):
+them out, as ``--quick`` does). ``--databases postgresql,mariadb`` also runs the worker and
+Debezium's sink on MariaDB (``mirror_mariadb``, ``debezium_mariadb``) in workloads 1 to 3,
+on the same topics, reported beside their PostgreSQL rows:
 
 1. warm-up: 200,000 events over 20,000 entities (the old default, a few seconds: start-up
    and warm-up weigh a lot), then the naive path and the raw limits on the same topic;
@@ -16,8 +18,8 @@ them out, as ``--quick`` does):
    highest rate it sustains.
 
 Each run is timed by ``bench/measure.py``'s clock, with the CPU per event of the machine,
-the path, PostgreSQL and the broker (``bench/cpu.py``), and its table checked once at the
-end. Prints a line per step, then the tables and one ``BENCH_JSON {...}`` line, and draws
+the path, the database server and the broker (``bench/cpu.py``), and its table checked once
+at the end. Prints a line per step, then the tables and one ``BENCH_JSON {...}`` line, and draws
 ``docs/bench/*.png`` when matplotlib is installed (``bench/plots.py``).
 """
 
@@ -29,6 +31,7 @@ import contextlib
 import dataclasses
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,20 +48,23 @@ from bench import (  # noqa: E402
 from bench.measure import newest_state, table_errors  # noqa: E402
 from bench.paths import (  # noqa: E402
     MIRROR,
+    ON_EVERY_DATABASE,
     PEERS,
     PLANET,
     SCALED,
     UNCACHED,
     BenchPath,
+    PeerPath,
     WorkerPath,
+    on_database,
     topic_of,
 )
 from bench.producer import client_name  # noqa: E402
 from bench.scenarios import Bench, Run, run_line  # noqa: E402
+from bench.servers import DEFAULT, SERVERS, Databases  # noqa: E402
 from bench.topics import create_and_fill, end_offsets  # noqa: E402
 from bench.workload import Workload, make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
-from devservices import postgres as dev_postgres  # noqa: E402
 
 # Still importable from here, as before issue 22 (tests/unit/test_bench_peers.py, scripts).
 __all__ = ["PLANET", "create_and_fill", "end_offsets", "make_events"]
@@ -99,6 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--paths",
         default="mirror,quix,debezium,mirror_uncached,mirror_x2",
         help="paths to run (comma-separated); the last two run on the steady state only",
+    )
+    parser.add_argument(
+        "--databases",
+        default=DEFAULT,
+        help="databases the worker and Debezium's sink write to, of postgresql, mariadb"
+        " (comma-separated); the other paths, the baselines and freshness: PostgreSQL only",
     )
     parser.add_argument(
         "--rates",
@@ -156,6 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.plots = ROOT / (".cache/bench/quick-plots" if args.quick else "docs/bench")
     args.only = set(args.only.split(","))
     args.paths = set(args.paths.split(","))
+    args.databases = set(args.databases.split(","))
+    if unknown := args.databases - SERVERS.keys():
+        parser.error(f"--databases: unknown {', '.join(sorted(unknown))} (of {', '.join(SERVERS)})")
     return args
 
 
@@ -195,6 +210,33 @@ def workloads(args: argparse.Namespace) -> dict[str, Workload]:
     }
 
 
+def choose_paths(args: argparse.Namespace) -> tuple[list[BenchPath], list[BenchPath]]:
+    """The paths of this run: (every one, for the steady state; the main ones, elsewhere).
+
+    The main ones are the worker and the peers; the steady state adds the worker with its
+    cache off and two workers in a group. They write to PostgreSQL; for each other database
+    in ``--databases`` the worker and Debezium's sink run again after them, writing to it
+    (without ``postgresql`` in ``--databases``, only those run).
+    """
+    every: list[WorkerPath | PeerPath] = [MIRROR, *PEERS, UNCACHED, SCALED]
+    chosen = [
+        _configured(p, args)
+        for p in every
+        if p.name in args.paths and (args.peers or p not in PEERS)
+    ]
+    main = [p for p in chosen if p.name in ("mirror", *(q.name for q in PEERS))]
+    elsewhere = [
+        on_database(p, database)
+        for database in SERVERS
+        if database != DEFAULT and database in args.databases
+        for p in main
+        if p.name in ON_EVERY_DATABASE
+    ]
+    if DEFAULT not in args.databases:
+        chosen, main = [], []
+    return [*chosen, *elsewhere], [*main, *elsewhere]
+
+
 def run_baselines(bench: Bench, args: argparse.Namespace, warmup: Workload) -> None:
     """The naive path (on its own slice), then the raw limits on the warm-up's topic."""
     runs = bench.results.runs
@@ -205,7 +247,7 @@ def run_baselines(bench: Bench, args: argparse.Namespace, warmup: Workload) -> N
         events = make_events(min(args.naive_events, warmup.events), warmup.entities, warmup.seed)
         asyncio.run(create_and_fill(bench.bootstrap, topic, args.partitions, events))
         ends = asyncio.run(end_offsets(bench.bootstrap, topic, args.partitions))
-        db_url = bench.fresh_db("naive")
+        db_url = bench.databases.fresh("naive")
         run = Run("naive", "warmup", len(events))
         run.figures = baselines.run_naive(bench.bootstrap, db_url, topic, ends)
         expected = newest_state(events)
@@ -220,7 +262,7 @@ def run_baselines(bench: Bench, args: argparse.Namespace, warmup: Workload) -> N
     runs[("warmup", "raw_consume")] = consume
     events = list(warmup.generate())
     write = Run("raw_write", "warmup", warmup.events)
-    db_url = bench.fresh_db("raw_write")
+    db_url = bench.databases.fresh("raw_write")
     write.figures = baselines.run_raw_write(db_url, events)
     expected = newest_state(events)
     write.table_errors = table_errors(db_url, baselines.LIVE_ROWS_SQL["raw_write"], expected)
@@ -229,12 +271,17 @@ def run_baselines(bench: Bench, args: argparse.Namespace, warmup: Workload) -> N
     say(f"   raw write: {run_line(write)}")
 
 
-def _configured(path: BenchPath, args: argparse.Namespace) -> BenchPath:
+def _configured(path: WorkerPath | PeerPath, args: argparse.Namespace) -> WorkerPath | PeerPath:
     """A worker path with the run's partitions (and forwarding, for ``--repartition``)."""
     if not isinstance(path, WorkerPath):
         return path
     forward = args.repartition and path.name == "mirror"
     return dataclasses.replace(path, partitions=args.partitions, repartition=forward)
+
+
+def _on_default(paths: Sequence[BenchPath]) -> list[BenchPath]:
+    """The paths writing to PostgreSQL: the freshness poll reads its tables with psycopg2."""
+    return [p for p in paths if p.database == DEFAULT]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,33 +291,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return recovery_bench.main(argv)
     args = parse_args(argv)
+    chosen_paths, main_paths = choose_paths(args)
     bootstrap = dev_kafka.start(1)
-    server = dev_postgres.start()
+    run_id = uuid.uuid4().hex[:6]
+    databases = Databases(run_id)
+    # Every server the run needs, before anything is produced: one that cannot start says so.
+    databases.start([DEFAULT, *sorted({p.database for p in chosen_paths})])
     workdir = ROOT / ".cache" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:6]
-    databases: list[str] = []
-
-    def fresh_db(name: str) -> str:
-        databases.append(f"bench_{run_id}_{name}")
-        return dev_postgres.create_database(server, databases[-1])
-
     bench = Bench(
         bootstrap=bootstrap,
-        fresh_db=fresh_db,
+        databases=databases,
         run_id=run_id,
         workdir=workdir,
         partitions=args.partitions,
         batch_size=args.batch_size,
         say=say,
     )
-    every = {p.name: p for p in (MIRROR, *PEERS, UNCACHED, SCALED)}
-    chosen_paths = [
-        _configured(p, args)
-        for name, p in every.items()
-        if name in args.paths and (args.peers or p not in PEERS)
-    ]
-    main_paths = [p for p in chosen_paths if p.name in ("mirror", *(q.name for q in PEERS))]
     chosen = workloads(args)
     writer = client_name()
     say(f"bench run {run_id}: producer {writer}, work files in {workdir}")
@@ -279,25 +316,23 @@ def main(argv: list[str] | None = None) -> int:
             return against.run(bench, chosen["steady"], args, say)
         if "warmup" in args.only:
             bench.workload(chosen["warmup"], main_paths)
-            run_baselines(bench, args, chosen["warmup"])
+            if DEFAULT in args.databases:
+                run_baselines(bench, args, chosen["warmup"])
         if "steady" in args.only:
             bench.workload(chosen["steady"], chosen_paths)
         if "initial" in args.only:
             bench.workload(chosen["initial"], main_paths)
         if args.long:
-            bench.workload(chosen["long"], [p for p in main_paths if p.name == "mirror"])
+            bench.workload(chosen["long"], [p for p in main_paths if p.name == MIRROR.name])
         if "freshness" in args.only:
-            for path in main_paths:
+            for path in _on_default(main_paths):
                 bench.run_freshness(path, args.plan, args.pool, args.pool_entities, args.seed + 4)
         meta = {"partitions": args.partitions, "batch_size": args.batch_size, "producer": writer}
         summary = report.summarize(bench.results, meta)
         summary.update(plots.draw_all(bench.results, args.plots, say))
         report.print_report(bench.results, summary, say)
     finally:
-        for name in databases:
-            # Best effort: a leftover bench database harms nothing.
-            with contextlib.suppress(Exception):
-                dev_postgres.drop_database(server, name)
+        databases.drop_all()
         with contextlib.suppress(Exception):
             asyncio.run(topics.delete_topics(bootstrap, f"bench-{run_id}."))
     failed = [r for (_, p), r in bench.results.runs.items() if p.startswith("mirror") and not r.ok]

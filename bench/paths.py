@@ -1,9 +1,10 @@
 """The measured paths, each told how to start on a topic and where its rows land.
 
 A path is the worker (cached, as shipped; with its cache off; two processes in one group) or
-a peer (``bench/peers/``). Paths reading the worker's JSON share one topic per workload; a
-peer that needs its records encoded otherwise (Debezium's schema envelope) reads a topic of
-its own holding the same events.
+a peer (``bench/peers/``), writing to PostgreSQL or, as ``<name>_mariadb``
+(:func:`on_database`), to MariaDB. Paths reading the worker's JSON share one topic per
+workload; a peer that needs its records encoded otherwise (Debezium's schema envelope) reads
+a topic of its own holding the same events, whatever database it writes to.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
@@ -28,6 +29,7 @@ from bench.launch import Launch, Process
 from bench.measure import Event
 from bench.peers import debezium as peer_debezium
 from bench.peers import quix as peer_quix
+from bench.servers import DEFAULT, SERVERS
 from models.planet import Planet
 from models.registry import build_spec
 from models.store import SqlStore
@@ -64,6 +66,10 @@ class BenchPath(Protocol):
     def encoding(self) -> str:
         """``json`` for the worker's records as they are; else the peer's own topic is used."""
 
+    @property
+    def database(self) -> str:
+        """The server it writes to (``bench.servers.SERVERS``' key)."""
+
     def available(self) -> None:
         """Raise ``PeerSkipped`` saying why the path cannot run here."""
 
@@ -98,6 +104,8 @@ class WorkerPath:
     checkout: Path | None = None
     """Run the worker of another checkout of this repository (``--against``): its code, this
     venv. None: this checkout."""
+    database: str = DEFAULT
+    """The server it writes to (``bench.servers.SERVERS``' key)."""
 
     @property
     def table(self) -> str:
@@ -176,10 +184,13 @@ class PeerPath:
 
     name: str
     peer: ModuleType
+    database: str = DEFAULT
+    """The server it writes to (``bench.servers.SERVERS``' key)."""
 
     @property
     def label(self) -> str:
-        return str(self.peer.LABEL)
+        where = "" if self.database == DEFAULT else f" on {SERVERS[self.database].label}"
+        return f"{self.peer.LABEL}{where}"
 
     @property
     def table(self) -> str:
@@ -202,14 +213,28 @@ class PeerPath:
 
     def launch(self, bootstrap: str, db_url: str, prefix: str, workdir: Path, batch: int) -> Launch:
         topic = topic_of(self, prefix)
-        launch: Launch = self.peer.launch(bootstrap, db_url, topic, workdir, batch)
+        name = f"{prefix}{self.name}"
+        launch: Launch = self.peer.launch(bootstrap, db_url, topic, workdir, batch, name)
         return launch
 
 
 MIRROR = WorkerPath()
 UNCACHED = WorkerPath(name="mirror_uncached", label="the worker, cache off", cached=False)
 SCALED = WorkerPath(name="mirror_x2", label="two workers, one group", processes=2)
-PEERS: tuple[BenchPath, ...] = (PeerPath("quix", peer_quix), PeerPath("debezium", peer_debezium))
+PEERS: tuple[PeerPath, ...] = (PeerPath("quix", peer_quix), PeerPath("debezium", peer_debezium))
+#: The paths that also run on another database (``--databases``): the worker and Debezium's
+#: JDBC sink, whose dialects cover MySQL and MariaDB (Quix's sink is PostgreSQL's only).
+ON_EVERY_DATABASE = ("mirror", "debezium")
+
+
+def on_database(path: WorkerPath | PeerPath, database: str) -> WorkerPath | PeerPath:
+    """``path`` writing to ``database`` instead: named ``<name>_<database>``, labelled so."""
+    name = f"{path.name}_{database}"
+    if isinstance(path, PeerPath):
+        return replace(path, name=name, database=database)
+    return replace(
+        path, name=name, label=f"{path.label} on {SERVERS[database].label}", database=database
+    )
 
 
 def _holds_partitions(port: int, topic: str) -> bool:

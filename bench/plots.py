@@ -28,6 +28,9 @@ COLOURS = {
     "debezium": "tab:green",
     "mirror_uncached": "tab:cyan",
     "mirror_x2": "tab:purple",
+    # On MariaDB (--databases): darker shades of the same paths' colours.
+    "mirror_mariadb": "navy",
+    "debezium_mariadb": "darkgreen",
 }
 NAMES = {
     "mirror": "worker",
@@ -35,6 +38,8 @@ NAMES = {
     "debezium": "Debezium JDBC sink",
     "mirror_uncached": "worker, cache off",
     "mirror_x2": "two workers",
+    "mirror_mariadb": "worker on MariaDB",
+    "debezium_mariadb": "Debezium JDBC sink on MariaDB",
 }
 
 

@@ -1,7 +1,8 @@
 """Reads of Linux's /proc for the bench: process trees, their memory and their CPU time.
 
 Only the standard library: the bench's processes are plain OS processes (the worker, the Quix
-process, the Connect JVM, the broker's JVM, PostgreSQL's postmaster and its backends).
+process, the Connect JVM, the broker's JVM, PostgreSQL's postmaster and its backends, MariaDB's
+server), a database server found by the port it listens on.
 """
 
 from __future__ import annotations
@@ -85,3 +86,50 @@ def pid_from_file(path: Path, expect_in_cmdline: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if expect_in_cmdline in cmdline else None
+
+
+def listening_inodes(table: str, port: int) -> set[int]:
+    """Return the inodes of the sockets listening on ``port`` in a /proc/net/tcp(6) table."""
+    inodes = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 10 is the inode.
+        if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            inodes.add(int(fields[9]))
+    return inodes
+
+
+def listener_pid(port: int, program: str) -> int | None:
+    """Return the pid of the ``program`` process (/proc/<pid>/comm) listening on TCP ``port``.
+
+    Only the fds of processes named ``program`` are read: a broker holds thousands.
+    """
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            inodes |= listening_inodes(Path(table).read_text(), port)
+    sockets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _comm(proc) == program and _holds_any(proc, sockets):
+            return int(proc.name)
+    return None
+
+
+def _comm(proc: Path) -> str | None:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:  # gone
+        return None
+
+
+def _holds_any(proc: Path, links: set[str]) -> bool:
+    """Whether one of ``proc``'s fds links to one of ``links`` (``socket:[inode]``)."""
+    try:
+        fds = list((proc / "fd").iterdir())
+    except OSError:  # gone, or not ours to read
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed since listed
+            if os.readlink(fd) in links:
+                return True
+    return False

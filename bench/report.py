@@ -4,6 +4,12 @@ Keys of BENCH_JSON: the warm-up workload (200,000 events over 20,000 entities, t
 old default) keeps the old unprefixed names (``mirror_events_per_s``, ``mirror_vs_quix``,
 ...); the other workloads prefix them (``steady_``, ``initial_``, ``long_``); freshness
 figures start with ``freshness_``. Ratios are given only when both tables are right.
+
+Paths on a database other than PostgreSQL (``--databases``) end in ``_<database>``
+(``mirror_mariadb``, ``debezium_mariadb``): their rows follow the PostgreSQL ones, labelled
+``on MariaDB``, with the worker / peer ratios on that database
+(``mirror_mariadb_vs_debezium_mariadb``) and the worker's rate there over its own rate on
+PostgreSQL (``mirror_mariadb_vs_mirror``).
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import json
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.cpu import PARTS, PARTS_LABEL
 from bench.freshness import BEHIND_MARGIN, Phase
+from bench.paths import ON_EVERY_DATABASE
 from bench.scenarios import FreshRun, Results, Run, cpu_text, sustained_text
+from bench.servers import DEFAULT, SERVERS
 
 LABELS = {
     "mirror": "worker",
@@ -29,6 +37,16 @@ LABELS = {
     "raw_write": "raw write",
 }
 PEERS = ("quix", "debezium")
+#: The suffix of the paths on each database but PostgreSQL (``bench.paths.on_database``),
+#: and the database's label.
+ELSEWHERE = {f"_{name}": server.label for name, server in SERVERS.items() if name != DEFAULT}
+LABELS.update(
+    {
+        f"{p}{suffix}": f"{LABELS[p]} on {where}"
+        for p in ON_EVERY_DATABASE
+        for suffix, where in ELSEWHERE.items()
+    }
+)
 KEY_PREFIX = {"warmup": "", "steady": "steady_", "initial": "initial_", "long": "long_"}
 FIGURES = ("events_per_s", "seconds", "startup_s", "peak_rss_mb", *(f"cpu_us_{p}" for p in PARTS))
 
@@ -61,11 +79,15 @@ def summarize(results: Results, meta: dict[str, Any]) -> dict[str, Any]:
         if path == "naive":
             summary["naive_events"] = run.events
     for name in results.workloads:
-        mirror = results.runs.get((name, "mirror"))
-        for peer in PEERS:
-            other = results.runs.get((name, peer))
-            if other is not None and other.not_run is None:
-                summary[f"{KEY_PREFIX[name]}mirror_vs_{peer}"] = ratio(mirror, other)
+        for suffix in ("", *ELSEWHERE):
+            key = f"{KEY_PREFIX[name]}mirror{suffix}"
+            mirror = results.runs.get((name, f"mirror{suffix}"))
+            for peer in PEERS:
+                other = results.runs.get((name, f"{peer}{suffix}"))
+                if other is not None and other.not_run is None:
+                    summary[f"{key}_vs_{peer}{suffix}"] = ratio(mirror, other)
+            if suffix and mirror is not None:  # against the worker's own rate on PostgreSQL
+                summary[f"{key}_vs_mirror"] = ratio(mirror, results.runs.get((name, "mirror")))
     baselines = {p: results.runs.get(("warmup", p)) for p in ("naive", "raw_consume", "raw_write")}
     if baselines["naive"] is not None:
         summary["mirror_vs_naive"] = ratio(
@@ -122,7 +144,8 @@ def _ms(value: float) -> float | None:
 
 def print_report(results: Results, summary: dict[str, Any], say: Callable[[str], None]) -> None:
     """Print the tables, then the BENCH_JSON line."""
-    paths = [p for p in ("mirror", *PEERS) if any(path == p for _, path in results.runs)]
+    ran = {path for _, path in results.runs}
+    paths = [p for p in ("mirror", *PEERS) if any(f"{p}{s}" in ran for s in ("", *ELSEWHERE))]
     say("")
     if results.runs:
         _throughput(results, paths, say)
@@ -151,21 +174,54 @@ def _cpu(run: Run) -> str:
     return cpu_text(run.figures)
 
 
-def _rows(results: Results) -> list[tuple[str, str, str]]:
-    """(workload, path whose events/s is the row's worker column, row label), in order."""
+class Row(NamedTuple):
+    """A row of the events/s and CPU tables."""
+
+    workload: str
+    worker: str
+    """The path in the row's worker column."""
+    label: str
+    suffix: str | None
+    """Of the paths on the row's database ("": PostgreSQL's); None for a row of the worker
+    alone (no peer columns: cache off, two workers)."""
+
+    def path(self, column: str) -> str | None:
+        """The path in ``column`` (a path on PostgreSQL) of this row, if it has that column."""
+        if column == "mirror":
+            return self.worker
+        return None if self.suffix is None else f"{column}{self.suffix}"
+
+    def run(self, results: Results, column: str) -> Run | None:
+        """The run in ``column`` of this row, if there is one."""
+        path = self.path(column)
+        return None if path is None else results.runs.get((self.workload, path))
+
+
+def _rows(results: Results) -> list[Row]:
+    """The rows of the events/s and CPU tables: each workload's, then its rows on MariaDB."""
     rows = []
     for name, workload in results.workloads.items():
-        rows.append((name, "mirror", workload.label))
+        rows.append(Row(name, "mirror", workload.label, ""))
         if name == "steady":
             rows.append(
-                (name, "mirror_uncached", f"{workload.label}, the worker with its cache off")
+                Row(
+                    name,
+                    "mirror_uncached",
+                    f"{workload.label}, the worker with its cache off",
+                    None,
+                )
             )
-            rows.append((name, "mirror_x2", f"{workload.label}, two workers in one group"))
-    return [r for r in rows if (r[0], r[1]) in results.runs]
+            rows.append(Row(name, "mirror_x2", f"{workload.label}, two workers in one group", None))
+        for suffix, where in ELSEWHERE.items():
+            rows.append(Row(name, f"mirror{suffix}", f"{workload.label}, on {where}", suffix))
+    return [r for r in rows if any(r.run(results, c) for c in ("mirror", *PEERS))]
 
 
 def _throughput(results: Results, paths: list[str], say: Callable[[str], None]) -> None:
     peers = [p for p in paths if p in PEERS]
+    rows = _rows(results)
+    # The worker elsewhere against itself on PostgreSQL: the column only when it has a cell.
+    elsewhere = any(r.suffix for r in rows)
     say("Events/s, from the group ready to every applied offset at the end:")
     say("")
     head = [
@@ -173,18 +229,20 @@ def _throughput(results: Results, paths: list[str], say: Callable[[str], None]) 
         "worker",
         *(LABELS[p] for p in peers),
         *(f"worker / {LABELS[p]}" for p in peers),
+        *(["worker / worker on PostgreSQL"] if elsewhere else []),
     ]
     say("| " + " | ".join(head) + " |")
     say("| --- |" + " ---: |" * (len(head) - 1))
-    for workload, worker, label in _rows(results):
-        mine = results.runs.get((workload, worker))
-        cells = [label, _cell(mine, _rate)]
-        if worker == "mirror":
-            cells += [_cell(results.runs.get((workload, p)), _rate) for p in peers]
-            ratios = [ratio(mine, results.runs.get((workload, p))) for p in peers]
-            cells += [f"**{r:.2f}**" if r is not None else "" for r in ratios]
-        else:
-            cells += [""] * (2 * len(peers))
+    for row in rows:
+        mine = row.run(results, "mirror")
+        others = [row.run(results, p) for p in peers]
+        cells = [row.label, _cell(mine, _rate), *(_cell(run, _rate) for run in others)]
+        ratios = [ratio(mine, run) for run in others]
+        if elsewhere:
+            ratios.append(
+                ratio(mine, results.runs.get((row.workload, "mirror"))) if row.suffix else None
+            )
+        cells += [f"**{r:.2f}**" if r is not None else "" for r in ratios]
         say("| " + " | ".join(cells) + " |")
     say("")
 
@@ -194,10 +252,9 @@ def _cost(results: Results, paths: list[str], say: Callable[[str], None]) -> Non
     say("")
     say("| workload | " + " | ".join(LABELS[p] for p in paths) + " |")
     say("| --- |" + " --- |" * len(paths))
-    for workload, worker, label in _rows(results):
-        columns = [worker, *(p for p in paths if p != "mirror")] if worker == "mirror" else [worker]
-        cells = [_cell(results.runs.get((workload, p)), _cpu) for p in columns]
-        say(f"| {label} | " + " | ".join(cells + [""] * (len(paths) - len(cells))) + " |")
+    for row in _rows(results):
+        cells = [_cell(row.run(results, p), _cpu) for p in paths]
+        say(f"| {row.label} | " + " | ".join(cells) + " |")
     say("")
 
 

@@ -1,8 +1,9 @@
 """What the bench runs, in order: each workload's topics filled once, each path run on them.
 
 Every path runs from an empty table of a fresh database of its own, on the same broker and
-PostgreSQL, one at a time; each is timed by ``bench/measure.py``'s clock and checked once
-at the end. Each step prints its line as it ends, so an interrupted run keeps its figures.
+database server (PostgreSQL, or MariaDB for the ``*_mariadb`` paths), one at a time; each is
+timed by ``bench/measure.py``'s clock and checked once at the end. Each step prints its
+line as it ends, so an interrupted run keeps its figures.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from bench import freshness, measure, topics
 from bench.cpu import PARTS, PARTS_LABEL
-from bench.launch import RunningPath
+from bench.launch import Launch, RunningPath
 from bench.measure import Event, NewestState
 from bench.paths import BenchPath, topic_of
 from bench.peers import PeerSkipped
 from bench.producer import open_writer
+from bench.servers import Databases
 from bench.workload import Workload, iter_events
 
 
@@ -64,13 +66,13 @@ class Results:
 
 
 class Bench:
-    """Runs workloads and freshness for a list of paths on the shared broker and PostgreSQL."""
+    """Runs workloads and freshness for a list of paths on the shared broker and databases."""
 
     def __init__(
         self,
         *,
         bootstrap: str,
-        fresh_db: Callable[[str], str],
+        databases: Databases,
         run_id: str,
         workdir: Path,
         partitions: int,
@@ -78,7 +80,7 @@ class Bench:
         say: Callable[[str], None],
     ) -> None:
         self.bootstrap = bootstrap
-        self.fresh_db = fresh_db
+        self.databases = databases
         self.run_id = run_id
         self.workdir = workdir
         self.partitions = partitions
@@ -123,7 +125,7 @@ class Bench:
             self.say(f"{workload.label}: {path.label} ...")
             run = Run(path.name, workload.name, workload.events)
             try:
-                db_url = self.fresh_db(f"{workload.name}_{path.name}")
+                db_url = self.databases.fresh(f"{workload.name}_{path.name}", path.database)
                 catch = asyncio.run(
                     self._catch_up(path, db_url, prefix, ends[topic_of(path, prefix)])
                 )
@@ -137,8 +139,11 @@ class Bench:
         self, path: BenchPath, db_url: str, prefix: str, ends: dict[int, int]
     ) -> measure.CatchUp:
         launch = path.launch(self.bootstrap, db_url, prefix, self.workdir, self.batch_size)
-        async with RunningPath(launch, self.bootstrap) as running:
+        async with self._running(launch, path) as running:
             return await measure.catch_up(running, ends)
+
+    def _running(self, launch: Launch, path: BenchPath) -> RunningPath:
+        return RunningPath(launch, self.bootstrap, lambda: self.databases.pid(path.database))
 
     def run_freshness(
         self, path: BenchPath, plan: freshness.Plan, pool_size: int, entities: int, seed: int
@@ -156,7 +161,7 @@ class Bench:
             f"freshness: {path.label}: rates {', '.join(f'{r:,}' for r, _, _ in plan.phases())} ..."
         )
         try:
-            db_url = self.fresh_db(f"fresh_{path.name}")
+            db_url = self.databases.fresh(f"fresh_{path.name}", path.database)
             pool = list(iter_events(pool_size, entities, seed))
             expected = NewestState()
             fresh.result = asyncio.run(self._freshness(path, db_url, plan, pool, expected, seed))
@@ -188,7 +193,7 @@ class Bench:
             return await topics.end_offsets(self.bootstrap, topic, self.partitions)
 
         launch = path.launch(self.bootstrap, db_url, prefix, self.workdir, self.batch_size)
-        async with RunningPath(launch, self.bootstrap) as running:
+        async with self._running(launch, path) as running:
             await measure.catch_up(running, await ends())
             writer = open_writer(self.bootstrap)
             poll = freshness.MarkerPoll(db_url, path.table)

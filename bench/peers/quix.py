@@ -58,8 +58,8 @@ def encode_event(event: Event) -> Event:
     return event
 
 
-def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int) -> Launch:
-    """Create the empty table and say how to run the Quix app on ``topic``."""
+def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int, name: str) -> Launch:
+    """Create the empty table and say how to run the Quix app on ``topic`` as group ``name``."""
     engine = create_engine(db_url)
     with engine.begin() as conn:
         conn.execute(
@@ -69,7 +69,7 @@ def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int) -
             )
         )
     engine.dispose()
-    group = f"{topic}-quix"
+    group = name
     command = [sys.executable, "-m", "bench.peers.quix", bootstrap, topic, group, db_url]
     state = workdir / f"{group}-state"
     command += [str(batch), str(state)]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import ROOT
 
-PARTS = ("machine", "path", "postgres", "broker", "bench")
+PARTS = ("machine", "path", "database", "broker", "bench")
 #: Figures of each run of a path on a workload, after its key (``steady_mirror_x2``...).
 RUN_FIGURES = (
     "events_per_s",
