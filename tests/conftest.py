@@ -118,11 +118,23 @@ def mariadb_url(request: pytest.FixtureRequest, mariadb_server_url: str) -> Iter
 _DB_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mariadb": "mariadb_url"}
 
 
+def fresh_database(request: pytest.FixtureRequest, database: str) -> str:
+    """Return the URL of a fresh database on ``database`` (sqlite, postgresql, mariadb)."""
+    return str(request.getfixturevalue(_DB_FIXTURES[database]))
+
+
 @pytest.fixture(params=list(_DB_FIXTURES))
 def db_url(request: pytest.FixtureRequest) -> str:
     """One suite, every database: the URL of a fresh SQLite file, PostgreSQL database or
     MariaDB database."""
-    return str(request.getfixturevalue(_DB_FIXTURES[request.param]))
+    return fresh_database(request, request.param)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_db_url(request: pytest.FixtureRequest) -> str:
+    """The production databases (no SQLite): the URL of a fresh PostgreSQL or MariaDB
+    database, for the slow tests that prove the guarantees on each server."""
+    return fresh_database(request, request.param)
 
 
 @pytest.fixture
