@@ -175,11 +175,17 @@ def parse_kafka_broker(value: str) -> str:
     return ";".join(normalised)
 
 
+#: The driver the project installs for each database server it supports.
+_DRIVERS = {"postgresql": "psycopg2", "mysql": "pymysql", "mariadb": "pymysql"}
+
+
 def parse_database_url(value: str | None, cwd: Path) -> str:
     """Validate ``DATABASE_URL``; unset means a SQLite file in the working directory.
 
     A plain ``postgresql://`` URL is rewritten to ``postgresql+psycopg2://``: SQLAlchemy 2.1
-    would otherwise pick the psycopg 3 driver, which this project does not install.
+    would otherwise pick the psycopg 3 driver, which this project does not install. Likewise
+    a plain ``mysql://`` or ``mariadb://`` URL is given PyMySQL, the MySQL driver the project
+    installs (SQLAlchemy's default is mysqlclient).
     """
     if value is None or not value.strip():
         return f"sqlite:///{cwd / DEFAULT_SQLITE_FILE}"
@@ -190,20 +196,21 @@ def parse_database_url(value: str | None, cwd: Path) -> str:
             f"DATABASE_URL is not an SQLAlchemy URL ({exc}); "
             "use e.g. postgresql+psycopg2://user:pass@host:5432/db or sqlite:///mirror.sqlite3"
         ) from None
-    backend, driver = url.get_backend_name(), url.get_driver_name()
-    if backend == "postgresql":
-        if url.drivername in ("postgresql", "postgres"):
-            url = url.set(drivername="postgresql+psycopg2")
-        elif driver != "psycopg2":
+    backend = url.get_backend_name()
+    driver = _DRIVERS.get(backend)
+    if driver is not None:
+        if url.drivername == backend:
+            url = url.set(drivername=f"{backend}+{driver}")
+        elif url.get_driver_name() != driver:
             raise SettingsError(
-                f"DATABASE_URL uses driver {url.drivername!r}; only postgresql+psycopg2 "
-                "is installed"
+                f"DATABASE_URL uses driver {url.drivername!r}; only {backend}+{driver} is installed"
             )
         if not url.database:
             raise SettingsError("DATABASE_URL names no database; add /<dbname> to the URL")
     elif backend != "sqlite":
         raise SettingsError(
-            f"DATABASE_URL backend {backend!r} is not supported; use postgresql or sqlite"
+            f"DATABASE_URL backend {backend!r} is not supported; use postgresql, mysql, mariadb "
+            "or sqlite"
         )
     return url.render_as_string(hide_password=False)
 

@@ -95,11 +95,46 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mirror.sqlite3'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session")
+def mariadb_server_url() -> str:  # TEMPORARY
+    return os.environ["MARIADB_URL"]
+
+
+@pytest.fixture
+def mariadb_url(request: pytest.FixtureRequest, mariadb_server_url: str) -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    server = mariadb_server_url
+    name = _unique(request, "t")[:63]
+    e = create_engine(server)
+    with e.begin() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    with e.begin() as c:
+        c.execute(text(f"DROP DATABASE {name}"))
+    e.dispose()
+
+
+_DB_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mariadb": "mariadb_url"}
+
+
+def fresh_database(request: pytest.FixtureRequest, database: str) -> str:
+    """Return the URL of a fresh database on ``database`` (sqlite, postgresql, mariadb)."""
+    return str(request.getfixturevalue(_DB_FIXTURES[database]))
+
+
+@pytest.fixture(params=list(_DB_FIXTURES))
 def db_url(request: pytest.FixtureRequest) -> str:
-    """One suite, every database: the URL of a fresh SQLite file or PostgreSQL database."""
-    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
-    return str(request.getfixturevalue(fixture))
+    """One suite, every database: the URL of a fresh SQLite file, PostgreSQL database or
+    MariaDB database."""
+    return fresh_database(request, request.param)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_db_url(request: pytest.FixtureRequest) -> str:
+    """The production databases (no SQLite): the URL of a fresh PostgreSQL or MariaDB
+    database, for the slow tests that prove the guarantees on each server."""
+    return fresh_database(request, request.param)
 
 
 @pytest.fixture

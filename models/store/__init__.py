@@ -1,4 +1,5 @@
-"""The SQL store: carries out a batch's plan in one transaction, on PostgreSQL or SQLite.
+"""The SQL store: carries out a batch's plan in one transaction, on PostgreSQL, MySQL/MariaDB
+or SQLite.
 
 :class:`SqlStore` is the entry point (schema creation, one transaction per batch, the reads of
 the HTTP pages and the command line). ``batch`` is one batch's transaction
@@ -40,7 +41,7 @@ from sqlalchemy.exc import (
 
 from models.registry import EntitySpec
 from models.store.batch import Refusal, StoreTransaction
-from models.store.dialect import first_line
+from models.store.dialect import IN_BATCH, first_line
 from models.store.engine import create_store_engine, dialect_named
 from models.store.postgres import COPY_FROM_ROWS, ENTITY_LOCK_SPACE
 from models.store.schema import (
@@ -118,6 +119,9 @@ class SqlStore:
             for spec in specs:
                 spec.table.create(conn, checkfirst=True)
                 spec.tombstone_table.create(conn, checkfirst=True)
+            tables = [*bookkeeping.sorted_tables]
+            tables += [t for spec in specs for t in (spec.table, spec.tombstone_table)]
+            self.dialect.prepare(conn, specs, tables)
 
     def missing_columns(self, specs: Sequence[EntitySpec]) -> dict[str, list[Column[Any]]]:
         """Return, per existing table of ``specs``, the declared columns it does not have.
@@ -142,7 +146,11 @@ class SqlStore:
     def transaction(self, what: str) -> Iterator[StoreTransaction]:
         """Open one transaction for a batch; commit on success, roll back on any error."""
         with self._wrapped(what), self.engine.begin() as conn:
-            yield StoreTransaction(conn, self.dialect)
+            conn.info[IN_BATCH] = True  # see models.store.mysql: no DDL in a batch
+            try:
+                yield StoreTransaction(conn, self.dialect)
+            finally:
+                conn.info.pop(IN_BATCH, None)
 
     def rows(self, spec: EntitySpec) -> dict[Any, dict[str, Any]]:
         """Return every row of the entity's table keyed by entity key (tests, CLI)."""

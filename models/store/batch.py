@@ -5,11 +5,13 @@ order of the plan, with the stored offsets and counts; what differs by database 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, select
+from sqlalchemy.exc import DBAPIError
 
 from models.columns import ColumnKind
 from models.registry import VERSION_COLUMNS, EntitySpec
@@ -37,6 +39,27 @@ class Refusal:
 
     write: Upsert | Delete
     message: str
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """Run the block in a savepoint: released if it succeeds, rolled back to if it fails.
+
+    If the rollback to it fails too, the error of the block is raised, not the rollback's:
+    the database ended the whole transaction, savepoint included (InnoDB rolls a deadlock's
+    victim back entirely, then says the savepoint "does not exist"), and the block's error
+    is the one that says why (a deadlock: a passing failure; the batch is retried).
+    """
+    nested = conn.begin_nested()
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            nested.rollback()
+        except DBAPIError:
+            raise exc from None
+        raise
+    nested.commit()
 
 
 class StoreTransaction:
@@ -132,7 +155,7 @@ class StoreTransaction:
         deletes = list(plan.deletes.values())
         written: dict[EntityKey, Mapping[str, Any]] = {}
         try:
-            with self.conn.begin_nested():
+            with savepoint(self.conn):
                 written = self._write(spec, upserts, patches, deletes, plan, returning)
             return [], written
         except Exception as exc:
@@ -147,7 +170,7 @@ class StoreTransaction:
         ]
         for one_upsert, one_patch, one_delete in steps:
             try:
-                with self.conn.begin_nested():
+                with savepoint(self.conn):
                     written.update(
                         self._write(spec, one_upsert, one_patch, one_delete, plan, returning)
                     )

@@ -2,8 +2,8 @@
 
 The batch's transaction (``models.store.batch``) is the same on every database: it reads,
 writes and stores offsets through a :class:`Dialect`. A module per database implements it
-(``postgres``, ``sqlite``); ``engine`` picks one by the engine's dialect name. A new database
-is one new module (and its tests).
+(``postgres``, ``sqlite``, and ``mysql`` for MySQL and MariaDB); ``engine`` picks one by the
+engine's dialect name. A new database is one new module (and its tests).
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from models.registry import EntitySpec
 from streams.core.decisions import Delete
 from streams.core.guard import StoredVersions
 from streams.core.records import EntityKey, Version
+
+#: Key of ``Connection.info`` set while the connection runs a batch's transaction
+#: (``SqlStore.transaction``).
+IN_BATCH = "mirror_in_batch"
 
 
 class BookkeepingUpserts(NamedTuple):
@@ -50,6 +54,13 @@ class Dialect(Protocol):
 
     def create_engine(self, url: URL) -> Engine:
         """Create the engine for ``url`` with the settings the mirror relies on."""
+        ...
+
+    def prepare(
+        self, conn: Connection, specs: Sequence[EntitySpec], tables: Sequence[Table]
+    ) -> None:
+        """After the tables are created: make what the dialect's own locks need, and raise
+        ``UnfitTable`` for one of ``tables`` that cannot keep the guarantees here."""
         ...
 
     def lock(self, conn: Connection, name: str) -> None:

@@ -7,11 +7,17 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from models.store.dialect import Dialect
+from models.store.mysql import MysqlDialect
 from models.store.postgres import PostgresDialect
 from models.store.sqlite import SqliteDialect
 from streams.core.errors import StoreError
 
-_KNOWN: tuple[Dialect, ...] = (PostgresDialect(), SqliteDialect())
+_KNOWN: tuple[Dialect, ...] = (
+    PostgresDialect(),
+    SqliteDialect(),
+    MysqlDialect("mysql"),
+    MysqlDialect("mariadb"),
+)
 #: The databases the store runs on, by SQLAlchemy's name.
 DIALECTS: dict[str, Dialect] = {d.name: d for d in _KNOWN}
 

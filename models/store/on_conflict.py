@@ -97,6 +97,12 @@ class OnConflictDialect(ABC):
         self.insert = insert
         self.bookkeeping = bookkeeping_upserts(insert)
 
+    def prepare(
+        self, conn: Connection, specs: Sequence[EntitySpec], tables: Sequence[Table]
+    ) -> None:
+        """Do nothing: every table these databases make or take keeps the guarantees."""
+        return None
+
     def row_upsert(self, spec: EntitySpec, columns: tuple[str, ...]) -> Any:
         """Return the version-guarded upsert of ``spec``'s rows naming ``columns``."""
         return row_upsert(self.insert, spec.table, spec.key_column, spec.update_columns, columns)

@@ -31,6 +31,11 @@ class StoreError(MirrorError):
     """The SQL store refused a batch for a reason that retrying will not fix."""
 
 
+class UnfitTable(StoreError):
+    """A table exists but cannot keep the mirror's guarantees on its database (an engine
+    without transactions, a key collation that merges keys); the message says how to fix it."""
+
+
 class StoreUnavailableError(StoreError):
     """The SQL store could not be reached; retry with backoff."""
 

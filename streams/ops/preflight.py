@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from streams.core.errors import MirrorError
+from streams.core.errors import MirrorError, UnfitTable
 from streams.kafka.broker_failures import broker_failure
 from streams.kafka.topic_ids import read_topic_facts
 from streams.settings import Settings
@@ -150,6 +150,8 @@ async def schema_problem(store: SqlStore, specs: Sequence[EntitySpec]) -> str | 
     try:
         await asyncio.to_thread(store.create_tables, specs)
         missing = await asyncio.to_thread(store.missing_columns, specs)
+    except UnfitTable as exc:
+        return f"{exc}; then start the worker again"
     except MirrorError as exc:
         if exc.retriable:
             return None  # the database went away since its check: back-pressure, not an exit

@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from models.store import SqlStore
 from tests.support import (
@@ -29,7 +30,10 @@ from tests.waiting import eventually
 
 def make_audit_tables(db_url: str) -> None:
     engine = create_engine(db_url)
-    serial = "INTEGER PRIMARY KEY" if db_url.startswith("sqlite") else "BIGSERIAL PRIMARY KEY"
+    serial = {
+        "sqlite": "INTEGER PRIMARY KEY",
+        "postgresql": "BIGSERIAL PRIMARY KEY",
+    }.get(make_url(db_url).get_backend_name(), "BIGINT AUTO_INCREMENT PRIMARY KEY")
     try:
         with engine.begin() as conn:
             conn.execute(

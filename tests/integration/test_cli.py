@@ -21,13 +21,13 @@ from tests.support import (
 
 
 async def test_status_verify_and_rebuild(
-    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, server_db_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     topic = f"{topic_prefix}planet-changed"
     await create_topic(kafka_bootstrap, topic, partitions=4)
     events = planet_stream(2_000, 60, seed=21, poison_every=40)
     await produce(kafka_bootstrap, topic, ((e.key.encode(), e.value) for e in events))
-    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "cli")
+    worker, app_id = make_worker(kafka_bootstrap, server_db_url, topic_prefix, tmp_path, "cli")
     env = dict(worker.env)
     worker.start()
     try:
@@ -35,12 +35,12 @@ async def test_status_verify_and_rebuild(
     finally:
         worker.stop()
     expected = expected_planets(events)
-    assert read_planets(pg_url) == expected
+    assert read_planets(server_db_url) == expected
 
     assert_status_and_verify(env, topic, app_id, len(expected))
 
     victim, gone = sorted(expected)[:2]
-    engine = create_engine(pg_url)
+    engine = create_engine(server_db_url)
     with engine.begin() as conn:
         conn.execute(
             text("UPDATE servicea_planet SET name = 'tampered' WHERE uuid = :u"), {"u": victim}
@@ -60,7 +60,7 @@ async def test_status_verify_and_rebuild(
     assert f"rebuilt servicea_planet from {len(events)} records: {len(expected)} rows" in (
         rebuilt.stdout
     )
-    assert read_planets(pg_url) == expected
+    assert read_planets(server_db_url) == expected
     assert run_cli(env, "verify", "planet").returncode == 0
 
 

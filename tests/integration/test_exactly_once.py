@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from sqlalchemy.engine import make_url
 
+from devservices import mariadb as dev_mariadb
 from devservices import postgres as dev_postgres
 from models.planet import Planet
 from models.registry import build_spec
@@ -39,6 +41,8 @@ from tests.waiting import watched_pause
 
 PLANET = build_spec(Planet)
 TOPIC = "planet-changed"
+#: The local server of each database, which the outage test stops and starts again.
+LOCAL_SERVERS: dict[str, Any] = {"postgresql": dev_postgres, "mariadb": dev_mariadb}
 
 
 def table_state(store: SqlStore) -> dict[str, str]:
@@ -89,8 +93,8 @@ async def kill_at_random_moments(
 
 
 @pytest.fixture
-def store(pg_url: str) -> Iterator[SqlStore]:
-    store = SqlStore.from_url(pg_url)
+def store(server_db_url: str) -> Iterator[SqlStore]:
+    store = SqlStore.from_url(server_db_url)
     store.create_tables([PLANET])  # the worker does the same; the test may read first
     yield store
     store.dispose()
@@ -114,12 +118,12 @@ def eo_worker(
 
 @pytest.mark.slow
 async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice(
-    kafka_bootstrap: str, pg_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, server_db_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
 ) -> None:
     topic = f"{topic_prefix}{TOPIC}"
     await create_topic(kafka_bootstrap, topic, partitions=4)
     sent = chaotic_stream(20_000, 400, seed=2026)
-    worker, app_id = eo_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path)
+    worker, app_id = eo_worker(kafka_bootstrap, server_db_url, topic_prefix, tmp_path)
     rng = random.Random(99)
     worker.start()
     producing = asyncio.create_task(produce_spread(kafka_bootstrap, topic, sent))
@@ -147,8 +151,9 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("server_db_url", ["postgresql"], indirect=True)  # the path, not the store
 async def test_sigkill_while_forwarding_loses_nothing_and_applies_nothing_twice(
-    kafka_bootstrap: str, pg_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, server_db_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
 ) -> None:
     # The forwarded path: a kill between a batch's forwarding and its offsets forwards some
     # records twice; each copy carries its first position and is skipped where it is applied.
@@ -156,7 +161,7 @@ async def test_sigkill_while_forwarding_loses_nothing_and_applies_nothing_twice(
     await create_topic(kafka_bootstrap, topic, partitions=4)
     sent = chaotic_stream(12_000, 300, seed=7, foreign_keys=True)
     worker, app_id = eo_worker(
-        kafka_bootstrap, pg_url, topic_prefix, tmp_path, REPARTITION="planet"
+        kafka_bootstrap, server_db_url, topic_prefix, tmp_path, REPARTITION="planet"
     )
     repartition = f"{app_id}-{topic}-repartition"
     rng = random.Random(5)
@@ -237,18 +242,18 @@ async def test_replaying_from_the_beginning_changes_nothing(
 @pytest.mark.slow
 async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
     kafka_bootstrap: str,
-    pg_server_url: str,
-    pg_url: str,
+    server_db_url: str,
     store: SqlStore,
     topic_prefix: str,
     tmp_path: Path,
 ) -> None:
-    if not pg_server_url.startswith("postgresql+psycopg2://mirror:mirror@127.0.0.1:"):
-        pytest.fail("the outage test stops the local PostgreSQL; unset DATABASE_URL")
+    server = LOCAL_SERVERS[make_url(server_db_url).get_backend_name()]
+    if make_url(server_db_url).port != server.DEFAULT_PORT:
+        pytest.fail("the outage test stops the local database server; unset its URL variable")
     topic = f"{topic_prefix}{TOPIC}"
     await create_topic(kafka_bootstrap, topic, partitions=4)
     sent = chaotic_stream(8_000, 200, seed=5)
-    worker, app_id = eo_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path)
+    worker, app_id = eo_worker(kafka_bootstrap, server_db_url, topic_prefix, tmp_path)
     worker.start()
     producing = asyncio.create_task(
         produce_timed(
@@ -262,12 +267,12 @@ async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
     try:
         await wait_stored(store, app_id, 1, worker)
         store.dispose()
-        dev_postgres.kill()
+        server.kill()
         outage_started = time.monotonic()
         # Wait until the worker has noticed and is retrying, then keep the database down.
         await wait_for_metric(worker, 'mirror_batch_retries_total{step="apply"}', 1, timeout=60)
         await watched_pause(5 - (time.monotonic() - outage_started), alive=[worker])
-        dev_postgres.start()
+        server.start()
         positions = await producing
         ends = await end_offsets(kafka_bootstrap, topic)
         await wait_applied(store, app_id, topic, ends, worker)
@@ -278,6 +283,6 @@ async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
         assert worker.stop() == "SIGTERM"
     finally:
         producing.cancel()
-        if not dev_postgres.is_running():
-            dev_postgres.start()
+        if not server.is_running():
+            server.start()
         worker.stop()

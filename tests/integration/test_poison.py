@@ -104,7 +104,7 @@ async def read_all(
 
 
 async def test_poison_events_are_dead_lettered_with_their_reason(
-    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, server_db_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     topic = f"{topic_prefix}planet-changed"
     await create_topic(kafka_bootstrap, topic, partitions=4)
@@ -129,15 +129,15 @@ async def test_poison_events_are_dead_lettered_with_their_reason(
         if kind == "good":
             assert key is not None and value is not None
             expected[key.decode()] = json.loads(value)["planetName"]
-    worker, app_id = make_worker(kafka_bootstrap, pg_url, topic_prefix, tmp_path, "poison")
+    worker, app_id = make_worker(kafka_bootstrap, server_db_url, topic_prefix, tmp_path, "poison")
     worker.start()
     try:
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
     finally:
         stopped = worker.stop()
     assert stopped == "SIGTERM"  # a poison pill never keeps the worker from stopping
-    assert read_planets(pg_url) == expected
-    store = SqlStore.from_url(pg_url)
+    assert read_planets(server_db_url) == expected
+    store = SqlStore.from_url(server_db_url)
     try:
         counts = store.outcome_counts(app_id)
     finally:

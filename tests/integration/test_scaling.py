@@ -43,8 +43,8 @@ PARTITIONS = 6
 
 
 @pytest.fixture
-def store(pg_url: str) -> Iterator[SqlStore]:
-    store = SqlStore.from_url(pg_url)
+def store(server_db_url: str) -> Iterator[SqlStore]:
+    store = SqlStore.from_url(server_db_url)
     yield store
     store.dispose()
 
@@ -110,12 +110,19 @@ async def wait_all_ready(workers: list[WorkerProcess]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"]
+    ("stop_signal", "server_db_url"),
+    [
+        (signal.SIGTERM, "postgresql"),
+        (signal.SIGKILL, "postgresql"),
+        (signal.SIGKILL, "mariadb"),  # three workers upserting one table: InnoDB's deadlocks
+    ],
+    ids=["sigterm", "sigkill", "sigkill-mariadb"],
+    indirect=["server_db_url"],
 )
 async def test_workers_share_partitions_and_answer_for_every_key(
     stop_signal: signal.Signals,
     kafka_bootstrap: str,
-    pg_url: str,
+    server_db_url: str,
     store: SqlStore,
     topic_prefix: str,
     tmp_path: Path,
@@ -125,7 +132,7 @@ async def test_workers_share_partitions_and_answer_for_every_key(
     app_id = f"scale-{uuid.uuid4().hex[:8]}"
 
     def member(name: str) -> WorkerProcess:
-        return scaling_worker(name, app_id, kafka_bootstrap, pg_url, topic_prefix, tmp_path)
+        return scaling_worker(name, app_id, kafka_bootstrap, server_db_url, topic_prefix, tmp_path)
 
     a, b, c = member("a"), member("b"), member("c")
     d = member("d")
@@ -205,8 +212,9 @@ async def test_workers_share_partitions_and_answer_for_every_key(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("server_db_url", ["postgresql"], indirect=True)  # the path, not the store
 async def test_workers_share_a_forwarded_topic_through_a_rebalance(
-    kafka_bootstrap: str, pg_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, server_db_url: str, store: SqlStore, topic_prefix: str, tmp_path: Path
 ) -> None:
     # Both the source topic (forwarded) and the repartition topic (applied) move between
     # workers: one is killed mid-stream and another joins.
@@ -217,7 +225,13 @@ async def test_workers_share_a_forwarded_topic_through_a_rebalance(
 
     def member(name: str) -> WorkerProcess:
         return scaling_worker(
-            name, app_id, kafka_bootstrap, pg_url, topic_prefix, tmp_path, REPARTITION="planet"
+            name,
+            app_id,
+            kafka_bootstrap,
+            server_db_url,
+            topic_prefix,
+            tmp_path,
+            REPARTITION="planet",
         )
 
     a, b, c = member("a"), member("b"), member("c")

@@ -53,6 +53,22 @@ def test_the_database_password_is_masked_for_display_and_left_out_of_repr(
 
 
 @pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("mysql://u:p@h:3306/db", "mysql+pymysql://u:p@h:3306/db"),
+        ("mariadb://u:p@h/db", "mariadb+pymysql://u:p@h/db"),
+        ("mysql+pymysql://u:p@h/db", "mysql+pymysql://u:p@h/db"),
+    ],
+)
+def test_a_plain_mysql_or_mariadb_url_selects_pymysql(
+    given: str, used: str, tmp_path: Path
+) -> None:
+    # SQLAlchemy's default MySQL driver is mysqlclient, which the project does not install.
+    settings = Settings.from_env({"DATABASE_URL": given}, cwd=tmp_path)
+    assert settings.database_url == used
+
+
+@pytest.mark.parametrize(
     ("name", "value"),
     [
         ("KAFKA_BROKER", "http://127.0.0.1:9092"),
@@ -60,7 +76,9 @@ def test_the_database_password_is_masked_for_display_and_left_out_of_repr(
         ("KAFKA_BROKER", "kafka://127.0.0.1:99999"),
         ("KAFKA_BROKER", " "),
         ("DATABASE_URL", "not a url"),
-        ("DATABASE_URL", "mysql://u@h/db"),
+        ("DATABASE_URL", "mssql://u@h/db"),
+        ("DATABASE_URL", "mysql+mysqldb://u@h/db"),
+        ("DATABASE_URL", "mariadb://u@h"),
         ("DATABASE_URL", "postgresql+asyncpg://u@h/db"),
         ("DATABASE_URL", "postgresql://u@h"),
         ("APP_ID", "has space"),

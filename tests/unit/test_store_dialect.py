@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import sqlite3
 
+import pymysql
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from models.store.dialect import first_line, is_row_fault
 from models.store.engine import DIALECTS, create_store_engine, dialect_named
+from models.store.mysql import MysqlDialect
 from models.store.postgres import PostgresDialect
 from models.store.sqlite import SqliteDialect
 from streams.core.errors import StoreError
 
 
 def test_each_database_is_chosen_by_the_name_sqlalchemy_gives_it() -> None:
-    assert sorted(DIALECTS) == ["postgresql", "sqlite"]
+    assert sorted(DIALECTS) == ["mariadb", "mysql", "postgresql", "sqlite"]
     assert isinstance(dialect_named("postgresql"), PostgresDialect)
+    assert isinstance(dialect_named("mariadb"), MysqlDialect)
     engine = create_store_engine("sqlite://")
     try:
         assert dialect_named(engine.dialect.name) is DIALECTS["sqlite"]
@@ -25,8 +28,8 @@ def test_each_database_is_chosen_by_the_name_sqlalchemy_gives_it() -> None:
 
 
 def test_a_database_without_a_dialect_is_refused_naming_it() -> None:
-    with pytest.raises(StoreError, match="unsupported database dialect 'mysql'"):
-        create_store_engine("mysql://u@h/db")
+    with pytest.raises(StoreError, match="unsupported database dialect 'mssql'"):
+        create_store_engine("mssql://u@h/db")
 
 
 def sqlite_error(message: str) -> OperationalError:
@@ -48,3 +51,24 @@ def test_postgresql_refusals_are_never_operational_errors() -> None:
     refused = IntegrityError("INSERT ...", None, Exception("duplicate key\nDETAIL: ..."))
     assert is_row_fault(refused, postgres) and first_line(refused) == "duplicate key"
     assert is_row_fault(ValueError("NUL in text"), postgres)
+
+
+def mysql_error(code: int, message: str) -> OperationalError:
+    return OperationalError("INSERT ...", None, pymysql.err.OperationalError(code, message))
+
+
+def test_mysql_tells_a_refused_row_from_a_deadlock_or_an_outage() -> None:
+    maria = MysqlDialect("mariadb")
+    refused = [
+        mysql_error(1054, "Unknown column 'name' in 'field list'"),
+        mysql_error(1366, "Incorrect integer value: 'x' for column `mass` at row 1"),
+        mysql_error(4025, "CONSTRAINT `mass` failed for `asteroid`"),
+    ]
+    passing = [
+        mysql_error(1213, "Deadlock found when trying to get lock; try restarting transaction"),
+        mysql_error(1205, "Lock wait timeout exceeded; try restarting transaction"),
+        mysql_error(2013, "Lost connection to server during query"),
+        mysql_error(1021, "Disk full (/var/lib/mysql); waiting for someone to free space..."),
+    ]
+    assert all(maria.refuses(e) and is_row_fault(e, maria) for e in refused)
+    assert not any(maria.refuses(e) or is_row_fault(e, maria) for e in passing)
