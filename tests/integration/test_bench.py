@@ -1,7 +1,9 @@
 """The benchmark's quick mode completes, reports every figure and leaves correct tables.
 
 It asserts no speed: only that each figure is there and each table right. Quick mode runs
-every scenario at a tiny size and leaves the peers out (``--peers`` adds them).
+every scenario at a tiny size and leaves the peers out (``--peers`` adds them); the test adds
+MariaDB (``--databases``): the worker on it too, in the warm-up, steady state and initial load
+(about 25 s more, the bench starting the server through devservices.mariadb).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ RUN_FIGURES = (
     *(f"cpu_us_{part}" for part in PARTS),
 )
 RUNS = ("mirror", "steady_mirror", "steady_mirror_uncached", "steady_mirror_x2", "initial_mirror")
+#: The worker's runs on MariaDB, each with its rate over the worker's on PostgreSQL.
+ON_MARIADB = ("mirror_mariadb", "steady_mirror_mariadb", "initial_mirror_mariadb")
 FRESHNESS_RATES = (500, 2000)
 FIGURES = {
     "cores",
@@ -38,7 +42,8 @@ FIGURES = {
     "steady_entities",
     "initial_events",
     "initial_entities",
-    *(f"{run}_{figure}" for run in RUNS for figure in RUN_FIGURES),
+    *(f"{run}_{figure}" for run in (*RUNS, *ON_MARIADB) for figure in RUN_FIGURES),
+    *(f"{run}_vs_mirror" for run in ON_MARIADB),
     "naive_events",
     "naive_events_per_s",
     "naive_seconds",
@@ -72,7 +77,7 @@ NOT_POSITIVE = {
 @pytest.mark.slow
 def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_url: str) -> None:
     done = subprocess.run(
-        [sys.executable, "bench/mirror_bench.py", "--quick"],
+        [sys.executable, "bench/mirror_bench.py", "--quick", "--databases", "postgresql,mariadb"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -98,6 +103,9 @@ def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_ur
         "the worker with its cache off |",
         "two workers in one group |",
         "| initial load: 5,000 events, every entity new |",
+        "| warm-up: 2,000 events over 200 entities, on MariaDB |",
+        "| steady state: 10,000 events over 1,000 entities, on MariaDB |",
+        "| initial load: 5,000 events, every entity new, on MariaDB |",
         "| 500 events/s |",
         "| highest rate sustained |",
     ):
