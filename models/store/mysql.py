@@ -56,7 +56,7 @@ from sqlalchemy.types import DateTime, Float
 from models.columns import ColumnKind
 from models.registry import VERSION_COLUMNS, EntitySpec
 from models.store.dialect import IN_BATCH, BookkeepingUpserts
-from models.store.mysql_text import literal, naive_utc, values_text
+from models.store.mysql_text import literals, naive_utc, values_text
 from models.store.schema import (
     changelogs_table,
     logs_table,
@@ -208,8 +208,7 @@ class MysqlDialect:
         present: set[EntityKey] = set()
         tombstoned: set[EntityKey] = set()
         for start in range(0, len(keys), _CHUNK):
-            listed = ",".join(literal(kind, k) for k in keys[start : start + _CHUNK])
-            sql = head.replace("{keys}", listed)
+            sql = head.replace("{keys}", literals(kind, keys[start : start + _CHUNK]))
             for is_tomb, key, *version in _run(conn, sql):
                 found: Version = (int(version[0]), int(version[1]), int(version[2]))
                 if is_tomb:
