@@ -318,9 +318,11 @@ def start(port: int = DEFAULT_PORT, *, timeout: float = 60.0) -> str:
     login succeeds. Raises DevServiceError if something else holds the port.
     """
     deadline = time.monotonic() + timeout
-    lay = layout(port)
-    url = server_url(port)
+    url = server_url(dbserver.checked_port(port))
+    # Installed first: until the package made the ``postgres`` user, no folder looks reachable
+    # to it and layout() would pick the /var/tmp fallback for this one start.
     bindir = ensure_installed()
+    lay = layout(port)
     owner = _server_user()
     with _locked(lay):
         if _pg_ctl_status(lay):
