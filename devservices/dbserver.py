@@ -14,6 +14,7 @@ functions that talk to a server.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -22,10 +23,11 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # only for annotations: SQLAlchemy is not imported at run time here
     from sqlalchemy.engine import Connection
@@ -350,6 +352,18 @@ def _no_service_starts() -> Iterator[None]:
 # --- databases ------------------------------------------------------------------------------
 
 
+def create_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server at ``server_url`` and return the new URL."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    validate_database_name(name)
+    with autocommit(server_url, f"create database {name!r}") as conn:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+        conn.execute(text(f"CREATE DATABASE {quoted}"))
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
 @contextlib.contextmanager
 def autocommit(url: str, doing: str) -> Iterator[Connection]:
     """Yield an AUTOCOMMIT connection (CREATE/DROP DATABASE refuse to run in a transaction).
@@ -368,3 +382,77 @@ def autocommit(url: str, doing: str) -> Iterator[Connection]:
         raise DevServiceError(f"could not {doing}: {one_line(str(exc.orig))}") from exc
     finally:
         engine.dispose()
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+class Starter(Protocol):
+    """A server module's ``start``."""
+
+    def __call__(self, port: int, *, timeout: float) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCommands:
+    """What ``python -m devservices <module> {start,stop,status,reset,url}`` drives."""
+
+    module: str
+    """The module's name (``postgres``): names the program and begins each error line."""
+    title: str
+    """The server's name for people (``PostgreSQL``)."""
+    init_tool: str
+    """What the first start runs to make the data directory (``initdb``), for the help."""
+    default_port: int
+    start: Starter
+    stop: Callable[[int], None]
+    reset: Callable[[int], None]
+    is_running: Callable[[int], bool]
+    server_url: Callable[[int], str]
+    data_dir: Callable[[int], Path]
+
+
+def command_line(commands: ServerCommands, argv: Sequence[str] | None) -> int:
+    """Run one command; expected failures print one line on stderr and return 1."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m devservices.{commands.module}",
+        description=f"Run the private {commands.title} server for tests and local runs.",
+    )
+    parser.add_argument(
+        "command",
+        choices=("start", "stop", "status", "reset", "url"),
+        help=f"start: start ({commands.init_tool} on first use) and print the URL; status: "
+        "exit 0 if running, 3 if not; reset: stop and delete the data directory; url: print "
+        "the URL",
+    )
+    parser.add_argument(
+        "--port", type=int, default=commands.default_port, help="TCP port on 127.0.0.1"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for start (default 60)"
+    )
+    args = parser.parse_args(argv)
+    port: int = args.port
+    try:
+        if args.command == "start":
+            print(commands.start(port, timeout=args.timeout))
+        elif args.command == "stop":
+            commands.stop(port)
+        elif args.command == "reset":
+            commands.reset(port)
+        elif args.command == "url":
+            print(commands.server_url(checked_port(port)))
+        else:
+            data = commands.data_dir(port)
+            if commands.is_running(port):
+                print(f"running: {commands.server_url(port)} (data {data})")
+                return 0
+            print(f"stopped (data {data})")
+            return 3
+    except (DevServiceError, OSError) as exc:
+        # OSError: e.g. the cache folder is not writable; still one line, no traceback.
+        print(f"devservices.{commands.module}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

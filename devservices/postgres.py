@@ -16,14 +16,12 @@ Command line: ``python -m devservices.postgres {start,stop,status,reset,url} [--
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from devservices.dbserver import CACHE_DIR_ENV as CACHE_DIR_ENV
 from devservices.dbserver import HOST as HOST
 from devservices.dbserver import REPO_ROOT as REPO_ROOT
 from devservices.dbserver import DevServiceError as DevServiceError
+from devservices.dbserver import create_database as create_database
 from devservices.dbserver import validate_database_name as validate_database_name
 
 DEFAULT_PORT = 54329
@@ -439,18 +438,6 @@ def reset(port: int = DEFAULT_PORT) -> None:
 # --- databases ------------------------------------------------------------------------------
 
 
-def create_database(server_url: str, name: str) -> str:
-    """Create database ``name`` on the server at ``server_url`` and return the new URL."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    validate_database_name(name)
-    with dbserver.autocommit(server_url, f"create database {name!r}") as conn:
-        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-        conn.execute(text(f"CREATE DATABASE {quoted}"))
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
 def drop_database(server_url: str, name: str) -> None:
     """Drop database ``name`` if it exists, ending other sessions connected to it first."""
     from sqlalchemy import text
@@ -477,51 +464,23 @@ def drop_database(server_url: str, name: str) -> None:
 # --- command line ---------------------------------------------------------------------------
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m devservices.postgres",
-        description="Run the private PostgreSQL server used by the tests.",
-    )
-    parser.add_argument(
-        "command",
-        choices=("start", "stop", "status", "reset", "url"),
-        help="start: start (initdb on first use) and print the URL; status: exit 0 if "
-        "running, 3 if not; reset: stop and delete the data directory; url: print the URL",
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port on 127.0.0.1")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for start (default 60)"
-    )
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; expected failures print one line on stderr and return 1."""
-    args = _parse_args(argv)
-    port: int = args.port
-    try:
-        if args.command == "start":
-            print(start(port, timeout=args.timeout))
-        elif args.command == "stop":
-            stop(port)
-        elif args.command == "reset":
-            reset(port)
-        elif args.command == "url":
-            print(server_url(dbserver.checked_port(port)))
-        else:
-            data = layout(port).data
-            if is_running(port):
-                print(f"running: {server_url(port)} (data {data})")
-                return 0
-            print(f"stopped (data {data})")
-            return 3
-    except (DevServiceError, OSError) as exc:
-        # OSError: e.g. the cache folder is not writable; still one line, no traceback.
-        print(f"devservices.postgres: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return dbserver.command_line(
+        dbserver.ServerCommands(
+            module="postgres",
+            title="PostgreSQL",
+            init_tool="initdb",
+            default_port=DEFAULT_PORT,
+            start=start,
+            stop=stop,
+            reset=reset,
+            is_running=is_running,
+            server_url=server_url,
+            data_dir=lambda port: layout(port).data,
+        ),
+        argv,
+    )
 
 
 if __name__ == "__main__":
