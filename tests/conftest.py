@@ -119,26 +119,6 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mirror.sqlite3'}"
 
 
-@pytest.fixture(scope="session")
-def mariadb_server_url() -> str:  # TEMPORARY
-    return os.environ["MARIADB_URL"]
-
-
-@pytest.fixture
-def mariadb_url(request: pytest.FixtureRequest, mariadb_server_url: str) -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    server = mariadb_server_url
-    name = _unique(request, "t")[:63]
-    e = create_engine(server)
-    with e.begin() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    with e.begin() as c:
-        c.execute(text(f"DROP DATABASE {name}"))
-    e.dispose()
-
-
 _DB_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mariadb": "mariadb_url"}
 
 

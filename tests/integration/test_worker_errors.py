@@ -16,7 +16,7 @@ from tests.support import run_worker_to_exit as run_worker
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("WEB_PORT", "http"), ("DATABASE_URL", "mysql://u@h/db"), ("KAFKA_BROKER", "nohost")],
+    [("WEB_PORT", "http"), ("DATABASE_URL", "mssql://u@h/db"), ("KAFKA_BROKER", "nohost")],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
     name: str, value: str, tmp_path: Path
