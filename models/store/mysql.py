@@ -271,10 +271,19 @@ class MysqlDialect:
         """Execute an INSERT for many rows (PyMySQL makes one multi-row statement of it)."""
         conn.execute(statement, list(rows))
 
+    def conflicts(self, exc: DBAPIError) -> bool:
+        """Tell whether ``exc`` is a deadlock (1213) or a lock wait timeout (1205)."""
+        return _error_code(exc) in (1205, 1213)
+
     def refuses(self, exc: DBAPIError) -> bool:
         """Tell whether ``exc`` is one of the :data:`REFUSAL_CODES`."""
-        args: tuple[Any, ...] = getattr(exc.orig, "args", ())
-        return bool(args) and args[0] in REFUSAL_CODES
+        return _error_code(exc) in REFUSAL_CODES
+
+
+def _error_code(exc: DBAPIError) -> int | None:
+    """Return the server's error code of ``exc`` (PyMySQL's first argument), or None."""
+    args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def bookkeeping_upserts() -> BookkeepingUpserts:
