@@ -1,1 +1,1 @@
-"""Local Kafka and PostgreSQL servers for tests and the main job (development only)."""
+"""Local Kafka, PostgreSQL and MariaDB servers for tests and the main job (development only)."""

@@ -56,6 +56,8 @@ from typing import Any
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
+from devservices.processes import cmdline, is_alive
+
 #: Kafka release the jars are resolved for. Newest one checked against aiokafka 0.14 and
 #: faust-streaming 0.15.3 (admin, idempotent producer, groups, a Faust worker with a table).
 KAFKA_VERSION = "4.4.0"
@@ -271,32 +273,14 @@ def is_running(layout: int | Layout = 1) -> bool:
 # --- processes --------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _is_alive(pid: int) -> bool:
-    """Treat zombies as dead: a detached broker's parent may never reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X")
-
-
 def _is_node_process(pid: int, node: Node) -> bool:
-    args = _cmdline(pid)
+    args = cmdline(pid)
     return (
         bool(args)
         and Path(args[0]).name == "java"
         and "kafka.Kafka" in args
         and str(node.config) in args
-        and _is_alive(pid)
+        and is_alive(pid)
     )
 
 
@@ -323,14 +307,14 @@ def _terminate(*nodes: Node) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_GRACE
-    while any(_is_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+    while any(is_alive(p) for p in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
     for node, pid in pids.items():
-        if _is_alive(pid):
+        if is_alive(pid):
             _log.warning("Kafka node %s did not stop in %.0f s; killing it", node.dir, _STOP_GRACE)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            while _is_alive(pid):
+            while is_alive(pid):
                 time.sleep(0.05)
     for node in nodes:
         node.pid_file.unlink(missing_ok=True)
@@ -382,7 +366,7 @@ def _spawn(node: Node, java: str, classpath: str) -> None:
     # The backgrounded child is still a copy of sh until it execs java; wait for that so
     # the pid check (which wants java) does not mistake the gap for an early exit.
     deadline = time.monotonic() + 5.0
-    while not _is_node_process(pid, node) and _is_alive(pid) and time.monotonic() < deadline:
+    while not _is_node_process(pid, node) and is_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     node.pid_file.write_text(f"{pid}\n")
 

@@ -5,8 +5,8 @@ auth. We run our own data directory on :data:`DEFAULT_PORT` with a password role
 tests never fight whatever else the machine runs and need no Docker.
 
 PostgreSQL refuses to run as root, so when we are root every server binary runs as the
-``postgres`` system user through ``runuser`` (not ``su``: no PAM session, no tty needed),
-and every directory it touches must be traversable by that user.
+``postgres`` system user, and every directory it touches must be traversable by that user;
+how, with the install and the folders, is shared with MariaDB's server (``dbserver.py``).
 
 Only the standard library is imported at module level; SQLAlchemy and psycopg2 are
 imported inside the functions that talk to the server.
@@ -16,53 +16,39 @@ Command line: ``python -m devservices.postgres {start,stop,status,reset,url} [--
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
-import hashlib
 import math
 import os
-import re
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only for annotations: SQLAlchemy is not imported at run time here
-    from sqlalchemy.engine import Connection
+from devservices import dbserver
+from devservices.dbserver import CACHE_DIR_ENV as CACHE_DIR_ENV
+from devservices.dbserver import HOST as HOST
+from devservices.dbserver import REPO_ROOT as REPO_ROOT
+from devservices.dbserver import DevServiceError as DevServiceError
+from devservices.dbserver import create_database as create_database
+from devservices.dbserver import validate_database_name as validate_database_name
 
 DEFAULT_PORT = 54329
 USER = "mirror"
 PASSWORD = "mirror"
-HOST = "127.0.0.1"
 
-#: Environment variable that moves the cache; the server then lives in ``<it>/postgres``.
-CACHE_DIR_ENV = "MIRROR_CACHE_DIR"
-
-#: The repository checkout this module belongs to (the parent of the ``devservices`` package).
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
+SERVICE = "postgres"
 SERVER_USER = "postgres"
+PACKAGE = "postgresql"
 PG_LIB_DIR = Path("/usr/lib/postgresql")
 _SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
-_DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1"})
 # sun_path is 108 bytes with the terminating NUL; the socket file is "/.s.PGSQL.<port>".
 _MAX_SOCKET_PATH = 107
 _CONNECT_RETRY_SECONDS = 0.2
 _STOP_TIMEOUT_SECONDS = 60
-
-
-class DevServiceError(Exception):
-    """A development service could not be installed, started or used; the message says why."""
-
-    retriable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,25 +70,14 @@ class Layout:
 # --- pure helpers (unit tested without a server) -------------------------------------------
 
 
-def validate_database_name(name: str) -> str:
-    """Return ``name`` if it is a plain lower-case identifier, else raise DevServiceError."""
-    if not _DB_NAME_RE.fullmatch(name):
-        raise DevServiceError(
-            f"invalid database name {name!r}: use 1-63 characters of [a-z0-9_], "
-            "not starting with a digit"
-        )
-    return name
-
-
 def server_url(port: int = DEFAULT_PORT, database: str = "postgres") -> str:
     """Return the SQLAlchemy URL of ``database`` on our server at ``port``."""
     return f"postgresql+psycopg2://{USER}:{PASSWORD}@{HOST}:{port}/{database}"
 
 
 def fallback_runtime_root(repo_root: Path) -> Path:
-    """Return the /var/tmp folder used when the checkout is not reachable by the server user."""
-    digest = hashlib.sha256(str(repo_root).encode()).hexdigest()[:10]
-    return Path("/var/tmp") / f"entity-mirror-postgres-{digest}"
+    """Return the /var/tmp folder used when the checkout is not reachable by ``postgres``."""
+    return dbserver.fallback_runtime_root(repo_root, SERVICE)
 
 
 def choose_runtime_root(
@@ -112,25 +87,15 @@ def choose_runtime_root(
     as_root: bool,
     reachable: Callable[[Path], bool],
 ) -> Path:
-    """Pick the folder holding our servers.
-
-    ``reachable(path)`` says whether the server user could get to ``path`` (we create and
-    chown the folder itself, so only its parents matter). As root the server runs as
-    ``postgres``, which cannot enter e.g. a checkout under ``/root``: fall back to /var/tmp
-    then, keyed by a hash of the checkout so two checkouts keep separate clusters.
-    """
-    if cache_dir:
-        chosen = Path(cache_dir).expanduser().absolute() / "postgres"
-        if as_root and not reachable(chosen):
-            raise DevServiceError(
-                f"{CACHE_DIR_ENV}={cache_dir}: user {SERVER_USER!r} cannot traverse the "
-                "parents of that folder; pick a folder it can reach"
-            )
-        return chosen
-    default = repo_root / ".cache" / "postgres"
-    if not as_root or reachable(default):
-        return default
-    return fallback_runtime_root(repo_root)
+    """Pick the folder holding our servers (``dbserver.choose_runtime_root`` for PostgreSQL)."""
+    return dbserver.choose_runtime_root(
+        repo_root,
+        SERVICE,
+        server_user=SERVER_USER,
+        cache_dir=cache_dir,
+        as_root=as_root,
+        reachable=reachable,
+    )
 
 
 def make_layout(root: Path, port: int) -> Layout:
@@ -182,151 +147,39 @@ def _parse_version(text: str) -> tuple[int, ...] | None:
 # --- the machine: users, processes, files ---------------------------------------------------
 
 
-def _as_root() -> bool:
-    return os.geteuid() == 0
-
-
-def _server_cmd(argv: Sequence[str]) -> list[str]:
-    """Prefix ``argv`` so it runs as the server user when we are root (PostgreSQL refuses root)."""
-    if _as_root():
-        return ["runuser", "-u", SERVER_USER, "--", *argv]
-    return list(argv)
-
-
 def _server_env() -> dict[str, str]:
-    # PG* variables from the caller's shell (PGDATA, PGPORT, PGHOST...) must not steer our
-    # server; LC_ALL=C keeps messages English so the error lines we surface are searchable.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env
+    # PG* variables from the caller's shell (PGDATA, PGPORT, PGHOST...) must not steer our server.
+    return dbserver.server_env(("PG",))
 
 
 def _run_server_tool(
     argv: Sequence[str], *, timeout: float, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run a server binary as the server user.
-
-    cwd is ``/``: initdb and pg_ctl fail if they cannot enter the caller's cwd (e.g. /root).
-    """
-    try:
-        result = subprocess.run(
-            _server_cmd(argv),
-            cwd="/",
-            env=_server_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise DevServiceError(f"{Path(argv[0]).name} took more than {timeout:.0f}s") from exc
-    except FileNotFoundError as exc:
-        raise DevServiceError(f"cannot run {argv[0]}: {exc.strerror}") from exc
-    if check and result.returncode != 0:
-        raise DevServiceError(
-            f"{Path(argv[0]).name} failed (exit {result.returncode}): "
-            f"{_last_line(result.stderr or result.stdout)}"
-        )
-    return result
-
-
-def _one_line(text: str) -> str:
-    """Join a multi-line driver message ("connection refused" / "is the server running?")."""
-    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or "(no message)"
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
-@dataclass(frozen=True, slots=True)
-class _ServerUser:
-    uid: int
-    gid: int
-
-
-def _server_user() -> _ServerUser | None:
-    """Return the ids to chown our folders to, or None when we are not root (we own them)."""
-    if not _as_root():
-        return None
-    import pwd  # stdlib; imported here because only the root path needs it
-
-    try:
-        entry = pwd.getpwnam(SERVER_USER)
-    except KeyError as exc:
-        raise DevServiceError(
-            f"system user {SERVER_USER!r} does not exist; reinstall Debian's postgresql package"
-        ) from exc
-    return _ServerUser(entry.pw_uid, entry.pw_gid)
-
-
-def _postgres_can_reach(path: Path) -> bool:
-    """Ask the system, as the server user, whether it can traverse the parents of ``path``.
-
-    Checked for real with ``runuser ... test -x`` on the deepest existing parent: path
-    lookup fails if any directory above it is not searchable, so one test covers all.
-    """
-    probe = path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    result = subprocess.run(
-        ["runuser", "-u", SERVER_USER, "--", "test", "-x", str(probe)],
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=False,
+    """Run a server binary as ``postgres`` (initdb and pg_ctl refuse root)."""
+    return dbserver.run_server_tool(
+        SERVER_USER, argv, env=_server_env(), timeout=timeout, check=check
     )
-    return result.returncode == 0
+
+
+def _server_user() -> dbserver.Owner | None:
+    return dbserver.owner(SERVER_USER, PACKAGE)
 
 
 def runtime_root() -> Path:
     """Return the folder holding our servers, following ``MIRROR_CACHE_DIR`` when set."""
-    return choose_runtime_root(
-        REPO_ROOT,
-        cache_dir=os.environ.get(CACHE_DIR_ENV),
-        as_root=_as_root(),
-        reachable=_postgres_can_reach,
-    )
+    return dbserver.runtime_root(SERVICE, SERVER_USER)
 
 
 def layout(port: int = DEFAULT_PORT) -> Layout:
     """Return where the server on ``port`` keeps its files."""
-    return make_layout(runtime_root(), _checked_port(port))
-
-
-def _checked_port(port: int) -> int:
-    if not 1024 <= port <= 65535:
-        raise DevServiceError(f"port {port} is out of range 1024-65535")
-    return port
-
-
-def _make_dir(path: Path, owner: _ServerUser | None, mode: int = 0o755) -> None:
-    """Create ``path`` and any missing parents, readable by the server user, owned by it."""
-    missing: list[Path] = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-        # Explicit chmod: a umask of 077 would otherwise lock the server user out.
-        directory.chmod(mode)
-    if owner is not None:
-        os.chown(path, owner.uid, owner.gid)
+    return make_layout(runtime_root(), dbserver.checked_port(port))
 
 
 @contextlib.contextmanager
 def _locked(lay: Layout) -> Iterator[None]:
     """Serialize start/stop/reset of one port across processes (pytest-xdist workers)."""
-    _make_dir(lay.lock.parent, _server_user())
-    with lay.lock.open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with dbserver.locked(lay.lock, _server_user()):
+        yield
 
 
 # --- install --------------------------------------------------------------------------------
@@ -337,30 +190,10 @@ def ensure_installed() -> Path:
     found = newest_bindir()
     if found is not None:
         return found
-    if not _as_root():
-        raise DevServiceError(
-            f"PostgreSQL server not installed (no {PG_LIB_DIR}/<version>/bin/initdb) and we "
-            "are not root: run `sudo apt-get install -y postgresql`"
-        )
-    if shutil.which("apt-get") is None:
-        raise DevServiceError("PostgreSQL server not installed and apt-get is not available")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Wait for a concurrent apt/dpkg (another test worker, unattended-upgrades) instead of
-    # failing on its lock.
-    lock_wait = ["-o", "DPkg::Lock::Timeout=600"]
-    steps = (
-        ["apt-get", *lock_wait, "update", "-q"],
-        ["apt-get", *lock_wait, "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+    dbserver.apt_install(
+        [PACKAGE],
+        missing=f"PostgreSQL server not installed (no {PG_LIB_DIR}/<version>/bin/initdb)",
     )
-    for step in steps:
-        result = subprocess.run(
-            step, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise DevServiceError(
-                f"`{' '.join(step)}` failed (exit {result.returncode}): "
-                f"{_last_line(result.stderr or result.stdout)}"
-            )
     found = newest_bindir()
     if found is None:
         raise DevServiceError(f"installed postgresql but found no server under {PG_LIB_DIR}")
@@ -395,13 +228,7 @@ def _pg_ctl_status(lay: Layout) -> bool:
     return result.returncode == 0
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def _initdb(bindir: Path, lay: Layout, owner: _ServerUser | None, timeout: float) -> None:
+def _initdb(bindir: Path, lay: Layout, owner: dbserver.Owner | None, timeout: float) -> None:
     """Create the cluster in a scratch folder, then rename it: a failed initdb leaves nothing."""
     scratch = lay.home / "data.initdb"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -467,7 +294,7 @@ def _wait_until_answering(port: int, lay: Layout, deadline: float) -> None:
                 connect_timeout=max(1, min(5, math.ceil(remaining))),
             )
         except psycopg2.OperationalError as exc:
-            last = _one_line(str(exc))
+            last = dbserver.one_line(str(exc))
             if "password authentication failed" in last:
                 raise DevServiceError(
                     f"port {port} rejects {USER}/{PASSWORD}: {last} (data dir {lay.data})"
@@ -490,22 +317,24 @@ def start(port: int = DEFAULT_PORT, *, timeout: float = 60.0) -> str:
     login succeeds. Raises DevServiceError if something else holds the port.
     """
     deadline = time.monotonic() + timeout
-    lay = layout(port)
-    url = server_url(port)
+    url = server_url(dbserver.checked_port(port))
+    # Installed first: until the package made the ``postgres`` user, no folder looks reachable
+    # to it and layout() would pick the /var/tmp fallback for this one start.
     bindir = ensure_installed()
+    lay = layout(port)
     owner = _server_user()
     with _locked(lay):
         if _pg_ctl_status(lay):
             _wait_until_answering(port, lay, deadline)
             return url
-        if _port_taken(port):
+        if dbserver.port_taken(port):
             raise DevServiceError(
                 f"port {port} on {HOST} is in use by another process, not by our PostgreSQL "
                 f"in {lay.data}; stop it or choose another port"
             )
-        _make_dir(lay.home, owner)
+        dbserver.make_dir(lay.home, owner)
         if lay.socket_dir is not None:
-            _make_dir(lay.socket_dir, owner)
+            dbserver.make_dir(lay.socket_dir, owner)
         if not (lay.data / "PG_VERSION").is_file():
             if lay.data.exists():
                 raise DevServiceError(
@@ -549,7 +378,7 @@ def _log_failure(lay: Layout) -> str:
     for line in reversed(lines):
         if "FATAL" in line or "PANIC" in line:
             return line.strip()
-    return _last_line("\n".join(lines))
+    return dbserver.last_line("\n".join(lines))
 
 
 def _pg_ctl_stop(port: int, mode: str) -> None:
@@ -609,18 +438,6 @@ def reset(port: int = DEFAULT_PORT) -> None:
 # --- databases ------------------------------------------------------------------------------
 
 
-def create_database(server_url: str, name: str) -> str:
-    """Create database ``name`` on the server at ``server_url`` and return the new URL."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    validate_database_name(name)
-    with _autocommit(server_url, f"create database {name!r}") as conn:
-        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
-        conn.execute(text(f"CREATE DATABASE {quoted}"))
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
 def drop_database(server_url: str, name: str) -> None:
     """Drop database ``name`` if it exists, ending other sessions connected to it first."""
     from sqlalchemy import text
@@ -628,7 +445,7 @@ def drop_database(server_url: str, name: str) -> None:
     validate_database_name(name)
     if name in _PROTECTED_DATABASES:
         raise DevServiceError(f"refusing to drop system database {name!r}")
-    with _autocommit(server_url, f"drop database {name!r}") as conn:
+    with dbserver.autocommit(server_url, f"drop database {name!r}") as conn:
         quoted = conn.dialect.identifier_preparer.quote_identifier(name)
         version = conn.dialect.server_version_info or (0,)
         if version >= (13,):
@@ -644,74 +461,26 @@ def drop_database(server_url: str, name: str) -> None:
         conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}"))
 
 
-@contextlib.contextmanager
-def _autocommit(url: str, doing: str) -> Iterator[Connection]:
-    """Yield an AUTOCOMMIT connection (CREATE/DROP DATABASE refuse to run in a transaction).
-
-    Driver errors become one DevServiceError line naming what we were doing.
-    """
-    from sqlalchemy import create_engine
-    from sqlalchemy.exc import DBAPIError
-    from sqlalchemy.pool import NullPool
-
-    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            yield conn
-    except DBAPIError as exc:
-        raise DevServiceError(f"could not {doing}: {_one_line(str(exc.orig))}") from exc
-    finally:
-        engine.dispose()
-
-
 # --- command line ---------------------------------------------------------------------------
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m devservices.postgres",
-        description="Run the private PostgreSQL server used by the tests.",
-    )
-    parser.add_argument(
-        "command",
-        choices=("start", "stop", "status", "reset", "url"),
-        help="start: start (initdb on first use) and print the URL; status: exit 0 if "
-        "running, 3 if not; reset: stop and delete the data directory; url: print the URL",
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port on 127.0.0.1")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for start (default 60)"
-    )
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; expected failures print one line on stderr and return 1."""
-    args = _parse_args(argv)
-    port: int = args.port
-    try:
-        if args.command == "start":
-            print(start(port, timeout=args.timeout))
-        elif args.command == "stop":
-            stop(port)
-        elif args.command == "reset":
-            reset(port)
-        elif args.command == "url":
-            print(server_url(_checked_port(port)))
-        else:
-            data = layout(port).data
-            if is_running(port):
-                print(f"running: {server_url(port)} (data {data})")
-                return 0
-            print(f"stopped (data {data})")
-            return 3
-    except (DevServiceError, OSError) as exc:
-        # OSError: e.g. the cache folder is not writable; still one line, no traceback.
-        print(f"devservices.postgres: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return dbserver.command_line(
+        dbserver.ServerCommands(
+            module="postgres",
+            title="PostgreSQL",
+            init_tool="initdb",
+            default_port=DEFAULT_PORT,
+            start=start,
+            stop=stop,
+            reset=reset,
+            is_running=is_running,
+            server_url=server_url,
+            data_dir=lambda port: layout(port).data,
+        ),
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Processes a test run starts, noted so that CI stops exactly those and nothing else.
+"""Processes as /proc shows them, and those a test run starts, noted so that CI stops them.
+
+The local servers are detached from whoever started them, so their tools find them again
+through /proc: ``cmdline`` says which server a pid runs, ``is_alive`` whether it still does.
 
 With ``MIRROR_STARTED_PIDS`` naming a file, every worker the tests or the bench start (each in
 a session of its own) is noted there with its start time; ``python -m devservices
@@ -15,6 +18,26 @@ import signal
 from pathlib import Path
 
 STARTED_PIDS_ENV = "MIRROR_STARTED_PIDS"
+
+
+def cmdline(pid: int) -> list[str]:
+    """Return the arguments ``pid`` was started with, empty when it is gone or unreadable."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_alive(pid: int) -> bool:
+    """Return whether ``pid`` runs; a zombie counts as dead (a detached server's parent may
+    never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X")
 
 
 def start_time(pid: int) -> str | None:

@@ -1,9 +1,9 @@
-"""Session fixtures: the real Kafka broker and PostgreSQL, and per-test names.
+"""Session fixtures: the real Kafka broker, PostgreSQL and MariaDB, and per-test names.
 
-Services are started by ``devservices`` unless ``KAFKA_BROKER`` / ``DATABASE_URL`` point at
-running ones, and stopped at the end of the session if this session started them (set
-``KEEP_SERVICES=1`` to keep them up between runs). Each test gets its own topic names and
-its own PostgreSQL database, so tests never see each other's data.
+Services are started by ``devservices`` unless ``KAFKA_BROKER`` / ``DATABASE_URL`` /
+``MARIADB_URL`` point at running ones, and stopped at the end of the session if this session
+started them (set ``KEEP_SERVICES=1`` to keep them up between runs). Each test gets its own
+topic names and its own database, so tests never see each other's data.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from devservices import kafka as dev_kafka
 from devservices import kafka_secure as dev_kafka_secure
+from devservices import mariadb as dev_mariadb
 from devservices import postgres as dev_postgres
 from streams.settings import parse_kafka_broker
 from tests.support import Broker
@@ -89,30 +90,33 @@ def pg_url(pg_server_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
     dev_postgres.drop_database(pg_server_url, name)
 
 
+@pytest.fixture(scope="session")
+def mariadb_server_url() -> Iterator[str]:
+    """SQLAlchemy URL of a MariaDB (or MySQL) server where tests may create databases."""
+    given = os.environ.get("MARIADB_URL")
+    if given and make_url(given).get_backend_name() in ("mysql", "mariadb"):
+        yield given
+        return
+    was_running = dev_mariadb.is_running()
+    url = dev_mariadb.start()
+    yield url
+    if not was_running and not KEEP:
+        dev_mariadb.stop()
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a fresh MariaDB database for this test, dropped afterwards."""
+    name = _unique(request, "t")[:63]
+    url = dev_mariadb.create_database(mariadb_server_url, name)
+    yield url
+    dev_mariadb.drop_database(mariadb_server_url, name)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """URL of a fresh SQLite file for this test."""
     return f"sqlite:///{tmp_path / 'mirror.sqlite3'}"
-
-
-@pytest.fixture(scope="session")
-def mariadb_server_url() -> str:  # TEMPORARY
-    return os.environ["MARIADB_URL"]
-
-
-@pytest.fixture
-def mariadb_url(request: pytest.FixtureRequest, mariadb_server_url: str) -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    server = mariadb_server_url
-    name = _unique(request, "t")[:63]
-    e = create_engine(server)
-    with e.begin() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    with e.begin() as c:
-        c.execute(text(f"DROP DATABASE {name}"))
-    e.dispose()
 
 
 _DB_FIXTURES = {"sqlite": "sqlite_url", "postgresql": "pg_url", "mariadb": "mariadb_url"}

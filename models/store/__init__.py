@@ -51,7 +51,7 @@ from models.store.schema import (
     outcomes_table,
     public_columns,
 )
-from streams.core.errors import StoreError, StoreUnavailableError
+from streams.core.errors import StoreConflict, StoreError, StoreUnavailableError
 from streams.core.records import Partition
 
 __all__ = [
@@ -301,6 +301,8 @@ class SqlStore:
         except DBAPIError as exc:
             if not exc.connection_invalidated and self.dialect.refuses(exc):
                 raise StoreError(f"{what}: database refused it: {first_line(exc)}") from exc
+            if not exc.connection_invalidated and self.dialect.conflicts(exc):
+                raise StoreConflict(f"{what}: {first_line(exc)}") from exc
             raise StoreUnavailableError(f"{what}: {first_line(exc)}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"{what}: {first_line(exc)}") from exc

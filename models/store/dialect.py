@@ -123,6 +123,11 @@ class Dialect(Protocol):
         """Execute an INSERT (such as a :class:`BookkeepingUpserts` one) for many rows."""
         ...
 
+    def conflicts(self, exc: DBAPIError) -> bool:
+        """Tell whether ``exc`` is the database giving up this transaction for another's
+        locks (a deadlock, a lock wait timeout): passing, and counted apart."""
+        ...
+
     def refuses(self, exc: DBAPIError) -> bool:
         """Tell whether ``exc``, of a kind SQLAlchemy calls operational, is the database
         refusing the statement (a table that does not fit the model) rather than failing."""

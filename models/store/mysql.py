@@ -56,7 +56,7 @@ from sqlalchemy.types import DateTime, Float
 from models.columns import ColumnKind
 from models.registry import VERSION_COLUMNS, EntitySpec
 from models.store.dialect import IN_BATCH, BookkeepingUpserts
-from models.store.mysql_text import literal, naive_utc, values_text
+from models.store.mysql_text import literals, naive_utc, values_text
 from models.store.schema import (
     changelogs_table,
     logs_table,
@@ -208,8 +208,7 @@ class MysqlDialect:
         present: set[EntityKey] = set()
         tombstoned: set[EntityKey] = set()
         for start in range(0, len(keys), _CHUNK):
-            listed = ",".join(literal(kind, k) for k in keys[start : start + _CHUNK])
-            sql = head.replace("{keys}", listed)
+            sql = head.replace("{keys}", literals(kind, keys[start : start + _CHUNK]))
             for is_tomb, key, *version in _run(conn, sql):
                 found: Version = (int(version[0]), int(version[1]), int(version[2]))
                 if is_tomb:
@@ -272,10 +271,19 @@ class MysqlDialect:
         """Execute an INSERT for many rows (PyMySQL makes one multi-row statement of it)."""
         conn.execute(statement, list(rows))
 
+    def conflicts(self, exc: DBAPIError) -> bool:
+        """Tell whether ``exc`` is a deadlock (1213) or a lock wait timeout (1205)."""
+        return _error_code(exc) in (1205, 1213)
+
     def refuses(self, exc: DBAPIError) -> bool:
         """Tell whether ``exc`` is one of the :data:`REFUSAL_CODES`."""
-        args: tuple[Any, ...] = getattr(exc.orig, "args", ())
-        return bool(args) and args[0] in REFUSAL_CODES
+        return _error_code(exc) in REFUSAL_CODES
+
+
+def _error_code(exc: DBAPIError) -> int | None:
+    """Return the server's error code of ``exc`` (PyMySQL's first argument), or None."""
+    args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def bookkeeping_upserts() -> BookkeepingUpserts:

@@ -84,11 +84,9 @@ ENCODERS: dict[ColumnKind, Callable[[Any], str]] = {
 }
 
 
-def literal(kind: ColumnKind | None, value: Any) -> str:
-    """Return ``value`` of a column of ``kind`` as an SQL literal."""
-    if kind is None:
-        return _number(value)
-    return ENCODERS.get(kind, _other)(value)
+def literals(kind: ColumnKind | None, values: Sequence[Any]) -> str:
+    """Return ``values`` of a column of ``kind`` as a list of SQL literals, ``a,b,...``."""
+    return ",".join(_column_text(kind, values))
 
 
 def values_text(rows: Sequence[Sequence[Any]], kinds: Sequence[ColumnKind | None]) -> str:

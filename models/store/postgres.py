@@ -166,6 +166,10 @@ class PostgresDialect(OnConflictDialect):
         _, columns = _values_template(statement, conn.dialect)
         _execute_values(conn, statement, [tuple(r[c] for c in columns) for r in rows], columns)
 
+    def conflicts(self, exc: DBAPIError) -> bool:
+        """Tell whether ``exc`` is a deadlock (40P01) or a lock wait timeout (55P03)."""
+        return getattr(exc.orig, "pgcode", None) in ("40P01", "55P03")
+
     def refuses(self, exc: DBAPIError) -> bool:
         """Tell none: PostgreSQL's refusals are not operational errors (a missing table is a
         ProgrammingError)."""

@@ -138,6 +138,10 @@ class SqliteDialect(OnConflictDialect):
         """Execute an INSERT for many rows by executemany."""
         conn.execute(statement, list(rows))
 
+    def conflicts(self, exc: DBAPIError) -> bool:
+        """Tell none: writers wait for each other (``BEGIN IMMEDIATE``), nothing deadlocks."""
+        return False
+
     def refuses(self, exc: DBAPIError) -> bool:
         """Tell whether ``exc`` is SQLite saying that a table does not fit (see
         :data:`_SCHEMA_ERRORS`)."""

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from streams.core.backoff import Backoff
-from streams.core.errors import MirrorError
+from streams.core.errors import MirrorError, StoreConflict
 from streams.ops import metrics
 
 log = logging.getLogger(__name__)
@@ -35,4 +35,6 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             delay = backoff.next()
             log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, tries, delay, exc)
             metrics.BATCH_RETRIES.labels(what.split(" ", 1)[0]).inc()
+            if isinstance(exc, StoreConflict):
+                metrics.STORE_CONFLICTS.inc()
         await asyncio.sleep(delay)

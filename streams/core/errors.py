@@ -42,6 +42,11 @@ class StoreUnavailableError(StoreError):
     retriable = True
 
 
+class StoreConflict(StoreUnavailableError):
+    """Another transaction held what this one needed (a deadlock, a lock wait timed out): the
+    database gave up this one; retry with backoff."""
+
+
 class DeadLetterError(MirrorError):
     """Dead letters could not be written; the batch is not committed and will be retried."""
 

@@ -159,6 +159,13 @@ BATCH_RETRIES = Counter(
     ["step"],
     registry=registry,
 )
+STORE_CONFLICTS = Counter(
+    "mirror_store_conflicts",
+    "Batch transactions the database gave up for another's locks (a deadlock, a lock wait "
+    "timeout: on MySQL/MariaDB, InnoDB's locks between workers upserting one table); each is "
+    "retried, and also counted in mirror_batch_retries.",
+    registry=registry,
+)
 BATCH_FAILURES = Counter(
     "mirror_batch_failures",
     "Batches that failed for a reason no retry fixes; their partitions are held a while.",

@@ -1,4 +1,5 @@
-"""CI stops the processes its tests started, and only those (devservices/processes.py)."""
+"""What /proc says of a pid, and CI stops the processes its tests started, only those
+(devservices/processes.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from devservices.processes import STARTED_PIDS_ENV, note_started, start_time, stop_started
+from devservices.processes import (
+    STARTED_PIDS_ENV,
+    cmdline,
+    is_alive,
+    note_started,
+    start_time,
+    stop_started,
+)
+from tests.waiting import eventually
 
 
 def test_noted_processes_are_stopped_and_others_left_alone(
@@ -38,3 +47,31 @@ def test_nothing_is_noted_without_the_variable(
     monkeypatch.delenv(STARTED_PIDS_ENV, raising=False)
     note_started(1)
     assert stop_started(tmp_path / "absent") == 0
+
+
+async def test_proc_says_what_a_pid_runs_and_a_zombie_is_dead() -> None:
+    proc = subprocess.Popen(["sleep", "300"])
+    try:
+        # Until the child has exec'd, /proc shows the forked copy of us (or nothing).
+        await eventually(
+            lambda: cmdline(proc.pid),
+            lambda args: args == ["sleep", "300"],
+            what="sleep to be exec'd",
+            every=0.01,
+        )
+        assert is_alive(proc.pid)
+        proc.kill()
+        # Killed but not reaped yet: a zombie, which a detached server's parent may leave.
+        stat = Path(f"/proc/{proc.pid}/stat")
+        await eventually(
+            lambda: stat.read_text().rsplit(")", 1)[1].split()[0],
+            lambda state: state == "Z",
+            what="the killed process to be a zombie",
+            every=0.01,
+        )
+        assert not is_alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not is_alive(proc.pid)
+    assert cmdline(proc.pid) == []

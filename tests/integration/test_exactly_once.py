@@ -42,7 +42,11 @@ from tests.waiting import watched_pause
 PLANET = build_spec(Planet)
 TOPIC = "planet-changed"
 #: The local server of each database, which the outage test stops and starts again.
-LOCAL_SERVERS: dict[str, Any] = {"postgresql": dev_postgres, "mariadb": dev_mariadb}
+LOCAL_SERVERS: dict[str, Any] = {
+    "postgresql": dev_postgres,
+    "mysql": dev_mariadb,  # the URL MariaDB's server gives is mysql+pymysql://
+    "mariadb": dev_mariadb,
+}
 
 
 def table_state(store: SqlStore) -> dict[str, str]:

@@ -25,7 +25,7 @@ from models.store import SqlStore
 from models.store.mysql import SQL_MODE
 from streams.apply.sql_applier import SqlApplier
 from streams.core.decisions import ChangeType, Outcome, Rejection, RejectReason, Upsert
-from streams.core.errors import StoreError, StoreUnavailableError, UnfitTable
+from streams.core.errors import StoreConflict, StoreError, UnfitTable
 from streams.core.guard import Plan
 from streams.core.records import SourceRecord
 
@@ -267,7 +267,7 @@ def test_a_deadlock_between_two_batches_is_a_passing_failure(maria: str) -> None
         for t in threads:
             t.join(timeout=120)
         (error,) = errors  # one of the two was chosen as the deadlock's victim
-        assert isinstance(error, StoreUnavailableError) and error.retriable
+        assert isinstance(error, StoreConflict) and error.retriable
         assert "deadlock" in str(error).lower()
     finally:
         store.dispose()

@@ -16,7 +16,7 @@ from tests.support import run_worker_to_exit as run_worker
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("WEB_PORT", "http"), ("DATABASE_URL", "mysql://u@h/db"), ("KAFKA_BROKER", "nohost")],
+    [("WEB_PORT", "http"), ("DATABASE_URL", "mssql://u@h/db"), ("KAFKA_BROKER", "nohost")],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
     name: str, value: str, tmp_path: Path
@@ -318,4 +318,40 @@ def test_a_database_user_that_cannot_create_the_tables_is_one_clear_line(
     assert len(errors) == 1, errors
     assert errors[0].startswith("error: cannot create the tables: "), errors
     assert "permission denied for schema public" in errors[0], errors
+    assert "Traceback" not in output
+
+
+def test_a_mariadb_table_whose_key_collation_merges_keys_is_one_clear_line(
+    mariadb_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # MariaDB's default collation makes `ABC` and `abc` one row: the worker does not start on
+    # such a table instead of letting one entity overwrite another.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(mariadb_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE servicea_planet (uuid VARCHAR(64) PRIMARY KEY, "
+                "name VARCHAR(255) NOT NULL, mirror_version BIGINT NOT NULL, "
+                "mirror_partition INTEGER NOT NULL, mirror_offset BIGINT NOT NULL) "
+                "ENGINE=InnoDB CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+            )
+        )
+    engine.dispose()
+    env = {
+        "DATABASE_URL": mariadb_url,
+        "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
+        "WEB_PORT": str(free_port()),
+        "APP_ID": f"merging-{uuid.uuid4().hex[:8]}",
+    }
+    done = run_worker(env, tmp_path)
+    output = done.stdout + done.stderr
+    errors = error_lines(output)
+    assert done.returncode == 1, output[-3000:]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(
+        "error: key column servicea_planet.uuid has collation utf8mb4_general_ci"
+    ), errors
+    assert "utf8mb4_nopad_bin" in errors[0], errors
     assert "Traceback" not in output

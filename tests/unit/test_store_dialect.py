@@ -72,3 +72,5 @@ def test_mysql_tells_a_refused_row_from_a_deadlock_or_an_outage() -> None:
     ]
     assert all(maria.refuses(e) and is_row_fault(e, maria) for e in refused)
     assert not any(maria.refuses(e) or is_row_fault(e, maria) for e in passing)
+    # Deadlocks and lock wait timeouts are counted apart (mirror_store_conflicts_total).
+    assert [maria.conflicts(e) for e in passing] == [True, True, False, False]
