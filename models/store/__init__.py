@@ -146,11 +146,9 @@ class SqlStore:
     def transaction(self, what: str) -> Iterator[StoreTransaction]:
         """Open one transaction for a batch; commit on success, roll back on any error."""
         with self._wrapped(what), self.engine.begin() as conn:
-            conn.info[IN_BATCH] = True  # see models.store.mysql: no DDL in a batch
-            try:
-                yield StoreTransaction(conn, self.dialect)
-            finally:
-                conn.info.pop(IN_BATCH, None)
+            # An option of this checkout only (see models.store.mysql: no DDL in a batch).
+            conn.execution_options(**{IN_BATCH: True})
+            yield StoreTransaction(conn, self.dialect)
 
     def rows(self, spec: EntitySpec) -> dict[Any, dict[str, Any]]:
         """Return every row of the entity's table keyed by entity key (tests, CLI)."""

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.columns import ColumnKind
 from models.registry import VERSION_COLUMNS, EntitySpec
@@ -55,8 +55,9 @@ def savepoint(conn: Connection) -> Iterator[None]:
         yield
     except BaseException as exc:
         try:
-            nested.rollback()
-        except DBAPIError:
+            if nested.is_active:  # not after the connection was lost: nothing to roll back
+                nested.rollback()
+        except SQLAlchemyError:
             raise exc from None
         raise
     nested.commit()

@@ -20,8 +20,7 @@ from streams.core.decisions import Delete
 from streams.core.guard import StoredVersions
 from streams.core.records import EntityKey, Version
 
-#: Key of ``Connection.info`` set while the connection runs a batch's transaction
-#: (``SqlStore.transaction``).
+#: Execution option set on the connection of a batch's transaction (``SqlStore.transaction``).
 IN_BATCH = "mirror_in_batch"
 
 

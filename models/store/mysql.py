@@ -397,12 +397,18 @@ def _versions_sql(table: Table, tombstones: Table, key_column: str, dialect: Sql
 
 
 def _refuse_ddl_in_a_batch(
-    conn: Connection, cursor: Any, statement: str, *args: Any, **kwargs: Any
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
 ) -> None:
     """Refuse DDL in a batch's transaction (a batch hook's, say): MySQL would commit the
     batch's writes so far at once, without its stored offsets, and a crash then would apply
     them again. Temporary tables commit nothing."""
-    if conn.info.get(IN_BATCH) and _IMPLICIT_COMMIT.match(statement):
+    in_batch = context is not None and context.execution_options.get(IN_BATCH)
+    if in_batch and _IMPLICIT_COMMIT.match(statement):
         raise StoreError(
             f"{' '.join(statement.split(None, 2)[:2])} inside a batch's transaction: MySQL would "
             "commit the batch halfway; create tables before the worker starts"

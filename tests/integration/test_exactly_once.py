@@ -31,7 +31,9 @@ from tests.support import (
     end_offsets,
     expected_state,
     make_worker,
+    metric_value,
     produce_timed,
+    read_metrics,
     wait_applied,
     wait_caught_up,
     wait_for_metric,
@@ -282,6 +284,10 @@ async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
         await wait_applied(store, app_id, topic, ends, worker)
         assert table_state(store) == expected_state(sent, positions)
         assert sum(store.outcome_counts(app_id).values()) == len(sent)
+        # Every failure was passing: no batch was failed for good (its partition held 60 s).
+        metrics = await read_metrics(worker)
+        failed = metric_value(metrics, 'mirror_batch_failures_total{entity="planet"}')
+        assert not failed, f"{failed} batches failed for good during the outage"
         # The process started before the outage rode it out: it still runs, and stops when asked.
         worker.assert_alive()
         assert worker.stop() == "SIGTERM"

@@ -547,3 +547,36 @@ def test_a_batch_that_does_not_follow_on_from_the_stored_offset_commits_nothing(
     assert [r.replayed for r in result.results] == [True, True, False, False, False, False]
     assert mirror.store.stored_offsets("test") == {p0: 8, p1: 1}
     assert rows(mirror) == {"p-0": "n7", "p-1": "q"}
+
+
+def test_a_connection_lost_mid_batch_is_a_passing_failure(server_db_url: str) -> None:
+    # The server ends the batch's session between two writes (a restart, a failover): the
+    # batch fails with an error a retry fixes, never one that holds its partitions for good.
+    from sqlalchemy import create_engine, text
+
+    from streams.core.decisions import ChangeType, Upsert
+    from streams.core.errors import StoreUnavailableError
+    from streams.core.guard import Plan
+
+    mysql = server_db_url.startswith("mysql")
+    whoami = "SELECT CONNECTION_ID()" if mysql else "SELECT pg_backend_pid()"
+    store = SqlStore.from_url(server_db_url)
+    admin = create_engine(server_db_url, isolation_level="AUTOCOMMIT")
+
+    def plan(key: str) -> Plan:
+        upsert = Upsert(key, {"uuid": key, "name": key}, ChangeType.CREATED, rec(None), (1, 0, 0))
+        return Plan(upserts={key: upsert})
+
+    try:
+        store.create_tables([PLANET])
+        with pytest.raises(StoreUnavailableError), store.transaction("apply") as tx:
+            tx.write(PLANET, plan("a"))
+            session = tx.conn.execute(text(whoami)).scalar_one()
+            with admin.connect() as conn:
+                end = f"KILL {session}" if mysql else f"SELECT pg_terminate_backend({session})"
+                conn.execute(text(end))
+            tx.write(PLANET, plan("b"))
+        assert store.rows(PLANET) == {}  # nothing of the batch was committed
+    finally:
+        admin.dispose()
+        store.dispose()
