@@ -243,7 +243,12 @@ def _holds_partitions(port: int, topic: str) -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=0.5) as response:
             body = json.load(response)
     except urllib.error.HTTPError as exc:  # 503 while rebalancing or recovering: still a body
-        body = json.load(exc)
+        try:
+            body = json.load(exc)
+        except ValueError:
+            # A 500 in text: /ready asked before Faust's consumer thread started
+            # (ConsumerNotStarted), seen in the worker's log; not holding partitions yet.
+            return False
     except (OSError, ValueError):  # not serving yet
         return False
     return any(str(p).startswith(f"{topic}[") for p in body.get("assigned", ()))

@@ -75,6 +75,7 @@ class Databases:
         self._run_id = run_id
         self._urls: dict[str, str] = {}
         self._made: list[tuple[str, str]] = []
+        self._pids: dict[str, int] = {}
 
     def start(self, names: Iterable[str]) -> None:
         """Start the servers ``names`` (``SERVERS``' keys) unless this run started them."""
@@ -91,12 +92,22 @@ class Databases:
         return url
 
     def pid(self, server: str) -> int | None:
-        """Return the pid of ``server``'s process (None if this run has not started it)."""
+        """Return the pid of ``server``'s process (None if this run has not started it).
+
+        Found by its port once, then kept while a process of that pid runs the server's
+        program: a CPU reading comes right after a path's clock starts, so it must be cheap.
+        A restarted server is another pid, found again.
+        """
+        program = SERVERS[server].program
+        known = self._pids.get(server)
+        if known is not None and procfs.comm(known) == program:
+            return known
         url = self._urls.get(server)
-        if url is None:
-            return None
-        port = make_url(url).port
-        return None if port is None else procfs.listener_pid(port, SERVERS[server].program)
+        port = None if url is None else make_url(url).port
+        found = None if port is None else procfs.listener_pid(port, program)
+        if found is not None:
+            self._pids[server] = found
+        return found
 
     def drop_all(self) -> None:
         """Drop every database this run made (best effort: a leftover one harms nothing)."""
