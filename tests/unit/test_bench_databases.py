@@ -64,7 +64,7 @@ def _settings(db_url: str) -> dict[str, str]:
 def test_debezium_on_mariadb_has_postgresqls_settings_but_the_jdbc_url() -> None:
     on_pg, on_mariadb = _settings(PG_URL), _settings(MARIADB_URL)
     assert on_mariadb.pop("connection.url") == (
-        "jdbc:mariadb://127.0.0.1:33069/bench_x_steady_debezium_mariadb"
+        "jdbc:mariadb://127.0.0.1:33069/bench_x_steady_debezium_mariadb?useServerPrepStmts=true"
     )
     assert on_pg.pop("connection.url").startswith("jdbc:postgresql://127.0.0.1:54329/")
     assert on_mariadb == on_pg
