@@ -25,8 +25,12 @@ from bench.paths import PLANET, free_port  # noqa: E402
 from bench.topics import create_and_fill, end_offsets  # noqa: E402
 from bench.workload import make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
+from devservices import mariadb as dev_mariadb  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 from models.store import SqlStore  # noqa: E402
+
+#: The database servers a profile can run against, by name.
+SERVERS = {"postgresql": dev_postgres, "mariadb": dev_mariadb}
 
 AREAS = [
     ("faust/", "faust"),
@@ -34,6 +38,7 @@ AREAS = [
     ("aiokafka/", "aiokafka"),
     ("sqlalchemy/", "sqlalchemy"),
     ("psycopg2", "psycopg2"),
+    ("pymysql", "pymysql"),
     ("json/", "json decode"),
     ("streams/", "this project"),
     ("models/", "this project"),
@@ -45,18 +50,20 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--entities", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--database", choices=sorted(SERVERS), default="postgresql")
     parser.add_argument(
         "--gil", action="store_true", help="sample only the thread holding the GIL (CPU in Python)"
     )
     args = parser.parse_args()
     bootstrap = dev_kafka.start(1)
-    server = dev_postgres.start()
+    dev_server = SERVERS[args.database]
+    server = dev_server.start()
     run = uuid.uuid4().hex[:6]
     prefix = f"prof-{run}."
     events = make_events(args.events, args.entities, 7)
     asyncio.run(create_and_fill(bootstrap, f"{prefix}planet-changed", 4, events))
     ends = asyncio.run(end_offsets(bootstrap, f"{prefix}planet-changed", 4))
-    db = dev_postgres.create_database(server, f"prof_{run}")
+    db = dev_server.create_database(server, f"prof_{run}")
     store = SqlStore.from_url(db)
     store.create_tables([PLANET])
     app_id = f"prof-{run}"
@@ -114,7 +121,7 @@ def main() -> int:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
         store.dispose()
-        dev_postgres.drop_database(server, f"prof_{run}")
+        dev_server.drop_database(server, f"prof_{run}")
     inclusive: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
     samples = 0

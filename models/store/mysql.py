@@ -54,7 +54,7 @@ from sqlalchemy.schema import CreateTable
 from sqlalchemy.types import DateTime, Float
 
 from models.columns import ColumnKind
-from models.registry import VERSION_COLUMNS, EntitySpec
+from models.registry import VERSION_COLUMNS, EntitySpec, column_rule
 from models.store.dialect import IN_BATCH, BookkeepingUpserts
 from models.store.mysql_text import literals, naive_utc, values_text
 from models.store.schema import (
@@ -200,9 +200,18 @@ class MysqlDialect:
         keys: Sequence[EntityKey],
         at_least: Mapping[EntityKey, Version] | None,
     ) -> StoredVersions:
-        """Return every row and tombstone version of ``keys``, one round trip per
-        :data:`_CHUNK` keys (``at_least`` is not used)."""
+        """Return the row and tombstone versions of ``keys``, one round trip per
+        :data:`_CHUNK` keys: with ``at_least``, only the row versions at least as new as the
+        oldest of it (a bound for every key: PyMySQL parses each row returned in Python, and
+        in a stream in order most stored rows are older than the whole batch); every
+        tombstone of the keys is read still (see ``StoreTransaction.current``)."""
         head = _versions_sql(spec.table, spec.tombstone_table, spec.key_column, conn.dialect)
+        bound = ""
+        if at_least:
+            v, p, o = _quoted_versions(conn.dialect)
+            least_v, least_p, least_o = (int(n) for n in min(at_least.values()))
+            bound = f"AND ({v}, {p}, {o}) >= ({least_v}, {least_p}, {least_o})"
+        head = head.replace("{bound}", bound)
         kind = spec.column_kinds.get(spec.key_column)
         newest: dict[EntityKey, Version] = {}
         present: set[EntityKey] = set()
@@ -218,7 +227,8 @@ class MysqlDialect:
                 known = newest.get(key)
                 if known is None or found > known:
                     newest[key] = found
-        return StoredVersions(newest, tombstoned, present)
+        # Which keys have a row is known only when every row was read.
+        return StoredVersions(newest, tombstoned, set() if at_least else present)
 
     def upsert(
         self,
@@ -259,11 +269,17 @@ class MysqlDialect:
     def delete_keys(
         self, conn: Connection, table: Table, key_column: str, keys: Sequence[EntityKey]
     ) -> None:
-        """Delete the rows of ``keys``, :data:`_CHUNK` at a time, in key order."""
+        """Delete the rows of ``keys``, :data:`_CHUNK` at a time, in key order (their literals
+        written as the upserts' are: SQLAlchemy would compile an ``IN`` of a thousand
+        parameters each time, and PyMySQL escape each in Python)."""
+        quote = conn.dialect.identifier_preparer.quote
+        head = f"DELETE FROM {quote(table.name)} WHERE {quote(key_column)} IN "
+        kind = column_rule(table.c[key_column]).kind
         ordered = sorted(keys)
         for start in range(0, len(ordered), _CHUNK):
-            chunk = ordered[start : start + _CHUNK]
-            conn.execute(table.delete().where(table.c[key_column].in_(chunk)))
+            _run(
+                conn, head + "(" + literals(kind, ordered[start : start + _CHUNK]) + ")", rows=False
+            )
 
     def insert_many(
         self, conn: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]
@@ -385,15 +401,21 @@ def _values_template(statement: Any, dialect: SqlDialect) -> tuple[str, tuple[st
 @functools.lru_cache(maxsize=256)
 def _versions_sql(table: Table, tombstones: Table, key_column: str, dialect: SqlDialect) -> str:
     """Return (once per table) the SQL reading the row versions (``0`` first) and the
-    tombstone versions (``1`` first) of the keys put in place of ``{keys}``."""
+    tombstone versions (``1`` first) of the keys put in place of ``{keys}``, the rows' at
+    least as new as ``{bound}`` says."""
     quote = dialect.identifier_preparer.quote
     key = quote(key_column)
     names = ", ".join(quote(c) for c in VERSION_COLUMNS)
     return (
-        f"SELECT 0, {key}, {names} FROM {quote(table.name)} WHERE {key} IN ({{keys}}) "
+        f"SELECT 0, {key}, {names} FROM {quote(table.name)} WHERE {key} IN ({{keys}}) {{bound}} "
         f"UNION ALL SELECT 1, {key}, {names} FROM {quote(tombstones.name)} "
         f"WHERE {key} IN ({{keys}})"
     )
+
+
+def _quoted_versions(dialect: SqlDialect) -> list[str]:
+    """Return the version columns' names, quoted."""
+    return [dialect.identifier_preparer.quote(c) for c in VERSION_COLUMNS]
 
 
 def _refuse_ddl_in_a_batch(
