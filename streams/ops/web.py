@@ -12,6 +12,7 @@ import faust
 from aiohttp import web as aiohttp_web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler, Middleware
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -76,6 +77,16 @@ class MalformedRequestWarning(logging.Filter):
         return True
 
 
+def assigned_partitions(consumer: Any) -> list[str]:
+    """Return the consumer's partitions as ``topic[partition]``, none before its thread has
+    started (Faust raises ConsumerNotStarted then, which /ready answered with a 500)."""
+    try:
+        assignment = consumer.assignment()
+    except ConsumerNotStarted:
+        return []
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in assignment)
+
+
 def register_pages(
     app: faust.App,
     mirror: SqlApplier,
@@ -106,7 +117,7 @@ def register_pages(
         """Readiness: partitions assigned, no rebalance in progress, cached tables recovered."""
 
         async def get(self, request: Request) -> Response:
-            assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+            assigned = assigned_partitions(app.consumer)
             recovering = bool(app.in_recovery)
             ready = bool(assigned) and not app.rebalancing and not recovering
             body: dict[str, Any] = {

@@ -159,9 +159,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 #: Read by every room, so they sit just above the core: they import nothing of ours but it.
 SHARED = ("streams.settings", "streams.ops.metrics")
-#: Faust's public surface: the ``faust`` package itself and its web views. Anything deeper
+#: Faust's public surface: the ``faust`` package itself, its web views and its exceptions
+#: (documented for callers to catch). Anything deeper
 #: (``faust.transport``, ``faust.tables``, ``faust.stores``, ...) is its internals.
-FAUST_PUBLIC = {"faust", "faust.web"}
+FAUST_PUBLIC = {"faust", "faust.web", "faust.exceptions"}
 
 
 def _within(name: str, package: str) -> bool:

@@ -1,10 +1,15 @@
-"""The API_TOKEN check of streams/ops/web.py: the scheme in any case, the token exactly."""
+"""streams/ops/web.py: the API_TOKEN check (the scheme in any case, the token exactly), and
+the partitions /ready reports."""
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from streams.ops.web import authorized
+import pytest
+from aiokafka import TopicPartition
+from faust.exceptions import ConsumerNotStarted
+
+from streams.ops.web import assigned_partitions, authorized
 
 TOKEN = "s3cret-Token"
 
@@ -35,3 +40,19 @@ def test_the_token_is_compared_exactly(header: str) -> None:
 
 def test_no_token_set_lets_every_request_through() -> None:
     assert authorized({}, "")
+
+
+class _NotStartedConsumer:
+    def assignment(self) -> set[Any]:
+        raise ConsumerNotStarted("Consumer thread not yet started")
+
+
+class _Consumer:
+    def assignment(self) -> set[Any]:
+        return {TopicPartition("planet-changed", 1), TopicPartition("planet-changed", 0)}
+
+
+def test_ready_has_no_partitions_before_the_consumer_thread_starts() -> None:
+    # Asked that early, /ready answered 500 (Faust's ConsumerNotStarted), not 503.
+    assert assigned_partitions(_NotStartedConsumer()) == []
+    assert assigned_partitions(_Consumer()) == ["planet-changed[0]", "planet-changed[1]"]
