@@ -443,7 +443,8 @@ def _entity_lock(spec: EntitySpec) -> str:
 
 def _release_named_locks(dbapi_connection: Any, record: Any) -> None:
     """Release the GET_LOCK locks of a connection going back to the pool (see ``lock``)."""
-    if record is not None and record.info.pop("mirror_named_locks", False):
+    held = record is not None and record.info.pop("mirror_named_locks", False)
+    if held and dbapi_connection is not None:  # None: the connection was lost, locks with it
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("SELECT RELEASE_ALL_LOCKS()")
