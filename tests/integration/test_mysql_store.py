@@ -88,18 +88,26 @@ def test_keys_that_differ_in_case_accent_or_trailing_space_are_rows_of_their_own
     assert names(mirror)["ABC"] == "again"
 
 
-def test_a_table_whose_key_collation_merges_keys_is_refused_at_start(maria: str) -> None:
-    engine = create_engine(maria)
+MERGING_KEYS = "ENGINE=InnoDB CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+
+
+def make_planet_table(url: str, options: str, key_collation: str = "") -> None:
+    """Create the planet's table by hand, as an older deployment or a DBA might have."""
+    collate = f" COLLATE {key_collation}" if key_collation else ""
+    engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(
             text(
-                "CREATE TABLE servicea_planet (uuid VARCHAR(64) PRIMARY KEY, "
+                f"CREATE TABLE servicea_planet (uuid VARCHAR(64){collate} PRIMARY KEY, "
                 "name VARCHAR(255) NOT NULL, mirror_version BIGINT NOT NULL, "
-                "mirror_partition INTEGER NOT NULL, mirror_offset BIGINT NOT NULL) "
-                "ENGINE=InnoDB CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                "mirror_partition INTEGER NOT NULL, mirror_offset BIGINT NOT NULL) " + options
             )
         )
     engine.dispose()
+
+
+def test_a_table_whose_key_collation_merges_keys_is_refused_at_start(maria: str) -> None:
+    make_planet_table(maria, MERGING_KEYS)
     store = SqlStore.from_url(maria)
     try:
         with pytest.raises(UnfitTable, match=r"servicea_planet\.uuid .*utf8mb4_general_ci"):
@@ -116,16 +124,7 @@ def test_a_table_whose_key_collation_merges_keys_is_refused_at_start(maria: str)
 def test_a_table_that_cannot_keep_the_guarantees_is_refused_at_start(
     maria: str, engine_clause: str, match: str
 ) -> None:
-    engine = create_engine(maria)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE servicea_planet (uuid VARCHAR(64) COLLATE utf8mb4_nopad_bin "
-                "PRIMARY KEY, name VARCHAR(255) NOT NULL, mirror_version BIGINT NOT NULL, "
-                "mirror_partition INTEGER NOT NULL, mirror_offset BIGINT NOT NULL) " + engine_clause
-            )
-        )
-    engine.dispose()
+    make_planet_table(maria, engine_clause, key_collation="utf8mb4_nopad_bin")
     store = SqlStore.from_url(maria)
     try:
         with pytest.raises(UnfitTable, match=match):

@@ -326,19 +326,9 @@ def test_a_mariadb_table_whose_key_collation_merges_keys_is_one_clear_line(
 ) -> None:
     # MariaDB's default collation makes `ABC` and `abc` one row: the worker does not start on
     # such a table instead of letting one entity overwrite another.
-    from sqlalchemy import create_engine, text
+    from tests.integration.test_mysql_store import MERGING_KEYS, make_planet_table
 
-    engine = create_engine(mariadb_url)
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TABLE servicea_planet (uuid VARCHAR(64) PRIMARY KEY, "
-                "name VARCHAR(255) NOT NULL, mirror_version BIGINT NOT NULL, "
-                "mirror_partition INTEGER NOT NULL, mirror_offset BIGINT NOT NULL) "
-                "ENGINE=InnoDB CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-            )
-        )
-    engine.dispose()
+    make_planet_table(mariadb_url, MERGING_KEYS)
     env = {
         "DATABASE_URL": mariadb_url,
         "KAFKA_BROKER": f"kafka://{kafka_bootstrap}",
