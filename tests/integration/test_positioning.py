@@ -103,8 +103,13 @@ async def test_positioning_waits_out_a_database_outage_with_backoff(
             what="three positioning warnings from worker a",
             alive=[a, b],
         )
-        first, _, third = warnings[:3]
-        assert (third - first).total_seconds() >= 1.4  # 0.5 s, then 1 s: backing off
+        # Backing off: each wait about twice the last (0.5 s, then 1 s, then 2 s, each within
+        # the jitter of streams/core/backoff.py, so the ranges do not overlap), and the next
+        # attempt no sooner than the wait announced (the log shows it to 0.1 s, times to 1 ms).
+        (first, first_wait), (second, second_wait), (third, _) = warnings[:3]
+        assert first_wait < second_wait
+        assert (second - first).total_seconds() >= first_wait - 0.051
+        assert (third - second).total_seconds() >= second_wait - 0.051
         await proxy.start()  # the database is back
         await produce(kafka_bootstrap, topic, planets(100, 100))
         await wait_caught_up(
@@ -125,12 +130,15 @@ def _metrics(worker: WorkerProcess) -> str:
         return str(response.read().decode())
 
 
-def _positioning_warnings(worker: WorkerProcess, since: int) -> list[datetime]:
-    """Return the times of the worker's 'cannot position' warnings logged after byte ``since``."""
+def _positioning_warnings(worker: WorkerProcess, since: int) -> list[tuple[datetime, float]]:
+    """Return the time and announced wait of each 'cannot position' warning after byte ``since``."""
     with worker.log_path.open("rb") as log:
         log.seek(since)
         text = log.read().decode(errors="replace")
+    pattern = (
+        r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*cannot position .* retrying in ([\d.]+)s"
+    )
     return [
-        datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-        for m in re.finditer(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*cannot position", text)
+        (datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), float(m.group(2)))
+        for m in re.finditer(pattern, text)
     ]
