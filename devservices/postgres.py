@@ -120,7 +120,13 @@ def server_options(port: int, socket_dir: Path | None) -> str:
     # synchronous_commit stays on whatever an older postgresql.conf says: the outage test
     # kills the server, and an acknowledged commit must survive that (fsync=off is safe
     # against a killed server process, it only risks an OS crash).
-    return f"-p {port} -k {sockets} -c synchronous_commit=on"
+    # wal_level=logical: Debezium's PostgreSQL connector reads the server's logical
+    # replication (pgoutput) in the tests of Debezium-fed entities; a few replication slots
+    # and senders for the tests that run one connector each.
+    return (
+        f"-p {port} -k {sockets} -c synchronous_commit=on -c wal_level=logical"
+        " -c max_replication_slots=20 -c max_wal_senders=20"
+    )
 
 
 def newest_bindir(lib_dir: Path = PG_LIB_DIR) -> Path | None:

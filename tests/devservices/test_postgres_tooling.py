@@ -86,13 +86,11 @@ def test_layout_is_per_port() -> None:
 def test_too_long_socket_path_means_tcp_only() -> None:
     lay = postgres.make_layout(Path("/" + "d" * 100), 54329)
     assert lay.socket_dir is None
-    assert postgres.server_options(54329, None) == "-p 54329 -k '' -c synchronous_commit=on"
+    assert postgres.server_options(54329, None).startswith("-p 54329 -k '' -c ")
 
 
 def test_server_options_are_shell_quoted() -> None:
-    assert postgres.server_options(5, Path("/a b/run")) == (
-        "-p 5 -k '/a b/run' -c synchronous_commit=on"
-    )
+    assert postgres.server_options(5, Path("/a b/run")).startswith("-p 5 -k '/a b/run' -c ")
 
 
 def test_newest_complete_server_wins(tmp_path: Path) -> None:
