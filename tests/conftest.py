@@ -27,6 +27,20 @@ from tests.support import Broker
 KEEP = os.environ.get("KEEP_SERVICES") == "1"
 
 
+@pytest.hookimpl(trylast=True)  # after ``-m`` has deselected what it deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a ``serial`` test in a process that runs beside others (pytest-xdist): it would
+    stop a service under the tests of the other process (tests/run_suite.py runs it alone)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return
+    serial = [item.nodeid for item in items if item.get_closest_marker("serial")]
+    if serial:
+        raise pytest.UsageError(
+            f"serial tests cannot run beside others (-n): {', '.join(serial[:3])}; "
+            "run them alone, or the whole suite with ./run test"
+        )
+
+
 def _unique(request: pytest.FixtureRequest, prefix: str) -> str:
     base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:30]
     return f"{prefix}_{base}_{uuid.uuid4().hex[:8]}"

@@ -14,7 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.waiting import eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# serial: the 3-broker cluster is a session fixture the broker fault tests share.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.serial]
 
 PARTITIONS = 3
 REPLICAS = 3

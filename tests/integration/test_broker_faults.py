@@ -24,6 +24,10 @@ from tests.support import (
     wait_stored,
 )
 
+# serial: one test restarts the broker every test shares, the other stops a node of the
+# 3-broker cluster.
+pytestmark = pytest.mark.serial
+
 PLANET = build_spec(Planet)
 
 

@@ -248,6 +248,7 @@ async def test_replaying_from_the_beginning_changes_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # kills the database server every test shares
 async def test_a_database_outage_mid_stream_holds_progress_and_loses_nothing(
     kafka_bootstrap: str,
     server_db_url: str,
