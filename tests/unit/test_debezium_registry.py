@@ -36,7 +36,6 @@ def declare(**attributes: Any) -> type[Any]:
     namespace: dict[str, Any] = {
         "__tablename__": f"dbz_{n}",
         "__topic__": f"dbz-topic-{n}",
-        "__annotations__": {"id": "Mapped[int]", "title": "Mapped[str]", "gone": "Mapped[Any]"},
         "id": mapped_column(Integer, primary_key=True),
         "title": mapped_column(String(50), nullable=False),
         "gone": mapped_column(DateTime, nullable=True),
