@@ -106,6 +106,9 @@ class _DebeziumFormat:
         self._targets = dict(targets) if targets is not None else None
         self._schemaless = schemaless_converters(self._targets)
         self._schemas: dict[bytes, Converters | None] = {}
+        self._last: tuple[bytes, Converters] | None = None
+        """The schema part (through ``,"payload":``) of the last wrapped record, and its
+        converters: a topic's records mostly share one schema."""
         self.version_from_lsn = version_from_lsn
         if version_from_lsn:
             self.tombstone_version = TOMBSTONE_VERSION
@@ -138,18 +141,26 @@ class _DebeziumFormat:
 
     def _unwrap(self, record: Record, loads: JsonLoads) -> tuple[Any, Converters] | Rejection:
         raw = record.value
-        if raw is not None and raw.startswith(_WRAPPER_HEAD):
-            split = raw.find(_PAYLOAD_KEY)
-            if split > 0 and raw.endswith(b"}"):
-                schema_bytes = raw[:split]
-                converters = self._schemas.get(schema_bytes, _UNPARSED)
-                if converters is _UNPARSED:
-                    converters = self._learn(schema_bytes, loads)
-                if converters is not None:
-                    try:
-                        return loads(raw[split + len(_PAYLOAD_KEY) : -1]), converters
-                    except ValueError:
-                        pass  # not what it looked like: decoded whole below
+        if raw is not None and raw.startswith(_WRAPPER_HEAD) and raw.endswith(b"}"):
+            last = self._last
+            if last is not None and raw.startswith(last[0]):
+                # The usual case: the schema of the record before (a memcmp, no hash, no copy).
+                head, converters = last
+            else:
+                split = raw.find(_PAYLOAD_KEY)
+                head, converters = raw[: split + len(_PAYLOAD_KEY)], None
+                if split > 0:
+                    schema_bytes = raw[:split]
+                    converters = self._schemas.get(schema_bytes, _UNPARSED)
+                    if converters is _UNPARSED:
+                        converters = self._learn(schema_bytes, loads)
+                    if converters is not None:
+                        self._last = (head, converters)
+            if converters is not None:
+                try:
+                    return loads(raw[len(head) : -1]), converters
+                except ValueError:
+                    pass  # not what it looked like: decoded whole below
         value = decode_value(record, loads)
         if isinstance(value, Rejection):
             return value
