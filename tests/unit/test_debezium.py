@@ -324,7 +324,7 @@ def test_with_a_schema_every_logical_type_reaches_its_column_as_it_takes_it() ->
     assert got["at"].isoformat() == "2024-05-01T10:15:30.123456+00:00"
     assert got["price"] == Decimal("1234.56")
     assert got["photo"] == b"\x01\x02\x03"
-    assert got["prefs"] == {"tea": True}
+    assert got["prefs"] == '{"tea": true}'  # a text column keeps the document's text
     assert got["opens"].isoformat() == "09:30:00"
 
 
@@ -346,7 +346,7 @@ def test_without_a_schema_values_are_converted_by_their_columns_where_unambiguou
     got = dict(decision.row)
     assert got["born"] == date(2022, 1, 8)
     assert got["price"] == Decimal("1234.56") and got["photo"] == b"\x01\x02\x03"
-    assert got["prefs"] == {"tea": True} and got["opens"].hour == 9
+    assert got["prefs"] == '{"tea": true}' and got["opens"].hour == 9
     days = route(record(plain(envelope("c", after={**row, "born": 19000}))), ENVELOPE)
     assert isinstance(days, Upsert) and days.row["born"] == date(2022, 1, 8)
 
