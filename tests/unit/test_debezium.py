@@ -398,3 +398,42 @@ def test_unhashable_or_odd_markers_are_rejected_not_raised(row: dict[str, Any]) 
 def test_an_odd_op_is_rejected_not_raised(op: Any) -> None:
     decision = route(record(plain({**envelope("c", after=ROW), "op": op})), ENVELOPE)
     assert isinstance(decision, Rejection) and decision.reason is RejectReason.UNKNOWN_CHANGE_TYPE
+
+
+class CountingDict(dict[bytes, Any]):
+    """The format's schema cache, counting its lookups."""
+
+    lookups = 0
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        CountingDict.lookups += 1
+        return super().get(key, default)
+
+
+def test_schemas_that_alternate_are_each_parsed_once_and_a_repeated_one_not_looked_up() -> None:
+    fmt = DebeziumEnvelope({"born": ENVELOPE_TARGETS["born"], "born_on": ENVELOPE_TARGETS["born"]})
+    fmt._schemas = CountingDict()
+    CountingDict.lookups = 0
+    renamed = [
+        dict(f, field="born_on") if f["field"] == "born" else f
+        for f in envelope_schema()["fields"][0]["fields"]
+    ]
+    schemas = {"born": envelope_schema(), "born_on": envelope_schema(renamed)}
+    parsed: list[bytes] = []
+
+    def loads(raw: bytes) -> Any:
+        parsed.append(bytes(raw[:12]))
+        return json.loads(raw)
+
+    def decode(field: str) -> None:
+        value = with_schema(envelope("c", after={"id": "c1", field: 1}), schemas[field])
+        decoded = fmt.decode(record(value), loads)
+        assert not isinstance(decoded, Rejection) and decoded[1][field] == date(1970, 1, 2)
+
+    for field in ("born", "born_on", "born", "born_on"):
+        decode(field)
+    assert len([p for p in parsed if p.startswith(b'{"type":"str')]) == 2
+    lookups = CountingDict.lookups
+    for _ in range(3):
+        decode("born_on")  # the schema of the record before: matched by its bytes, no lookup
+    assert CountingDict.lookups == lookups
