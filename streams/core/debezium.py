@@ -58,12 +58,12 @@ _OPS: Mapping[str, ChangeType] = {
 }
 _NOT_MIRRORED: Mapping[str, str] = {
     "t": (
-        "a truncate (op 't') is not mirrored: empty the mirrored table yourself, or leave "
-        "truncate out of the publication (publish='insert, update, delete')"
+        "a truncate (op 't') is not mirrored: empty the mirrored table yourself, or keep 't' "
+        "in the connector's skipped.operations (its default)"
     ),
     "m": (
-        "a logical decoding message (op 'm') is not a row change: route messages to another "
-        "topic, or turn them off in the connector (message.prefix.exclude.list)"
+        "a logical decoding message (op 'm') is not a row change: leave its prefix out of "
+        "this topic (the connector's message.prefix.exclude.list)"
     ),
 }
 

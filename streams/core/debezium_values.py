@@ -49,8 +49,8 @@ _EPOCH = datetime(1970, 1, 1)
 _MIDNIGHT = datetime(1970, 1, 1)
 
 SCHEMALESS_HELP = (
-    "without schemas it may be ms, us or ns: set the connector's time.precision.mode=isostring "
-    "(or connect), or turn the JsonConverter's schemas on"
+    "without schemas it may be ms, us or ns: set the connector's time.precision.mode=isostring, "
+    "or turn the JsonConverter's schemas on"
 )
 
 
