@@ -90,7 +90,9 @@ def declared_format(
     hook = getattr(model.from_kafka_event, "__func__", model.from_kafka_event)
     custom = not getattr(hook, "field_map_mapping", False)
     input_format = FORMATS[declared](
-        None if custom else targets, version_from_lsn=version_from is not None
+        None if custom else targets,
+        version_from_lsn=version_from is not None,
+        partial_updates=model.__partial_updates__ is True,
     )
     return DeclaredFormat(input_format, fields, version_field)
 

@@ -83,6 +83,12 @@ def _change_of(op: Any, name: str, record: Record) -> ChangeType | Rejection:
     )
 
 
+#: What Debezium writes for a value an update did not carry (an unchanged TOASTed value under
+#: ``REPLICA IDENTITY DEFAULT``; ``unavailable.value.placeholder``), as text and as bytes
+#: (base64, as the JsonConverter writes bytes).
+UNAVAILABLE: Final = "__debezium_unavailable_value"
+UNAVAILABLE_BASE64: Final = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
+
 _WRAPPER_HEAD: Final = b'{"schema":'
 _PAYLOAD_KEY: Final = b',"payload":'
 _UNPARSED: Final[Any] = object()
@@ -101,8 +107,14 @@ class _DebeziumFormat:
     there); :data:`TOMBSTONE_VERSION` with versions from the LSN."""
 
     def __init__(
-        self, targets: Mapping[str, Target] | None = None, *, version_from_lsn: bool = False
+        self,
+        targets: Mapping[str, Target] | None = None,
+        *,
+        version_from_lsn: bool = False,
+        partial_updates: bool = False,
     ) -> None:
+        self.partial_updates = partial_updates
+        """The model takes partial updates: a column an update does not carry is left out."""
         self._targets = dict(targets) if targets is not None else None
         self._schemaless = schemaless_converters(self._targets)
         self._schemas: dict[bytes, Converters | None] = {}
@@ -194,6 +206,12 @@ class _DebeziumFormat:
         lsn: Any,
         record: Record,
     ) -> Change | Rejection:
+        if change is ChangeType.UPDATED:
+            values = row.values()
+            if UNAVAILABLE in values or UNAVAILABLE_BASE64 in values:
+                unavailable = self._drop_unavailable(row, record)
+                if unavailable is not None:
+                    return unavailable
         problem = convert_row(converters, row) if converters else None
         if problem is not None:
             return Rejection(RejectReason.INVALID_ROW, problem, record)
@@ -209,6 +227,22 @@ class _DebeziumFormat:
         return change, row
 
     _lsn_help = ""
+
+    def _drop_unavailable(self, row: dict[str, Any], record: Record) -> Rejection | None:
+        """Leave out the columns an update does not carry (unchanged TOASTed values, which
+        Debezium writes as a placeholder), or refuse the update when they would be written."""
+        names = [k for k, v in row.items() if v in (UNAVAILABLE, UNAVAILABLE_BASE64)]
+        if not self.partial_updates:
+            return Rejection(
+                RejectReason.INVALID_ROW,
+                f"{', '.join(repr(n) for n in names)} holds Debezium's placeholder of a value "
+                "the update did not carry (an unchanged TOASTed value): set REPLICA IDENTITY "
+                "FULL on the source table, or declare __partial_updates__ to keep the column",
+                record,
+            )
+        for name in names:
+            del row[name]
+        return None
 
 
 class DebeziumEnvelope(_DebeziumFormat):

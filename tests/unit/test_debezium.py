@@ -3,6 +3,7 @@ without the JsonConverter's schema, the flattened rows, the rejections, versions
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date, datetime
 from decimal import Decimal
@@ -437,3 +438,41 @@ def test_schemas_that_alternate_are_each_parsed_once_and_a_repeated_one_not_look
     for _ in range(3):
         decode("born_on")  # the schema of the record before: matched by its bytes, no lookup
     assert CountingDict.lookups == lookups
+
+
+# --- values an update does not carry (unchanged TOASTed values) --------------------------------
+
+
+def test_an_update_carrying_debeziums_placeholder_is_refused_rather_than_written() -> None:
+    after = {**ROW, "name": "__debezium_unavailable_value"}
+    decision = route(record(plain(envelope("u", after=after))), ENVELOPE)
+    assert isinstance(decision, Rejection) and decision.reason is RejectReason.INVALID_ROW
+    assert "'name'" in decision.detail and "REPLICA IDENTITY FULL" in decision.detail
+
+
+def test_with_partial_updates_a_placeholder_column_is_left_as_it_is() -> None:
+    spec = dataclasses.replace(
+        ENVELOPE,
+        partial_updates=True,
+        patch_mapper=lambda event: {k: event[k] for k in ("id", "name", "photo") if k in event},
+        patch_check=lambda row: (row, ()),
+        input_format=DebeziumEnvelope(
+            ENVELOPE_TARGETS, version_from_lsn=True, partial_updates=True
+        ),
+    )
+    after = {
+        "id": "c1",
+        "name": "__debezium_unavailable_value",
+        "photo": "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==",
+    }
+    decision = route(record(plain(envelope("u", after=after, lsn=5))), spec)
+    assert isinstance(decision, Upsert) and decision.partial
+    assert dict(decision.row) == {"id": "c1"}
+    # A create never carries the placeholder; only updates are looked at.
+    created = DebeziumEnvelope(partial_updates=True).decode(
+        record(plain(envelope("c", after={"id": "c1", "name": "__debezium_unavailable_value"}))),
+        json.loads,
+    )
+    assert (
+        not isinstance(created, Rejection) and created[1]["name"] == "__debezium_unavailable_value"
+    )

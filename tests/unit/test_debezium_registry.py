@@ -154,3 +154,12 @@ def test_a_declaration_naming_what_does_not_exist_fails_in_one_line(
         declare(**attributes)
     said = str(raised.value)
     assert re.sub(r"^Thing\d+", "Thing", said).startswith(message) and "\n" not in said, said
+
+
+def test_a_model_taking_partial_updates_keeps_the_columns_an_update_does_not_carry() -> None:
+    spec = build_spec(declare(__input_format__="debezium", __partial_updates__=True))
+    after = {"id": 3, "title": "__debezium_unavailable_value", "gone": None}
+    value = json.dumps(envelope("u", after=after)).encode()
+    decision = route(SourceRecord("t", 0, 1, 5, None, value), spec)
+    assert isinstance(decision, Upsert) and decision.partial
+    assert dict(decision.row) == {"id": 3, "gone": None}
