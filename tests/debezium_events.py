@@ -55,7 +55,8 @@ SOURCE_SCHEMA = {
 }
 
 #: The row schema of ``public.customer`` (id text, name varchar, born date, seen timestamp(6),
-#: at timestamptz, price numeric(10,2), photo bytea, prefs jsonb, opens time(6)).
+#: at timestamptz, price numeric(10,2), photo bytea, prefs jsonb, opens time(6), note jsonb
+#: mirrored into a text column).
 ROW_FIELDS: list[dict[str, Any]] = [
     {"type": "string", "optional": False, "field": "id"},
     {"type": "string", "optional": True, "field": "name"},
@@ -102,6 +103,13 @@ ROW_FIELDS: list[dict[str, Any]] = [
         "name": "io.debezium.time.MicroTime",
         "version": 1,
         "field": "opens",
+    },
+    {
+        "type": "string",
+        "optional": True,
+        "name": "io.debezium.data.Json",
+        "version": 1,
+        "field": "note",
     },
 ]
 

@@ -24,7 +24,7 @@ from tests.support import create_topic, make_worker, produce, wait_caught_up
 
 ENVELOPE_TOPIC = "dbserver1.public.customer"
 FLAT_TOPIC = "flat.public.customer"
-COLUMNS = ("id", "name", "born", "seen", "at", "price", "photo", "prefs", "opens")
+COLUMNS = ("id", "name", "born", "seen", "at", "price", "photo", "prefs", "opens", "note")
 
 
 def row(id: str, name: str, **values: Any) -> dict[str, Any]:
@@ -63,6 +63,7 @@ def envelope_stream() -> list[tuple[bytes | None, bytes | None]]:
         photo="AQID",
         prefs='{"tea": true}',
         opens=34_200_000_000,
+        note='{"tea": true}',
     )
     return [
         # The initial snapshot: reads, all at the snapshot's LSN.
@@ -133,7 +134,7 @@ async def test_debezium_events_mirror_exactly_and_old_events_do_not_win(
     finally:
         worker.stop()
 
-    nothing = (None,) * 7
+    nothing = (None,) * 8
     assert read_table(pg_url, "dbz_customer") == {
         "c1": ("Ada L.", *nothing),
         "c4": (
@@ -143,13 +144,14 @@ async def test_debezium_events_mirror_exactly_and_old_events_do_not_win(
             datetime(2024, 5, 1, 10, 15, 30, 123456, tzinfo=UTC),
             Decimal("1234.56"),
             b"\x01\x02\x03",
-            '{"tea": true}',
+            {"tea": True},
             time(9, 30),
+            '{"tea": true}',
         ),
         "c5": ("Cy", *nothing),
     }
     assert read_table(pg_url, "dbz_flat_customer") == {
-        "f1": ("Eve B.", date(2022, 1, 9), None, None, Decimal("2.25"), None, None, None),
+        "f1": ("Eve B.", date(2022, 1, 9), None, None, Decimal("2.25"), None, None, None, None),
     }
 
     dead = await read_all(kafka_bootstrap, f"{topic_prefix}{ENVELOPE_TOPIC}.dlq")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import date, datetime, time
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Date, DateTime, LargeBinary, Numeric, String, Text, Time
+from sqlalchemy import JSON, Date, DateTime, LargeBinary, Numeric, String, Text, Time
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, MirroredEntity
@@ -22,10 +23,9 @@ class CustomerColumns:
     at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     price: Mapped[Decimal | None] = mapped_column(Numeric(10, 2), nullable=True)
     photo: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    # Text, not JSON: the PostgreSQL store's VALUES path (batches under 50 rows) cannot write
-    # JSON columns yet (``%(prefs)s::JSON`` is not a plain VALUES placeholder); Debezium's Json
-    # logical type into a text column keeps the document's text.
-    prefs: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prefs: Mapped[Any] = mapped_column(JSON, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Text: a JSON document into it keeps its text."""
     opens: Mapped[time | None] = mapped_column(Time, nullable=True)
 
 
