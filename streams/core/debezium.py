@@ -146,37 +146,18 @@ class _DebeziumFormat:
         self, record: Record, loads: JsonLoads
     ) -> tuple[dict[str, Any], Converters] | Rejection:
         """Return the record's payload and its converters; a known schema is not parsed again."""
-        found = self._unwrap(record, loads)
-        if isinstance(found, Rejection) or isinstance(found[0], dict):
-            return found
-        return Rejection(RejectReason.NOT_AN_OBJECT, "the payload is not an object", record)
-
-    def _unwrap(self, record: Record, loads: JsonLoads) -> tuple[Any, Converters] | Rejection:
         raw = record.value
-        if raw is not None and raw.startswith(_WRAPPER_HEAD) and raw.endswith(b"}"):
-            last = self._last
-            if last is not None and raw.startswith(last[0]):
-                # The usual case: the schema of the record before (a memcmp, no hash, no copy).
-                head, converters = last
-            else:
-                split = raw.find(_PAYLOAD_KEY)
-                head, converters = raw[: split + len(_PAYLOAD_KEY)], None
-                if split > 0:
-                    schema_bytes = raw[:split]
-                    converters = self._schemas.get(schema_bytes, _UNPARSED)
-                    if converters is _UNPARSED:
-                        converters = self._learn(schema_bytes, loads)
-                    if converters is not None:
-                        self._last = (head, converters)
-            if converters is not None:
-                try:
-                    return loads(raw[len(head) : -1]), converters
-                except ValueError:
-                    pass  # not what it looked like: decoded whole below
+        if raw is not None and raw.startswith(_WRAPPER_HEAD):
+            found = self._unwrap(raw, loads)
+            if found is not None:
+                if isinstance(found[0], dict):
+                    return found
+                return Rejection(RejectReason.NOT_AN_OBJECT, "the payload is not an object", record)
         value = decode_value(record, loads)
         if isinstance(value, Rejection):
             return value
         if len(value) == 2 and "schema" in value and "payload" in value:
+            # The wrapper, written otherwise than the JsonConverter writes it: the slow way.
             converters = self._converters_of(value["schema"])
             if converters is None:
                 return Rejection(
@@ -184,8 +165,37 @@ class _DebeziumFormat:
                     "the value's schema is not a Kafka Connect struct schema",
                     record,
                 )
-            return value["payload"], converters
+            payload = value["payload"]
+            if not isinstance(payload, dict):
+                return Rejection(RejectReason.NOT_AN_OBJECT, "the payload is not an object", record)
+            return payload, converters
         return value, self._schemaless
+
+    def _unwrap(self, raw: bytes, loads: JsonLoads) -> tuple[Any, Converters] | None:
+        """Return the payload of a value the JsonConverter wrote and its converters, parsing
+        only the payload when the schema is known (None: decode the value whole)."""
+        if not raw.endswith(b"}"):
+            return None
+        last = self._last
+        if last is not None and raw.startswith(last[0]):
+            # The usual case: the schema of the record before (a memcmp, no hash, no copy).
+            head, converters = last
+        else:
+            split = raw.find(_PAYLOAD_KEY)
+            if split <= 0:
+                return None
+            schema_bytes = raw[:split]
+            head = raw[: split + len(_PAYLOAD_KEY)]
+            known = self._schemas.get(schema_bytes, _UNPARSED)
+            learnt = self._learn(schema_bytes, loads) if known is _UNPARSED else known
+            if learnt is None:
+                return None
+            converters = learnt
+            self._last = (head, converters)
+        try:
+            return loads(raw[len(head) : -1]), converters
+        except ValueError:
+            return None  # not what it looked like: decoded whole
 
     def _learn(self, schema_bytes: bytes, loads: JsonLoads) -> Converters | None:
         try:
@@ -286,6 +296,7 @@ class DebeziumEnvelope(_DebeziumFormat):
 #: The ``__deleted`` values of ``ExtractNewRecordState``'s rewrite mode (text in Debezium's own
 #: transform, a boolean when another tool flattens).
 _DELETED: Mapping[Any, bool] = {"true": True, "false": False, True: True, False: False}
+_MARKER_TYPES = (str, bool)
 
 
 class DebeziumFlat(_DebeziumFormat):
@@ -305,7 +316,7 @@ class DebeziumFlat(_DebeziumFormat):
             return payload
         row, converters = payload
         raw_deleted = row.get("__deleted", False)
-        deleted = _DELETED.get(raw_deleted) if isinstance(raw_deleted, str | bool) else None
+        deleted = _DELETED.get(raw_deleted) if type(raw_deleted) in _MARKER_TYPES else None
         if deleted is None:
             return Rejection(
                 RejectReason.UNKNOWN_CHANGE_TYPE,
@@ -318,9 +329,11 @@ class DebeziumFlat(_DebeziumFormat):
         elif op is None:
             change = ChangeType.UPDATED
         else:
-            said = _change_of(op, "__op", record)
-            if isinstance(said, Rejection):
-                return said
+            said = _OPS.get(op) if type(op) is str else None
+            if said is None:
+                rejected = _change_of(op, "__op", record)
+                assert isinstance(rejected, Rejection)
+                return rejected
             change = said
         return self._finish(change, row, converters, row.get(LSN_FIELD), record)
 
