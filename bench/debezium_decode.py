@@ -28,6 +28,7 @@ from models.planet import Planet
 from models.registry import EntitySpec, build_spec, default_registry
 from streams.core.records import SourceRecord
 from streams.core.routing import route_batch
+from tests.debezium_events import SOURCE, compact
 
 COUNT = 10_000
 
@@ -85,24 +86,6 @@ ROW_SCHEMA = [
     {"type": "string", "optional": True, "name": "io.debezium.data.Json", "field": "tags"},
     {"type": "string", "optional": True, "field": "updatedBy"},
 ]
-SOURCE = {
-    "version": "3.1.0.Final",
-    "connector": "postgresql",
-    "name": "bench",
-    "ts_ms": 1_700_000_000_000,
-    "snapshot": "false",
-    "db": "bench",
-    "sequence": '[null,"24023128"]',
-    "schema": "public",
-    "table": "planet",
-    "txId": 555,
-    "lsn": 24023128,
-    "xmin": None,
-}
-
-
-def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _schema() -> dict[str, Any]:
@@ -159,7 +142,7 @@ def values() -> dict[str, tuple[EntitySpec, list[bytes]]]:
     for model in (EnvelopePlanet, LsnPlanet, FlatPlanet):
         default_registry.unregister(model)
     change_type = [
-        _compact(
+        compact(
             {
                 "planetUuid": r["uuid"],
                 "planetName": r["name"],
@@ -173,22 +156,22 @@ def values() -> dict[str, tuple[EntitySpec, list[bytes]]]:
         "changeType JSON": (specs[Planet], change_type),
         "debezium": (
             specs[EnvelopePlanet],
-            [_compact(event(n, r)) for n, r in enumerate(source_rows)],
+            [compact(event(n, r)) for n, r in enumerate(source_rows)],
         ),
         "debezium, LSN versions": (
             specs[LsnPlanet],
-            [_compact(event(n, r)) for n, r in enumerate(source_rows)],
+            [compact(event(n, r)) for n, r in enumerate(source_rows)],
         ),
         "debezium with schema": (
             specs[EnvelopePlanet],
             [
-                _compact({"schema": schema, "payload": event(n, r)})
+                compact({"schema": schema, "payload": event(n, r)})
                 for n, r in enumerate(source_rows)
             ],
         ),
         "debezium-flat": (
             specs[FlatPlanet],
-            [_compact({**r, "__deleted": "false", "__op": "c"}) for r in source_rows],
+            [compact({**r, "__deleted": "false", "__op": "c"}) for r in source_rows],
         ),
     }
 
