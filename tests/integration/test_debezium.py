@@ -1,4 +1,4 @@
-"""Debezium change events through the real broker into PostgreSQL, written by hand in the shapes
+"""Debezium change events through the real broker into each database, written by hand in the shapes
 Debezium 3.x's PostgreSQL connector writes (tests/debezium_events.py).
 
 One worker mirrors ``tests/models/debezium_customers.py``: the envelope (versions from the LSN)
@@ -15,11 +15,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Table, create_engine, select
 
 from models.store import SqlStore
 from tests.debezium_events import compact, envelope, key_of, with_schema
 from tests.integration.test_poison import read_all
+from tests.models.debezium_customers import DbzCustomer, FlatCustomer
 from tests.support import create_topic, make_worker, produce, wait_caught_up
 
 ENVELOPE_TOPIC = "dbserver1.public.customer"
@@ -37,17 +38,22 @@ def key_only(id: str) -> dict[str, Any]:
     return {column: None for column in COLUMNS} | {"id": id}
 
 
-def read_table(url: str, table: str) -> dict[str, tuple[Any, ...]]:
+def read_table(url: str, table: Table) -> dict[str, tuple[Any, ...]]:
+    """Read ``table`` through SQLAlchemy's types, times in UTC without their zone (as MariaDB
+    and SQLite keep them)."""
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text(f"SELECT {', '.join(COLUMNS)} FROM {table}"))
-            return {
-                r[0]: tuple(bytes(v) if isinstance(v, memoryview) else v for v in r[1:])
-                for r in rows
-            }
+            rows = conn.execute(select(*(table.c[c] for c in COLUMNS)))
+            return {r[0]: tuple(_plain(v) for v in r[1:]) for r in rows}
     finally:
         engine.dispose()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return bytes(value) if isinstance(value, memoryview) else value
 
 
 def envelope_stream() -> list[tuple[bytes | None, bytes | None]]:
@@ -111,13 +117,13 @@ def flat_stream() -> list[tuple[bytes | None, bytes | None]]:
 
 
 async def test_debezium_events_mirror_exactly_and_old_events_do_not_win(
-    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, db_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     for topic in (ENVELOPE_TOPIC, FLAT_TOPIC):
         await create_topic(kafka_bootstrap, f"{topic_prefix}{topic}", partitions=1)
     worker, app_id = make_worker(
         kafka_bootstrap,
-        pg_url,
+        db_url,
         topic_prefix,
         tmp_path,
         "debezium",
@@ -135,13 +141,13 @@ async def test_debezium_events_mirror_exactly_and_old_events_do_not_win(
         worker.stop()
 
     nothing = (None,) * 8
-    assert read_table(pg_url, "dbz_customer") == {
+    assert read_table(db_url, DbzCustomer.__table__) == {
         "c1": ("Ada L.", *nothing),
         "c4": (
             "Dora",
             date(2022, 1, 8),
             datetime(2023, 11, 14, 22, 13, 20, 123456),
-            datetime(2024, 5, 1, 10, 15, 30, 123456, tzinfo=UTC),
+            datetime(2024, 5, 1, 10, 15, 30, 123456),
             Decimal("1234.56"),
             b"\x01\x02\x03",
             {"tea": True},
@@ -150,14 +156,14 @@ async def test_debezium_events_mirror_exactly_and_old_events_do_not_win(
         ),
         "c5": ("Cy", *nothing),
     }
-    assert read_table(pg_url, "dbz_flat_customer") == {
+    assert read_table(db_url, FlatCustomer.__table__) == {
         "f1": ("Eve B.", date(2022, 1, 9), None, None, Decimal("2.25"), None, None, None, None),
     }
 
     dead = await read_all(kafka_bootstrap, f"{topic_prefix}{ENVELOPE_TOPIC}.dlq")
     assert [headers["dlq.reason"] for _, _, headers in dead] == ["not_mirrored"]
     assert "truncate" in dead[0][2]["dlq.detail"]
-    store = SqlStore.from_url(pg_url)
+    store = SqlStore.from_url(db_url)
     try:
         counts = {
             (t.removeprefix(topic_prefix), outcome): n
