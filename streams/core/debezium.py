@@ -97,7 +97,12 @@ SCHEMA_CACHE_SIZE: Final = 256
 
 
 class _DebeziumFormat:
-    """What both shapes share: the wrapper, the converters and their cache, the LSN."""
+    """What both shapes share: the wrapper, the converters and their cache, the LSN.
+
+    One object per entity, shared by the threads that route its partitions' batches
+    (``asyncio.to_thread``): its caches change only by single assignments and dict operations,
+    each atomic, and a lost update costs one more parse of a schema, never a wrong converter.
+    """
 
     name = ""
     json_record_keys = True
