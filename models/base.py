@@ -53,6 +53,14 @@ class MirroredEntity:
       ``"deleted_at"``. A delete (DELETED, or a Kafka tombstone) then sets it to the delete
       record's time instead of removing the row; a newer create or update clears it, an older
       one is stale as after any delete. Reads leave such rows out unless asked for them.
+    - ``__input_format__``: how the topic's records carry changes: ``"changetype-json"`` (the
+      default), ``"debezium"`` (Debezium's change events, with or without the JsonConverter's
+      schema) or ``"debezium-flat"`` (the rows of its ``ExtractNewRecordState`` transform). A
+      Debezium-fed model without ``__event_fields__`` maps every column from the field of the
+      same name (Debezium writes column names); see ``streams/core/debezium.py``.
+    - ``__version_from__``: with a Debezium format, ``"source.lsn"`` takes versions from the
+      source's position (PostgreSQL's LSN; ``__lsn`` of flattened rows, ``add.fields=lsn``)
+      instead of the record's, so events a restarted connector emits again are stale.
     - ``__partial_updates__``: when True, an UPDATED (or no changeType) event changes only the
       columns it carries, a field present with ``null`` sets NULL; a create, or an update of
       an entity the table does not have, must still give every NOT NULL column.
@@ -82,6 +90,8 @@ class MirroredEntity:
     __repartition__: ClassVar[bool] = False
     __soft_delete__: ClassVar[str | None] = None
     __partial_updates__: ClassVar[bool] = False
+    __input_format__: ClassVar[str | None] = None
+    __version_from__: ClassVar[str | None] = None
 
     mirror_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     mirror_partition: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -37,7 +37,9 @@ from models.columns import (
     compile_patch_check,
     compile_row_check,
 )
+from models.input_formats import declared_format
 from streams.core.errors import RegistryError
+from streams.core.formats import InputFormat
 
 RowMapper = Callable[[dict[str, Any]], Mapping[str, Any]]
 #: A model's ``on_batch(conn, applied, deleted)``: the rows a batch wrote (by key), the keys
@@ -102,6 +104,8 @@ class EntitySpec:
     patch_mapper: RowMapper | None = None
     """Maps an update to the columns it carries (with partial updates)."""
     patch_check: PatchCheck | None = None
+    input_format: InputFormat | None = None
+    """The format of the entity's records (``__input_format__``); None: changeType JSON."""
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
@@ -234,7 +238,11 @@ def build_spec(model: type[Any]) -> EntitySpec:
     if len(primary) != 1:
         raise RegistryError(f"{name} must have exactly one primary key column (the entity key)")
     key_column = primary[0].key
-    fields: Mapping[str, str] = model.__event_fields__
+    ignored = {*VERSION_COLUMNS, getattr(model, "__soft_delete__", None)} - {None}
+    declared = declared_format(model, table, frozenset(str(c) for c in ignored))
+    if declared.fields is not model.__event_fields__:
+        model.__event_fields__ = declared.fields  # a Debezium-fed model: every column by name
+    fields: Mapping[str, str] = declared.fields
     unknown = [column for column in fields if column not in table.columns]
     if unknown:
         raise RegistryError(f"{name}.__event_fields__ names unknown columns: {unknown}")
@@ -291,7 +299,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
         key_field=key_field,
         update_columns=update_columns,
         cached=bool(model.__cached__),
-        version_field=model.__version_field__,
+        version_field=declared.version_field,
         tombstone_table=_tombstone_table(table, primary[0]),
         repartition=bool(model.__repartition__),
         rules=rules,
@@ -308,6 +316,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
         partial_updates=partial_updates,
         patch_mapper=_patch_mapper_for(model, mapper) if partial_updates else None,
         patch_check=compile_patch_check(rules) if partial_updates else None,
+        input_format=declared.input_format,
     )
 
 

@@ -11,9 +11,10 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    JSON,
     Connection,
     Engine,
     Table,
@@ -49,7 +50,10 @@ COPY_FROM_ROWS = 50
 #: :meth:`PostgresDialect.lock_entity`).
 KEY_LOOKUP_JOINS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;"
 
-_VALUES_CLAUSE = re.compile(r" VALUES \((%\(\w+\)s(?:, %\(\w+\)s)*)\)")
+#: One placeholder of a compiled VALUES clause, with the cast SQLAlchemy adds to some types
+#: (``%(prefs)s::JSON`` for a JSON column).
+_PLACEHOLDER = r"%\(\w+\)s(?:::\w+)?"
+_VALUES_CLAUSE = re.compile(rf" VALUES \(({_PLACEHOLDER}(?:, {_PLACEHOLDER})*)\)")
 
 
 class PostgresDialect(OnConflictDialect):
@@ -163,7 +167,7 @@ class PostgresDialect(OnConflictDialect):
         self, conn: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]
     ) -> None:
         """Execute an INSERT for many rows as one VALUES statement (:func:`_execute_values`)."""
-        _, columns = _values_template(statement, conn.dialect)
+        columns = _values_template(statement, conn.dialect).columns
         _execute_values(conn, statement, [tuple(r[c] for c in columns) for r in rows], columns)
 
     def conflicts(self, exc: DBAPIError) -> bool:
@@ -275,15 +279,20 @@ def _execute_values(
     80 ms against 33 ms for 2,000 rows). With ``returning``, the statement returns the
     rows it wrote.
     """
-    from psycopg2.extras import execute_values
+    from psycopg2.extras import Json, execute_values
 
-    template, order = _values_template(statement, conn.dialect, returning)
+    template, order, row, json_at = _values_template(statement, conn.dialect, returning)
     if order != columns:
         index = [columns.index(c) for c in order]
         values = [tuple(v[i] for i in index) for v in values]
+    if json_at:  # psycopg2 adapts no dict, and a list as an array: say they are JSON
+        values = [
+            tuple(Json(x) if i in json_at and x is not None else x for i, x in enumerate(v))
+            for v in values
+        ]
     with raw_cursor(conn, template) as cursor:
         got = execute_values(
-            cursor, template, values, page_size=max(1, len(values)), fetch=returning
+            cursor, template, values, template=row, page_size=max(1, len(values)), fetch=returning
         )
         if not returning:
             return []
@@ -415,11 +424,23 @@ def _delete_query(table: Table, key_column: str) -> str:
     return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
 
+class ValuesTemplate(NamedTuple):
+    """An INSERT made ready for psycopg2's ``execute_values``."""
+
+    sql: str
+    """The statement with ``VALUES %s``."""
+    columns: tuple[str, ...]
+    """The order of each row's values."""
+    row: str
+    """Each row's template, with the casts SQLAlchemy compiled in (``(%s, %s::JSON)``)."""
+    json_at: tuple[int, ...]
+    """The places of JSON columns, whose values psycopg2 must be told are JSON."""
+
+
 @functools.lru_cache(maxsize=256)
-def _values_template(
-    statement: Any, dialect: Any, returning: bool = False
-) -> tuple[str, tuple[str, ...]]:
-    """Compile an INSERT to ``INSERT ... VALUES %s ...`` and its column order, once."""
+def _values_template(statement: Any, dialect: Any, returning: bool = False) -> ValuesTemplate:
+    """Compile an INSERT to ``INSERT ... VALUES %s ...``, its column order and row template,
+    once."""
     sql = str(statement.compile(dialect=dialect))
     if returning:
         quote = dialect.identifier_preparer.quote
@@ -429,7 +450,14 @@ def _values_template(
         raise StoreError(f"cannot turn {sql[:80]!r}... into a VALUES %s template")
     head, tail = sql[: match.start()], sql[match.end() :]
     columns = tuple(re.findall(r"%\((\w+)\)s", match.group(1)))
-    return f"{head} VALUES %s{tail}", columns
+    row = "(" + re.sub(r"%\(\w+\)s", "%s", match.group(1)) + ")"
+    table_columns = statement.table.c
+    json_at = tuple(
+        i
+        for i, name in enumerate(columns)
+        if name in table_columns and isinstance(table_columns[name].type, JSON)
+    )
+    return ValuesTemplate(f"{head} VALUES %s{tail}", columns, row, json_at)
 
 
 def _entity_lock_id(table_name: str) -> int:

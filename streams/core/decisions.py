@@ -42,6 +42,10 @@ class RejectReason(StrEnum):
     BAD_VERSION = "bad_version"
     UNKNOWN_TOPIC = "unknown_topic"
     STORE_REFUSED = "store_refused"
+    NO_ROW = "no_row"
+    """A change event without the row its operation needs (Debezium: no ``after``/``before``)."""
+    NOT_MIRRORED = "not_mirrored"
+    """A change event of a kind the mirror does not apply (Debezium: truncate, message)."""
 
 
 @dataclass(frozen=True, slots=True)

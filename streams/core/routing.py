@@ -252,7 +252,12 @@ def _route_tombstone(record: Record, entity: Entity, clock: Clock = BELIEVED) ->
     problem = "tombstone key is empty" if not key else entity.check_key(key)
     if problem is not None:
         return Rejection(RejectReason.BAD_KEY, problem, record)
-    version = None if entity.version_field else clock.version(record)
+    if entity.version_field is None:
+        version: Version | None = clock.version(record)
+    else:
+        # No version of its own: it deletes what is there, unless its format gives it one
+        # (Debezium's, with versions from the LSN: the delete before it carries the version).
+        version = getattr(format_of(entity), "tombstone_version", None)
     return Delete(key=key, record=record, version=version)
 
 
