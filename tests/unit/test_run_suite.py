@@ -43,6 +43,7 @@ def test_a_serial_test_is_refused_in_a_process_beside_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     items: Any = [_Item("t.py::a", serial=False), _Item("t.py::outage", serial=True)]
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # this test may run under -n
     pytest_collection_modifyitems(items)  # one process: anything goes
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
     pytest_collection_modifyitems(items[:1])
