@@ -288,10 +288,6 @@ def _newer_versions(
         found = cursor.fetchall()
     rows = [found_row[1:] for found_row in found if not found_row[0]]
     tombs = [found_row[1:] for found_row in found if found_row[0]]
-    if spec.composite:
-        width = len(spec.key_columns)
-        rows = [(row[:width], *row[width:]) for row in rows]
-        tombs = [(tomb[:width], *tomb[width:]) for tomb in tombs]
     return rows, tombs
 
 
@@ -457,7 +453,8 @@ def _keys_match(keys: list[Any]) -> Any:
     if len(keys) == 1:
         return keys[0] == any_(bindparam("keys", type_=postgresql.ARRAY(keys[0].type)))
     arrays = [bindparam(f"keys_{i}", type_=postgresql.ARRAY(k.type)) for i, k in enumerate(keys)]
-    pairs = select(func.unnest(*arrays).table_valued(*(f"k{i}" for i in range(len(keys)))))
+    unnested = func.unnest(*arrays).table_valued(*(f"k{i}" for i in range(len(keys))))
+    pairs = select(unnested.render_derived())
     return tuple_(*keys).in_(pairs)
 
 
