@@ -1,9 +1,10 @@
-"""A composite-key entity through a real worker: an order line keyed by ``order_id`` (text) and
-``line_no`` (integer), fed changeType JSON on PostgreSQL. Creates, an update, a DELETED event,
-a tombstone whose record key is the JSON object of the key columns, and a stale event from
-another partition that must not win; then ``GET /entities/order_line/{order_id}/{line_no}``
-answers from the cache, lists page by the key's JSON array, ``verify`` finds the table and
-the cache matching the topic, and ``rebuild`` makes the same table again."""
+"""A composite-key entity through a real worker, its topic read directly and repartitioned: an
+order line keyed by ``order_id`` (text) and ``line_no`` (integer), fed changeType JSON on
+PostgreSQL. Creates, an update, a DELETED event, a tombstone whose record key is the JSON
+object of the key columns, and a stale event from another partition that must not win; then
+``GET /entities/order_line/{order_id}/{line_no}`` answers from the cache, lists page by the
+key's JSON array, ``verify`` finds the table and the cache matching the topic, and ``rebuild``
+makes the same table again."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 
 from models.registry import build_spec, default_registry
 from models.store import SqlStore
@@ -47,8 +49,9 @@ def key(order: str, no: int) -> bytes:
     return record_key_bytes((order, no), COLUMNS)
 
 
+@pytest.mark.parametrize("repartition", [False, True], ids=["direct", "repartitioned"])
 async def test_a_composite_key_entity_mirrors_through_a_worker(
-    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path, repartition: bool
 ) -> None:
     topic = f"{topic_prefix}order-line-changed"
     await create_topic(kafka_bootstrap, topic, partitions=4)
@@ -59,7 +62,17 @@ async def test_a_composite_key_entity_mirrors_through_a_worker(
         tmp_path,
         "composite",
         ENTITY_MODULES="tests.models.order_lines",
+        # Repartitioned: every record forwarded keyed by the JSON object of its key columns,
+        # the tombstone read back by that key.
+        **({"REPARTITION": "order_line"} if repartition else {}),
     )
+    applied_from = f"{app_id}-{topic}-repartition" if repartition else topic
+
+    async def caught_up() -> None:
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        if repartition:
+            await wait_caught_up(kafka_bootstrap, app_id, applied_from, alive=worker.assert_alive)
+
     now = int(time.time() * 1000)
     store = SqlStore.from_url(pg_url)
     worker.start()
@@ -77,7 +90,7 @@ async def test_a_composite_key_entity_mirrors_through_a_worker(
                 (key("o-2", 1), None, now + 3),  # Debezium's tombstone after a delete
             ],
         )
-        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        await caught_up()
         # An event of o-1/1 stamped a minute before, through another partition: older, so it
         # is skipped, whatever order the partitions are read in.
         home = key_partition(key("o-1", 1), 4)
@@ -85,12 +98,12 @@ async def test_a_composite_key_entity_mirrors_through_a_worker(
         await produce_timed(
             kafka_bootstrap, topic, [(stray, event("o-1", 1, "stale", 99), now - 60_000)]
         )
-        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        await caught_up()
         await wait_ready(worker)
 
         rows = {k: (r["sku"], r["quantity"]) for k, r in store.rows(LINE).items()}
         assert rows == {("o-1", 1): ("apple", 5), ("a/b", 7): ("slash", 4)}
-        counts = {o: n for (t, o), n in store.outcome_counts(app_id).items() if t == topic}
+        counts = {o: n for (t, o), n in store.outcome_counts(app_id).items() if t == applied_from}
         assert counts == {"applied": 7, "skipped": 1}
 
         base = f"http://127.0.0.1:{worker.env['WEB_PORT']}/entities/order_line"
