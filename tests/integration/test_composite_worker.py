@@ -145,6 +145,8 @@ async def test_a_composite_key_entity_mirrors_through_a_worker(
     assert f"the cache ({app_id}-order_line-changelog) matches order_line: 2 entries" in (
         verify.stdout
     )
+    if repartition:
+        return  # rebuild reads the source topic either way: once is enough
     # Rebuilt from the topic, the table is the same: tombstones and the guard by composite key.
     rebuild = run_cli(worker.env, "rebuild", "order_line")
     assert rebuild.returncode == 0, rebuild.stdout + rebuild.stderr
