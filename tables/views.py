@@ -8,7 +8,9 @@ into a 500 traceback and can bounce a request between workers whose assignments 
 mid-rebalance: here both are a 503 with a JSON error and ``Retry-After``, which a client retries.
 Kinds whose cache is off, every list, and a key the owner's copy does not hold (absent, or not
 known to it) are read from the SQL store, so a miss never answers 404 for an entity the
-database has; while it is down they answer 503 with ``Retry-After`` too.
+database has; while it is down they answer 503 with ``Retry-After`` too. A composite key is
+one percent-encoded path segment per key column (``/entities/order_line/o-7/2``), split from
+the path as sent, so that ``%2F`` inside a segment stays part of it (``tables.api``).
 """
 
 from __future__ import annotations
