@@ -113,12 +113,22 @@ class EntitySpec:
     """Whether the key has several columns (keys are tuples, ``streams.core.keys``)."""
     key_checks: tuple[Callable[[Any], str | None], ...] = ()
     """The check of each key column (a composite key's parts)."""
+    key_rules: tuple[ColumnRule, ...] = ()
+    """What each key column takes."""
 
     def key_of(self, row: Any) -> Any:
         """Return the entity key of ``row``: its key column's value, or the tuple of them."""
         if not self.composite:
             return row[self.key_column]
         return tuple(row[c] for c in self.key_columns)
+
+    def canonical_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Return a composite key (that :meth:`check_key` passed) with each part as its column
+        holds it: ``"2"`` for an integer column is ``2``, ``7`` for a text one ``"7"``. So the
+        key of an event equals the key read back from the table, whatever the producer sent."""
+        return tuple(
+            check_value(rule, part) for rule, part in zip(self.key_rules, key, strict=True)
+        )
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
@@ -356,6 +366,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
         key_fields=key_fields,
         composite=composite,
         key_checks=key_checks,
+        key_rules=tuple(column_rule(c) for c in primary),
     )
 
 

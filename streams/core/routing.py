@@ -116,8 +116,9 @@ class Entity(Protocol):
         """Event field holding the entity's version (an integer), if the model declares one."""
 
     # Optional, for a composite key (several columns): ``composite`` (default False),
-    # ``key_columns`` (the columns in key order) and ``key_fields`` (the event field of each,
-    # None where the field map does not say); its keys are tuples (``streams.core.keys``).
+    # ``key_columns`` (the columns in key order), ``key_fields`` (the event field of each,
+    # None where the field map does not say) and ``canonical_key(key)`` (each part as its
+    # column holds it); its keys are tuples (``streams.core.keys``).
     # Optional: ``input_format`` (an ``streams.core.formats.InputFormat``, default
     # ``CHANGE_TYPE_JSON``), the format of the entity's records.
     # Optional: ``reads_record_fields`` (default True), False when the mapping never reads the
@@ -210,6 +211,8 @@ def route(
     problem = entity.check_key(key)
     if problem is not None:
         return Rejection(RejectReason.BAD_KEY, problem, record)
+    if type(key) is tuple:
+        key, row = _canonical(entity, key, row)
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
     try:
@@ -220,6 +223,18 @@ def route(
     except ValueError as exc:
         return Rejection(RejectReason.INVALID_ROW, str(exc), record)
     return Upsert(key=key, row=row, change_type=change, record=record, version=version)
+
+
+def _canonical(
+    entity: Entity, key: tuple[Any, ...], row: Mapping[str, Any]
+) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
+    """Return a composite key as its columns hold it (``Entity.canonical_key``), and ``row``
+    with those values in its key columns."""
+    canonical = entity.canonical_key(key)  # type: ignore[attr-defined]
+    if canonical == key:  # the usual case: "2" == 2 is False, so nothing converted
+        return key, row
+    columns = entity.key_columns  # type: ignore[attr-defined]
+    return canonical, {**row, **dict(zip(columns, canonical, strict=True))}
 
 
 def _absent_key_field(entity: Entity, event: Mapping[str, Any]) -> str | None:
@@ -275,10 +290,12 @@ def _route_tombstone(record: Record, entity: Entity, clock: Clock = BELIEVED) ->
         parts = decode_record_key(record.key, _key_columns(entity))
         if isinstance(parts, BadKey):
             return Rejection(parts.reason, parts.detail, record)
-        json_key = parts if getattr(entity, "composite", False) else parts[0]
+        json_key: EntityKey = parts if getattr(entity, "composite", False) else parts[0]
         problem = entity.check_key(json_key)
         if problem is not None:
             return Rejection(RejectReason.BAD_KEY, problem, record)
+        if type(json_key) is tuple:
+            json_key = entity.canonical_key(json_key)  # type: ignore[attr-defined]
         return Delete(
             key=json_key,
             record=record,
@@ -337,7 +354,9 @@ def entity_key_of(
         except Exception:  # a mapping that raises is rejected where the record is applied
             return None
         parts = tuple(row.get(c) for c in entity.key_columns)  # type: ignore[attr-defined]
-        return parts if all(map(_valid_key, parts)) else None  # type: ignore[return-value]
+        if not all(map(_valid_key, parts)) or entity.check_key(parts) is not None:
+            return None
+        return entity.canonical_key(parts)  # type: ignore[attr-defined,no-any-return]
     if entity.key_field is not None:
         key = event.get(entity.key_field)
         return key if _valid_key(key) else None

@@ -259,3 +259,16 @@ def test_a_url_names_a_composite_key_by_one_segment_per_column() -> None:
     assert parse_key(LINE, '["o-7",2]') == ("o-7", 2)  # ?after= of a list
     with pytest.raises(ValueError, match="JSON array"):
         parse_key(LINE, "o-7")
+
+
+def test_a_composite_key_takes_each_part_as_its_column_holds_it() -> None:
+    # A producer sending the line number as text, or the order id as a number: the key (and
+    # the row) are what the table will read back, so the guard and the cache find them.
+    upsert = route(line(7, "2"), LINE)
+    assert isinstance(upsert, Upsert)
+    assert upsert.key == ("7", 2)
+    assert (upsert.row["order_id"], upsert.row["line_no"]) == ("7", 2)
+    gone = route(tombstone(b'{"order_id": "o-7", "line_no": "2"}'), LINE)
+    assert isinstance(gone, Delete) and gone.key == ("o-7", 2)
+    assert entity_key_of(line("o-7", "2"), LINE) == ("o-7", 2)
+    assert route(line("o-7", 2), LINE).key == ("o-7", 2)  # type: ignore[union-attr]
