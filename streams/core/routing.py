@@ -147,9 +147,10 @@ def route(
     loads: JsonLoads = json.loads,
     clock: Clock = BELIEVED,
     input_format: InputFormat | None = None,
+    composite: bool | None = None,
 ) -> Decision:
     """Decide what one record means for its entity: upsert, delete or reject
-    (``input_format``: the entity's, when the caller has it already)."""
+    (``input_format``, ``composite``: the entity's, when the caller has them already)."""
     if record.value is None:
         return _route_tombstone(record, entity, clock)
     decoded = (input_format or format_of(entity)).decode(record, loads)
@@ -195,10 +196,13 @@ def route(
             record,
             type(exc).__name__,
         )
-    if getattr(entity, "composite", False):
-        key = _composite_key(row, entity, record)
-        if isinstance(key, Rejection):
-            return key
+    if composite is None:
+        composite = getattr(entity, "composite", False)
+    if composite:
+        keyed = _composite_key(row, entity, record)
+        if isinstance(keyed, Rejection):
+            return keyed
+        key, row = keyed
     else:
         key = row.get(entity.key_column)
         if key is None:
@@ -208,11 +212,9 @@ def route(
             return Rejection(
                 RejectReason.BAD_KEY, f"{entity.key_column!r} is not a string or integer", record
             )
-    problem = entity.check_key(key)
-    if problem is not None:
-        return Rejection(RejectReason.BAD_KEY, problem, record)
-    if type(key) is tuple:
-        key, row = _canonical(entity, key, row)
+        problem = entity.check_key(key)
+        if problem is not None:
+            return Rejection(RejectReason.BAD_KEY, problem, record)
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
     try:
@@ -223,18 +225,6 @@ def route(
     except ValueError as exc:
         return Rejection(RejectReason.INVALID_ROW, str(exc), record)
     return Upsert(key=key, row=row, change_type=change, record=record, version=version)
-
-
-def _canonical(
-    entity: Entity, key: tuple[Any, ...], row: Mapping[str, Any]
-) -> tuple[tuple[Any, ...], Mapping[str, Any]]:
-    """Return a composite key as its columns hold it (``Entity.canonical_key``), and ``row``
-    with those values in its key columns."""
-    canonical = entity.canonical_key(key)  # type: ignore[attr-defined]
-    if canonical == key:  # the usual case: "2" == 2 is False, so nothing converted
-        return key, row
-    columns = entity.key_columns  # type: ignore[attr-defined]
-    return canonical, {**row, **dict(zip(columns, canonical, strict=True))}
 
 
 def _absent_key_field(entity: Entity, event: Mapping[str, Any]) -> str | None:
@@ -248,9 +238,10 @@ def _absent_key_field(entity: Entity, event: Mapping[str, Any]) -> str | None:
 
 def _composite_key(
     row: Mapping[str, Any], entity: Entity, record: Record
-) -> tuple[str | int, ...] | Rejection:
-    """Return the composite key of ``row`` (the tuple of its key columns' values), or why
-    it has none."""
+) -> tuple[tuple[str | int, ...], Mapping[str, Any]] | Rejection:
+    """Return the composite key of ``row`` (the tuple of its key columns' values, each as its
+    column holds it: ``Entity.canonical_key``) and ``row`` with those values, or why it has
+    none."""
     parts = []
     for column, field_name in zip(entity.key_columns, entity.key_fields, strict=True):  # type: ignore[attr-defined]
         part = row.get(column)
@@ -261,7 +252,15 @@ def _composite_key(
         if not _valid_key(part):
             return Rejection(RejectReason.BAD_KEY, f"{column!r} is not a string or integer", record)
         parts.append(part)
-    return tuple(parts)
+    key = tuple(parts)
+    problem = entity.check_key(key)
+    if problem is not None:
+        return Rejection(RejectReason.BAD_KEY, problem, record)
+    canonical = entity.canonical_key(key)  # type: ignore[attr-defined]
+    if canonical == key:  # the usual case ("2" == 2 is False: a conversion is seen)
+        return key, row
+    columns = entity.key_columns  # type: ignore[attr-defined]
+    return canonical, {**row, **dict(zip(columns, canonical, strict=True))}
 
 
 def _version_of(
@@ -325,7 +324,8 @@ def route_batch(
 ) -> list[Decision]:
     """Route every record of a batch, in consumption order."""
     input_format = format_of(entity)
-    return [route(record, entity, loads, clock, input_format) for record in records]
+    composite = bool(getattr(entity, "composite", False))
+    return [route(record, entity, loads, clock, input_format, composite) for record in records]
 
 
 def entity_key_of(
