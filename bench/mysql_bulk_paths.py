@@ -40,7 +40,7 @@ def batch(version: int) -> Values:
 
 
 def upsert_statement() -> Any:
-    return store_mysql.row_upsert(SPEC.table, "uuid", SPEC.update_columns, COLUMNS)
+    return store_mysql.row_upsert(SPEC.table, ("uuid",), SPEC.update_columns, COLUMNS)
 
 
 def via_literals(conn: Connection, values: Values) -> None:

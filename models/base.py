@@ -65,6 +65,10 @@ class MirroredEntity:
       columns it carries, a field present with ``null`` sets NULL; a create, or an update of
       an entity the table does not have, must still give every NOT NULL column.
 
+    Several ``primary_key=True`` columns make a composite key: the entity key is then the tuple
+    of their values in the table's primary-key order (``streams.core.keys`` has its URL, record
+    key and text forms), and ``on_batch`` gets such tuples as keys.
+
     Every table also gets three bookkeeping columns, the version of the state it holds:
     ``mirror_version`` (record timestamp in ms, or the declared version field),
     ``mirror_partition`` and ``mirror_offset`` (tie-breakers; 0 with a version field).

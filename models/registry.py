@@ -67,9 +67,11 @@ class EntitySpec:
     table: Table
     """The SQL table rows go to."""
     key_column: str
-    """Primary key column, holding the entity key."""
+    """The first primary-key column: the one holding the entity key, unless the key is
+    composite (:attr:`key_columns`)."""
     key_field: str | None
-    """Event field holding the key, when the field map names it."""
+    """Event field holding the key, when the field map names it (None for a composite key:
+    :attr:`key_fields`)."""
     update_columns: tuple[str, ...]
     """Columns an update overwrites."""
     cached: bool
@@ -106,6 +108,31 @@ class EntitySpec:
     patch_check: PatchCheck | None = None
     input_format: InputFormat | None = None
     """The format of the entity's records (``__input_format__``); None: changeType JSON."""
+    key_columns: tuple[str, ...] = ()
+    """The primary-key columns in the table's order (set by :func:`build_spec`; one column
+    unless the key is composite, whose entity key is then the tuple of their values)."""
+    key_fields: tuple[str | None, ...] = ()
+    """Event field holding each key column, when the field map names it."""
+    composite: bool = False
+    """Whether the key has several columns (keys are tuples, ``streams.core.keys``)."""
+    key_checks: tuple[Callable[[Any], str | None], ...] = ()
+    """The check of each key column (a composite key's parts)."""
+    key_rules: tuple[ColumnRule, ...] = ()
+    """What each key column takes."""
+
+    def key_of(self, row: Any) -> Any:
+        """Return the entity key of ``row``: its key column's value, or the tuple of them."""
+        if not self.composite:
+            return row[self.key_column]
+        return tuple(row[c] for c in self.key_columns)
+
+    def canonical_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Return a composite key (that :meth:`check_key` passed) with each part as its column
+        holds it: ``"2"`` for an integer column is ``2``, ``7`` for a text one ``"7"``. So the
+        key of an event equals the key read back from the table, whatever the producer sent."""
+        return tuple(
+            check_value(rule, part) for rule, part in zip(self.key_rules, key, strict=True)
+        )
 
     def row_from_event(self, event: dict[str, Any]) -> Mapping[str, Any]:
         """Map an event to a row of column values."""
@@ -138,7 +165,16 @@ class EntitySpec:
         return checked
 
     def check_key(self, key: Any) -> str | None:
-        """Say why the key column cannot hold ``key``, or None."""
+        """Say why the key column (each of a composite key's columns) cannot hold ``key``,
+        or None."""
+        if self.composite:
+            if not isinstance(key, tuple) or len(key) != len(self.key_columns):
+                return f"a {self.kind} key has {len(self.key_columns)} parts"
+            for column, check, part in zip(self.key_columns, self.key_checks, key, strict=True):
+                problem = check(part)
+                if problem is not None:
+                    return f"key column {column!r}: {problem}"
+            return None
         if self.key_check is not None:
             return self.key_check(key)
         if self.key_rule is None:
@@ -201,7 +237,9 @@ def _patch_mapper_for(model: type[Any], mapper: RowMapper) -> RowMapper:
     return patch
 
 
-def _soft_delete_column(model: type[Any], table: Table, key_column: str) -> ColumnKind | None:
+def _soft_delete_column(
+    model: type[Any], table: Table, key_columns: tuple[str, ...]
+) -> ColumnKind | None:
     """Check the model's ``__soft_delete__`` column; return what it holds (None: not declared)."""
     name = model.__name__
     column_name = getattr(model, "__soft_delete__", None)
@@ -210,7 +248,7 @@ def _soft_delete_column(model: type[Any], table: Table, key_column: str) -> Colu
     if not isinstance(column_name, str) or column_name not in table.columns:
         raise RegistryError(f"{name}.__soft_delete__ names no column of the table: {column_name!r}")
     column = table.columns[column_name]
-    if column_name == key_column or column_name.startswith("mirror_") or not column.nullable:
+    if column_name in key_columns or column_name.startswith("mirror_") or not column.nullable:
         raise RegistryError(
             f"{name}.__soft_delete__ must name a nullable column of its own, not {column_name!r}"
         )
@@ -235,9 +273,10 @@ def build_spec(model: type[Any]) -> EntitySpec:
     if not isinstance(table, Table):
         raise RegistryError(f"{name} is not mapped to a table; inherit from models.Base")
     primary = list(table.primary_key.columns)
-    if len(primary) != 1:
-        raise RegistryError(f"{name} must have exactly one primary key column (the entity key)")
-    key_column = primary[0].key
+    if not primary:
+        raise RegistryError(f"{name} must have a primary key (the entity key)")
+    key_columns = tuple(c.key for c in primary)
+    key_column = key_columns[0]
     ignored = {*VERSION_COLUMNS, getattr(model, "__soft_delete__", None)} - {None}
     declared = declared_format(model, table, frozenset(str(c) for c in ignored))
     if declared.fields is not model.__event_fields__:
@@ -246,11 +285,25 @@ def build_spec(model: type[Any]) -> EntitySpec:
     unknown = [column for column in fields if column not in table.columns]
     if unknown:
         raise RegistryError(f"{name}.__event_fields__ names unknown columns: {unknown}")
-    key_field = model.__key_field__ or fields.get(key_column)
-    model.__key_field__ = key_field
+    key_fields = tuple(fields.get(c) for c in key_columns)
+    composite = len(key_columns) > 1
+    if composite:
+        if model.__key_field__ is not None and model.__key_field__ not in key_fields:
+            raise RegistryError(
+                f"{name} has a composite key {key_columns}: map each key column in "
+                "__event_fields__ (or override from_kafka_event), not __key_field__"
+            )
+        key_field = None
+        # The field map requires the first key column's field; the others are checked by
+        # routing (a part missing is a rejection), which reads them all.
+        model.__key_field__ = key_fields[0]
+    else:
+        key_field = model.__key_field__ or key_fields[0]
+        model.__key_field__ = key_field
+        key_fields = (key_field,)
     declared_updates = model.__update_columns__
     if declared_updates is None:
-        update_columns = tuple(c.key for c in table.columns if c.key != key_column)
+        update_columns = tuple(c.key for c in table.columns if c.key not in key_columns)
     else:
         missing = [c for c in declared_updates if c not in table.columns]
         if missing:
@@ -261,7 +314,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
     if missing_bookkeeping:
         raise RegistryError(f"{name} lacks {missing_bookkeeping}; inherit from MirroredEntity")
     update_columns = tuple(c for c in update_columns if c not in VERSION_COLUMNS)
-    soft_delete_kind = _soft_delete_column(model, table, key_column)
+    soft_delete_kind = _soft_delete_column(model, table, key_columns)
     soft_delete = model.__soft_delete__ if soft_delete_kind is not None else None
     if soft_delete is not None and soft_delete not in update_columns:
         update_columns = (*update_columns, soft_delete)
@@ -272,14 +325,15 @@ def build_spec(model: type[Any]) -> EntitySpec:
     rules = tuple(
         column_rule(c)
         for c in table.columns
-        if c.key != key_column and c.key not in VERSION_COLUMNS
+        if c.key not in key_columns and c.key not in VERSION_COLUMNS
     )
     key_rule = column_rule(primary[0])
+    key_checks = tuple(compile_key_check(column_rule(c)) for c in primary)
     if mapper == model.row_from_event:  # the field map is the whole mapping
         unmapped = [
             c.key
             for c in table.columns
-            if c.key != key_column
+            if c.key not in key_columns
             and c.key not in VERSION_COLUMNS
             and c.key not in fields
             and _required(c)
@@ -300,7 +354,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
         update_columns=update_columns,
         cached=bool(model.__cached__),
         version_field=declared.version_field,
-        tombstone_table=_tombstone_table(table, primary[0]),
+        tombstone_table=_tombstone_table(table, primary),
         repartition=bool(model.__repartition__),
         rules=rules,
         key_rule=key_rule,
@@ -308,7 +362,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
         reads_record_fields=mapper != model.row_from_event
         or bool(set(fields.values()) & set(RECORD_FIELDS)),
         row_check=compile_row_check(rules),
-        key_check=compile_key_check(key_rule),
+        key_check=key_checks[0],
         mapper=mapper,
         batch_hook=_batch_hook(model),
         soft_delete=soft_delete,
@@ -317,6 +371,11 @@ def build_spec(model: type[Any]) -> EntitySpec:
         patch_mapper=_patch_mapper_for(model, mapper) if partial_updates else None,
         patch_check=compile_patch_check(rules) if partial_updates else None,
         input_format=declared.input_format,
+        key_columns=key_columns,
+        key_fields=key_fields,
+        composite=composite,
+        key_checks=key_checks,
+        key_rules=tuple(column_rule(c) for c in primary),
     )
 
 
@@ -376,8 +435,9 @@ def column_rule(column: Column[Any]) -> ColumnRule:
     return ColumnRule(column.key, kind, _required(column), length, int_range)
 
 
-def _tombstone_table(table: Table, key: Column[Any]) -> Table:
-    """Return (defining once) the table of tombstones beside ``table``."""
+def _tombstone_table(table: Table, keys: list[Column[Any]]) -> Table:
+    """Return (defining once) the table of tombstones beside ``table``, keyed by the same
+    columns."""
     name = f"{table.name}_tombstone"
     existing = table.metadata.tables.get(name)
     if existing is not None:
@@ -385,7 +445,7 @@ def _tombstone_table(table: Table, key: Column[Any]) -> Table:
     return Table(
         name,
         table.metadata,
-        Column(key.key, key.type, primary_key=True),
+        *(Column(key.key, key.type, primary_key=True) for key in keys),
         Column("mirror_version", BigInteger, nullable=False),
         Column("mirror_partition", Integer, nullable=False),
         Column("mirror_offset", BigInteger, nullable=False),

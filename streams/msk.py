@@ -106,7 +106,9 @@ def _result_dict(result: RecordResult) -> dict[str, Any]:
         out["reason"] = result.decision.reason.value
         out["detail"] = result.decision.detail
     else:
-        out["key"] = result.decision.key
+        key = result.decision.key
+        # A composite key as the JSON array of its parts (``streams.core.keys.key_text``).
+        out["key"] = list(key) if isinstance(key, tuple) else key
     return out
 
 

@@ -2,15 +2,19 @@
 
 ``GET /entities/{kind}`` lists rows from the SQL store, by key, paginated with ``limit`` and
 ``after`` (the last key of the previous page), with the total count; ``GET
-/entities/{kind}/{key}`` returns one row or 404. Malformed parameters and keys get 400 with a
-JSON error; unknown kinds 404. Bookkeeping columns (``mirror_*``) are left out of the bodies.
+/entities/{kind}/{key}`` returns one row or 404. A composite key is one path segment per key
+column, in key order, each percent-encoded (``/entities/order_line/o-7/2``); its ``after`` and
+``next_after`` are the JSON array of its parts (``["o-7",2]``). A key of the wrong number of
+segments is a 404 (no such page) naming the form; malformed parameters and keys (an integer
+column's segment that is not an integer, say) get 400 with a JSON error; unknown kinds 404.
+Bookkeeping columns (``mirror_*``) are left out of the bodies.
 Entities soft-deleted (a model with ``__soft_delete__``) answer 404 and are left out of lists,
 unless the query says ``include_deleted=true``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +22,7 @@ from sqlalchemy import BigInteger, Integer, SmallInteger, String
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
+from streams.core.keys import parse_key_text
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -42,7 +47,38 @@ def _integer_bounds(column_type: Integer) -> tuple[int, int]:
 def parse_key(spec: EntitySpec, raw: str) -> Any:
     """Convert a key from a URL to the key column's type; ValueError when malformed or when
     the column could not hold it (the database would refuse it: a 400, not a 500)."""
-    column = spec.table.c[spec.key_column]
+    if spec.composite:
+        try:
+            parts = parse_key_text(raw, len(spec.key_columns))
+        except ValueError:
+            raise ValueError(
+                f"a {spec.kind} key is the JSON array of its {len(spec.key_columns)} parts"
+            ) from None
+        return parse_segments(spec, [str(part) for part in parts])  # type: ignore[union-attr]
+    return _parse_part(spec.table.c[spec.key_column], raw)
+
+
+def parse_segments(spec: EntitySpec, segments: Sequence[str]) -> Any:
+    """Convert the decoded path segments of a key (one per key column) to the entity key;
+    ValueError as :func:`parse_key` says."""
+    if not spec.composite:
+        return _parse_part(spec.table.c[spec.key_column], segments[0])
+    parts = []
+    for name, raw in zip(spec.key_columns, segments, strict=True):
+        try:
+            parts.append(_parse_part(spec.table.c[name], raw))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return tuple(parts)
+
+
+def key_form(spec: EntitySpec) -> str:
+    """Return the URL form of ``spec``'s keys (``/entities/order_line/{order_id}/{line_no}``)."""
+    return f"/entities/{spec.kind}/" + "/".join(f"{{{c}}}" for c in spec.key_columns)
+
+
+def _parse_part(column: Any, raw: str) -> Any:
+    """Convert one key column's text from a URL to the column's type."""
     if isinstance(column.type, Integer):
         value = int(raw)
         low, high = _integer_bounds(column.type)
@@ -75,18 +111,28 @@ class Target:
     key: Any
     """The key converted to the key column's type."""
     raw_key: str
+    """The key as the URL gave it (decoded segments joined by ``/``), for messages."""
 
 
-def entity_target(registry: Registry, kind: str, raw_key: str) -> Target | Reply:
-    """Return what ``/entities/{kind}/{key}`` names, or the 404/400 reply when it is wrong."""
+def entity_target(registry: Registry, kind: str, raw_key: str | Sequence[str]) -> Target | Reply:
+    """Return what ``/entities/{kind}/{key}`` names (``raw_key``: the key's decoded path
+    segment, or segments for a composite key), or the 404/400 reply when it is wrong."""
     spec = registry.by_kind(kind)
     if spec is None:
         return _error(404, f"unknown kind {kind!r}")
+    segments = [raw_key] if isinstance(raw_key, str) else list(raw_key)
+    shown = "/".join(segments)
+    if len(segments) != len(spec.key_columns):
+        return _error(
+            404,
+            f"a {kind} key is {len(spec.key_columns)} path segment(s), got {len(segments)}: "
+            f"{key_form(spec)}",
+        )
     try:
-        key = parse_key(spec, raw_key)
+        key = parse_segments(spec, segments)
     except ValueError as exc:
-        return _error(400, f"malformed {kind} key {raw_key!r}: {exc}")
-    return Target(spec, key, raw_key)
+        return _error(400, f"malformed {kind} key {shown!r}: {exc}")
+    return Target(spec, key, shown)
 
 
 INCLUDE_DELETED = "include_deleted"
@@ -120,7 +166,7 @@ def get_entity(
     registry: Registry,
     store: SqlStore,
     kind: str,
-    raw_key: str,
+    raw_key: str | Sequence[str],
     query: Mapping[str, str] | None = None,
 ) -> Reply:
     """Answer ``GET /entities/{kind}/{key}[?include_deleted=]`` from the SQL store."""
@@ -163,5 +209,6 @@ def list_entities(
     items = [public(row) for row in rows]
     body: dict[str, Any] = {"items": items, "total": total, "limit": limit}
     if len(items) == limit:
-        body["next_after"] = rows[-1][spec.key_column]
+        last = spec.key_of(rows[-1])
+        body["next_after"] = list(last) if spec.composite else last
     return 200, body

@@ -26,6 +26,7 @@ import faust
 import orjson
 
 from models.registry import EntitySpec, Registry
+from streams.core.keys import key_text
 from streams.kafka.producers import OwnProducer
 from streams.kafka.record_batches import RecordBatches
 from streams.ops import metrics
@@ -54,8 +55,12 @@ def cache_key(key: Any) -> bytes:
     """Return the table key of an entity key: its text as UTF-8, as the source record's key.
 
     Raw bytes, not Faust's default JSON (which would quote the text), so the key's partition
-    is the one the producer of a source record keyed by entity key would pick.
+    is the one the producer of a source record keyed by entity key would pick. A composite key
+    (a tuple) is the compact JSON array of its parts, ``["o-7",2]``
+    (``streams.core.keys.key_text``): unambiguous, and stable across versions.
     """
+    if type(key) is tuple:
+        return key_text(key).encode()
     return str(key).encode()
 
 
@@ -338,7 +343,7 @@ def declare_caches(
             # Our own writes choose the partition by key; this keeps table[k] = v consistent.
             use_partitioner=True,
             help=(
-                f"Latest committed state of each {spec.kind} by {spec.key_column}, "
+                f"Latest committed state of each {spec.kind} by {', '.join(spec.key_columns)}, "
                 f"mirrored from {spec.topic}"
             ),
         )

@@ -118,7 +118,7 @@ async def refill(
     loop = asyncio.get_running_loop()
 
     def entries(row: dict[str, Any]) -> list[Entry]:
-        return [Entry(cache_key(row[spec.key_column]), cache_entry(row), None)]
+        return [Entry(cache_key(spec.key_of(row)), cache_entry(row), None)]
 
     def run() -> tuple[str, int] | None:
         with store.transaction(f"refill {changelog.topic} from {spec.table.name}") as tx:
@@ -181,7 +181,7 @@ async def rebuild_moved(
     loop = asyncio.get_running_loop()
 
     def entries(row: dict[str, Any]) -> list[Entry]:
-        key = cache_key(row[spec.key_column])
+        key = cache_key(spec.key_of(row))
         was, now = key_partition(key, old), key_partition(key, new)
         if was == now:
             return []

@@ -8,7 +8,9 @@ into a 500 traceback and can bounce a request between workers whose assignments 
 mid-rebalance: here both are a 503 with a JSON error and ``Retry-After``, which a client retries.
 Kinds whose cache is off, every list, and a key the owner's copy does not hold (absent, or not
 known to it) are read from the SQL store, so a miss never answers 404 for an entity the
-database has; while it is down they answer 503 with ``Retry-After`` too.
+database has; while it is down they answer 503 with ``Retry-After`` too. A composite key is
+one percent-encoded path segment per key column (``/entities/order_line/o-7/2``), split from
+the path as sent, so that ``%2F`` inside a segment stays part of it (``tables.api``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from yarl import URL
 from models.registry import Registry
 from models.store import SqlStore
 from streams.core.errors import StoreUnavailableError
+from streams.core.keys import path_segments
 from streams.ops import metrics
 from tables import api
 from tables.cache import EntityCache, cache_key
@@ -76,7 +79,10 @@ def register_entity_views(
         headers = {ROUTED_HEADER: str(canonical)}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
-        target = owner.with_path(request.url.path).with_query(request.url.query)
+        # The path as sent (still encoded): a ``%2F`` inside a key segment stays one segment.
+        target = owner.with_path(request.rel_url.raw_path, encoded=True).with_query(
+            request.url.query
+        )
         try:
             async with app.http_client.get(
                 target, headers=headers, timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT)
@@ -103,34 +109,52 @@ def register_entity_views(
         """One entity by key: from the owner's cache, or from SQL when the kind is not cached."""
 
         async def get(self, request: Request, kind: str, key: str) -> Response:
-            cache = caches.get(kind)
-            query = dict(request.query)
-            if cache is None:
-                return await from_store(self, api.get_entity, kind, key, query)
-            target = api.entity_target(registry, kind, key)
-            if not isinstance(target, api.Target):
-                status, body = target
-                return self.json(body, status=status)
-            with_deleted = api.include_deleted(query)
-            if not isinstance(with_deleted, bool):
-                status, body = with_deleted
-                return self.json(body, status=status)
-            owner = owner_of(app, cache, target.key)
-            if owner is None or (app.rebalancing and not app.in_recovery):
-                return unavailable(self, "workers are rebalancing; retry")
-            if not same_worker(owner, canonical):
-                if ROUTED_HEADER in request.headers:
-                    # The sender thinks we own it and we think not: assignments in flux.
-                    return unavailable(self, "workers disagree on who owns this key; retry")
-                return await forward(self, request, owner, kind)
-            if cache.recovering(target.key):
-                return unavailable(self, f"this {kind}'s cache partition is recovering; retry")
-            cached = cache.get(target.key) if cache.holds(target.key) else None
-            if cached is None:
-                # Not in this worker's copy: absent, or not known to it (a partition added since
-                # the entry was written, a copy given up on a full disk): the database says.
-                metrics.ROUTED.labels(kind, "database").inc()
-                return await from_store(self, api.get_entity, kind, key, query)
-            metrics.ROUTED.labels(kind, "local").inc()
-            status, body = api.entity_reply(target, cached, with_deleted=with_deleted)
-            return self.json(body, status=status)
+            return await read_entity(self, request, kind, [key])
+
+    @app.page("/entities/{kind}/{key}/{rest:.+}")
+    class CompositeEntity(View):
+        """One entity by a composite key: a path segment per key column, in key order."""
+
+        async def get(self, request: Request, kind: str, key: str, rest: str) -> Response:
+            # Split the path as sent (``%2F`` inside a segment is part of it), then decode.
+            raw = request.rel_url.raw_path.split("/", 3)[3]
+            try:
+                segments = path_segments(raw)
+            except UnicodeDecodeError:
+                return self.json({"error": f"malformed {kind} key: not UTF-8"}, status=400)
+            return await read_entity(self, request, kind, segments)
+
+    async def read_entity(view: View, request: Request, kind: str, segments: list[str]) -> Response:
+        """Answer a read of one entity by its key's path segments."""
+        cache = caches.get(kind)
+        query = dict(request.query)
+        key: Any = segments if len(segments) > 1 else segments[0]
+        if cache is None:
+            return await from_store(view, api.get_entity, kind, key, query)
+        target = api.entity_target(registry, kind, key)
+        if not isinstance(target, api.Target):
+            status, body = target
+            return view.json(body, status=status)
+        with_deleted = api.include_deleted(query)
+        if not isinstance(with_deleted, bool):
+            status, body = with_deleted
+            return view.json(body, status=status)
+        owner = owner_of(app, cache, target.key)
+        if owner is None or (app.rebalancing and not app.in_recovery):
+            return unavailable(view, "workers are rebalancing; retry")
+        if not same_worker(owner, canonical):
+            if ROUTED_HEADER in request.headers:
+                # The sender thinks we own it and we think not: assignments in flux.
+                return unavailable(view, "workers disagree on who owns this key; retry")
+            return await forward(view, request, owner, kind)
+        if cache.recovering(target.key):
+            return unavailable(view, f"this {kind}'s cache partition is recovering; retry")
+        cached = cache.get(target.key) if cache.holds(target.key) else None
+        if cached is None:
+            # Not in this worker's copy: absent, or not known to it (a partition added since
+            # the entry was written, a copy given up on a full disk): the database says.
+            metrics.ROUTED.labels(kind, "database").inc()
+            return await from_store(view, api.get_entity, kind, key, query)
+        metrics.ROUTED.labels(kind, "local").inc()
+        status, body = api.entity_reply(target, cached, with_deleted=with_deleted)
+        return view.json(body, status=status)

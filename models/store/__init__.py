@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Engine, delete, func, inspect, select
+from sqlalchemy import Column, Engine, delete, func, inspect, select, tuple_
 from sqlalchemy.exc import (
     DataError,
     DBAPIError,
@@ -154,28 +154,32 @@ class SqlStore:
         """Return every row of the entity's table keyed by entity key (tests, CLI)."""
         with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
             result = conn.execute(select(spec.table))
-            return {row[spec.key_column]: dict(row) for row in result.mappings()}
+            return {spec.key_of(row): dict(row) for row in result.mappings()}
 
     def get(self, spec: EntitySpec, key: Any) -> dict[str, Any] | None:
-        """Return the row of ``key``, or None."""
+        """Return the row of ``key`` (a tuple for a composite key), or None."""
+        parts = key if spec.composite else (key,)
+        match = [spec.table.c[c] == v for c, v in zip(spec.key_columns, parts, strict=True)]
         with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
-            query = select(spec.table).where(spec.table.c[spec.key_column] == key)
+            query = select(spec.table).where(*match)
             row = conn.execute(query).mappings().first()
             return dict(row) if row is not None else None
 
     def page(
         self, spec: EntitySpec, *, limit: int, after: Any = None, with_deleted: bool = True
     ) -> tuple[list[dict[str, Any]], int]:
-        """Return up to ``limit`` rows with keys after ``after``, in key order, and the total;
-        without ``with_deleted``, soft-deleted rows (``__soft_delete__``) are left out of both."""
-        key = spec.table.c[spec.key_column]
-        query = select(spec.table).order_by(key).limit(limit)
+        """Return up to ``limit`` rows with keys after ``after`` (a tuple for a composite key),
+        in key order, and the total; without ``with_deleted``, soft-deleted rows
+        (``__soft_delete__``) are left out of both."""
+        keys = [spec.table.c[c] for c in spec.key_columns]
+        key: Any = keys[0] if len(keys) == 1 else tuple_(*keys)
+        query = select(spec.table).order_by(*keys).limit(limit)
         counting = select(func.count()).select_from(spec.table)
         if spec.soft_delete is not None and not with_deleted:
             live = spec.table.c[spec.soft_delete].is_(None)
             query, counting = query.where(live), counting.where(live)
         if after is not None:
-            query = query.where(key > after)
+            query = query.where(key > (tuple_(*after) if spec.composite else after))
         with self._wrapped(f"read {spec.kind}"), self.engine.connect() as conn:
             rows = [dict(row) for row in conn.execute(query).mappings()]
             total = int(conn.execute(counting).scalar_one())

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.columns import ColumnKind
@@ -24,6 +24,7 @@ from models.store.schema import (
     reads_back_as_written,
 )
 from models.store.statements import (
+    key_params,
     new_version_params,
     patch_statement,
     soft_delete_statement,
@@ -128,11 +129,11 @@ class StoreTransaction:
         found: dict[EntityKey, Any] = {}
         if not keys:
             return found
-        key_col = spec.table.c[spec.key_column]
+        key_cols = [spec.table.c[c] for c in spec.key_columns]
         columns = [spec.table.c[c] for c in public_columns(spec.table)]
-        for where in self.dialect.key_filters(key_col, keys):
+        for where in self.dialect.key_filters(key_cols, keys):
             for row in self.conn.execute(select(*columns).where(where)).mappings():
-                found[row[spec.key_column]] = dict(row)
+                found[spec.key_of(row)] = dict(row)
         return found
 
     def write(
@@ -196,7 +197,7 @@ class StoreTransaction:
         and patches wrote and, with soft deletes, the rows the deletes marked."""
         if plan.recreated:
             again = [u.key for u in upserts if u.key in plan.recreated]
-            self._delete_keys(spec.table, spec.key_column, again)
+            self._delete_keys(spec.table, spec.key_columns, again)
         if returning and _rows_known(spec, upserts, patches, deletes):
             # What the cache needs is the rows as written (measured: building them from
             # RETURNING was about 4 % of the worker's time, beside what PostgreSQL spends).
@@ -235,7 +236,7 @@ class StoreTransaction:
             columns = (*shape, *VERSION_COLUMNS)
             got = self.dialect.upsert(self.conn, spec, columns, values, returning=returning)
             for row in got:
-                written[row[spec.key_column]] = row
+                written[spec.key_of(row)] = row
         if returning and not self.dialect.upsert_returns_rows:
             written = self.rows_of(spec, [w.key for w in writes])
         return written
@@ -259,11 +260,11 @@ class StoreTransaction:
         for write in writes:
             shape = tuple(c for c in write.row if c in allowed)
             params = {f"mirror_set_{c}": write.row[c] for c in shape}
-            params["mirror_key"] = write.key
+            params.update(key_params(spec, write.key))
             params.update(new_version_params(write.version))
             shapes.setdefault(shape, []).append(params)
         for shape, rows in shapes.items():
-            self.conn.execute(patch_statement(spec.table, spec.key_column, shape), rows)
+            self.conn.execute(patch_statement(spec.table, spec.key_columns, shape), rows)
         return self.rows_of(spec, [w.key for w in writes]) if returning else {}
 
     def _soft_delete(
@@ -288,18 +289,25 @@ class StoreTransaction:
                 if not aware:
                     at = at.replace(tzinfo=None)
             params.append(
-                {"mirror_key": w.key, "mirror_deleted_at": at, **new_version_params(w.version)}
+                {
+                    **key_params(spec, w.key),
+                    "mirror_deleted_at": at,
+                    **new_version_params(w.version),
+                }
             )
-        self.conn.execute(soft_delete_statement(spec.table, spec.key_column, column.key), params)
+        statement = soft_delete_statement(spec.table, spec.key_columns, column.key)
+        self.conn.execute(statement, params)
         self.dialect.write_tombstones(self.conn, spec, writes)
         return self.rows_of(spec, [w.key for w in writes]) if returning else {}
 
     def _clear_tombstones(self, spec: EntitySpec, keys: Sequence[EntityKey]) -> None:
-        self._delete_keys(spec.tombstone_table, spec.key_column, keys)
+        self._delete_keys(spec.tombstone_table, spec.key_columns, keys)
 
-    def _delete_keys(self, table: Table, key_column: str, keys: Sequence[EntityKey]) -> None:
+    def _delete_keys(
+        self, table: Table, key_columns: tuple[str, ...], keys: Sequence[EntityKey]
+    ) -> None:
         if keys:
-            self.dialect.delete_keys(self.conn, table, key_column, keys)
+            self.dialect.delete_keys(self.conn, table, key_columns, keys)
 
     def advance(self, group: str, topic: str, next_offsets: Mapping[int, int]) -> None:
         """Store the next offset per partition (never moving one backwards)."""
@@ -330,18 +338,19 @@ class StoreTransaction:
     def row_pages(self, spec: EntitySpec, size: int) -> Iterator[list[dict[str, Any]]]:
         """Yield every row's public columns (soft-deleted rows too), ``size`` at a time, in key
         order: one query per page, so a large table is never held whole."""
-        key = spec.table.c[spec.key_column]
+        keys = [spec.table.c[c] for c in spec.key_columns]
+        key = keys[0] if len(keys) == 1 else tuple_(*keys)
         columns = [spec.table.c[c] for c in public_columns(spec.table)]
         after: Any = None
         while True:
-            query = select(*columns).order_by(key).limit(size)
+            query = select(*columns).order_by(*keys).limit(size)
             if after is not None:
-                query = query.where(key > after)
+                query = query.where(key > (after if len(keys) == 1 else tuple_(*after)))
             page = [dict(row) for row in self.conn.execute(query).mappings()]
             if not page:
                 return
             yield page
-            after = page[-1][spec.key_column]
+            after = spec.key_of(page[-1])
 
     def add_counts(self, group: str, counts: Mapping[tuple[str, str], int]) -> None:
         """Add outcome counts per (topic, outcome)."""

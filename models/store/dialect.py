@@ -72,8 +72,9 @@ class Dialect(Protocol):
         that also take it shared may; see ``StoreTransaction.serialize``)."""
         ...
 
-    def key_filters(self, column: Any, keys: Sequence[EntityKey]) -> list[Any]:
-        """Return WHERE clauses that together select ``keys`` of ``column``."""
+    def key_filters(self, columns: Sequence[Any], keys: Sequence[EntityKey]) -> list[Any]:
+        """Return WHERE clauses that together select ``keys`` of the key ``columns`` (one, or
+        a composite key's, whose keys are tuples)."""
         ...
 
     def read_versions(
@@ -111,9 +112,14 @@ class Dialect(Protocol):
         ...
 
     def delete_keys(
-        self, conn: Connection, table: Table, key_column: str, keys: Sequence[EntityKey]
+        self,
+        conn: Connection,
+        table: Table,
+        key_columns: tuple[str, ...],
+        keys: Sequence[EntityKey],
     ) -> None:
-        """Delete the rows of ``keys`` (not empty) from ``table``."""
+        """Delete the rows of ``keys`` (not empty) from ``table`` (``key_columns``: the one key
+        column, or a composite key's, whose keys are tuples)."""
         ...
 
     def insert_many(

@@ -189,8 +189,9 @@ class MysqlDialect:
         if conn.execute(query).first() is None:
             raise StoreError(f"no lock row for {spec.kind}: the tables were not prepared")
 
-    def key_filters(self, column: Any, keys: Sequence[EntityKey]) -> list[Any]:
-        """Return one ``IN`` clause per :data:`_CHUNK` keys."""
+    def key_filters(self, columns: Sequence[Any], keys: Sequence[EntityKey]) -> list[Any]:
+        """Return one ``IN`` clause per :data:`_CHUNK` keys (row values for a composite key)."""
+        column = columns[0] if len(columns) == 1 else tuple_(*columns)
         return [column.in_(list(keys[i : i + _CHUNK])) for i in range(0, len(keys), _CHUNK)]
 
     def read_versions(
@@ -205,20 +206,23 @@ class MysqlDialect:
         oldest of it (a bound for every key: PyMySQL parses each row returned in Python, and
         in a stream in order most stored rows are older than the whole batch); every
         tombstone of the keys is read still (see ``StoreTransaction.current``)."""
-        head = _versions_sql(spec.table, spec.tombstone_table, spec.key_column, conn.dialect)
+        head = _versions_sql(spec.table, spec.tombstone_table, spec.key_columns, conn.dialect)
         bound = ""
         if at_least:
             v, p, o = _quoted_versions(conn.dialect)
             least_v, least_p, least_o = (int(n) for n in min(at_least.values()))
             bound = f"AND ({v}, {p}, {o}) >= ({least_v}, {least_p}, {least_o})"
         head = head.replace("{bound}", bound)
-        kind = spec.column_kinds.get(spec.key_column)
+        kinds = [spec.column_kinds.get(c) for c in spec.key_columns]
+        width = len(kinds)
         newest: dict[EntityKey, Version] = {}
         present: set[EntityKey] = set()
         tombstoned: set[EntityKey] = set()
         for start in range(0, len(keys), _CHUNK):
-            sql = head.replace("{keys}", literals(kind, keys[start : start + _CHUNK]))
-            for is_tomb, key, *version in _run(conn, sql):
+            sql = head.replace("{keys}", _key_literals(kinds, keys[start : start + _CHUNK]))
+            for is_tomb, *found_row in _run(conn, sql):
+                key = found_row[0] if width == 1 else tuple(found_row[:width])
+                version = found_row[width:]
                 found: Version = (int(version[0]), int(version[1]), int(version[2]))
                 if is_tomb:
                     tombstoned.add(key)
@@ -241,45 +245,55 @@ class MysqlDialect:
     ) -> list[dict[str, Any]]:
         """Upsert ``values`` in key order by one multi-row statement; return nothing (the rows
         are read back)."""
-        statement = row_upsert(spec.table, spec.key_column, spec.update_columns, columns)
-        key_at = columns.index(spec.key_column)
-        ordered = sorted(values, key=lambda v: v[key_at])
+        statement = row_upsert(spec.table, spec.key_columns, spec.update_columns, columns)
+        if spec.composite:
+            at = [columns.index(c) for c in spec.key_columns]
+            ordered = sorted(values, key=lambda v: tuple(v[i] for i in at))
+        else:
+            key_at = columns.index(spec.key_column)
+            ordered = sorted(values, key=lambda v: v[key_at])
         _insert_values(conn, statement, columns, ordered, spec.column_kinds)
         return []
 
     def delete(self, conn: Connection, spec: EntitySpec, writes: Sequence[Delete]) -> None:
         """Delete the rows of ``writes`` and write their tombstones."""
-        self.delete_keys(conn, spec.table, spec.key_column, [w.key for w in writes])
+        self.delete_keys(conn, spec.table, spec.key_columns, [w.key for w in writes])
         self.write_tombstones(conn, spec, writes)
 
     def write_tombstones(
         self, conn: Connection, spec: EntitySpec, writes: Sequence[Delete]
     ) -> None:
         """Write the tombstones of ``writes`` (unless a newer one is there), in key order."""
-        statement = tombstone_upsert(spec.tombstone_table, spec.key_column)
-        rows = sorted(tombstone_rows(spec, writes), key=lambda r: r[spec.key_column])
-        columns = (spec.key_column, *VERSION_COLUMNS, "deleted_at")
+        statement = tombstone_upsert(spec.tombstone_table, spec.key_columns)
+        key_columns = spec.key_columns
+        rows = sorted(tombstone_rows(spec, writes), key=lambda r: [r[c] for c in key_columns])
+        columns = (*key_columns, *VERSION_COLUMNS, "deleted_at")
         values = [tuple(r[c] for c in columns) for r in rows]
-        kinds = {c: ColumnKind.INTEGER for c in columns[1:]}
-        key_kind = spec.column_kinds.get(spec.key_column)
-        if key_kind is not None:
-            kinds[spec.key_column] = key_kind
+        kinds = {c: ColumnKind.INTEGER for c in columns[len(key_columns) :]}
+        for c in key_columns:
+            key_kind = spec.column_kinds.get(c)
+            if key_kind is not None:
+                kinds[c] = key_kind
         _insert_values(conn, statement, columns, values, kinds)
 
     def delete_keys(
-        self, conn: Connection, table: Table, key_column: str, keys: Sequence[EntityKey]
+        self,
+        conn: Connection,
+        table: Table,
+        key_columns: tuple[str, ...],
+        keys: Sequence[EntityKey],
     ) -> None:
         """Delete the rows of ``keys``, :data:`_CHUNK` at a time, in key order (their literals
         written as the upserts' are: SQLAlchemy would compile an ``IN`` of a thousand
         parameters each time, and PyMySQL escape each in Python)."""
         quote = conn.dialect.identifier_preparer.quote
-        head = f"DELETE FROM {quote(table.name)} WHERE {quote(key_column)} IN "
-        kind = column_rule(table.c[key_column]).kind
+        names = ", ".join(quote(c) for c in key_columns)
+        head = f"DELETE FROM {quote(table.name)} WHERE ({names}) IN "
+        kinds = [column_rule(table.c[c]).kind for c in key_columns]
         ordered = sorted(keys)
         for start in range(0, len(ordered), _CHUNK):
-            _run(
-                conn, head + "(" + literals(kind, ordered[start : start + _CHUNK]) + ")", rows=False
-            )
+            chunk = ordered[start : start + _CHUNK]
+            _run(conn, head + "(" + _key_literals(kinds, chunk) + ")", rows=False)
 
     def insert_many(
         self, conn: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]
@@ -294,6 +308,14 @@ class MysqlDialect:
     def refuses(self, exc: DBAPIError) -> bool:
         """Tell whether ``exc`` is one of the :data:`REFUSAL_CODES`."""
         return _error_code(exc) in REFUSAL_CODES
+
+
+def _key_literals(kinds: Sequence[ColumnKind | None], keys: Sequence[EntityKey]) -> str:
+    """Return ``keys`` as the SQL literals of an ``IN`` list: ``a,b,...``, or for a composite
+    key the row values ``(a,1),(b,2),...``."""
+    if len(kinds) == 1:
+        return literals(kinds[0], keys)
+    return values_text(keys, kinds)  # type: ignore[arg-type]
 
 
 def _error_code(exc: DBAPIError) -> int | None:
@@ -343,7 +365,10 @@ def _guarded_assignments(stmt: Any, table: Table, columns: Sequence[str]) -> lis
 
 @functools.lru_cache(maxsize=256)
 def row_upsert(
-    table: Table, key_column: str, update_columns: tuple[str, ...], columns: tuple[str, ...]
+    table: Table,
+    key_columns: tuple[str, ...],
+    update_columns: tuple[str, ...],
+    columns: tuple[str, ...],
 ) -> Any:
     """Build (once per table and column set) the version-guarded upsert naming ``columns``."""
     stmt = mysql.insert(table).values({c: None for c in columns})
@@ -352,9 +377,9 @@ def row_upsert(
 
 
 @functools.lru_cache(maxsize=256)
-def tombstone_upsert(tomb: Table, key_column: str) -> Any:
+def tombstone_upsert(tomb: Table, key_columns: tuple[str, ...]) -> Any:
     """Write a tombstone unless a newer one is there."""
-    columns = (key_column, *VERSION_COLUMNS, "deleted_at")
+    columns = (*key_columns, *VERSION_COLUMNS, "deleted_at")
     stmt = mysql.insert(tomb).values({c: None for c in columns})
     return stmt.on_duplicate_key_update(
         _guarded_assignments(stmt, tomb, ("deleted_at", *VERSION_COLUMNS))
@@ -399,17 +424,20 @@ def _values_template(statement: Any, dialect: SqlDialect) -> tuple[str, tuple[st
 
 
 @functools.lru_cache(maxsize=256)
-def _versions_sql(table: Table, tombstones: Table, key_column: str, dialect: SqlDialect) -> str:
+def _versions_sql(
+    table: Table, tombstones: Table, key_columns: tuple[str, ...], dialect: SqlDialect
+) -> str:
     """Return (once per table) the SQL reading the row versions (``0`` first) and the
     tombstone versions (``1`` first) of the keys put in place of ``{keys}``, the rows' at
     least as new as ``{bound}`` says."""
     quote = dialect.identifier_preparer.quote
-    key = quote(key_column)
+    key = ", ".join(quote(c) for c in key_columns)
+    match = key if len(key_columns) == 1 else f"({key})"
     names = ", ".join(quote(c) for c in VERSION_COLUMNS)
     return (
-        f"SELECT 0, {key}, {names} FROM {quote(table.name)} WHERE {key} IN ({{keys}}) {{bound}} "
+        f"SELECT 0, {key}, {names} FROM {quote(table.name)} WHERE {match} IN ({{keys}}) {{bound}} "
         f"UNION ALL SELECT 1, {key}, {names} FROM {quote(tombstones.name)} "
-        f"WHERE {key} IN ({{keys}})"
+        f"WHERE {match} IN ({{keys}})"
     )
 
 

@@ -31,7 +31,7 @@ Insert = Callable[[Table], Any]
 def row_upsert(
     insert: Insert,
     table: Table,
-    key_column: str,
+    key_columns: tuple[str, ...],
     update_columns: tuple[str, ...],
     columns: tuple[str, ...],
 ) -> Any:
@@ -46,18 +46,18 @@ def row_upsert(
         *(table.c[c] for c in VERSION_COLUMNS)
     )
     # The guard is also checked here: the row may have been inserted after our read.
-    return stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+    return stmt.on_conflict_do_update(index_elements=list(key_columns), set_=update, where=newer)
 
 
 @functools.lru_cache(maxsize=256)
-def tombstone_upsert(insert: Insert, tomb: Table, key_column: str) -> Any:
+def tombstone_upsert(insert: Insert, tomb: Table, key_columns: tuple[str, ...]) -> Any:
     """Write a tombstone unless a newer one is there."""
     stmt = insert(tomb)
     newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
         *(tomb.c[c] for c in VERSION_COLUMNS)
     )
     update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
-    return stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+    return stmt.on_conflict_do_update(index_elements=list(key_columns), set_=update, where=newer)
 
 
 def bookkeeping_upserts(insert: Insert) -> BookkeepingUpserts:
@@ -105,23 +105,27 @@ class OnConflictDialect(ABC):
 
     def row_upsert(self, spec: EntitySpec, columns: tuple[str, ...]) -> Any:
         """Return the version-guarded upsert of ``spec``'s rows naming ``columns``."""
-        return row_upsert(self.insert, spec.table, spec.key_column, spec.update_columns, columns)
+        return row_upsert(self.insert, spec.table, spec.key_columns, spec.update_columns, columns)
 
     def delete(self, conn: Connection, spec: EntitySpec, writes: Sequence[Delete]) -> None:
         """Delete the rows of ``writes`` and write their tombstones."""
-        self.delete_keys(conn, spec.table, spec.key_column, [w.key for w in writes])
+        self.delete_keys(conn, spec.table, spec.key_columns, [w.key for w in writes])
         self.write_tombstones(conn, spec, writes)
 
     def write_tombstones(
         self, conn: Connection, spec: EntitySpec, writes: Sequence[Delete]
     ) -> None:
         """Write the tombstones of ``writes`` (unless a newer one is there)."""
-        statement = tombstone_upsert(self.insert, spec.tombstone_table, spec.key_column)
+        statement = tombstone_upsert(self.insert, spec.tombstone_table, spec.key_columns)
         self.insert_many(conn, statement, tombstone_rows(spec, writes))
 
     @abstractmethod
     def delete_keys(
-        self, conn: Connection, table: Table, key_column: str, keys: Sequence[EntityKey]
+        self,
+        conn: Connection,
+        table: Table,
+        key_columns: tuple[str, ...],
+        keys: Sequence[EntityKey],
     ) -> None:
         """Delete the rows of ``keys`` (not empty) from ``table``."""
 

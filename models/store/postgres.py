@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     delete,
+    func,
     select,
     tuple_,
 )
@@ -54,6 +55,10 @@ KEY_LOOKUP_JOINS = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin 
 #: (``%(prefs)s::JSON`` for a JSON column).
 _PLACEHOLDER = r"%\(\w+\)s(?:::\w+)?"
 _VALUES_CLAUSE = re.compile(rf" VALUES \(({_PLACEHOLDER}(?:, {_PLACEHOLDER})*)\)")
+
+#: The most keys of a composite key in one row-value ``IN`` list (reads by key, off the bulk
+#: paths).
+_CHUNK = 500
 
 
 class PostgresDialect(OnConflictDialect):
@@ -100,9 +105,13 @@ class PostgresDialect(OnConflictDialect):
             {"space": ENTITY_LOCK_SPACE, "entity": _entity_lock_id(spec.table.name)},
         )
 
-    def key_filters(self, column: Any, keys: Sequence[EntityKey]) -> list[Any]:
+    def key_filters(self, columns: Sequence[Any], keys: Sequence[EntityKey]) -> list[Any]:
         """Return one clause with an array parameter (instead of thousands of IN placeholders
-        to compile)."""
+        to compile); for a composite key, one row-value ``IN`` per :data:`_CHUNK` keys."""
+        if len(columns) > 1:
+            row = tuple_(*columns)
+            return [row.in_(list(keys[i : i + _CHUNK])) for i in range(0, len(keys), _CHUNK)]
+        column = columns[0]
         keys_param = bindparam("keys", list(keys), type_=postgresql.ARRAY(column.type))
         return [column == any_(keys_param)]
 
@@ -118,9 +127,13 @@ class PostgresDialect(OnConflictDialect):
         if at_least is not None:
             rows, tombs = _newer_versions(conn, spec, keys, at_least)
         else:
-            params = {"keys": list(keys)}
-            rows = _fetch(conn, _versions_query(spec.table, spec.key_column), params)
-            tombs = _fetch(conn, _versions_query(spec.tombstone_table, spec.key_column), params)
+            params = _keys_params(keys, len(spec.key_columns))
+            rows = _fetch(conn, _versions_query(spec.table, spec.key_columns), params)
+            tombs = _fetch(conn, _versions_query(spec.tombstone_table, spec.key_columns), params)
+        if spec.composite:
+            width = len(spec.key_columns)
+            rows = [(row[:width], *row[width:]) for row in rows]
+            tombs = [(tomb[:width], *tomb[width:]) for tomb in tombs]
         newest: dict[EntityKey, Version] = {row[0]: row[1:] for row in rows}
         # Which keys have a row is known only when every row was read.
         present = set(newest) if at_least is None else set()
@@ -158,10 +171,15 @@ class PostgresDialect(OnConflictDialect):
             super().delete(conn, spec, writes)
 
     def delete_keys(
-        self, conn: Connection, table: Table, key_column: str, keys: Sequence[EntityKey]
+        self,
+        conn: Connection,
+        table: Table,
+        key_columns: tuple[str, ...],
+        keys: Sequence[EntityKey],
     ) -> None:
-        """Delete the rows of ``keys``: one statement with an array."""
-        _fetch(conn, _delete_query(table, key_column), {"keys": list(keys)}, rows=False)
+        """Delete the rows of ``keys``: one statement with an array (one per key column)."""
+        params = _keys_params(keys, len(key_columns))
+        _fetch(conn, _delete_query(table, key_columns), params, rows=False)
 
     def insert_many(
         self, conn: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]
@@ -196,6 +214,15 @@ def raw_cursor(conn: Connection, sql: str) -> Iterator[Any]:
         cursor.close()
 
 
+def _keys_params(keys: Sequence[EntityKey], width: int) -> dict[str, list[Any]]:
+    """Return the array parameters of ``keys``: ``keys``, or one array per part of a composite
+    key (``keys_0``, ...; unnested side by side in the SQL)."""
+    if width == 1:
+        return {"keys": list(keys)}
+    columns = list(zip(*keys, strict=True))
+    return {f"keys_{i}": list(column) for i, column in enumerate(columns)}
+
+
 def _fetch(
     conn: Connection, sql: str, params: Mapping[str, Any], *, rows: bool = True
 ) -> list[tuple[Any, ...]]:
@@ -220,7 +247,7 @@ def _copy_upsert(
     """
     create, copy, upsert, clear = _staging_sql(
         spec.table,
-        spec.key_column,
+        spec.key_columns,
         spec.update_columns,
         columns,
         returning,
@@ -248,11 +275,15 @@ def _newer_versions(
     COPY, because psycopg2 turns a list parameter into an array literal element by element
     (measured: about 20 ms for 4,400 keys in four arrays, against 2 ms to stage them).
     """
-    create, copy, query = _key_stage_sql(spec.table, spec.tombstone_table, spec.key_column)
-    key_kind = spec.column_kinds.get(spec.key_column)
+    create, copy, query = _key_stage_sql(spec.table, spec.tombstone_table, spec.key_columns)
+    key_kinds = [spec.column_kinds.get(c) for c in spec.key_columns]
+    staged = (
+        [(*k, *at_least[k]) for k in keys]  # type: ignore[misc]
+        if spec.composite
+        else [(k, *at_least[k]) for k in keys]
+    )
     text = copy_text(
-        [(k, *at_least[k]) for k in keys],
-        [key_kind, ColumnKind.INTEGER, ColumnKind.INTEGER, ColumnKind.INTEGER],
+        staged, [*key_kinds, ColumnKind.INTEGER, ColumnKind.INTEGER, ColumnKind.INTEGER]
     )
     with raw_cursor(conn, query) as cursor:
         cursor.execute(create)
@@ -303,15 +334,17 @@ def _execute_values(
 def _copy_delete(conn: Connection, spec: EntitySpec, writes: Sequence[Delete]) -> None:
     """Delete ``writes``' rows and write their tombstones through COPY."""
     create, copy, *statements = _delete_staging_sql(
-        spec.table, spec.tombstone_table, spec.key_column
+        spec.table, spec.tombstone_table, spec.key_columns
     )
     now = int(time.time() * 1000)
     values = []
+    composite = spec.composite
     for w in writes:
         assert w.version is not None  # resolve() gives every delete a version
-        values.append((w.key, *w.version, now))
-    key_kind = spec.column_kinds.get(spec.key_column)
-    text = copy_text(values, [key_kind, *[ColumnKind.INTEGER] * 4])
+        parts = w.key if composite else (w.key,)
+        values.append((*parts, *w.version, now))  # type: ignore[misc]
+    key_kinds = [spec.column_kinds.get(c) for c in spec.key_columns]
+    text = copy_text(values, [*key_kinds, *[ColumnKind.INTEGER] * 4])
     with raw_cursor(conn, copy) as cursor:
         cursor.execute(create)
         cursor.copy_expert(copy, io.StringIO(text), size=len(text) + 1)
@@ -322,7 +355,7 @@ def _copy_delete(conn: Connection, spec: EntitySpec, writes: Sequence[Delete]) -
 @functools.lru_cache(maxsize=256)
 def _staging_sql(
     table: Table,
-    key_column: str,
+    key_columns: tuple[str, ...],
     update_columns: tuple[str, ...],
     columns: tuple[str, ...],
     returning: bool,
@@ -344,7 +377,7 @@ def _staging_sql(
     newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
         *(table.c[c] for c in VERSION_COLUMNS)
     )
-    stmt = stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+    stmt = stmt.on_conflict_do_update(index_elements=list(key_columns), set_=update, where=newer)
     upsert = str(stmt.compile(dialect=dialect))
     if returning:
         upsert += " RETURNING " + ", ".join(quote(c) for c in public_columns(table))
@@ -352,7 +385,9 @@ def _staging_sql(
 
 
 @functools.lru_cache(maxsize=256)
-def _delete_staging_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, ...]:
+def _delete_staging_sql(
+    table: Table, tombstones: Table, key_columns: tuple[str, ...]
+) -> tuple[str, ...]:
     """Return (once per table) the SQL of a COPY delete: create the staging table of deletes
     if missing, COPY into it, delete the staged keys' rows, write their tombstones (unless a
     newer one is there), empty it."""
@@ -360,26 +395,28 @@ def _delete_staging_sql(table: Table, tombstones: Table, key_column: str) -> tup
     quote = dialect.identifier_preparer.quote
     name = f"mirror_deletes_{table.name}"[:63]
     stage = quote(name)
-    columns = (key_column, *VERSION_COLUMNS, "deleted_at")
+    columns = (*key_columns, *VERSION_COLUMNS, "deleted_at")
     create = (
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
         f"SELECT * FROM {quote(tombstones.name)} WITH NO DATA"
     )
     copy = f"COPY {stage} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
-    key = quote(key_column)
-    delete_rows = f"DELETE FROM {quote(table.name)} AS t USING {stage} AS s WHERE t.{key} = s.{key}"
+    match = " AND ".join(f"t.{quote(c)} = s.{quote(c)}" for c in key_columns)
+    delete_rows = f"DELETE FROM {quote(table.name)} AS t USING {stage} AS s WHERE {match}"
     staged = sa_table(name, *(sa_column(c) for c in columns))
     stmt = postgresql.insert(tombstones).from_select(list(columns), select(*staged.c))
     newer = tuple_(*(stmt.excluded[c] for c in VERSION_COLUMNS)) > tuple_(
         *(tombstones.c[c] for c in VERSION_COLUMNS)
     )
     update = {c: stmt.excluded[c] for c in (*VERSION_COLUMNS, "deleted_at")}
-    stmt = stmt.on_conflict_do_update(index_elements=[key_column], set_=update, where=newer)
+    stmt = stmt.on_conflict_do_update(index_elements=list(key_columns), set_=update, where=newer)
     return create, copy, delete_rows, str(stmt.compile(dialect=dialect)), f"TRUNCATE {stage}"
 
 
 @functools.lru_cache(maxsize=256)
-def _key_stage_sql(table: Table, tombstones: Table, key_column: str) -> tuple[str, str, str]:
+def _key_stage_sql(
+    table: Table, tombstones: Table, key_columns: tuple[str, ...]
+) -> tuple[str, str, str]:
     """Return (once per table) the SQL staging a batch's keys with their oldest versions, and
     the query reading, against that stage, in one round trip: the row versions at least as
     new (``false`` first), and every tombstone of the staged keys (``true`` first), so that
@@ -387,40 +424,54 @@ def _key_stage_sql(table: Table, tombstones: Table, key_column: str) -> tuple[st
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     quote = dialect.identifier_preparer.quote
     stage = quote(f"mirror_keys_{table.name}"[:63])
-    key_type = table.c[key_column].type.compile(dialect=dialect)
+    # One staged column per key column: ``k`` (as ever), or ``k0``, ``k1``, ... (composite).
+    staged = ["k"] if len(key_columns) == 1 else [f"k{i}" for i in range(len(key_columns))]
+    types = [table.c[c].type.compile(dialect=dialect) for c in key_columns]
+    declared = ", ".join(f"{s} {t}" for s, t in zip(staged, types, strict=True))
     create = (
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} "
-        f"(k {key_type}, v bigint, p bigint, o bigint) ON COMMIT DELETE ROWS"
+        f"({declared}, v bigint, p bigint, o bigint) ON COMMIT DELETE ROWS"
     )
-    copy = f"COPY {stage} (k, v, p, o) FROM STDIN"
-    key = quote(key_column)
+    copy = f"COPY {stage} ({', '.join(staged)}, v, p, o) FROM STDIN"
+    key = ", ".join(f"t.{quote(c)}" for c in key_columns)
+    on = " AND ".join(f"t.{quote(c)} = b.{s}" for c, s in zip(key_columns, staged, strict=True))
     v, p, o = (quote(c) for c in VERSION_COLUMNS)
 
     query = (
-        f"SELECT false, t.{key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
-        f"JOIN {quote(table.name)} AS t ON t.{key} = b.k "
+        f"SELECT false, {key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
+        f"JOIN {quote(table.name)} AS t ON {on} "
         f"WHERE (t.{v}, t.{p}, t.{o}) >= (b.v, b.p, b.o) "
-        f"UNION ALL SELECT true, t.{key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
-        f"JOIN {quote(tombstones.name)} AS t ON t.{key} = b.k"
+        f"UNION ALL SELECT true, {key}, t.{v}, t.{p}, t.{o} FROM {stage} AS b "
+        f"JOIN {quote(tombstones.name)} AS t ON {on}"
     )
     return create, copy, query
 
 
 @functools.lru_cache(maxsize=256)
-def _versions_query(table: Table, key_column: str) -> str:
-    """Return (once per table) the driver SQL reading the versions of ``%(keys)s``."""
-    key = table.c[key_column]
-    query = select(key, *(table.c[c] for c in VERSION_COLUMNS)).where(
-        key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type)))
-    )
+def _versions_query(table: Table, key_columns: tuple[str, ...]) -> str:
+    """Return (once per table) the driver SQL reading the versions of ``%(keys)s`` (a
+    composite key's: of ``%(keys_0)s``, ... side by side, :func:`_keys_params`)."""
+    keys = [table.c[c] for c in key_columns]
+    query = select(*keys, *(table.c[c] for c in VERSION_COLUMNS)).where(_keys_match(keys))
     return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
 
+def _keys_match(keys: list[Any]) -> Any:
+    """Return the clause matching the keys of :func:`_keys_params`: ``k = ANY(%(keys)s)``, or
+    ``(k0, k1) IN (SELECT * FROM unnest(%(keys_0)s, %(keys_1)s))``."""
+    if len(keys) == 1:
+        return keys[0] == any_(bindparam("keys", type_=postgresql.ARRAY(keys[0].type)))
+    arrays = [bindparam(f"keys_{i}", type_=postgresql.ARRAY(k.type)) for i, k in enumerate(keys)]
+    unnested = func.unnest(*arrays).table_valued(*(f"k{i}" for i in range(len(keys))))
+    pairs = select(unnested.render_derived())
+    return tuple_(*keys).in_(pairs)
+
+
 @functools.lru_cache(maxsize=256)
-def _delete_query(table: Table, key_column: str) -> str:
-    """Return (once per table) the driver SQL deleting the rows of ``%(keys)s``."""
-    key = table.c[key_column]
-    query = delete(table).where(key == any_(bindparam("keys", type_=postgresql.ARRAY(key.type))))
+def _delete_query(table: Table, key_columns: tuple[str, ...]) -> str:
+    """Return (once per table) the driver SQL deleting the rows of ``%(keys)s`` (see
+    :func:`_versions_query`)."""
+    query = delete(table).where(_keys_match([table.c[c] for c in key_columns]))
     return str(query.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     delete,
     event,
     select,
+    tuple_,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
@@ -80,8 +81,10 @@ class SqliteDialect(OnConflictDialect):
         """Take nothing: the transaction holds the database's write lock (``BEGIN
         IMMEDIATE``)."""
 
-    def key_filters(self, column: Any, keys: Sequence[EntityKey]) -> list[Any]:
-        """Return one ``IN`` clause per :data:`_CHUNK` keys."""
+    def key_filters(self, columns: Sequence[Any], keys: Sequence[EntityKey]) -> list[Any]:
+        """Return one ``IN`` clause per :data:`_CHUNK` keys (a row-value ``IN`` for a composite
+        key: SQLite 3.15 and later)."""
+        column = columns[0] if len(columns) == 1 else tuple_(*columns)
         return [column.in_(list(keys[i : i + _CHUNK])) for i in range(0, len(keys), _CHUNK)]
 
     def read_versions(
@@ -94,12 +97,13 @@ class SqliteDialect(OnConflictDialect):
         """Return every row and tombstone version of ``keys`` (``at_least`` is not used)."""
         found: dict[EntityKey, Current] = {}
         for table, is_row in ((spec.table, True), (spec.tombstone_table, False)):
-            key_col = table.c[spec.key_column]
-            cols = [key_col, *(table.c[c] for c in VERSION_COLUMNS)]
-            for where in self.key_filters(key_col, keys):
+            key_cols = [table.c[c] for c in spec.key_columns]
+            width = len(key_cols)
+            cols = [*key_cols, *(table.c[c] for c in VERSION_COLUMNS)]
+            for where in self.key_filters(key_cols, keys):
                 query = select(*cols).where(where).with_for_update()
                 for row in conn.execute(query):
-                    key = row[0]
+                    key = row[0] if width == 1 else tuple(row[:width])
                     was = found.get(key, Current())
                     version = _version(row)
                     found[key] = (
@@ -124,13 +128,15 @@ class SqliteDialect(OnConflictDialect):
         return []
 
     def delete_keys(
-        self, conn: Connection, table: Table, key_column: str, keys: Sequence[EntityKey]
+        self,
+        conn: Connection,
+        table: Table,
+        key_columns: tuple[str, ...],
+        keys: Sequence[EntityKey],
     ) -> None:
         """Delete the rows of ``keys``, :data:`_CHUNK` at a time."""
-        key_col = table.c[key_column]
-        for start in range(0, len(keys), _CHUNK):
-            chunk = list(keys[start : start + _CHUNK])
-            conn.execute(delete(table).where(key_col.in_(chunk)))
+        for where in self.key_filters([table.c[c] for c in key_columns], keys):
+            conn.execute(delete(table).where(where))
 
     def insert_many(
         self, conn: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]

@@ -39,8 +39,9 @@ from streams.core.errors import (
     ForwardRefused,
     MirrorError,
 )
+from streams.core.keys import record_key_bytes
 from streams.core.records import ORIGIN_HEADER, Partition, first_of, partition_of
-from streams.core.routing import entity_key_of
+from streams.core.routing import entity_key_of, json_record_keys
 from streams.core.staleness import Head
 from streams.intake.feed import Feed, FeedBatch, held_heads
 from streams.intake.handoff import Handoff
@@ -266,6 +267,11 @@ def _record_size(
 def _forwarded(record: Any, spec: EntitySpec) -> tuple[bytes | None, bytes | None, list[Any]]:
     """Return the key, value and headers ``record`` is forwarded with."""
     key = entity_key_of(record, spec, fast_loads)
-    new_key = record.key if key is None else str(key).encode()
+    if key is None:
+        new_key = record.key
+    elif json_record_keys(spec):  # read back as a tombstone's key is: a JSON object
+        new_key = record_key_bytes(key, spec.key_columns)
+    else:
+        new_key = str(key).encode()
     own = [(k, v if isinstance(v, bytes) else b"") for k, v in (record.headers or ())]
     return new_key, record.value, [*own, (ORIGIN_HEADER, first_of(record).header())]

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from streams.core.errors import MirrorError
+from streams.core.keys import key_text
 from streams.core.records import Partition
 from streams.kafka.broker_failures import start_client
 from streams.kafka.topics import partitions_of
@@ -99,7 +100,7 @@ def cmd_show(settings: Settings, kind: str, wait: float) -> int:
         time.sleep(0.5)
         rows = mirror.store.rows(spec)
     print(f"{spec.table.name} in {settings.database_url_safe}: {len(rows)} rows")
-    for row in sorted(rows.values(), key=lambda r: str(r[spec.key_column])):
+    for row in sorted(rows.values(), key=lambda r: key_text(spec.key_of(r))):
         print("  " + json.dumps(row, default=str))
     mirror.store.dispose()
     return 0

@@ -24,6 +24,7 @@ from streams.apply.sql_applier import SqlApplier, fast_loads
 from streams.core.decisions import Rejection
 from streams.core.errors import MirrorError
 from streams.core.guard import Current, resolve
+from streams.core.keys import key_text
 from streams.core.records import EntityKey, SourceRecord
 from streams.core.routing import lift_to_floor, route
 from streams.kafka import aiokafka_fixes
@@ -177,8 +178,9 @@ class StampedAhead:
     """How far ahead, in seconds."""
 
     def __str__(self) -> str:
+        key = None if self.key is None else key_text(self.key)
         return (
-            f"{self.topic}[{self.partition}]@{self.offset} (key {self.key!r}) is stamped "
+            f"{self.topic}[{self.partition}]@{self.offset} (key {key!r}) is stamped "
             f"{self.seconds:.0f} s ahead of the record after it"
         )
 
@@ -269,19 +271,20 @@ def differences(
     """Describe how the table differs from the expected rows (bookkeeping columns ignored),
     each line with its key."""
     lines = []
-    for key in sorted(set(expected) | set(actual), key=str):
+    for key in sorted(set(expected) | set(actual), key=key_text):
         want, got = expected.get(key), actual.get(key)
+        shown = repr(key_text(key))
         if want is None:
-            lines.append((key, f"extra row {key!r}: {_visible(got)}"))
+            lines.append((key, f"extra row {shown}: {_visible(got)}"))
         elif got is None:
-            lines.append((key, f"missing row {key!r}: {want}"))
+            lines.append((key, f"missing row {shown}: {want}"))
         else:
             changed = {c: (v, got.get(c)) for c, v in want.items() if got.get(c) != v}
             if changed:
                 detail = ", ".join(
                     f"{c}: table {g!r}, topic {w!r}" for c, (w, g) in changed.items()
                 )
-                lines.append((key, f"row {key!r} differs: {detail}"))
+                lines.append((key, f"row {shown} differs: {detail}"))
     return lines
 
 

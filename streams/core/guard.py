@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from streams.core.decisions import Decision, Delete, Outcome, Rejection, RejectReason, Upsert
+from streams.core.keys import key_text
 from streams.core.records import EntityKey, Version
 
 #: Version given to a versionless delete of an entity that has no state at all.
@@ -151,8 +152,8 @@ def resolve(
                 elif decision.missing and (key in gone or key not in present):
                     rejection = Rejection(
                         RejectReason.INVALID_ROW,
-                        f"a partial update of {key!r}, which the table does not have, must give "
-                        f"every NOT NULL column; it lacks {', '.join(decision.missing)}",
+                        f"a partial update of {key_text(key)!r}, which the table does not have, "
+                        f"must give every NOT NULL column; it lacks {', '.join(decision.missing)}",
                         decision.record,
                     )
                     plan.outcomes.append((rejection, Outcome.REJECTED))

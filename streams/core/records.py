@@ -43,7 +43,9 @@ def partition_of(item: InPartition) -> Partition:
 partition_key = cast(Callable[[InPartition], Partition], operator.attrgetter("topic", "partition"))
 
 
-EntityKey = str | int
+#: An entity's key: its one key column's value, or the tuple of its key columns' values in
+#: the table's primary-key order (a composite key, see ``streams.core.keys``).
+EntityKey = str | int | tuple[str | int, ...]
 #: Version of an entity's state: ``(timestamp ms, partition, offset)`` of the record by
 #: default, or ``(declared version field, 0, 0)``. Tuples compare in that order.
 Version = tuple[int, int, int]

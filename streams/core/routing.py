@@ -29,6 +29,7 @@ from streams.core.decisions import (
     Upsert,
 )
 from streams.core.formats import InputFormat
+from streams.core.keys import BadKey, decode_record_key, valid_part
 from streams.core.records import EntityKey, JsonLoads, Record, Version, first_of, position_of
 
 #: Record metadata injected into the event that ``from_kafka_event`` sees.
@@ -114,6 +115,10 @@ class Entity(Protocol):
     def version_field(self) -> str | None:
         """Event field holding the entity's version (an integer), if the model declares one."""
 
+    # Optional, for a composite key (several columns): ``composite`` (default False),
+    # ``key_columns`` (the columns in key order), ``key_fields`` (the event field of each,
+    # None where the field map does not say) and ``canonical_key(key)`` (each part as its
+    # column holds it); its keys are tuples (``streams.core.keys``).
     # Optional: ``input_format`` (an ``streams.core.formats.InputFormat``, default
     # ``CHANGE_TYPE_JSON``), the format of the entity's records.
     # Optional: ``reads_record_fields`` (default True), False when the mapping never reads the
@@ -133,12 +138,7 @@ class Entity(Protocol):
     # (like ``prepare_row``, returning the row and the NOT NULL columns it does not give).
 
 
-def _valid_key(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, str):
-        return 0 < len(value) <= 1024
-    return isinstance(value, int)
+_valid_key = valid_part
 
 
 def route(
@@ -147,9 +147,10 @@ def route(
     loads: JsonLoads = json.loads,
     clock: Clock = BELIEVED,
     input_format: InputFormat | None = None,
+    composite: bool | None = None,
 ) -> Decision:
     """Decide what one record means for its entity: upsert, delete or reject
-    (``input_format``: the entity's, when the caller has it already)."""
+    (``input_format``, ``composite``: the entity's, when the caller has them already)."""
     if record.value is None:
         return _route_tombstone(record, entity, clock)
     decoded = (input_format or format_of(entity)).decode(record, loads)
@@ -184,12 +185,10 @@ def route(
     try:
         row = mapping(event)
     except Exception as exc:  # a user's mapping may raise anything; the worker must go on
-        if entity.key_field is not None and entity.key_field not in event:
+        absent = _absent_key_field(entity, event)
+        if absent is not None:
             return Rejection(
-                RejectReason.MISSING_KEY,
-                f"event has no {entity.key_field!r}",
-                record,
-                type(exc).__name__,
+                RejectReason.MISSING_KEY, f"event has no {absent!r}", record, type(exc).__name__
             )
         return Rejection(
             RejectReason.MAPPING_FAILED,
@@ -197,17 +196,25 @@ def route(
             record,
             type(exc).__name__,
         )
-    key = row.get(entity.key_column)
-    if key is None:
-        field_name = entity.key_field or entity.key_column
-        return Rejection(RejectReason.MISSING_KEY, f"event has no {field_name!r}", record)
-    if not _valid_key(key):
-        return Rejection(
-            RejectReason.BAD_KEY, f"{entity.key_column!r} is not a string or integer", record
-        )
-    problem = entity.check_key(key)
-    if problem is not None:
-        return Rejection(RejectReason.BAD_KEY, problem, record)
+    if composite is None:
+        composite = getattr(entity, "composite", False)
+    if composite:
+        keyed = _composite_key(row, entity, record)
+        if isinstance(keyed, Rejection):
+            return keyed
+        key, row = keyed
+    else:
+        key = row.get(entity.key_column)
+        if key is None:
+            field_name = entity.key_field or entity.key_column
+            return Rejection(RejectReason.MISSING_KEY, f"event has no {field_name!r}", record)
+        if not _valid_key(key):
+            return Rejection(
+                RejectReason.BAD_KEY, f"{entity.key_column!r} is not a string or integer", record
+            )
+        problem = entity.check_key(key)
+        if problem is not None:
+            return Rejection(RejectReason.BAD_KEY, problem, record)
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
     try:
@@ -218,6 +225,42 @@ def route(
     except ValueError as exc:
         return Rejection(RejectReason.INVALID_ROW, str(exc), record)
     return Upsert(key=key, row=row, change_type=change, record=record, version=version)
+
+
+def _absent_key_field(entity: Entity, event: Mapping[str, Any]) -> str | None:
+    """Return a key field the field map names that ``event`` lacks, or None."""
+    fields = getattr(entity, "key_fields", None) or (entity.key_field,)
+    for name in fields:
+        if name is not None and name not in event:
+            return name
+    return None
+
+
+def _composite_key(
+    row: Mapping[str, Any], entity: Entity, record: Record
+) -> tuple[tuple[str | int, ...], Mapping[str, Any]] | Rejection:
+    """Return the composite key of ``row`` (the tuple of its key columns' values, each as its
+    column holds it: ``Entity.canonical_key``) and ``row`` with those values, or why it has
+    none."""
+    parts = []
+    for column, field_name in zip(entity.key_columns, entity.key_fields, strict=True):  # type: ignore[attr-defined]
+        part = row.get(column)
+        if part is None:
+            return Rejection(
+                RejectReason.MISSING_KEY, f"event has no {field_name or column!r}", record
+            )
+        if not _valid_key(part):
+            return Rejection(RejectReason.BAD_KEY, f"{column!r} is not a string or integer", record)
+        parts.append(part)
+    key = tuple(parts)
+    problem = entity.check_key(key)
+    if problem is not None:
+        return Rejection(RejectReason.BAD_KEY, problem, record)
+    canonical = entity.canonical_key(key)  # type: ignore[attr-defined]
+    if canonical == key:  # the usual case ("2" == 2 is False: a conversion is seen)
+        return key, row
+    columns = entity.key_columns  # type: ignore[attr-defined]
+    return canonical, {**row, **dict(zip(columns, canonical, strict=True))}
 
 
 def _version_of(
@@ -237,9 +280,26 @@ def _version_of(
 
 
 def _route_tombstone(record: Record, entity: Entity, clock: Clock = BELIEVED) -> Decision:
-    """A Kafka tombstone (null value) deletes the entity named by the record key."""
+    """A Kafka tombstone (null value) deletes the entity named by the record key: its text,
+    or for a composite key (or a format with ``json_record_keys``) the JSON object of its
+    key columns (``streams.core.keys.decode_record_key``)."""
     if not record.key:
         return Rejection(RejectReason.MISSING_KEY, "tombstone without a record key", record)
+    if json_record_keys(entity):
+        parts = decode_record_key(record.key, _key_columns(entity))
+        if isinstance(parts, BadKey):
+            return Rejection(parts.reason, parts.detail, record)
+        json_key: EntityKey = parts if getattr(entity, "composite", False) else parts[0]
+        problem = entity.check_key(json_key)
+        if problem is not None:
+            return Rejection(RejectReason.BAD_KEY, problem, record)
+        if type(json_key) is tuple:
+            json_key = entity.canonical_key(json_key)  # type: ignore[attr-defined]
+        return Delete(
+            key=json_key,
+            record=record,
+            version=None if entity.version_field else clock.version(record),
+        )
     try:
         key = record.key.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -269,7 +329,8 @@ def route_batch(
 ) -> list[Decision]:
     """Route every record of a batch, in consumption order."""
     input_format = format_of(entity)
-    return [route(record, entity, loads, clock, input_format) for record in records]
+    composite = bool(getattr(entity, "composite", False))
+    return [route(record, entity, loads, clock, input_format, composite) for record in records]
 
 
 def entity_key_of(
@@ -287,6 +348,20 @@ def entity_key_of(
     if isinstance(decoded, Rejection):
         return None
     event = decoded[1]
+    if getattr(entity, "composite", False):
+        fields = entity.key_fields  # type: ignore[attr-defined]
+        try:
+            row = (
+                {c: event.get(f) for c, f in zip(entity.key_columns, fields, strict=True)}  # type: ignore[attr-defined]
+                if None not in fields
+                else entity.row_from_event(event)
+            )
+        except Exception:  # a mapping that raises is rejected where the record is applied
+            return None
+        parts = tuple(row.get(c) for c in entity.key_columns)  # type: ignore[attr-defined]
+        if not all(map(_valid_key, parts)) or entity.check_key(parts) is not None:
+            return None
+        return entity.canonical_key(parts)  # type: ignore[attr-defined,no-any-return]
     if entity.key_field is not None:
         key = event.get(entity.key_field)
         return key if _valid_key(key) else None
@@ -295,6 +370,19 @@ def entity_key_of(
     except Exception:  # a mapping that raises is rejected where the record is applied
         return None
     return key if _valid_key(key) else None
+
+
+def json_record_keys(entity: Entity) -> bool:
+    """Tell whether ``entity``'s record keys are JSON objects of its key columns: always for
+    a composite key; for a single one when its input format says ``json_record_keys``."""
+    return bool(
+        getattr(entity, "composite", False) or getattr(format_of(entity), "json_record_keys", False)
+    )
+
+
+def _key_columns(entity: Entity) -> tuple[str, ...]:
+    columns: tuple[str, ...] = getattr(entity, "key_columns", None) or (entity.key_column,)
+    return columns
 
 
 def format_of(entity: Entity) -> InputFormat:

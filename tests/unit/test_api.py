@@ -92,7 +92,7 @@ def test_an_integer_key_the_column_cannot_hold_is_malformed(
 ) -> None:
     # parse_key reads only the table and the key column of a spec.
     table = Table("t", MetaData(), Column("k", column, primary_key=True))
-    spec = cast(EntitySpec, SimpleNamespace(table=table, key_column="k"))
+    spec = cast(EntitySpec, SimpleNamespace(table=table, key_column="k", composite=False))
     with pytest.raises(ValueError, match=error):
         parse_key(spec, raw)
     assert parse_key(spec, "-7") == -7

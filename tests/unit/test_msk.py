@@ -238,3 +238,30 @@ def test_the_msk_adapter_honours_soft_deletes_and_partial_updates(tmp_path: Path
     assert (row["name"], row["size"], row["color"], row["deleted_at"]) == ("Io", 4, None, None)
     assert store.outcome_counts("lambda") == {(topic, "applied"): 4, (topic, "rejected"): 1}
     store.dispose()
+
+
+def test_the_msk_adapter_applies_composite_keys_and_names_them_as_lists(tmp_path: Path) -> None:
+    from tests.models.order_lines import OrderLine
+
+    default_registry.unregister(OrderLine)  # declared for the worker tests
+    registry = Registry()
+    spec = registry.register(OrderLine)
+    store = SqlStore.from_url(f"sqlite:///{tmp_path / 'lines.sqlite3'}")
+    store.create_tables(list(registry))
+    mirror = SqlApplier(registry, store, group="lambda")
+
+    def line(offset: int, no: int, **event: Any) -> dict[str, Any]:
+        fields = {"orderId": "o-7", "lineNo": no, "sku": "s", "quantity": offset, **event}
+        return msk_record(fields, ts=1_000 + offset, offset=offset, topic=spec.topic)
+
+    tombstone = msk_record(None, ts=1_003, offset=3, topic=spec.topic)
+    tombstone.update(key=b64(b'{"order_id": "o-7", "line_no": 2}'), value=None)
+    _, results = handle_msk_event(
+        msk_event(line(0, 1), line(1, 2), line(2, 1, changeType="UPDATED"), tombstone),
+        None,
+        mirror=mirror,
+    )
+    assert [r["key"] for r in results] == [["o-7", 1], ["o-7", 2], ["o-7", 1], ["o-7", 2]]
+    assert [r["status"] for r in results] == [200, 200, 200, 204]
+    assert {k: r["quantity"] for k, r in store.rows(spec).items()} == {("o-7", 1): 2}
+    store.dispose()

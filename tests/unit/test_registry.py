@@ -71,16 +71,40 @@ def test_from_kafka_event_may_return_a_dict() -> None:
     assert spec.update_columns == ("label",)
 
 
-def test_declaration_errors_are_clear() -> None:
-    with pytest.raises(RegistryError, match="exactly one primary key"):
+def test_several_primary_key_columns_make_a_composite_key() -> None:
+    class TwoKeys(MirroredEntity, LocalBase):
+        __tablename__ = "two_keys"
+        __topic__ = "two-keys"
+        __event_fields__ = {"a": "A", "b": "B", "label": "L"}
+        a: Mapped[int] = mapped_column(primary_key=True)
+        b: Mapped[str] = mapped_column(String(8), primary_key=True)
+        label: Mapped[str | None] = mapped_column(String(50))
 
-        class TwoKeys(MirroredEntity, LocalBase):
-            __tablename__ = "two_keys"
-            __topic__ = "two-keys"
+    try:
+        spec = default_registry.by_topic("two-keys")
+        assert spec is not None and spec.composite
+        assert spec.key_columns == ("a", "b") and spec.key_fields == ("A", "B")
+        assert spec.key_field is None and spec.update_columns == ("label",)
+        assert [c.name for c in spec.tombstone_table.primary_key.columns] == ["a", "b"]
+        assert spec.key_of({"a": 1, "b": "x", "label": None}) == (1, "x")
+        assert spec.check_key((1, "x")) is None
+        assert "'b'" in (spec.check_key((1, "x" * 9)) or "")
+        assert spec.check_key(1) is not None
+    finally:
+        default_registry.unregister(TwoKeys)
+
+
+def test_declaration_errors_are_clear() -> None:
+    with pytest.raises(RegistryError, match="composite key"):
+
+        class KeyFieldOfTwo(MirroredEntity, LocalBase):
+            __tablename__ = "two_keys_field"
+            __topic__ = "two-keys-field"
+            __key_field__ = "other"
             a: Mapped[int] = mapped_column(primary_key=True)
             b: Mapped[int] = mapped_column(primary_key=True)
 
-    assert default_registry.by_topic("two-keys") is None
+    assert default_registry.by_topic("two-keys-field") is None
 
 
 def test_two_models_cannot_mirror_one_topic() -> None:
