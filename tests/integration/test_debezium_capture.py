@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from devservices.connect import ConnectStandalone
+from devservices.connect import ConnectError, ConnectStandalone
 from tests.debezium_source import CUSTOMER, ORDER_LINE, TABLES, DebeziumSource, debezium_source
 from tests.support import end_offsets, partitions_of, read_records
 from tests.waiting import eventually
@@ -215,3 +215,20 @@ def check_fixture(
     fixture = json.loads(path.read_text())
     expected = [(stable(r["key"]), stable(r["value"])) for r in fixture["records"]]
     assert [(stable(r["key"]), stable(r["value"])) for r in captured] == expected, path
+
+
+async def test_a_failing_connector_fails_the_wait_at_once_with_its_cause_and_the_log(
+    connect_standalone: ConnectStandalone, source: DebeziumSource
+) -> None:
+    name = f"{source.database}-failing"
+    config = source.connector_config("-failing", **{"publication.name": "no_such_publication"})
+    try:
+        with pytest.raises(ConnectError) as failed:
+            await asyncio.to_thread(connect_standalone.create, name, config)
+        message = str(failed.value)
+        assert f"connector {name}: Connect task failed: " in message, message
+        assert "Publication autocreation is disabled" in message, message
+        assert f"{connect_standalone.log_path} ends:\n" in message, message
+    finally:
+        await asyncio.to_thread(connect_standalone.delete, name)
+    connect_standalone.assert_alive()  # one connector failing leaves Connect running
