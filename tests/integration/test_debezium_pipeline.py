@@ -65,6 +65,8 @@ LIVE_TRANSACTIONS = (40, 40)
 #: Records Debezium writes for one change: a delete is followed by a tombstone, and a change
 #: of primary key is the old key's delete and tombstone, then the new key's create.
 RECORDS = {"insert": 1, "update": 1, "delete": 2, "rekey": 3}
+#: The kinds of change, as often as each is drawn ("reinsert": a deleted key inserted again).
+KINDS = ["insert"] * 3 + ["update"] * 5 + ["delete"] * 2 + ["rekey", "reinsert"]
 
 Statement = tuple[str, Mapping[str, Any]]
 
@@ -153,27 +155,31 @@ class ChangeScript:
             return self._change_customer()
         return self._change_line()
 
+    def _kind(self, live: set[Any], deleted: set[Any]) -> str:
+        """A random kind of change that the table's rows allow."""
+        kind = self.rng.choice(KINDS) if live else "insert"
+        return "insert" if kind == "reinsert" and not deleted else kind
+
+    def _update(self, table: str, values: dict[str, Any], key: dict[str, Any]) -> Statement:
+        """An UPDATE of some of ``values``' columns of the row of ``key``."""
+        chosen = self.rng.sample(sorted(values), self.rng.randint(1, len(values)))
+        sets = ", ".join(f"{c} = :{c}" for c in chosen)
+        where = " AND ".join(f"{c} = :{c}" for c in key)
+        return f"UPDATE {table} SET {sets} WHERE {where}", {
+            **key,
+            **{c: values[c] for c in chosen},
+        }
+
     def _change_customer(self) -> Statement:
-        rng = self.rng
-        kinds = ["insert"] * 3 + ["update"] * 5 + ["delete"] * 2 + ["rekey", "reinsert"]
-        kind = rng.choice(kinds) if self.customers else "insert"
+        kind = self._kind(self.customers, self.deleted_customers)
         if kind == "reinsert":
-            if not self.deleted_customers:
-                kind = "insert"
-            else:
-                return self.insert_customer(rng.choice(sorted(self.deleted_customers)))
+            return self.insert_customer(self.rng.choice(sorted(self.deleted_customers)))
         if kind == "insert":
             return self.insert_customer()
-        old = rng.choice(sorted(self.customers))
+        old = self.rng.choice(sorted(self.customers))
         self.records[CUSTOMER] += RECORDS[kind]
         if kind == "update":
-            values = self.customer_values()
-            chosen = rng.sample(sorted(values), rng.randint(1, len(values)))
-            sets = ", ".join(f"{c} = :{c}" for c in chosen)
-            return f"UPDATE {CUSTOMER} SET {sets} WHERE id = :id", {
-                "id": old,
-                **{c: values[c] for c in chosen},
-            }
+            return self._update(CUSTOMER, self.customer_values(), {"id": old})
         self.customers.discard(old)
         self.deleted_customers.add(old)
         if kind == "delete":
@@ -183,34 +189,26 @@ class ChangeScript:
         return f"UPDATE {CUSTOMER} SET id = :new WHERE id = :id", {"id": old, "new": new}
 
     def _change_line(self) -> Statement:
-        rng = self.rng
-        kinds = ["insert"] * 3 + ["update"] * 5 + ["delete"] * 2 + ["rekey", "reinsert"]
-        kind = rng.choice(kinds) if self.lines else "insert"
+        kind = self._kind(self.lines, self.deleted_lines)
         if kind == "reinsert":
-            if not self.deleted_lines:
-                kind = "insert"
-            else:
-                return self.insert_line(rng.choice(sorted(self.deleted_lines)))
+            return self.insert_line(self.rng.choice(sorted(self.deleted_lines)))
         if kind == "insert":
             return self.insert_line()
-        order_id, line_no = old = rng.choice(sorted(self.lines))
-        where = "order_id = :order_id AND line_no = :line_no"
+        order_id, line_no = old = self.rng.choice(sorted(self.lines))
         key = {"order_id": order_id, "line_no": line_no}
         self.records[ORDER_LINE] += RECORDS[kind]
         if kind == "update":
-            values = self.line_values()
-            chosen = rng.sample(sorted(values), rng.randint(1, len(values)))
-            sets = ", ".join(f"{c} = :{c}" for c in chosen)
-            return f"UPDATE {ORDER_LINE} SET {sets} WHERE {where}", {
-                **key,
-                **{c: values[c] for c in chosen},
-            }
+            return self._update(ORDER_LINE, self.line_values(), key)
         self.lines.discard(old)
         self.deleted_lines.add(old)
+        where = "order_id = :order_id AND line_no = :line_no"
         if kind == "delete":
             return f"DELETE FROM {ORDER_LINE} WHERE {where}", key
         # A new line number, and now and then the line moved to another order: both key parts.
-        new = (f"o-{rng.randint(1, 25)}" if rng.random() < 0.3 else order_id, self._next())
+        new = (
+            f"o-{self.rng.randint(1, 25)}" if self.rng.random() < 0.3 else order_id,
+            self._next(),
+        )
         self.lines.add(new)
         sets = "order_id = :new_order, line_no = :new_line"
         return f"UPDATE {ORDER_LINE} SET {sets} WHERE {where}", {
