@@ -5,7 +5,8 @@ devservices/connect.py) captures two tables of a fresh source database (tests/de
 customers (a text key; integer, bigint, boolean, numeric, timestamp, timestamptz and date
 columns) and order lines (a composite key: order and line number). The worker mirrors them,
 declared as tests/models/debezium_pipeline.py declares them (``__input_format__ =
-"debezium"``, the customers versioned by ``source.lsn``), into another database.
+"debezium"``, the customers versioned by ``source.lsn``), into another database: a fresh
+PostgreSQL database, and a fresh MariaDB database.
 
 The snapshot is read first; then random transactions of inserts, updates, deletes, primary-key
 changes and re-inserts of deleted keys run on the source while the worker applies them, and
@@ -231,9 +232,10 @@ def run_transactions(source: DebeziumSource, transactions: Sequence[Sequence[Sta
 
 
 def normalized(value: Any) -> Any:
-    """A value as compared: numbers by value, aware timestamps in UTC."""
+    """A value as compared: numbers by value, aware timestamps as UTC wall time (MariaDB's
+    DATETIME, where the store writes them in UTC, reads back without a zone)."""
     if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC)
+        return value.astimezone(UTC).replace(tzinfo=None)
     if isinstance(value, (Decimal, float)) and not isinstance(value, bool):
         return Decimal(str(value)).normalize()
     return value
@@ -269,7 +271,7 @@ async def test_debezium_captures_postgresql_and_the_worker_mirrors_it_row_for_ro
     kafka_bootstrap: str,
     source: DebeziumSource,
     script: ChangeScript,
-    pg_url: str,
+    server_db_url: str,
     tmp_path: Path,
 ) -> None:
     connector = source.database
@@ -285,7 +287,7 @@ async def test_debezium_captures_postgresql_and_the_worker_mirrors_it_row_for_ro
     )
     worker, app_id = make_worker(
         kafka_bootstrap,
-        pg_url,
+        server_db_url,
         f"{source.topic_prefix}.",
         tmp_path,
         "debezium",
@@ -293,7 +295,7 @@ async def test_debezium_captures_postgresql_and_the_worker_mirrors_it_row_for_ro
         BATCH_SIZE="50",
         SESSION_TIMEOUT="6",
     )
-    store = SqlStore.from_url(pg_url)
+    store = SqlStore.from_url(server_db_url)
 
     async def written() -> dict[str, int]:
         """Records Connect has written to each table's topic so far."""
@@ -335,7 +337,7 @@ async def test_debezium_captures_postgresql_and_the_worker_mirrors_it_row_for_ro
 
         for table in TABLES:
             source_rows = table_rows(source.url, table)
-            assert table_rows(pg_url, table) == source_rows, table
+            assert table_rows(server_db_url, table) == source_rows, table
             assert len(source_rows) > 0, table
         outcomes = store.outcome_counts(app_id)
         for table, topic in topics.items():
