@@ -61,8 +61,9 @@ COLUMNS = {
 ORDER_BY = {CUSTOMER: "id", ORDER_LINE: "order_id, line_no"}
 SNAPSHOT_CUSTOMERS = 40
 SNAPSHOT_LINES = 60
-#: Transactions of live changes, before and after the worker's SIGKILL starts.
-LIVE_TRANSACTIONS = (40, 40)
+#: Transactions of live changes: applied before the SIGKILL, running while it strikes (it
+#: strikes when the worker has applied half of them), and run while the worker is down.
+LIVE_TRANSACTIONS = (30, 60, 30)
 #: Records Debezium writes for one change: a delete is followed by a tombstone, and a change
 #: of primary key is the old key's delete and tombstone, then the new key's create.
 RECORDS = {"insert": 1, "update": 1, "delete": 2, "rekey": 3}
@@ -317,17 +318,21 @@ async def test_debezium_captures_postgresql_and_the_worker_mirrors_it_row_for_ro
         await wait_ready(worker)
         await wait_stored(store, app_id, snapshot, worker)
 
-        # Live changes while the worker applies them; a SIGKILL in the middle of the second
-        # half, and a restart: replays must change nothing.
-        first = script.transactions(LIVE_TRANSACTIONS[0])
-        after_first = sum(script.records.values())
-        second = script.transactions(LIVE_TRANSACTIONS[1])
-        kill_at = after_first + (sum(script.records.values()) - after_first) // 4
-        await asyncio.to_thread(run_transactions, source, first)
-        changing = asyncio.create_task(asyncio.to_thread(run_transactions, source, second))
-        await wait_stored(store, app_id, kill_at, worker)
+        # Live changes: some applied, more while the worker applies them and a SIGKILL
+        # halfway through those, the rest while it is down; then a restart: replays must
+        # change nothing, and what changed meanwhile must come through.
+        # Each part with the records Debezium will have written once it has run.
+        parts = [(script.transactions(n), dict(script.records)) for n in LIVE_TRANSACTIONS]
+        (before, written_before), (during, written_during), (after, _) = parts
+        await asyncio.to_thread(run_transactions, source, before)
+        await connect_wrote(written_before, "the first changes in Kafka")
+        applied = sum(written_before.values())
+        await wait_stored(store, app_id, applied, worker)
+        changing = asyncio.create_task(asyncio.to_thread(run_transactions, source, during))
+        await wait_stored(store, app_id, (applied + sum(written_during.values())) // 2, worker)
         worker.kill()
         await changing
+        await asyncio.to_thread(run_transactions, source, after)
         worker.start()
         await wait_ready(worker)
 
