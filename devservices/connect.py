@@ -70,9 +70,14 @@ def require_free(port: int) -> None:
             raise ConnectError(f"127.0.0.1:{port}, Connect's REST port, is already in use")
 
 
+def _setting(value: object) -> str:
+    """A setting's value as Connect reads it (``true``, not Python's ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def properties_text(settings: Mapping[str, object]) -> str:
-    """Return ``settings`` as a Java ``.properties`` file (values written as given)."""
-    return "".join(f"{name}={value}\n" for name, value in settings.items())
+    """Return ``settings`` as a Java ``.properties`` file."""
+    return "".join(f"{name}={_setting(value)}\n" for name, value in settings.items())
 
 
 def worker_properties(
@@ -226,7 +231,7 @@ class ConnectStandalone:
 
     def create(self, name: str, config: Mapping[str, object], timeout: float = 120.0) -> None:
         """Create connector ``name`` and wait until it and its tasks are RUNNING."""
-        body = {key: str(value) for key, value in config.items()}
+        body = {key: _setting(value) for key, value in config.items()}
         self._request("PUT", f"/connectors/{name}/config", body)
         self._until(lambda: self._running(name), f"connector {name} to run", timeout)
 

@@ -43,13 +43,13 @@ def test_worker_settings_listen_on_loopback_only_and_end_with_the_runs_own(tmp_p
         rest_port=4242,
         plugin_path=tmp_path,
         offsets_file=tmp_path / "o",
-        extra=connect.properties_text({"key.converter": "K", "offset.flush.interval.ms": 5}),
+        extra=connect.properties_text({"key.converter": "K", "schemas.enable": False}),
     )
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert "listeners=http://127.0.0.1:4242" in lines
     assert f"plugin.path={tmp_path}" in lines
     assert f"offset.storage.file.filename={tmp_path / 'o'}" in lines
-    assert lines[-2:] == ["key.converter=K", "offset.flush.interval.ms=5"]
+    assert lines[-2:] == ["key.converter=K", "schemas.enable=false"]
 
 
 @pytest.fixture
