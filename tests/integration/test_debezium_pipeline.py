@@ -13,6 +13,10 @@ changes and re-inserts of deleted keys run on the source while the worker applie
 the worker is SIGKILLed in the middle and started again. Once Connect has written every change
 the script made and the worker's group has caught up with both topics, each mirrored table
 must equal its source table row for row, every record counted exactly once with no dead letter.
+
+Last, a connector restarted without offsets emits every live change again (what Debezium,
+delivering at least once, does after a crash): under ``source.lsn`` versions not one of them
+may apply, and both tables must still equal their sources.
 """
 
 from __future__ import annotations
