@@ -22,8 +22,9 @@ Cache layout (``<repo>/.cache/kafka``, or ``$MIRROR_CACHE_DIR/kafka``)::
     single/node1/         server.properties, data/, kafka.log, kafka.pid
     cluster3/node{1,2,3}/ the same per node, plus cluster3/cluster.id
     secure/node1/         the same, plus secure/tls/ (the test CA and the server's key)
-    connect/              Kafka Connect and Debezium's JDBC sink for the benchmark's peer
-                          (``connect_jars()``, from connect-pom.xml): libs/, plugins/
+    connect/              Kafka Connect, Debezium's JDBC sink (the benchmark's peer) and its
+                          PostgreSQL connector (the tests'): ``connect_jars()``, from
+                          connect-pom.xml: libs/, plugins/
 
 Command line: ``python -m devservices.kafka start|stop|status|reset [--nodes 3|--secure|--all]``.
 Only the standard library and aiokafka are imported (and trustme, for the secure layout).
@@ -475,18 +476,19 @@ def resolve_jars(
 
 @dataclass(frozen=True, slots=True)
 class ConnectJars:
-    """A resolved Kafka Connect worker, for the benchmark's Debezium peer."""
+    """A resolved Kafka Connect worker, for the benchmark's Debezium peer and the tests."""
 
     java: str
     """A Java 17+ executable."""
     classpath: str
     """The worker's class path (Connect runtime, JSON converter, transforms, logging)."""
     plugin_path: Path
-    """Folder for Connect's ``plugin.path``: Debezium's JDBC sink plugin archive, unpacked."""
+    """Folder for Connect's ``plugin.path``: Debezium's JDBC sink and PostgreSQL connector
+    plugin archives, unpacked."""
 
 
 def connect_jars() -> ConnectJars:
-    """Resolve Kafka Connect (the broker's version) and Debezium's JDBC sink once; find java."""
+    """Resolve Kafka Connect (the broker's version) and Debezium's plugins once; find java."""
     java = _java()
     folder = cache_dir() / "connect"
     resolve_jars(
@@ -502,6 +504,7 @@ def connect_jars() -> ConnectJars:
         expect=[
             f"libs/connect-runtime-{KAFKA_VERSION}.jar",
             "plugins/debezium-connector-jdbc/debezium-connector-jdbc-*.jar",
+            "plugins/debezium-connector-postgres/debezium-connector-postgres-*.jar",
         ],
     )
     return ConnectJars(java, str(folder / "libs" / "*"), folder / "plugins")

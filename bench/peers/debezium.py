@@ -1,8 +1,10 @@
 """Peer: Debezium's JDBC sink connector 3.6.0.Final in Kafka Connect standalone 4.4.
 
 The jars come from Maven Central through devservices/connect-pom.xml (``connect_jars()``,
-cached beside the broker's). The worker and connector settings are the two
-``.properties`` files beside this module; the REST port is 18083 on 127.0.0.1 only.
+cached beside the broker's), and Connect is started as ``devservices/connect.py`` says (the
+shared worker settings, the log configuration, the command line). The peer's own worker and
+connector settings are the two ``.properties`` files beside this module; the REST port is
+18083 on 127.0.0.1 only.
 
 It writes to PostgreSQL or to MariaDB with the same settings but the JDBC URL
 (``JDBC_URLS``): the connector picks its dialect from the database it connects to
@@ -20,8 +22,6 @@ twelve fields typed), each DELETED event replaced by a tombstone with the same k
 from __future__ import annotations
 
 import json
-import socket
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from bench.launch import Launch, Process, group_offsets
 from bench.measure import Event
 from bench.peers import PeerSkipped
+from devservices import connect
 from devservices import kafka as dev_kafka
 
 LABEL = "Debezium JDBC sink 3.6.0.Final"
@@ -156,44 +157,42 @@ def _filled(template: str, values: Mapping[str, object]) -> str:
     return (HERE / template).read_text().format_map(values)
 
 
+def worker_config(
+    bootstrap: str, *, plugin_path: Path, workdir: Path, batch: int, name: str
+) -> str:
+    """Return the Connect worker's settings: the shared ones (devservices/connect.py), then
+    the peer's own (connect-standalone.properties beside this module)."""
+    return connect.worker_properties(
+        bootstrap=bootstrap,
+        rest_port=REST_PORT,
+        plugin_path=plugin_path,
+        offsets_file=workdir / f"connect-{name}.offsets",
+        extra=_filled("connect-standalone.properties", {"rest_port": REST_PORT, "batch": batch}),
+    )
+
+
 def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int, name: str) -> Launch:
     """Create the empty table and say how to run Connect with connector ``name`` on ``topic``."""
     jars = dev_kafka.connect_jars()
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", REST_PORT)) == 0:
-            raise RuntimeError(f"127.0.0.1:{REST_PORT}, Connect's REST port, is already in use")
+    connect.require_free(REST_PORT)
     engine = create_engine(db_url)
     with engine.begin() as conn:
         conn.execute(
             text(f"CREATE TABLE {TABLE} (uuid varchar(64) PRIMARY KEY, name varchar(255) NOT NULL)")
         )
     engine.dispose()
-    worker = {
-        "bootstrap": bootstrap,
-        "rest_port": REST_PORT,
-        "plugin_path": jars.plugin_path,
-        "workdir": workdir,
-        "name": name,
-        "batch": batch,
-    }
     settings = {
-        "connect-standalone.properties": _filled("connect-standalone.properties", worker),
+        "connect-standalone.properties": worker_config(
+            bootstrap, plugin_path=jars.plugin_path, workdir=workdir, batch=batch, name=name
+        ),
         "debezium-jdbc-sink.properties": sink_config(db_url, name=name, topic=topic, batch=batch),
     }
     configs = []
     for file_name, content in settings.items():
         path = workdir / f"{name}-{file_name}"
         path.write_text(content)
-        configs.append(str(path))
-    command = [
-        jars.java,
-        *JVM_OPTIONS,
-        f"-Dlog4j2.configurationFile=file:{HERE / 'connect-log4j2.properties'}",
-        "-cp",
-        jars.classpath,
-        "org.apache.kafka.connect.cli.ConnectStandalone",
-        *configs,
-    ]
+        configs.append(path)
+    command = connect.standalone_command(jars, JVM_OPTIONS, configs)
     # Connect names a sink connector's consumer group connect-<connector name>.
     group = f"connect-{name}"
     return Launch(
@@ -207,15 +206,4 @@ def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int, n
 
 def task_failure(name: str) -> str | None:
     """Say why the connector or its task has FAILED (Connect keeps running), or None."""
-    url = f"http://127.0.0.1:{REST_PORT}/connectors/{name}/status"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            status = json.load(response)
-    except (OSError, ValueError):  # REST not up yet, or the connector not created yet
-        return None
-    for part in (status.get("connector", {}), *status.get("tasks", [])):
-        if part.get("state") == "FAILED":
-            lines = str(part.get("trace", "")).strip().splitlines() or ["no trace"]
-            causes = [line for line in lines if line.startswith("Caused by:")]
-            return f"Connect task failed: {(causes or lines)[-1 if causes else 0]}"
-    return None
+    return connect.task_failure(REST_PORT, name)

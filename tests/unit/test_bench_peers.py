@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bench.measure import Event, newest_state
 from bench.mirror_bench import make_events
@@ -50,3 +51,30 @@ def test_quix_rows_always_carry_every_column() -> None:
     rows = [quix.to_row(json.loads(e.value or b"")) for e in make_events(500, 50, 1)]
     assert {tuple(sorted(r)) for r in rows} == {("deleted", "name", "uuid")}
     assert all(r["name"] == "" for r in rows if r["deleted"])
+
+
+def _properties(text: str) -> dict[str, str]:
+    lines = (line for line in text.splitlines() if line and not line.startswith("#"))
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_debeziums_connect_worker_has_the_shared_settings_and_its_own(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    text = debezium.worker_config(
+        "127.0.0.1:9092", plugin_path=plugins, workdir=tmp_path, batch=7, name="n"
+    )
+    port = debezium.REST_PORT
+    assert _properties(text) == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "listeners": f"http://127.0.0.1:{port}",
+        "rest.advertised.host.name": "127.0.0.1",
+        "rest.advertised.port": str(port),
+        "plugin.path": str(plugins),
+        "plugin.discovery": "service_load",
+        "offset.storage.file.filename": str(tmp_path / "connect-n.offsets"),
+        "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter.schemas.enable": "true",
+        "offset.flush.interval.ms": "200",
+        "consumer.max.poll.records": "7",
+    }

@@ -1,0 +1,52 @@
+"""The two tables of tests/integration/test_debezium_pipeline.py, mirrored from Debezium.
+
+Each model is its columns and three lines: the topic Debezium's PostgreSQL connector writes
+(``<topic.prefix>.<schema>.<table>``; the test's ``TOPIC_PREFIX`` is the connector's
+``topic.prefix`` and a dot), and the input format. With no ``__event_fields__`` every column
+comes from the Debezium row field of the same name. The customers are versioned by their
+change's position in PostgreSQL's WAL (``source.lsn``), the order lines as any topic is (the
+record's timestamp, partition and offset), so the test runs both.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Integer, Numeric, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, MirroredEntity
+
+
+class PipelineCustomer(MirroredEntity, Base):
+    """One key column and a column of every type the source table has."""
+
+    __tablename__ = "pipeline_customer"
+    __topic__ = "public.pipeline_customer"
+    __input_format__ = "debezium"
+    __version_from__ = "source.lsn"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    visits: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    points: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    active: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    balance: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), nullable=True)
+    seen_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    born_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+
+
+class PipelineOrderLine(MirroredEntity, Base):
+    """A composite key: the order and the line's number in it."""
+
+    __tablename__ = "pipeline_order_line"
+    __topic__ = "public.pipeline_order_line"
+    __input_format__ = "debezium"
+
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sku: Mapped[str] = mapped_column(Text, nullable=False)
+    quantity: Mapped[int] = mapped_column(Integer, nullable=False)
+    price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), nullable=True)
