@@ -296,9 +296,7 @@ def _route_tombstone(record: Record, entity: Entity, clock: Clock = BELIEVED) ->
         if type(json_key) is tuple:
             json_key = entity.canonical_key(json_key)  # type: ignore[attr-defined]
         return Delete(
-            key=json_key,
-            record=record,
-            version=None if entity.version_field else clock.version(record),
+            key=json_key, record=record, version=_tombstone_version(record, entity, clock)
         )
     try:
         key = record.key.decode("utf-8")
@@ -312,13 +310,16 @@ def _route_tombstone(record: Record, entity: Entity, clock: Clock = BELIEVED) ->
     problem = "tombstone key is empty" if not key else entity.check_key(key)
     if problem is not None:
         return Rejection(RejectReason.BAD_KEY, problem, record)
+    return Delete(key=key, record=record, version=_tombstone_version(record, entity, clock))
+
+
+def _tombstone_version(record: Record, entity: Entity, clock: Clock) -> Version | None:
+    """A tombstone's version: its record's position, or with a version field none of its own
+    (it deletes what is there) unless its format gives it one (Debezium's, with versions from
+    the LSN: the delete before it carries the version)."""
     if entity.version_field is None:
-        version: Version | None = clock.version(record)
-    else:
-        # No version of its own: it deletes what is there, unless its format gives it one
-        # (Debezium's, with versions from the LSN: the delete before it carries the version).
-        version = getattr(format_of(entity), "tombstone_version", None)
-    return Delete(key=key, record=record, version=version)
+        return clock.version(record)
+    return getattr(format_of(entity), "tombstone_version", None)
 
 
 def route_batch(

@@ -206,7 +206,7 @@ def test_a_reemitted_old_event_does_not_move_a_newer_row_back() -> None:
 
 
 def test_a_tombstone_under_lsn_versions_deletes_nothing_an_event_has_versioned() -> None:
-    tombstone = route(record(None, key=b"c1"), ENVELOPE)
+    tombstone = route(record(None, key=b'{"id": "c1"}'), ENVELOPE)
     assert isinstance(tombstone, Delete) and tombstone.version == TOMBSTONE_VERSION
     # Re-emitted ``d`` + tombstone of a row created again since: neither deletes it.
     stale_delete = route(record(plain(envelope("d", before=KEY_ONLY, lsn=100)), offset=8), ENVELOPE)
@@ -216,7 +216,7 @@ def test_a_tombstone_under_lsn_versions_deletes_nothing_an_event_has_versioned()
 
 
 def test_without_lsn_versions_a_tombstone_has_the_records_position() -> None:
-    tombstone = route(record(None, key=b"c1"), FLAT)
+    tombstone = route(record(None, key=b'{"id": "c1"}'), FLAT)
     assert isinstance(tombstone, Delete) and tombstone.version == (1_700_000_000_000, 0, 7)
 
 
@@ -299,7 +299,7 @@ def test_a_flattened_rows_lsn_is_its_version_when_declared() -> None:
 
 
 def test_a_flat_tombstone_deletes_by_the_record_key() -> None:
-    decision = route(record(None, key=b"c1"), FLAT)
+    decision = route(record(None, key=b'{"id": "c1"}'), FLAT)
     assert isinstance(decision, Delete) and decision.key == "c1"
 
 
