@@ -58,12 +58,31 @@ def shared_services() -> list[Service]:
 
 
 def parts(options: Sequence[str], processes: int) -> list[list[str]]:
-    """Return the pytest command lines of the two parts, in the order they run."""
+    """Return the pytest command lines of the two parts, in the order they run (a ``-m`` of
+    the caller's is combined with each part's own: pytest keeps only the last ``-m``)."""
+    rest, marks = _without_marks(options)
     pytest = [sys.executable, "-m", "pytest"]
-    return [
-        [*pytest, "-n", str(processes), "--dist", "loadscope", "-m", "not serial", *options],
-        [*pytest, "-m", "serial", *options],
-    ]
+    parallel = ["-n", str(processes), "--dist", "loadscope", "-m", _and(marks, "not serial")]
+    return [[*pytest, *parallel, *rest], [*pytest, "-m", _and(marks, "serial"), *rest]]
+
+
+def _without_marks(options: Sequence[str]) -> tuple[list[str], str | None]:
+    """Split ``options`` into the others and the last ``-m`` expression (None: no ``-m``)."""
+    rest: list[str] = []
+    marks: str | None = None
+    given = iter(options)
+    for option in given:
+        if option == "-m":
+            marks = next(given, "")
+        elif option.startswith("-m="):
+            marks = option.removeprefix("-m=")
+        else:
+            rest.append(option)
+    return rest, marks
+
+
+def _and(marks: str | None, part: str) -> str:
+    return part if not marks else f"({marks}) and {part}"
 
 
 def passed(code: int) -> bool:

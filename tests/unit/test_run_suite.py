@@ -25,6 +25,22 @@ def test_the_parallel_part_runs_first_and_the_serial_part_alone() -> None:
     assert serial[3:] == ["-m", "serial", "-p", "no:cacheprovider"]
 
 
+def test_a_mark_expression_of_the_caller_is_combined_with_each_parts_own() -> None:
+    parallel, serial = parts(["-m", "integration", "-x"], 2)
+    assert parallel[3:] == [
+        "-n",
+        "2",
+        "--dist",
+        "loadscope",
+        "-m",
+        "(integration) and not serial",
+        "-x",
+    ]
+    assert serial[3:] == ["-m", "(integration) and serial", "-x"]
+    parallel, serial = parts(["-m=not slow"], 2)
+    assert parallel[-1] == "(not slow) and not serial" and serial[-1] == "(not slow) and serial"
+
+
 def test_a_part_that_selects_nothing_passes_and_a_failure_does_not() -> None:
     assert passed(0) and passed(5)
     assert not passed(1) and not passed(2) and not passed(4)
