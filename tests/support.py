@@ -128,11 +128,14 @@ async def produce_timed(
     *,
     chunk: int = 0,
     pause: float = 0.0,
+    hold: asyncio.Event | None = None,
 ) -> list[tuple[int, int, int]]:
     """Send ``(key, value, timestamp_ms)`` in order; return each record's (ts, partition, offset).
 
     With ``chunk``, pause ``pause`` seconds after every ``chunk`` records, to spread the
-    stream over time (so a test can crash a worker while it flows).
+    stream over time (so a test can crash a worker while it flows); with ``hold`` too, wait
+    after the first chunk until it is set (the worker applied something: the stream then
+    flows for as long after that, however slowly the worker started).
     """
     producer = AIOKafkaProducer(
         **client_args(bootstrap), acks="all", enable_idempotence=True, linger_ms=5
@@ -146,6 +149,9 @@ async def produce_timed(
             stamps.append(stamp)
             futures.append(await producer.send(topic, value, key=key, timestamp_ms=stamp))
             if chunk and index % chunk == chunk - 1:
+                if hold is not None and index == chunk - 1:
+                    await producer.flush()
+                    await hold.wait()
                 await asyncio.sleep(pause)
         await producer.flush()
         metas = [await future for future in futures]

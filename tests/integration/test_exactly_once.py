@@ -56,11 +56,18 @@ def table_state(store: SqlStore) -> dict[str, str]:
 
 
 def produce_spread(
-    bootstrap: str, topic: str, sent: list[Sent]
+    bootstrap: str, topic: str, sent: list[Sent], applied: asyncio.Event
 ) -> Coroutine[Any, Any, list[tuple[int, int, int]]]:
-    """Produce ``sent`` in chunks of 500 with pauses, so that kills hit a flowing stream."""
+    """Produce ``sent`` in chunks of 500 with pauses, the rest of the first chunk only once
+    the worker ``applied`` something, so that kills hit a flowing stream however slowly the
+    worker started (two suites at once on two cores)."""
     return produce_timed(
-        bootstrap, topic, ((s.key, s.value, s.timestamp) for s in sent), chunk=500, pause=0.6
+        bootstrap,
+        topic,
+        ((s.key, s.value, s.timestamp) for s in sent),
+        chunk=500,
+        pause=0.6,
+        hold=applied,
     )
 
 
@@ -71,6 +78,7 @@ async def kill_at_random_moments(
     producing: asyncio.Task[Any],
     rng: random.Random,
     kills: int,
+    applied: asyncio.Event,
 ) -> int:
     """SIGKILL ``worker`` ``kills`` times, 2 to 5 s apart from its first applied batch on,
     starting it again each time; return how many kills came while records were still produced
@@ -85,6 +93,7 @@ async def kill_at_random_moments(
     for the dead one's session to expire, would test nothing.
     """
     await wait_stored(store, group, 1, worker)
+    applied.set()  # the producer sends the rest now
     mid_stream = 0
     for _ in range(kills):
         # A random moment: this pause is the chaos, not a wait for a condition. The worker is
@@ -132,10 +141,11 @@ async def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice
     worker, app_id = eo_worker(kafka_bootstrap, server_db_url, topic_prefix, tmp_path)
     rng = random.Random(99)
     worker.start()
-    producing = asyncio.create_task(produce_spread(kafka_bootstrap, topic, sent))
+    applied = asyncio.Event()
+    producing = asyncio.create_task(produce_spread(kafka_bootstrap, topic, sent, applied))
     try:
         kills_mid_stream = await kill_at_random_moments(
-            worker, store, app_id, producing, rng, kills=6
+            worker, store, app_id, producing, rng, kills=6, applied=applied
         )
         positions = await producing
         ends = await end_offsets(kafka_bootstrap, topic)
@@ -172,10 +182,11 @@ async def test_sigkill_while_forwarding_loses_nothing_and_applies_nothing_twice(
     repartition = f"{app_id}-{topic}-repartition"
     rng = random.Random(5)
     worker.start()
-    producing = asyncio.create_task(produce_spread(kafka_bootstrap, topic, sent))
+    applied = asyncio.Event()
+    producing = asyncio.create_task(produce_spread(kafka_bootstrap, topic, sent, applied))
     try:
         kills_mid_stream = await kill_at_random_moments(
-            worker, store, app_id, producing, rng, kills=5
+            worker, store, app_id, producing, rng, kills=5, applied=applied
         )
         positions = await producing
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
