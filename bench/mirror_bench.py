@@ -110,7 +110,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paths",
         default="mirror,quix,debezium,mirror_uncached,mirror_x2",
-        help="paths to run (comma-separated); the last two run on the steady state only",
+        help="paths to run (comma-separated); the last two run on the steady state only;"
+        " with --inputs debezium, mirror and debezium (or mirror_dbz, debezium_dbz) name the"
+        " paths on Debezium input too",
     )
     parser.add_argument(
         "--databases",
@@ -244,11 +246,14 @@ def choose_paths(args: argparse.Namespace) -> tuple[list[BenchPath], list[BenchP
     ]
     main = [p for p in chosen if p.name in ("mirror", *(q.name for q in PEERS))]
     # Debezium input: after the main paths, the worker and Debezium's sink on its topic.
-    debezium = (
-        [_configured(ON_DEBEZIUM_INPUT[p.name], args) for p in main if p.name in ON_DEBEZIUM_INPUT]
+    # Named by the path they stand for (mirror, debezium) or by their own names.
+    debezium = [
+        _configured(path, args)
+        for name, path in ON_DEBEZIUM_INPUT.items()
         if "debezium" in args.inputs
-        else []
-    )
+        and args.paths & {name, path.name}
+        and (args.peers or isinstance(path, WorkerPath))
+    ]
     if "changetype" not in args.inputs:
         chosen, main = [], []
     chosen, main = [*chosen, *debezium], [*main, *debezium]

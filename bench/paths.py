@@ -131,6 +131,13 @@ class WorkerPath:
         return "models.planet" if self.cached else "bench.uncached_planet"
 
     @property
+    def spec(self) -> EntitySpec | None:
+        """The entity whose table the bench creates (None: the worker creates it)."""
+        if self.debezium_input:
+            return _debezium_planet()
+        return PLANET if self.cached else None
+
+    @property
     def live_rows_sql(self) -> str:
         return f"SELECT uuid, name FROM {self.table}"
 
@@ -146,9 +153,7 @@ class WorkerPath:
         app_id = f"{prefix}{self.name}"
         store = SqlStore.from_url(db_url)
         # The bookkeeping tables (stored offsets) at least: the progress is read from the start.
-        store.create_tables(
-            [_debezium_planet()] if self.debezium_input else [PLANET] if self.cached else []
-        )
+        store.create_tables([self.spec] if self.spec is not None else [])
         topic = topic_of(self, prefix)
         base: Mapping[str, str] = {
             **os.environ,
