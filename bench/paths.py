@@ -34,7 +34,7 @@ from bench.peers import debezium_native as peer_debezium_native
 from bench.peers import quix as peer_quix
 from bench.servers import DEFAULT, SERVERS
 from models.planet import Planet
-from models.registry import EntitySpec, build_spec
+from models.registry import EntitySpec, build_spec, default_registry
 from models.store import SqlStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,10 +270,13 @@ DEBEZIUM_TABLE = "bench_debezium_planet"
 
 @functools.cache
 def _debezium_planet() -> EntitySpec:
-    """The spec of ``bench/debezium_planet.py``'s model, built once (it registers its topic)."""
+    """The spec of ``bench/debezium_planet.py``'s model, built once; out of the default registry,
+    which this process's planet alone is in (the worker that reads it imports the module)."""
     from bench.debezium_planet import DebeziumPlanet
 
-    return build_spec(DebeziumPlanet)
+    spec = build_spec(DebeziumPlanet)
+    default_registry.unregister(DebeziumPlanet)
+    return spec
 
 
 def on_database(path: WorkerPath | PeerPath, database: str) -> WorkerPath | PeerPath:
