@@ -4,7 +4,8 @@ What Debezium's PostgreSQL connector writes for a table ``public.planet`` of the
 twelve fields (column names ``uuid``, ``name``, then the others as the bench names them; the
 two JSON-valued fields as ``jsonb``), through Kafka Connect's JsonConverter with schemas on,
 keys and values alike: compact JSON (Jackson writes no spaces), each value
-``{"schema": <envelope schema>, "payload": {"before", "after", "source", "op", "ts_ms"}}``,
+``{"schema": <envelope schema>, "payload": {"before", "after", "source", "transaction", "op",
+"ts_ms", "ts_us", "ts_ns"}}``,
 each key ``{"schema": <key schema>, "payload": {"uuid": ...}}``.
 
 A CREATED event becomes ``op: c``, an UPDATED one (or one without changeType) ``op: u``, both
@@ -66,6 +67,8 @@ SOURCE: Final[dict[str, Any]] = {
     "snapshot": "false",
     "db": "bench",
     "sequence": None,
+    "ts_us": 1_764_000_000_000_000,
+    "ts_ns": 1_764_000_000_000_000_000,
     "schema": "public",
     "table": "planet",
     "txId": 0,
@@ -90,6 +93,8 @@ _SOURCE_SCHEMA: Final = {
         },
         {"type": "string", "optional": False, "field": "db"},
         {"type": "string", "optional": True, "field": "sequence"},
+        {"type": "int64", "optional": True, "field": "ts_us"},
+        {"type": "int64", "optional": True, "field": "ts_ns"},
         {"type": "string", "optional": False, "field": "schema"},
         {"type": "string", "optional": False, "field": "table"},
         {"type": "int64", "optional": True, "field": "txId"},
@@ -112,8 +117,22 @@ VALUE_SCHEMA: Final = {
         {**_ROW, "field": "before"},
         {**_ROW, "field": "after"},
         _SOURCE_SCHEMA,
+        {
+            "type": "struct",
+            "fields": [
+                {"type": "string", "optional": False, "field": "id"},
+                {"type": "int64", "optional": False, "field": "total_order"},
+                {"type": "int64", "optional": False, "field": "data_collection_order"},
+            ],
+            "optional": True,
+            "name": "event.block",
+            "version": 1,
+            "field": "transaction",
+        },
         {"type": "string", "optional": False, "field": "op"},
         {"type": "int64", "optional": True, "field": "ts_ms"},
+        {"type": "int64", "optional": True, "field": "ts_us"},
+        {"type": "int64", "optional": True, "field": "ts_ns"},
     ],
     "optional": False,
     "name": "bench.public.planet.Envelope",
@@ -165,12 +184,17 @@ def encode_event(event: Event) -> tuple[Event, ...]:
         before, after, op = {**_KEY_ONLY, "uuid": event.key}, None, "d"
     else:
         before, after, op = None, source_row(body), _OPS[change]
+    ts_ms = SOURCE["ts_ms"]
     payload = {
         "before": before,
         "after": after,
         "source": source,
+        # No transaction metadata (provide.transaction.metadata=false): null, but written.
+        "transaction": None,
         "op": op,
-        "ts_ms": SOURCE["ts_ms"],
+        "ts_ms": ts_ms,
+        "ts_us": ts_ms * 1_000,
+        "ts_ns": ts_ms * 1_000_000,
     }
     value = _VALUE_HEAD + orjson.dumps(payload) + b"}"
     if change == "DELETED":
