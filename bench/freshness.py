@@ -177,7 +177,7 @@ class Session:
         topic: str,
         ends: Callable[[], Awaitable[Mapping[int, int]]],
         pool: Sequence[Event],
-        encode: Callable[[Event], Event],
+        encode: Callable[[Event], Sequence[Event]],
         expected: NewestState,
         seed: int,
     ) -> None:
@@ -204,11 +204,11 @@ class Session:
         return self.result
 
     def _next_events(self, count: int) -> list[Event]:
-        """The pool's next ``count`` records, noted in the expected state."""
+        """The records of the pool's next ``count`` events, noted in the expected state."""
         expected = self.result.expected.rows
         chunk = []
         for _ in range(count):
-            chunk.append(self._encoded[self._cursor])
+            chunk.extend(self._encoded[self._cursor])
             key, name = self._rows[self._cursor]
             if name is None:
                 expected.pop(key, None)
@@ -232,13 +232,14 @@ class Session:
                 self.result.expected.add(marker)
                 markers.append((marker.key, now - started))
                 next_marker += MARKER_EVERY
-            chunk = [self._encode(marker)] if marker is not None else []
-            chunk += self._next_events(due - len(chunk))
+            chunk = list(self._encode(marker)) if marker is not None else []
+            events = due - (marker is not None)
+            chunk += self._next_events(events)
             if chunk:
                 if marker is not None:
                     poll.produced(marker.key, time.monotonic())
                 await self._writer.send(self._topic, chunk)
-                sent += len(chunk)
+                sent += events + (marker is not None)
             if now - checked >= 1.0:
                 checked = now
                 self._path.check()

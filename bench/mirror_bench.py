@@ -5,7 +5,10 @@ empty table of its own database, one at a time, all in one run: the worker (``mi
 the peers Quix Streams and Debezium's JDBC sink (``bench/peers/``; ``--no-peers`` leaves
 them out, as ``--quick`` does). ``--databases postgresql,mariadb`` also runs the worker and
 Debezium's sink on MariaDB (``mirror_mariadb``, ``debezium_mariadb``) in workloads 1 to 3,
-on the same topics, reported beside their PostgreSQL rows:
+on the same topics, reported beside their PostgreSQL rows. ``--inputs changetype,debezium``
+also runs the worker and Debezium's sink on the same events as Debezium change events
+(``bench/debezium_input.py``, one topic both read, reshaped for neither: ``mirror_dbz``,
+``debezium_dbz``) in workloads 1 to 3, reported beside the worker's rate on changeType JSON:
 
 1. warm-up: 200,000 events over 20,000 entities (the old default, a few seconds: start-up
    and warm-up weigh a lot), then the naive path and the raw limits on the same topic;
@@ -45,9 +48,12 @@ from bench import (  # noqa: E402
     report,
     topics,
 )
+from bench.debezium_input import ENCODING  # noqa: E402
 from bench.measure import newest_state, table_errors  # noqa: E402
 from bench.paths import (  # noqa: E402
+    INPUTS,
     MIRROR,
+    ON_DEBEZIUM_INPUT,
     ON_EVERY_DATABASE,
     PEERS,
     PLANET,
@@ -104,13 +110,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paths",
         default="mirror,quix,debezium,mirror_uncached,mirror_x2",
-        help="paths to run (comma-separated); the last two run on the steady state only",
+        help="paths to run (comma-separated); the last two run on the steady state only;"
+        " with --inputs debezium, mirror and debezium (or mirror_dbz, debezium_dbz) name the"
+        " paths on Debezium input too",
     )
     parser.add_argument(
         "--databases",
         default=DEFAULT,
         help="databases the worker and Debezium's sink write to, of postgresql, mariadb"
         " (comma-separated); the other paths, the baselines and freshness: PostgreSQL only",
+    )
+    parser.add_argument(
+        "--inputs",
+        default="changetype",
+        help="the events' shapes, of changetype, debezium (comma-separated): debezium runs"
+        " the worker and Debezium's sink of --paths on Debezium change events too, in the"
+        " warm-up, steady state and initial load",
     )
     parser.add_argument(
         "--rates",
@@ -169,6 +184,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.only = set(args.only.split(","))
     args.paths = set(args.paths.split(","))
     args.databases = set(args.databases.split(","))
+    args.inputs = set(args.inputs.split(","))
+    if unknown := args.inputs - set(INPUTS):
+        parser.error(f"--inputs: unknown {', '.join(sorted(unknown))} (of {', '.join(INPUTS)})")
     if unknown := args.databases - SERVERS.keys():
         parser.error(f"--databases: unknown {', '.join(sorted(unknown))} (of {', '.join(SERVERS)})")
     return args
@@ -214,9 +232,11 @@ def choose_paths(args: argparse.Namespace) -> tuple[list[BenchPath], list[BenchP
     """The paths of this run: (every one, for the steady state; the main ones, elsewhere).
 
     The main ones are the worker and the peers; the steady state adds the worker with its
-    cache off and two workers in a group. They write to PostgreSQL; for each other database
-    in ``--databases`` the worker and Debezium's sink run again after them, writing to it
-    (without ``postgresql`` in ``--databases``, only those run).
+    cache off and two workers in a group. With ``debezium`` in ``--inputs`` the worker and
+    Debezium's sink follow on Debezium change events (without ``changetype``, only they run).
+    They write to PostgreSQL; for each other database in ``--databases`` the worker and
+    Debezium's sink run again after them, writing to it (without ``postgresql`` in
+    ``--databases``, only those run).
     """
     every: list[WorkerPath | PeerPath] = [MIRROR, *PEERS, UNCACHED, SCALED]
     chosen = [
@@ -225,6 +245,18 @@ def choose_paths(args: argparse.Namespace) -> tuple[list[BenchPath], list[BenchP
         if p.name in args.paths and (args.peers or p not in PEERS)
     ]
     main = [p for p in chosen if p.name in ("mirror", *(q.name for q in PEERS))]
+    # Debezium input: after the main paths, the worker and Debezium's sink on its topic.
+    # Named by the path they stand for (mirror, debezium) or by their own names.
+    debezium = [
+        _configured(path, args)
+        for name, path in ON_DEBEZIUM_INPUT.items()
+        if "debezium" in args.inputs
+        and args.paths & {name, path.name}
+        and (args.peers or isinstance(path, WorkerPath))
+    ]
+    if "changetype" not in args.inputs:
+        chosen, main = [], []
+    chosen, main = [*chosen, *debezium], [*main, *debezium]
     elsewhere = [
         on_database(p, database)
         for database in SERVERS
@@ -275,7 +307,7 @@ def _configured(path: WorkerPath | PeerPath, args: argparse.Namespace) -> Worker
     """A worker path with the run's partitions (and forwarding, for ``--repartition``)."""
     if not isinstance(path, WorkerPath):
         return path
-    forward = args.repartition and path.name == "mirror"
+    forward = args.repartition and path.name in ("mirror", "mirror_dbz")
     return dataclasses.replace(path, partitions=args.partitions, repartition=forward)
 
 
@@ -316,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             return against.run(bench, chosen["steady"], args, say)
         if "warmup" in args.only:
             bench.workload(chosen["warmup"], main_paths)
-            if DEFAULT in args.databases:
+            if DEFAULT in args.databases and "changetype" in args.inputs:
                 run_baselines(bench, args, chosen["warmup"])
         if "steady" in args.only:
             bench.workload(chosen["steady"], chosen_paths)
@@ -326,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.workload(chosen["long"], [p for p in main_paths if p.name == MIRROR.name])
         if "freshness" in args.only:
             for path in _on_default(main_paths):
+                if path.encoding == ENCODING:  # freshness: on the changeType input only
+                    continue
                 bench.run_freshness(path, args.plan, args.pool, args.pool_entities, args.seed + 4)
         meta = {"partitions": args.partitions, "batch_size": args.batch_size, "producer": writer}
         summary = report.summarize(bench.results, meta)

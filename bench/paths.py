@@ -10,6 +10,7 @@ a topic of its own holding the same events, whatever database it writes to.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -25,13 +26,15 @@ from typing import Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench import debezium_input
 from bench.launch import Launch, Process
 from bench.measure import Event
 from bench.peers import debezium as peer_debezium
+from bench.peers import debezium_native as peer_debezium_native
 from bench.peers import quix as peer_quix
 from bench.servers import DEFAULT, SERVERS
 from models.planet import Planet
-from models.registry import build_spec
+from models.registry import EntitySpec, build_spec, default_registry
 from models.store import SqlStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +44,9 @@ WORKER_TOPIC = "planet-changed"
 #: and one process may declare a topic once (the worker that runs it imports it).
 UNCACHED_TABLE = "bench_uncached_planet"
 PLANET = build_spec(Planet)
+#: The inputs ``--inputs`` chooses from: the worker's changeType JSON, or the same events as
+#: Debezium change events (``bench/debezium_input.py``).
+INPUTS = ("changetype", "debezium")
 
 
 class BenchPath(Protocol):
@@ -73,8 +79,8 @@ class BenchPath(Protocol):
     def available(self) -> None:
         """Raise ``PeerSkipped`` saying why the path cannot run here."""
 
-    def encode(self, event: Event) -> Event:
-        """The record its topic holds for ``event``."""
+    def encode(self, event: Event) -> Sequence[Event]:
+        """The records its topic holds for ``event``."""
 
     def launch(self, bootstrap: str, db_url: str, prefix: str, workdir: Path, batch: int) -> Launch:
         """Create its table in ``db_url`` and say how to start it on :func:`topic_of` ``prefix``."""
@@ -101,6 +107,7 @@ class WorkerPath:
     repartition: bool = False
     """Forward the topic through the worker's repartition topic first (``REPARTITION``)."""
     encoding: str = "json"
+    """``debezium-events``: Debezium change events, read by ``bench/debezium_planet.py``."""
     checkout: Path | None = None
     """Run the worker of another checkout of this repository (``--against``): its code, this
     venv. None: this checkout."""
@@ -108,8 +115,27 @@ class WorkerPath:
     """The server it writes to (``bench.servers.SERVERS``' key)."""
 
     @property
+    def debezium_input(self) -> bool:
+        return self.encoding == debezium_input.ENCODING
+
+    @property
     def table(self) -> str:
+        if self.debezium_input:
+            return DEBEZIUM_TABLE
         return PLANET.table.name if self.cached else UNCACHED_TABLE
+
+    @property
+    def entity_module(self) -> str:
+        if self.debezium_input:
+            return "bench.debezium_planet"
+        return "models.planet" if self.cached else "bench.uncached_planet"
+
+    @property
+    def spec(self) -> EntitySpec | None:
+        """The entity whose table the bench creates (None: the worker creates it)."""
+        if self.debezium_input:
+            return _debezium_planet()
+        return PLANET if self.cached else None
 
     @property
     def live_rows_sql(self) -> str:
@@ -118,14 +144,16 @@ class WorkerPath:
     def available(self) -> None:
         """The worker always runs."""
 
-    def encode(self, event: Event) -> Event:
-        return event
+    def encode(self, event: Event) -> Sequence[Event]:
+        if self.debezium_input:
+            return debezium_input.encode_event(event)
+        return (event,)
 
     def launch(self, bootstrap: str, db_url: str, prefix: str, workdir: Path, batch: int) -> Launch:
         app_id = f"{prefix}{self.name}"
         store = SqlStore.from_url(db_url)
         # The bookkeeping tables (stored offsets) at least: the progress is read from the start.
-        store.create_tables([PLANET] if self.cached else [])
+        store.create_tables([self.spec] if self.spec is not None else [])
         topic = topic_of(self, prefix)
         base: Mapping[str, str] = {
             **os.environ,
@@ -135,7 +163,7 @@ class WorkerPath:
             "TOPIC_PREFIX": prefix,
             "BATCH_SIZE": str(batch),
             "TOPIC_PARTITIONS": str(self.partitions),
-            "ENTITY_MODULES": "models.planet" if self.cached else "bench.uncached_planet",
+            "ENTITY_MODULES": self.entity_module,
         }
         if self.checkout is not None:
             # ``python -m`` puts the working directory first on sys.path, before the venv's
@@ -207,9 +235,9 @@ class PeerPath:
     def available(self) -> None:
         self.peer.available()
 
-    def encode(self, event: Event) -> Event:
-        encoded: Event = self.peer.encode_event(event)
-        return encoded
+    def encode(self, event: Event) -> Sequence[Event]:
+        encoded: Event | Sequence[Event] = self.peer.encode_event(event)
+        return (encoded,) if isinstance(encoded, Event) else encoded
 
     def launch(self, bootstrap: str, db_url: str, prefix: str, workdir: Path, batch: int) -> Launch:
         topic = topic_of(self, prefix)
@@ -222,9 +250,33 @@ MIRROR = WorkerPath()
 UNCACHED = WorkerPath(name="mirror_uncached", label="the worker, cache off", cached=False)
 SCALED = WorkerPath(name="mirror_x2", label="two workers, one group", processes=2)
 PEERS: tuple[PeerPath, ...] = (PeerPath("quix", peer_quix), PeerPath("debezium", peer_debezium))
+#: On Debezium input (``--inputs debezium``): the worker reading the change events as an entity
+#: declared ``__input_format__ = "debezium"``, and Debezium's JDBC sink reading them natively.
+MIRROR_DBZ = WorkerPath(
+    name="mirror_dbz", label="the worker, Debezium input", encoding=debezium_input.ENCODING
+)
+DEBEZIUM_DBZ = PeerPath("debezium_dbz", peer_debezium_native)
+#: The Debezium-input path of each path (``--paths`` names), by its name.
+ON_DEBEZIUM_INPUT: Mapping[str, WorkerPath | PeerPath] = {
+    "mirror": MIRROR_DBZ,
+    "debezium": DEBEZIUM_DBZ,
+}
 #: The paths that also run on another database (``--databases``): the worker and Debezium's
 #: JDBC sink, whose dialects cover MySQL and MariaDB (Quix's sink is PostgreSQL's only).
-ON_EVERY_DATABASE = ("mirror", "debezium")
+ON_EVERY_DATABASE = ("mirror", "debezium", "mirror_dbz", "debezium_dbz")
+#: ``bench/debezium_planet.py``'s table (the module is imported by the worker that reads it).
+DEBEZIUM_TABLE = "bench_debezium_planet"
+
+
+@functools.cache
+def _debezium_planet() -> EntitySpec:
+    """The spec of ``bench/debezium_planet.py``'s model, built once; out of the default registry,
+    which this process's planet alone is in (the worker that reads it imports the module)."""
+    from bench.debezium_planet import DebeziumPlanet
+
+    spec = build_spec(DebeziumPlanet)
+    default_registry.unregister(DebeziumPlanet)
+    return spec
 
 
 def on_database(path: WorkerPath | PeerPath, database: str) -> WorkerPath | PeerPath:

@@ -3,6 +3,8 @@
 Produces ``--events`` benchmark events into a fresh topic, starts one worker, samples it with
 ``py-spy record`` while it catches up, and prints the functions with the largest share of
 samples (inclusive), grouped by the area they belong to. Needs ``pip install -e .[bench]``.
+``--input debezium`` profiles the worker on the same events as Debezium change events
+(``bench/debezium_input.py``), the entity declared ``__input_format__ = "debezium"``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.paths import PLANET, free_port  # noqa: E402
-from bench.topics import create_and_fill, end_offsets  # noqa: E402
+from bench.paths import INPUTS, MIRROR, MIRROR_DBZ, free_port, topic_of  # noqa: E402
+from bench.topics import end_offsets, fill  # noqa: E402
 from bench.workload import make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
 from devservices import mariadb as dev_mariadb  # noqa: E402
@@ -51,6 +53,7 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--database", choices=sorted(SERVERS), default="postgresql")
+    parser.add_argument("--input", choices=INPUTS, default="changetype", help="the events' shape")
     parser.add_argument(
         "--gil", action="store_true", help="sample only the thread holding the GIL (CPU in Python)"
     )
@@ -61,11 +64,13 @@ def main() -> int:
     run = uuid.uuid4().hex[:6]
     prefix = f"prof-{run}."
     events = make_events(args.events, args.entities, 7)
-    asyncio.run(create_and_fill(bootstrap, f"{prefix}planet-changed", 4, events))
-    ends = asyncio.run(end_offsets(bootstrap, f"{prefix}planet-changed", 4))
+    path = MIRROR_DBZ if args.input == "debezium" else MIRROR
+    topic = topic_of(path, prefix)
+    asyncio.run(fill(bootstrap, 4, {topic: path.encode}, events))
+    ends = asyncio.run(end_offsets(bootstrap, topic, 4))
     db = dev_server.create_database(server, f"prof_{run}")
     store = SqlStore.from_url(db)
-    store.create_tables([PLANET])
+    store.create_tables([path.spec] if path.spec is not None else [])
     app_id = f"prof-{run}"
     workdir = ROOT / ".cache" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +80,7 @@ def main() -> int:
         "DATABASE_URL": db,
         "APP_ID": app_id,
         "TOPIC_PREFIX": prefix,
+        "ENTITY_MODULES": path.entity_module,
         "WEB_PORT": str(free_port()),
         "DATA_DIR": str(workdir / app_id),
         # Quiet, so the profile is of the work, not of log lines (LOG_LEVEL sets it, not -l).
@@ -90,7 +96,6 @@ def main() -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    topic = f"{prefix}planet-changed"
     try:
         while not store.stored_offsets(app_id):
             time.sleep(0.05)

@@ -10,6 +10,11 @@ Paths on a database other than PostgreSQL (``--databases``) end in ``_<database>
 ``on MariaDB``, with the worker / peer ratios on that database
 (``mirror_mariadb_vs_debezium_mariadb``) and the worker's rate there over its own rate on
 PostgreSQL (``mirror_mariadb_vs_mirror``).
+
+On Debezium input (``--inputs debezium``) the worker and Debezium's sink are ``mirror_dbz`` and
+``debezium_dbz`` (``_mariadb`` on MariaDB), with the worker's rate there over its rate on
+changeType JSON (``mirror_dbz_vs_mirror``) and over the sink's (``mirror_dbz_vs_debezium_dbz``),
+and a table of their own.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ LABELS = {
     "debezium": "Debezium",
     "mirror_uncached": "worker, cache off",
     "mirror_x2": "two workers, one group",
+    "mirror_dbz": "worker, Debezium input",
+    "debezium_dbz": "Debezium, Debezium input",
     "naive": "naive",
     "raw_consume": "raw consume",
     "raw_write": "raw write",
@@ -88,6 +95,13 @@ def summarize(results: Results, meta: dict[str, Any]) -> dict[str, Any]:
                     summary[f"{key}_vs_{peer}{suffix}"] = ratio(mirror, other)
             if suffix and mirror is not None:  # against the worker's own rate on PostgreSQL
                 summary[f"{key}_vs_mirror"] = ratio(mirror, results.runs.get((name, "mirror")))
+            dbz = results.runs.get((name, f"mirror_dbz{suffix}"))
+            if dbz is not None:
+                for other in (f"mirror{suffix}", f"debezium_dbz{suffix}"):
+                    if (run := results.runs.get((name, other))) is not None and run.ok:
+                        summary[f"{KEY_PREFIX[name]}mirror_dbz{suffix}_vs_{other}"] = ratio(
+                            dbz, run
+                        )
     baselines = {p: results.runs.get(("warmup", p)) for p in ("naive", "raw_consume", "raw_write")}
     if baselines["naive"] is not None:
         summary["mirror_vs_naive"] = ratio(
@@ -150,6 +164,7 @@ def print_report(results: Results, summary: dict[str, Any], say: Callable[[str],
     if results.runs:
         _throughput(results, paths, say)
         _cost(results, paths, say)
+        _debezium_input(results, say)
         _every_run(results, say)
     _freshness(results, say)
     _rss(results, say)
@@ -255,6 +270,45 @@ def _cost(results: Results, paths: list[str], say: Callable[[str], None]) -> Non
     for row in _rows(results):
         cells = [_cell(row.run(results, p), _cpu) for p in paths]
         say(f"| {row.label} | " + " | ".join(cells) + " |")
+    say("")
+
+
+#: The columns of the Debezium-input table: the worker on changeType JSON, then on Debezium
+#: change events, and Debezium's sink on those.
+DEBEZIUM_INPUT = ("mirror", "mirror_dbz", "debezium_dbz")
+
+
+def _debezium_input(results: Results, say: Callable[[str], None]) -> None:
+    """The worker on Debezium change events beside itself on changeType JSON and beside
+    Debezium's sink on the same records, per workload and database."""
+    rows = [
+        (name, suffix, workload.label + (f", on {ELSEWHERE[suffix]}" if suffix else ""))
+        for name, workload in results.workloads.items()
+        for suffix in ("", *ELSEWHERE)
+        if (name, f"mirror_dbz{suffix}") in results.runs
+        or (name, f"debezium_dbz{suffix}") in results.runs
+    ]
+    if not rows:
+        return
+    say("On Debezium change events, events/s (ratios of the worker on them) and CPU us/event:")
+    say("")
+    say(
+        "| workload | worker, changeType | worker, Debezium | Debezium's sink, Debezium"
+        " | worker Debezium / changeType | worker / Debezium's sink"
+        f" | CPU us/event, {PARTS_LABEL}: worker changeType; worker Debezium; sink |"
+    )
+    say("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name, suffix, label in rows:
+        runs = [results.runs.get((name, f"{p}{suffix}")) for p in DEBEZIUM_INPUT]
+        mine, dbz, sink = runs
+        ratios = [ratio(dbz, mine), ratio(dbz, sink)]
+        cells = [
+            label,
+            *(_cell(run, _rate) for run in runs),
+            *(f"**{r:.2f}**" if r is not None else "" for r in ratios),
+            "; ".join(_cell(run, _cpu) or "-" for run in runs),
+        ]
+        say("| " + " | ".join(cells) + " |")
     say("")
 
 

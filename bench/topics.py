@@ -13,8 +13,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench.measure import Event
 from bench.producer import RecordWriter, open_writer
 
-#: Turns the bench's event into the record a path's topic gets (identity for most paths).
-Encode = Callable[[Event], Event]
+#: Turns the bench's event into the records a path's topic gets (itself, for most paths; a
+#: Debezium change event and a tombstone for a delete on Debezium input).
+Encode = Callable[[Event], Sequence[Event]]
 #: Records handed to the producer at a time while filling.
 CHUNK = 5_000
 
@@ -49,14 +50,14 @@ async def fill(
 
 async def _send(writer: RecordWriter, targets: Mapping[str, Encode], chunk: list[Event]) -> None:
     for topic, encode in targets.items():
-        await writer.send(topic, [encode(e) for e in chunk])
+        await writer.send(topic, [r for e in chunk for r in encode(e)])
 
 
 async def create_and_fill(
     bootstrap: str, topic: str, partitions: int, events: Iterable[Event]
 ) -> None:
     """Create ``topic`` and produce ``events`` to it as they are."""
-    await fill(bootstrap, partitions, {topic: lambda e: e}, events)
+    await fill(bootstrap, partitions, {topic: lambda e: (e,)}, events)
 
 
 async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:

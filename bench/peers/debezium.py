@@ -137,8 +137,15 @@ def jdbc_url(db_url: str) -> str:
     return template.format(host=url.host, port=url.port, database=url.database)
 
 
-def sink_config(db_url: str, *, name: str, topic: str, batch: int) -> str:
-    """Return the connector's settings (debezium-jdbc-sink.properties, filled in)."""
+def sink_config(
+    db_url: str,
+    *,
+    name: str,
+    topic: str,
+    batch: int,
+    template: str = "debezium-jdbc-sink.properties",
+) -> str:
+    """Return the connector's settings (``template`` beside this module, filled in)."""
     url = make_url(db_url)
     values = {
         "name": name,
@@ -149,7 +156,7 @@ def sink_config(db_url: str, *, name: str, topic: str, batch: int) -> str:
         "batch": batch,
         "table": TABLE,
     }
-    return _filled("debezium-jdbc-sink.properties", values)
+    return _filled(template, values)
 
 
 def _filled(template: str, values: Mapping[str, object]) -> str:
@@ -158,21 +165,37 @@ def _filled(template: str, values: Mapping[str, object]) -> str:
 
 
 def worker_config(
-    bootstrap: str, *, plugin_path: Path, workdir: Path, batch: int, name: str
+    bootstrap: str,
+    *,
+    plugin_path: Path,
+    workdir: Path,
+    batch: int,
+    name: str,
+    template: str = "connect-standalone.properties",
 ) -> str:
     """Return the Connect worker's settings: the shared ones (devservices/connect.py), then
-    the peer's own (connect-standalone.properties beside this module)."""
+    the peer's own (``template`` beside this module)."""
     return connect.worker_properties(
         bootstrap=bootstrap,
         rest_port=REST_PORT,
         plugin_path=plugin_path,
         offsets_file=workdir / f"connect-{name}.offsets",
-        extra=_filled("connect-standalone.properties", {"rest_port": REST_PORT, "batch": batch}),
+        extra=_filled(template, {"rest_port": REST_PORT, "batch": batch}),
     )
 
 
-def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int, name: str) -> Launch:
-    """Create the empty table and say how to run Connect with connector ``name`` on ``topic``."""
+def launch(
+    bootstrap: str,
+    db_url: str,
+    topic: str,
+    workdir: Path,
+    batch: int,
+    name: str,
+    *,
+    templates: tuple[str, str] = ("connect-standalone.properties", "debezium-jdbc-sink.properties"),
+) -> Launch:
+    """Create the empty table and say how to run Connect with connector ``name`` on ``topic``
+    (``templates``: the worker's and the connector's settings beside this module)."""
     jars = dev_kafka.connect_jars()
     connect.require_free(REST_PORT)
     engine = create_engine(db_url)
@@ -181,11 +204,17 @@ def launch(bootstrap: str, db_url: str, topic: str, workdir: Path, batch: int, n
             text(f"CREATE TABLE {TABLE} (uuid varchar(64) PRIMARY KEY, name varchar(255) NOT NULL)")
         )
     engine.dispose()
+    worker, sink = templates
     settings = {
-        "connect-standalone.properties": worker_config(
-            bootstrap, plugin_path=jars.plugin_path, workdir=workdir, batch=batch, name=name
+        worker: worker_config(
+            bootstrap,
+            plugin_path=jars.plugin_path,
+            workdir=workdir,
+            batch=batch,
+            name=name,
+            template=worker,
         ),
-        "debezium-jdbc-sink.properties": sink_config(db_url, name=name, topic=topic, batch=batch),
+        sink: sink_config(db_url, name=name, topic=topic, batch=batch, template=sink),
     }
     configs = []
     for file_name, content in settings.items():

@@ -3,7 +3,9 @@
 It asserts no speed: only that each figure is there and each table right. Quick mode runs
 every scenario at a tiny size and leaves the peers out (``--peers`` adds them); the test adds
 MariaDB (``--databases``): the worker on it too, in the warm-up, steady state and initial load
-(about 25 s more, the bench starting the server through devservices.mariadb).
+(about 25 s more, the bench starting the server through devservices.mariadb), and Debezium
+input (``--inputs``): the worker on the same events as Debezium change events, on both
+databases, with its rate over its own on changeType JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ RUN_FIGURES = (
 RUNS = ("mirror", "steady_mirror", "steady_mirror_uncached", "steady_mirror_x2", "initial_mirror")
 #: The worker's runs on MariaDB, each with its rate over the worker's on PostgreSQL.
 ON_MARIADB = ("mirror_mariadb", "steady_mirror_mariadb", "initial_mirror_mariadb")
+#: The worker's runs on Debezium change events, each with its rate over its own on changeType
+#: JSON on the same database.
+ON_DEBEZIUM = {
+    f"{workload}mirror_dbz{db}": f"{workload}mirror_dbz{db}_vs_mirror{db}"
+    for workload in ("", "steady_", "initial_")
+    for db in ("", "_mariadb")
+}
 FRESHNESS_RATES = (500, 2000)
 FIGURES = {
     "cores",
@@ -42,8 +51,9 @@ FIGURES = {
     "steady_entities",
     "initial_events",
     "initial_entities",
-    *(f"{run}_{figure}" for run in (*RUNS, *ON_MARIADB) for figure in RUN_FIGURES),
+    *(f"{run}_{figure}" for run in (*RUNS, *ON_MARIADB, *ON_DEBEZIUM) for figure in RUN_FIGURES),
     *(f"{run}_vs_mirror" for run in ON_MARIADB),
+    *ON_DEBEZIUM.values(),
     "naive_events",
     "naive_events_per_s",
     "naive_seconds",
@@ -77,7 +87,15 @@ NOT_POSITIVE = {
 @pytest.mark.slow
 def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_url: str) -> None:
     done = subprocess.run(
-        [sys.executable, "bench/mirror_bench.py", "--quick", "--databases", "postgresql,mariadb"],
+        [
+            sys.executable,
+            "bench/mirror_bench.py",
+            "--quick",
+            "--databases",
+            "postgresql,mariadb",
+            "--inputs",
+            "changetype,debezium",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -108,9 +126,10 @@ def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_ur
         "| initial load: 5,000 events, every entity new, on MariaDB |",
         "| 500 events/s |",
         "| highest rate sustained |",
+        "On Debezium change events, events/s",
     ):
         assert row in done.stdout, row
-    assert "Quix" not in done.stdout and "Debezium" not in done.stdout
+    assert "Quix" not in done.stdout and "JDBC sink" not in done.stdout
 
 
 @pytest.mark.slow
