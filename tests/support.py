@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from devservices.processes import note_started
 from streams.settings import Settings
@@ -217,8 +218,18 @@ async def committed_offsets(bootstrap: str | Broker, group: str, topic: str) -> 
     """Return the consumer group's committed offset per partition of ``topic``."""
     admin = AIOKafkaAdminClient(**client_args(bootstrap))
     await admin.start()
+    deadline = time.monotonic() + DEADLINE
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        while True:
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+                break
+            except KafkaError as exc:
+                # A broker just started is still creating __consumer_offsets: no group
+                # coordinator yet (error 15, retriable). Wait for it, as a client would.
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}

@@ -38,6 +38,8 @@ ON_DEBEZIUM = {
     for workload in ("", "steady_", "initial_")
     for db in ("", "_mariadb")
 }
+#: CPU parts of processes other than the measured path's.
+SHARES_OF_OTHERS = ("_cpu_us_database", "_cpu_us_broker", "_cpu_us_bench")
 FRESHNESS_RATES = (500, 2000)
 FIGURES = {
     "cores",
@@ -110,7 +112,12 @@ def test_quick_benchmark_reports_every_figure(kafka_bootstrap: str, pg_server_ur
     assert drawn
     assert set(figures) == FIGURES
     for name in FIGURES - NOT_POSITIVE:
-        assert figures[name] > 0, name
+        if name.endswith(SHARES_OF_OTHERS):
+            # Read in jiffies (10 ms) over quick mode's windows of a tenth of a second: the
+            # database's, broker's or bench's share of a window may be no whole jiffy.
+            assert figures[name] >= 0, name
+        else:
+            assert figures[name] > 0, name
     assert all(figures[name] is True for name in FIGURES if name.endswith("_table_ok"))
     phases = figures["freshness_mirror_phases"]
     assert {p["rate"] for p in phases if p["fixed"]} == set(FRESHNESS_RATES)
