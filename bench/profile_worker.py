@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.paths import INPUTS, MIRROR, MIRROR_DBZ, free_port, topic_of  # noqa: E402
+from bench.procfs import tree_cpu_seconds  # noqa: E402
 from bench.topics import end_offsets, fill  # noqa: E402
 from bench.workload import make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
@@ -45,6 +47,26 @@ AREAS = [
     ("streams/", "this project"),
     ("models/", "this project"),
 ]
+
+
+def batch_figures(web_port: int) -> str:
+    """Return the worker's batches and their mean size (records), from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    sums = collections.Counter[str]()
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        for part in ("batch_seconds", "batch_size", "batch_records", "sql_seconds"):
+            for stat in ("_sum", "_count"):
+                if name.startswith(f"mirror_{part}{stat}"):
+                    sums[part + stat] += float(value)
+    records = sums["batch_size_sum"] + sums["batch_records_sum"]
+    count = sums["batch_seconds_count"] or 1
+    return (
+        f"{count:,.0f} batches of {records / count:,.0f} records on average, "
+        f"{sums['batch_seconds_sum'] / count * 1000:.1f} ms each "
+        f"({sums['sql_seconds_sum'] / count * 1000:.1f} ms of SQL)"
+    )
 
 
 def main() -> int:
@@ -118,9 +140,14 @@ def main() -> int:
             stderr=subprocess.DEVNULL,
         )
         total = sum(ends.values())
+        began = time.monotonic()
+        cpu_before = tree_cpu_seconds(proc.pid)
         while sum(o for (t, _), o in store.stored_offsets(app_id).items() if t == topic) < total:
             time.sleep(0.1)
+        caught_up = time.monotonic() - began
+        cpu = tree_cpu_seconds(proc.pid) - cpu_before
         spy.send_signal(signal.SIGINT)
+        batches = batch_figures(int(env["WEB_PORT"]))
         spy.wait(timeout=60)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -144,7 +171,12 @@ def main() -> int:
         leaf = frames[-1]
         area = next((label for marker, label in AREAS if marker in leaf), "other (stdlib, C)")
         areas[area] += count
-    print(f"{samples} samples while catching up on {args.events:,} events")
+    print(
+        f"{samples} samples while catching up on {args.events:,} events in {caught_up:.1f} s"
+        f" ({total / caught_up:,.0f} records/s; sampling slows the worker);"
+        f" the worker's CPU {cpu / args.events * 1e6:.1f} us/event"
+    )
+    print(batches)
     print("\nself time by area (leaf frame):")
     for area, count in areas.most_common():
         print(f"  {100 * count / samples:5.1f}%  {area}")

@@ -37,3 +37,54 @@ def test_install_patches_nothing_under_another_aiokafka(monkeypatch: pytest.Monk
     with pytest.raises(DependencyError, match=r"aiokafka 0\.13\.0 is installed"):
         aiokafka_fixes.install()
     assert fetcher.MemoryRecords is before
+
+
+def _fetched(*batches: list[bytes]) -> bytes:
+    """Return a fetch's bytes for one partition: v2 record batches, one per list of values."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    data = b""
+    offset = 0
+    for values in batches:
+        builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)  # v2, uncompressed
+        for delta, value in enumerate(values):
+            assert builder.append(delta, 1_764_000_000_000, b"k", value, []) is not None
+        raw = bytearray(builder.build())
+        raw[0:8] = offset.to_bytes(8, "big")  # the batch's base offset, as the broker sets it
+        data += bytes(raw)
+        offset += len(values)
+    return data
+
+
+def _records(data: bytes, check_crcs: bool = True) -> list[bytes]:
+    """Read ``data`` as aiokafka's fetcher reads a partition's records (its CRC check too)."""
+    records = aiokafka_fixes.TolerantMemoryRecords(data)
+    partition = fetcher.PartitionRecords(
+        aiokafka.TopicPartition("t", 0), records, None, 0, None, None, check_crcs, 0
+    )
+    return [record.value for record in partition]
+
+
+def test_batches_crc_checked_by_the_cpu_instruction_read_as_aiokafka_reads_them() -> None:
+    data = _fetched([b"a" * 4000, b"b"], [b"c" * 300])
+    assert _records(data) == [b"a" * 4000, b"b", b"c" * 300]
+    records = aiokafka_fixes.TolerantMemoryRecords(data)
+    while (batch := records.next_batch()) is not None:
+        assert batch.validate_crc() is True
+        assert batch._batch.validate_crc() is True  # aiokafka's own software check agrees
+
+
+def test_a_batch_whose_bytes_do_not_match_its_crc_is_corrupt_as_aiokafka_says() -> None:
+    from aiokafka.errors import CorruptRecordException
+
+    data = bytearray(_fetched([b"a" * 4000], [b"c" * 300]))
+    data[-5] ^= 0x01  # one bit of the second batch's last value
+    corrupt = bytes(data)
+    records = aiokafka_fixes.TolerantMemoryRecords(corrupt)
+    answers = []
+    while (batch := records.next_batch()) is not None:
+        answers.append((batch.validate_crc(), batch._batch.validate_crc()))
+    assert answers == [(True, True), (False, False)]
+    with pytest.raises(CorruptRecordException, match="Invalid CRC"):
+        _records(corrupt)
+    assert len(_records(corrupt, check_crcs=False)) == 2  # the consumer's own switch still rules
