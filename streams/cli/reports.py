@@ -33,7 +33,7 @@ MEANINGS: dict[Exit, str] = {
     Exit.OK: "done: status caught up, verify matching",
     Exit.ERROR: (
         "not done: a bad setting, the broker or database unreachable, an unknown kind, a "
-        "missing topic (one error: line on stderr; the worker exits 1 for the same)"
+        "missing topic (one error: line on stderr)"
     ),
     Exit.USAGE: "a bad command line (argparse's usage message on stderr)",
     Exit.BEHIND: (
