@@ -11,6 +11,7 @@ streams, models and tables only: the local services, the bench and the tests are
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -194,6 +195,38 @@ def test_the_wheel_holds_the_product_packages_and_nothing_else(tmp_path: Path) -
     assert shipped == (ROOT / "LICENSE").read_text()
     scripts = wheel_file.read(f"{info}/entry_points.txt").decode()
     assert "[console_scripts]\nentity-mirror = streams.cli.main:main" in scripts
+    assert_a_user_s_code_type_checks_against_the_wheel(wheel, tmp_path)
+
+
+def assert_a_user_s_code_type_checks_against_the_wheel(wheel: Path, tmp_path: Path) -> None:
+    """mypy, checking a user's module against the installed wheel, sees our types (py.typed,
+    PEP 561), where without the marker it would skip our packages as untyped (``Any``)."""
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(installed)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "entities.py").write_text(
+        "from models.planet import Planet\n"
+        "from streams.settings import Settings\n"
+        "from tables.cache import changelog_topic\n"
+        "table: int = Planet.__tablename__\n"
+        "settings: int = Settings.from_env()\n"
+        "topic: int = changelog_topic('app', 'planet')\n"
+    )
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache")]
+    checked = subprocess.run(
+        [*mypy, "entities.py"],
+        cwd=user,
+        env={**os.environ, "PYTHONPATH": str(installed)},  # a site-packages dir to mypy
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "py.typed" not in checked.stdout, checked.stdout
+    errors = [line for line in checked.stdout.splitlines() if ": error: " in line]
+    assert [line.split(":")[1] for line in errors] == ["4", "5", "6"], checked.stdout
+    assert '(expression has type "str", variable has type "int")' in errors[0]
+    assert '(expression has type "Settings", variable has type "int")' in errors[1]
 
 
 def test_the_licence_is_apache_2_0_like_faust_streaming_and_aiokafka() -> None:
