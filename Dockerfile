@@ -7,8 +7,8 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 # The product only (pyproject.toml's packages): not the local services, the bench or the tests.
-# README.md is the package's long description.
-COPY pyproject.toml README.md ./
+# README.md is the package's long description; LICENSE goes into its metadata.
+COPY pyproject.toml README.md LICENSE ./
 COPY streams ./streams
 COPY models ./models
 COPY tables ./tables

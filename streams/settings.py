@@ -82,11 +82,55 @@ class Variable:
     """Parse even when the variable is unset (with ``""``): the default depends on the cwd."""
     shown: str | None = None
     """The default as the README shows it, when it is not the field's default as text."""
+    secret: bool = False
+    """A secret: it may instead come from the file ``<name>_FILE`` names (a mounted secret)."""
+
+    @property
+    def file_name(self) -> str | None:
+        """Return the variable naming a file that holds this secret, or None."""
+        return f"{self.name}{FILE_SUFFIX}" if self.secret else None
 
 
-def env(name: str, parse: Parse, *, when_unset: bool = False, shown: str | None = None) -> Any:
+#: ``<NAME>_FILE`` names a file holding the secret ``<NAME>`` (Docker and Kubernetes secrets).
+FILE_SUFFIX = "_FILE"
+
+
+def env(
+    name: str,
+    parse: Parse,
+    *,
+    when_unset: bool = False,
+    shown: str | None = None,
+    secret: bool = False,
+) -> Any:
     """Declare the variable of a field (the field's default is the variable's)."""
-    return {"env": Variable(name, parse, when_unset, shown)}
+    return {"env": Variable(name, parse, when_unset, shown, secret)}
+
+
+def read_secret(variable: Variable, environ: Mapping[str, str]) -> str | None:
+    """Return the text of ``variable`` from the environment or from its ``_FILE``, or None.
+
+    The file's one trailing newline (what ``echo`` and editors add) is not part of the secret.
+    Both set is refused rather than one silently winning; an empty value counts as unset.
+    """
+    raw = environ.get(variable.name)
+    file_name = variable.file_name
+    path = environ.get(file_name) if file_name else None
+    if not path:
+        return raw
+    if raw:
+        raise SettingsError(
+            f"{variable.name} and {file_name} are both set; set one of them "
+            f"({file_name} names a file holding {variable.name})"
+        )
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsError(f"{file_name} {path!r} cannot be read: {reason}") from None
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
 
 
 def _ranged(kind: type[int] | type[float], low: float, high: float) -> Parse:
@@ -306,6 +350,7 @@ class Settings:
             lambda raw, read: parse_database_url(raw, read.cwd),
             when_unset=True,
             shown=f"sqlite:///<cwd>/{DEFAULT_SQLITE_FILE}",
+            secret=True,
         ),
     )
     """SQLAlchemy URL of the mirror store; SQLite in the working directory by default. It may
@@ -378,14 +423,14 @@ class Settings:
     """PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)."""
     kafka_sasl_username: str = field(default="", metadata=env("KAFKA_SASL_USERNAME", _text))
     kafka_sasl_password: str = field(
-        default="", repr=False, metadata=env("KAFKA_SASL_PASSWORD", _text)
+        default="", repr=False, metadata=env("KAFKA_SASL_PASSWORD", _text, secret=True)
     )
     kafka_ssl_cafile: str = field(default="", metadata=env("KAFKA_SSL_CAFILE", _file))
     """CA bundle to verify the brokers (SSL, SASL_SSL); empty: the system's."""
     kafka_ssl_certfile: str = field(default="", metadata=env("KAFKA_SSL_CERTFILE", _file))
     """Client certificate for mutual TLS (optional)."""
     kafka_ssl_keyfile: str = field(default="", metadata=env("KAFKA_SSL_KEYFILE", _file))
-    api_token: str = field(default="", repr=False, metadata=env("API_TOKEN", _text))
+    api_token: str = field(default="", repr=False, metadata=env("API_TOKEN", _text, secret=True))
     """When set, every HTTP page but /health requires ``Authorization: Bearer <token>``."""
     log_format: str = field(default="text", metadata=env("LOG_FORMAT", _choice("text", "json")))
     """``text`` (Faust's) or ``json``: one JSON object per line."""
@@ -489,7 +534,7 @@ class Settings:
             if "env" not in item.metadata:
                 continue
             variable: Variable = item.metadata["env"]
-            raw = env_vars.get(variable.name)
+            raw = read_secret(variable, env_vars)
             if raw is None and not variable.when_unset:
                 continue  # the field's default
             values[item.name] = variable.parse(
@@ -530,8 +575,21 @@ def shown_default(variable: Variable, default: Any) -> str:
     return variable.shown if variable.shown is not None else default_text(default)
 
 
-#: Every variable the settings read, with the text that gives its default (docs, compose check).
+def secret_files() -> dict[str, str]:
+    """Return each ``<NAME>_FILE`` variable the settings read, with the secret it holds."""
+    return {
+        variable.file_name: name
+        for name, (variable, _) in variables().items()
+        if variable.file_name is not None
+    }
+
+
+#: Every variable the settings read, with the text that gives its default (docs, compose check);
+#: the ``_FILE`` variants of the secrets are unset (empty) by default.
 ENVIRONMENT: dict[str, str] = {
-    name: "" if variable.when_unset else default_text(default)
-    for name, (variable, default) in variables().items()
+    **{
+        name: "" if variable.when_unset else default_text(default)
+        for name, (variable, default) in variables().items()
+    },
+    **dict.fromkeys(secret_files(), ""),
 }

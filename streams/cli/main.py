@@ -1,4 +1,5 @@
-"""Command line: ``python -m streams status | verify | rebuild | dlq | sample-events | show``.
+"""Command line: ``entity-mirror`` (or ``python -m streams``) ``status | verify | rebuild | dlq |
+sample-events | show``.
 
 - ``status``: offsets, lag and staleness per partition, rows per table.
 - ``verify KIND``: replay a topic in memory and compare it with its table.
@@ -7,23 +8,28 @@
 - ``sample-events``: publish sample Planet events.
 - ``show KIND``: print the mirrored rows of an entity.
 
-Expected failures (bad settings, broker unreachable, unknown kind) print one line on
-stderr and exit 1; only a bug shows a traceback.
+``status``, ``verify`` and ``dlq`` print one JSON document with ``--json``
+(:mod:`streams.cli.reports`). Every command exits with a code of :class:`reports.Exit`:
+expected failures (bad settings, broker unreachable, unknown kind) print one line on stderr and
+exit 1; only a bug shows a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from streams.cli import reports
 from streams.core.errors import MirrorError
 from streams.core.keys import key_text
 from streams.core.records import Partition
@@ -118,9 +124,30 @@ def _entity(settings: Settings, kind: str) -> tuple[SqlApplier, EntitySpec]:
     return mirror, spec
 
 
-def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
+def emit(lines: Sequence[str], document: dict[str, Any] | None) -> None:
+    """Print the lines for people, or the one JSON document for scripts (``--json``)."""
+    if document is not None:
+        print(reports.document(document))
+        return
+    for line in lines:
+        print(line)
+
+
+def cmd_status(
+    settings: Settings, metrics_urls: Sequence[str] = (), *, max_lag: int = 0, as_json: bool = False
+) -> int:
     """Print committed, stored and end offsets with the lag and staleness per partition, table
-    rows, and the end-to-end delay per entity when workers' ``/metrics`` are given."""
+    rows, and the end-to-end delay per entity when workers' ``/metrics`` are given; exit
+    BEHIND when a partition's lag is above ``max_lag``."""
+    report = status_report(settings, metrics_urls, max_lag)
+    emit(reports.status_lines(report), reports.status_json(report) if as_json else None)
+    return report.exit_code
+
+
+def status_report(
+    settings: Settings, metrics_urls: Sequence[str], max_lag: int
+) -> reports.StatusReport:
+    """Read every entity's offsets (broker and store), rows and delay into a report."""
     from streams.apply.agents import repartition_topic
     from streams.cli import operations
     from streams.core.staleness import stored_staleness
@@ -128,15 +155,17 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
     from streams.worker import build_mirror
 
     mirror = build_mirror(settings)
+    logs: dict[str, Any] = {}
+    ids: dict[str, str] | None = None
 
-    async def offset_lines(
-        topic: str, stored: Mapping[Partition, int], forwarded_to: str = ""
-    ) -> list[str]:
-        """Describe ``topic``'s partitions: applied is the stored offset, or the group's
-        committed one for a topic forwarded to a repartition topic (nothing stored)."""
+    async def topic_status(
+        topic: str, stored: Mapping[Partition, int], forwarded_to: str | None = None
+    ) -> reports.TopicStatus:
+        """Read ``topic``'s partitions: applied is the stored offset, or the group's committed
+        one for a topic forwarded to a repartition topic (nothing stored)."""
         partitions = await partitions_of(settings, topic)
         if not partitions:
-            return [f"{topic}: topic does not exist yet"]
+            return reports.TopicStatus(topic, exists=False)
         ends = await operations.end_offsets(settings, topic, partitions)
         committed = await operations.committed_offsets(settings, settings.app_id, topic)
         if forwarded_to:
@@ -146,44 +175,28 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
         behind = {p: done for p, done in applied.items() if done < ends[p]}
         stamps = await operations.first_timestamps(settings, topic, behind)
         now = time.time()
-        lines = [
-            f"{topic} (group {settings.app_id}{forwarded_to}):",
-            "  partition  committed  applied        end        lag  stale (s)",
-        ]
-        notes = []
+        recreated = None
         if not forwarded_to and (log := logs.get(topic)) is not None:
             now_id = ids.get(topic) if ids is not None else None
             if log.topic_id is not None and now_id is not None and log.topic_id != now_id:
-                notes.append(
-                    f"  ! the topic was created again since its offsets were stored (its id is "
-                    f"{now_id}, they were stored for {log.topic_id}): a worker drops them and "
-                    "applies its new log from the start"
-                )
-        for p, done in applied.items():
-            if done > ends[p]:
-                lines.append(
-                    f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
-                    f"  {'above end':>9}  {'?':>9}"
-                )
-                notes.append(
-                    f"  ! partition {p}: the offset applied ({done}) is above the log's end "
-                    f"({ends[p]}): the topic was created again or the broker lost records; a "
-                    "worker reads it again from its start (or its end, for lost records)"
-                )
-                continue
-            stale = stored_staleness(done, ends[p], stamps.get(p), now)
-            lines.append(
-                f"  {p:>9}  {committed.get(p, -1):>9}  {done:>7}  {ends[p]:>9}"
-                f"  {ends[p] - done:>9}  {_seconds(stale):>9}"
+                recreated = (str(log.topic_id), str(now_id))
+        rows = tuple(
+            reports.PartitionStatus(
+                partition=p,
+                committed=committed.get(p),
+                applied=done,
+                end=ends[p],
+                stale_seconds=None
+                if done > ends[p]
+                else stored_staleness(done, ends[p], stamps.get(p), now),
             )
-        return lines + notes
+            for p, done in applied.items()
+        )
+        return reports.TopicStatus(topic, True, rows, forwarded_to, recreated)
 
-    logs: dict[str, Any] = {}
-    ids: dict[str, str] | None = None
-
-    async def gather() -> list[str]:
+    async def gather() -> list[reports.EntityStatus]:
         nonlocal logs, ids
-        lines: list[str] = []
+        entities = []
         stored = await asyncio.to_thread(mirror.store.stored_offsets, settings.app_id)
         logs = await asyncio.to_thread(mirror.store.known_logs)
         ids = await topic_ids(settings, sorted(logs))
@@ -194,117 +207,112 @@ def cmd_status(settings: Settings, metrics_urls: Sequence[str] = ()) -> int:
                 # Forwarded: the source's progress is the group's offset, the repartition
                 # topic's is stored with the data.
                 target = repartition_topic(mirror, spec, settings)
-                lines += await offset_lines(source, stored, f", forwarded to {target}")
-                lines += await offset_lines(target, stored)
+                topics: tuple[reports.TopicStatus, ...] = (
+                    await topic_status(source, stored, target),
+                    await topic_status(target, stored),
+                )
             else:
-                lines += await offset_lines(source, stored)
+                topics = (await topic_status(source, stored),)
             rows = await asyncio.to_thread(mirror.store.count, spec)
-            marked = ""
+            gone = None
             if spec.soft_delete is not None:
                 gone = await asyncio.to_thread(
                     functools.partial(mirror.store.count, spec, deleted=True)
                 )
-                marked = f" ({gone} soft-deleted)"
-            lines.append(f"  table {spec.table.name}: {rows} rows{marked}")
-            lines.append(f"  end-to-end delay: {_delay(scraped, spec.kind, len(metrics_urls))}")
-        return lines
+            entities.append(
+                reports.EntityStatus(
+                    spec.kind, spec.table.name, rows, gone, topics, _delay(scraped, spec.kind)
+                )
+            )
+        return entities
 
     mirror.store.create_tables(list(mirror.registry))
-    for line in asyncio.run(gather()):
-        print(line)
-    mirror.store.dispose()
-    return 0
+    try:
+        entities = asyncio.run(gather())
+    finally:
+        mirror.store.dispose()
+    return reports.StatusReport(settings.app_id, tuple(entities), max_lag)
 
 
-def _seconds(value: float | None) -> str:
-    """Format a staleness: 0 when caught up, ``?`` when the record there could not be read."""
-    if value is None:
-        return "?"
-    return "0" if value == 0 else f"{value:.1f}"
-
-
-def _delay(scraped: Sequence[str], kind: str, workers: int) -> str:
-    """Describe the end-to-end delay of ``kind`` from workers' metrics, or why it is unknown."""
+def _delay(scraped: Sequence[str], kind: str) -> reports.DelayReport:
+    """Summarize the end-to-end delay of ``kind`` from the workers' metrics read."""
     from streams.cli.operations import delay_summary
 
-    if not workers:
-        return (
-            "not known here (status reads the broker and the store, not a worker's memory; "
-            "--metrics URL reads it from workers)"
-        )
-    summary = delay_summary(scraped, kind)
+    summary = delay_summary(scraped, kind) if scraped else None
     if summary is None:
-        return f"no batch applied yet by the {workers} worker(s) read"
-    return (
-        f"{summary.batches} batches on {workers} worker(s), oldest record's delay mean "
-        f"{summary.mean:.2f} s, p50 <= {summary.p50:g} s, p99 <= {summary.p99:g} s"
+        return reports.DelayReport(len(scraped))
+    return reports.DelayReport(
+        len(scraped), summary.batches, summary.mean, summary.p50, summary.p99
     )
 
 
-def cmd_verify(settings: Settings, kind: str, limit: int) -> int:
-    """Compare the table with the state its topic implies; exit 1 when they differ."""
+def cmd_verify(settings: Settings, kind: str, limit: int, *, as_json: bool = False) -> int:
+    """Compare the table (then its cache) with the state its topic implies; exit DIFFERS when
+    they differ."""
+    report = verify_report(settings, kind, limit)
+    emit(reports.verify_lines(report), reports.verify_json(report) if as_json else None)
+    return report.exit_code
+
+
+def verify_report(settings: Settings, kind: str, limit: int) -> reports.VerifyReport:
+    """Replay ``kind``'s topic and compare it with the table, then the cache with the table."""
     from streams.cli import operations
 
     mirror, spec = _entity(settings, kind)
-    mirror.store.create_tables([spec])
-    progress = operations.Progress(f"verify {spec.kind}")
-    ahead: list[operations.StampedAhead] = []
-    expected = asyncio.run(operations.expected_state(settings, mirror, spec, progress, ahead))
-    actual = mirror.store.rows(spec)
+    try:
+        mirror.store.create_tables([spec])
+        progress = operations.Progress(f"verify {spec.kind}")
+        ahead: list[operations.StampedAhead] = []
+        expected = asyncio.run(operations.expected_state(settings, mirror, spec, progress, ahead))
+        actual = mirror.store.rows(spec)
+    finally:
+        mirror.store.dispose()
     held = {item.key for item in ahead}
-    found: list[str] = []
-    unsure: list[str] = []
-    for key, line in operations.differences(spec, expected, actual):
-        (unsure if key in held else found).append(line)
-    for line in found[:limit]:
-        print(line)
-    mirror.store.dispose()
-    if ahead:
-        print(
-            f"{len(ahead)} records were stamped further ahead than MAX_TIMESTAMP_AHEAD "
-            f"({settings.max_timestamp_ahead:.0f} s): each counted that far ahead of when a "
-            "worker read it, so it held its entity against events from other partitions no "
-            "longer than that; fix their producers' clocks:"
-        )
-        for item in ahead[:limit]:
-            print(f"  {item}")
-    if unsure:
-        print(
-            f"{len(unsure)} rows of those entities differ from a replay now, which counts the "
-            "records from now, not from when a worker read them (not counted as differences):"
-        )
-        for line in unsure[:limit]:
-            print(f"  {line}")
-    if found:
-        print(f"{spec.table.name} differs from {mirror.source_topic(spec)} in {len(found)} rows")
-        return 1
-    print(f"{spec.table.name} matches {mirror.source_topic(spec)}: {len(actual)} rows")
-    if not spec.cached:
-        return 0
-    return verify_cache(settings, spec, actual, limit)
+    found: list[reports.Difference] = []
+    unsure: list[reports.Difference] = []
+    for key, difference in operations.differences(spec, expected, actual):
+        (unsure if key in held else found).append(difference)
+    report = reports.VerifyReport(
+        kind=spec.kind,
+        table=spec.table.name,
+        topic=mirror.source_topic(spec),
+        group=settings.app_id,
+        rows=len(actual),
+        differences=tuple(found),
+        unsure=tuple(unsure),
+        ahead=tuple(
+            reports.Ahead(
+                item.topic,
+                item.partition,
+                item.offset,
+                None if item.key is None else key_text(item.key),
+                item.seconds,
+                str(item),
+            )
+            for item in ahead
+        ),
+        max_timestamp_ahead=settings.max_timestamp_ahead,
+        limit=limit,
+    )
+    if found or not spec.cached:
+        return report
+    return dataclasses.replace(report, cache=verify_cache(settings, spec, actual))
 
 
 def verify_cache(
-    settings: Settings, spec: EntitySpec, rows: dict[Any, dict[str, Any]], limit: int
-) -> int:
-    """Compare the cached table's changelog with the SQL rows; exit 1 when they differ."""
+    settings: Settings, spec: EntitySpec, rows: dict[Any, dict[str, Any]]
+) -> reports.CacheCheck:
+    """Compare the cached table's changelog with the SQL rows."""
     from streams.cli import operations
     from tables.cache import cache_key, cached_value, changelog_topic
 
     topic = changelog_topic(settings.app_id, spec.kind)
     cached = asyncio.run(operations.cache_state(settings, topic))
     if cached is None:
-        print(f"no cache yet: {topic} does not exist (no worker of {settings.app_id} has run)")
-        return 0
+        return reports.CacheCheck(topic, exists=False)
     expected = {cache_key(k).decode(): cached_value(row) for k, row in rows.items()}
     found = operations.cache_differences(expected, cached)
-    for line in found[:limit]:
-        print(line)
-    if found:
-        print(f"the cache ({topic}) differs from {spec.table.name} in {len(found)} keys")
-        return 1
-    print(f"the cache ({topic}) matches {spec.table.name}: {len(cached)} entries")
-    return 0
+    return reports.CacheCheck(topic, True, len(cached), tuple(found))
 
 
 def cmd_rebuild(settings: Settings, kind: str) -> int:
@@ -332,26 +340,30 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
         sent = asyncio.run(redrive(settings, topic, selection, dry_run=args.dry_run))
         verb = "would redrive" if args.dry_run else "redrove"
         detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(sent.items())) or "nothing"
-        print(f"{verb} {sum(sent.values())} dead letters from {topic} ({detail})")
-        return 0
+        document = {
+            "topic": topic,
+            "dry_run": args.dry_run,
+            "count": sum(sent.values()),
+            "reasons": dict(sorted(sent.items())),
+        }
+        line = f"{verb} {sum(sent.values())} dead letters from {topic} ({detail})"
+        emit([line], document if args.json else None)
+        return reports.Exit.OK
 
-    async def show() -> int:
-        shown = 0
+    async def listing() -> reports.DeadLetterList:
+        count = 0
+        letters = []
         async for letter in read_dead_letters(settings, topic):
             if not selection.takes(letter):
                 continue
-            shown += 1
-            if shown <= args.limit:
-                info = letter.info
-                print(
-                    f"{topic}[{letter.partition}]@{letter.offset} from "
-                    f"[{info.get('dlq.source.partition')}]@{info.get('dlq.source.offset')} "
-                    f"{info.get('dlq.reason')}: {info.get('dlq.detail', '')[:120]}"
-                )
-        print(f"{shown} dead letters in {topic}" + (" (selected)" if shown else ""))
-        return 0
+            count += 1
+            if count <= args.limit:
+                letters.append(reports.DeadLetterLine(letter.partition, letter.offset, letter.info))
+        return reports.DeadLetterList(topic, count, tuple(letters))
 
-    return asyncio.run(show())
+    found = asyncio.run(listing())
+    emit(reports.dead_letter_lines(found), reports.dead_letters_json(found) if args.json else None)
+    return reports.Exit.OK
 
 
 #: The commands that read or write the mirror's tables.
@@ -365,9 +377,14 @@ def require_database(settings: Settings) -> None:
         raise MirrorError(problem)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line."""
-    parser = argparse.ArgumentParser(prog="python -m streams")
+def main(argv: list[str] | None = None, prog: str = "entity-mirror") -> int:
+    """Run the command line (the ``entity-mirror`` console script; ``python -m streams``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Operate the entity mirror: its settings are the worker's environment.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_sample = sub.add_parser("sample-events", help="publish sample Planet events")
     p_sample.add_argument("--count", type=int, default=len(sample_events()))
@@ -384,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     p_dlq.add_argument("--dry-run", action="store_true", help="redrive: count, send nothing")
     p_dlq.add_argument("--limit", type=int, default=50, help="list: show at most N")
     p_status = sub.add_parser(
-        "status", help="offsets, lag and staleness per partition, rows per table"
+        "status",
+        help="offsets, lag and staleness per partition, rows per table; exit 3 when behind",
     )
     p_status.add_argument(
         "--metrics",
@@ -393,14 +411,32 @@ def main(argv: list[str] | None = None) -> int:
         metavar="URL",
         help="a worker's web URL (repeatable): summarize its end-to-end delay histogram",
     )
-    p_verify = sub.add_parser("verify", help="compare a table with its topic; exit 1 if differ")
+    p_status.add_argument(
+        "--max-lag",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="a partition this many records behind still counts as caught up (exit 0)",
+    )
+    p_verify = sub.add_parser("verify", help="compare a table with its topic; exit 4 if differ")
     p_verify.add_argument("kind", nargs="?", default="planet")
     p_verify.add_argument("--limit", type=int, default=50, help="show at most N differences")
+    for command in (p_status, p_verify, p_dlq):
+        command.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON document on stdout (README: Scripts), not the text",
+        )
     p_rebuild = sub.add_parser("rebuild", help="empty a table and replay its topic")
     p_rebuild.add_argument("kind", nargs="?", default="planet")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a bad command line exits USAGE (2), argparse's
     # aiokafka logs each refused connection; the command says what to fix, once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return int(run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` name; return its exit code (:class:`reports.Exit`)."""
     try:
         settings = Settings.from_env()
         if args.command in DATABASE_COMMANDS:
@@ -410,12 +446,35 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dlq":
             return cmd_dlq(settings, args)
         if args.command == "status":
-            return cmd_status(settings, args.metrics)
+            return cmd_status(settings, args.metrics, max_lag=args.max_lag, as_json=args.json)
         if args.command == "verify":
-            return cmd_verify(settings, args.kind, args.limit)
+            return cmd_verify(settings, args.kind, args.limit, as_json=args.json)
         if args.command == "rebuild":
             return cmd_rebuild(settings, args.kind)
         return cmd_show(settings, args.kind, args.wait)
     except MirrorError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return reports.Exit.ERROR
+
+
+def _count(text: str) -> int:
+    """Parse a count of records (0 or more) for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below 0")
+    return value
+
+
+#: The exit codes, as ``--help`` shows them (README's "Scripts" lists the same).
+EXIT_CODES = "exit codes:\n" + "\n".join(
+    textwrap.fill(
+        meaning,
+        width=79,
+        initial_indent=f"  {code.value}  {code.name.lower():<8} ",
+        subsequent_indent=" " * 14,
+    )
+    for code, meaning in reports.MEANINGS.items()
+)

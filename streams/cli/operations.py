@@ -21,6 +21,7 @@ from sqlalchemy import delete
 from models.registry import EntitySpec
 from models.store import offsets_table
 from streams.apply.sql_applier import SqlApplier, fast_loads
+from streams.cli.reports import Difference
 from streams.core.decisions import Rejection
 from streams.core.errors import MirrorError
 from streams.core.guard import Current, resolve
@@ -267,25 +268,25 @@ def differences(
     spec: EntitySpec,
     expected: dict[EntityKey, dict[str, Any]],
     actual: dict[EntityKey, dict[str, Any]],
-) -> list[tuple[EntityKey, str]]:
+) -> list[tuple[EntityKey, Difference]]:
     """Describe how the table differs from the expected rows (bookkeeping columns ignored),
-    each line with its key."""
-    lines = []
+    each difference with its key."""
+    found: list[tuple[EntityKey, Difference]] = []
     for key in sorted(set(expected) | set(actual), key=key_text):
         want, got = expected.get(key), actual.get(key)
-        shown = repr(key_text(key))
+        text = key_text(key)
         if want is None:
-            lines.append((key, f"extra row {shown}: {_visible(got)}"))
+            found.append((key, Difference(text, "extra", f"extra row {text!r}: {_visible(got)}")))
         elif got is None:
-            lines.append((key, f"missing row {shown}: {want}"))
+            found.append((key, Difference(text, "missing", f"missing row {text!r}: {want}")))
         else:
             changed = {c: (v, got.get(c)) for c, v in want.items() if got.get(c) != v}
             if changed:
                 detail = ", ".join(
                     f"{c}: table {g!r}, topic {w!r}" for c, (w, g) in changed.items()
                 )
-                lines.append((key, f"row {shown} differs: {detail}"))
-    return lines
+                found.append((key, Difference(text, "differs", f"row {text!r} differs: {detail}")))
+    return found
 
 
 def _visible(row: dict[str, Any] | None) -> dict[str, Any]:
@@ -346,18 +347,20 @@ async def cache_state(settings: Settings, topic: str) -> dict[str, Any] | None:
     return latest
 
 
-def cache_differences(expected: dict[str, Any], cached: dict[str, Any]) -> list[str]:
+def cache_differences(expected: dict[str, Any], cached: dict[str, Any]) -> list[Difference]:
     """Describe how a cached table differs from the values its SQL rows imply."""
-    lines = []
+    found = []
     for key in sorted(set(expected) | set(cached)):
         want, got = expected.get(key), cached.get(key)
         if want is None:
-            lines.append(f"cache has an entry the table lacks {key!r}: {got}")
+            text = f"cache has an entry the table lacks {key!r}: {got}"
+            found.append(Difference(key, "extra", text))
         elif got is None:
-            lines.append(f"cache lacks {key!r}: {want}")
+            found.append(Difference(key, "missing", f"cache lacks {key!r}: {want}"))
         elif want != got:
-            lines.append(f"cache entry {key!r} differs: cache {got}, table {want}")
-    return lines
+            text = f"cache entry {key!r} differs: cache {got}, table {want}"
+            found.append(Difference(key, "differs", text))
+    return found
 
 
 async def first_timestamps(

@@ -11,6 +11,7 @@ streams, models and tables only: the local services, the bench and the tests are
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from streams import __version__
 from streams.kafka.aiokafka_fixes import TESTED_AIOKAFKA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,6 +183,81 @@ def test_the_wheel_holds_the_product_packages_and_nothing_else(tmp_path: Path) -
         f"the wheel lacks {sorted(missing)}: a folder of the product without an __init__.py, "
         "or a data file pyproject.toml's package-data does not name"
     )
+    # It says what it is: typed (PEP 561), its licence (PEP 639), its version, its command.
+    assert {f"{package}/py.typed" for package in PRODUCT} <= set(names)
+    wheel_file = zipfile.ZipFile(wheel)
+    info = next(name.split("/")[0] for name in names if name.endswith(".dist-info/METADATA"))
+    metadata = wheel_file.read(f"{info}/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata.splitlines()
+    assert "License-File: LICENSE" in metadata.splitlines()
+    assert f"Version: {__version__}" in metadata.splitlines()
+    shipped = wheel_file.read(f"{info}/licenses/LICENSE").decode()
+    assert shipped == (ROOT / "LICENSE").read_text()
+    scripts = wheel_file.read(f"{info}/entry_points.txt").decode()
+    assert "[console_scripts]\nentity-mirror = streams.cli.main:main" in scripts
+    assert_a_user_s_code_type_checks_against_the_wheel(wheel, tmp_path)
+
+
+def assert_a_user_s_code_type_checks_against_the_wheel(wheel: Path, tmp_path: Path) -> None:
+    """mypy, checking a user's module against the installed wheel, sees our types (py.typed,
+    PEP 561), where without the marker it would skip our packages as untyped (``Any``)."""
+    installed = tmp_path / "installed"
+    zipfile.ZipFile(wheel).extractall(installed)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "entities.py").write_text(
+        "from models.planet import Planet\n"
+        "from streams.settings import Settings\n"
+        "from tables.cache import changelog_topic\n"
+        "table: int = Planet.__tablename__\n"
+        "settings: int = Settings.from_env()\n"
+        "topic: int = changelog_topic('app', 'planet')\n"
+    )
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache")]
+    checked = subprocess.run(
+        [*mypy, "entities.py"],
+        cwd=user,
+        env={**os.environ, "PYTHONPATH": str(installed)},  # a site-packages dir to mypy
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "py.typed" not in checked.stdout, checked.stdout
+    errors = [line for line in checked.stdout.splitlines() if ": error: " in line]
+    assert [line.split(":")[1] for line in errors] == ["4", "5", "6"], checked.stdout
+    assert '(expression has type "str", variable has type "int")' in errors[0]
+    assert '(expression has type "Settings", variable has type "int")' in errors[1]
+
+
+def test_the_licence_is_apache_2_0_like_faust_streaming_and_aiokafka() -> None:
+    text = (ROOT / "LICENSE").read_text()
+    assert text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"]
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert pyproject()["project"]["license"] == "Apache-2.0"  # type: ignore[index]
+
+
+def test_the_console_script_runs_the_command_line(tmp_path: Path) -> None:
+    """The venv's ``entity-mirror`` (installed by ./run from pyproject's [project.scripts]) is
+    ``python -m streams`` under its own name."""
+    script = Path(sys.executable).parent / "entity-mirror"
+    assert script.exists(), f"{script} is missing: reinstall the project (./run test)"
+    done = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: entity-mirror ")
+    for command in ("status", "verify", "rebuild", "dlq", "sample-events", "show"):
+        assert command in done.stdout
+    module = subprocess.run(
+        [sys.executable, "-m", "streams", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert module.stdout.startswith("usage: python -m streams ")
+    # The same commands and options below the usage line (whose wrapping follows the name).
+    assert module.stdout.split("\n\n", 1)[1] == done.stdout.split("\n\n", 1)[1]
 
 
 def test_the_image_copies_the_product_packages_only() -> None:
@@ -190,7 +267,7 @@ def test_the_image_copies_the_product_packages_only() -> None:
         for line in re.findall(r"^COPY (.+)$", dockerfile, re.MULTILINE)
         for source in line.split()[:-1]
     }
-    assert copied == {"requirements.lock", "pyproject.toml", "README.md", *PRODUCT}
+    assert copied == {"requirements.lock", "pyproject.toml", "README.md", "LICENSE", *PRODUCT}
     # The build context is the same list, so the local services' jars and data never reach it.
     allowed = {
         line[1:].rstrip("/")
@@ -198,3 +275,16 @@ def test_the_image_copies_the_product_packages_only() -> None:
         if line.startswith("!")
     }
     assert allowed == copied
+
+
+def test_the_changelog_s_newest_release_is_the_package_s_version() -> None:
+    """CHANGELOG.md's first release heading names ``streams.__version__``: a release bumps both,
+    and entries after it go under "Unreleased", above it."""
+    from streams import __version__
+
+    headings = re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    releases = [heading for heading in headings if heading != "Unreleased"]
+    assert releases and releases[0] == __version__, (releases[:1], __version__)
+    assert headings.index("Unreleased") < headings.index(releases[0])
+    assert [Version(r) for r in releases] == sorted(map(Version, releases), reverse=True)
+    assert "[CHANGELOG.md](CHANGELOG.md)" in (ROOT / "README.md").read_text()

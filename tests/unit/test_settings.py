@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,31 +165,32 @@ def test_bad_security_and_logging_values_name_the_variable(
 def test_the_readme_table_lists_every_variable_with_its_declared_default() -> None:
     import re
 
-    from streams.settings import shown_default, variables
+    from streams.settings import secret_files, shown_default, variables
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Configuration", 1)[1].split("\n#", 1)[0]
     rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| `")]
     declared = variables()
+    files = secret_files()
     documented: set[str] = set()
     for names_cell, default_cell in rows:
         names = re.findall(r"`([A-Z_*]+)`", names_cell)
         matched = {
             name
             for pattern in names
-            for name in declared
+            for name in [*declared, *files]
             if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1]))
         }
         assert matched, f"the README documents {names}, which the settings do not declare"
         documented |= matched
-        if len(names) == 1 and not names[0].endswith("*"):
+        if len(names) == 1 and not names[0].endswith("*") and names[0] in declared:
             variable, default = declared[names[0]]
             want = shown_default(variable, default)
             shown = default_cell.strip()
             assert shown in (f"`{want}`", want) or (want == "" and shown == "empty"), (
                 f"README says {names[0]} defaults to {shown}; the settings say {want!r}"
             )
-    assert documented == set(declared), set(declared) - documented
+    assert documented == {*declared, *files}, {*declared, *files} - documented
 
 
 def test_faust_s_variables_are_not_read_but_named(tmp_path: Path) -> None:
@@ -214,3 +216,86 @@ def test_faust_s_variables_are_not_read_but_named(tmp_path: Path) -> None:
 def test_data_dir_defaults_to_one_per_app_id(tmp_path: Path) -> None:
     assert Settings.from_env({"APP_ID": "m1"}, cwd=tmp_path).data_path == "m1-data"
     assert Settings.from_env({"DATA_DIR": "/d"}, cwd=tmp_path).data_path == "/d"
+
+
+SECRETS = {
+    "DATABASE_URL": ("postgresql://u:pw@h/db", "database_url", "postgresql+psycopg2://u:pw@h/db"),
+    "KAFKA_SASL_PASSWORD": ("s3cret ", "kafka_sasl_password", "s3cret "),
+    "API_TOKEN": ("t0ken", "api_token", "t0ken"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_a_secret_is_read_from_the_file_its_file_variable_names(
+    name: str, ending: str, tmp_path: Path
+) -> None:
+    text, attribute, value = SECRETS[name]
+    secret = tmp_path / "secret"
+    secret.write_bytes((text + ending).encode())
+    settings = Settings.from_env({f"{name}_FILE": str(secret)}, cwd=tmp_path)
+    assert getattr(settings, attribute) == value  # one trailing newline is not the secret's
+
+
+def test_only_one_trailing_newline_is_cut_from_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text(" t0ken \n\n")
+    settings = Settings.from_env({"API_TOKEN_FILE": str(secret)}, cwd=tmp_path)
+    assert settings.api_token == " t0ken \n"
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_a_secret_set_both_ways_is_one_clear_error(name: str, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-the-file")
+    env = {name: "from-the-variable", f"{name}_FILE": str(secret)}
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env, cwd=tmp_path)
+    assert str(info.value) == (
+        f"{name} and {name}_FILE are both set; set one of them "
+        f"({name}_FILE names a file holding {name})"
+    )
+    assert "from-the" not in str(info.value)
+
+
+def test_an_empty_variable_beside_its_file_counts_as_unset(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("t0ken\n")
+    env = {"API_TOKEN": "", "API_TOKEN_FILE": str(secret), "DATABASE_URL_FILE": ""}
+    settings = Settings.from_env(env, cwd=tmp_path)
+    assert settings.api_token == "t0ken"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'mirror.sqlite3'}"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda path: None, "No such file or directory"),
+        (lambda path: path.mkdir(), "Is a directory"),
+        (lambda path: path.write_bytes(b"\xff\xfe-not-utf8"), "utf-8"),
+    ],
+)
+def test_an_unreadable_secret_file_is_one_line_naming_the_variable_and_path(
+    make: Any, reason: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "secret"
+    make(path)
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"KAFKA_SASL_PASSWORD_FILE": str(path)}, cwd=tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"KAFKA_SASL_PASSWORD_FILE {str(path)!r} cannot be read: ")
+    assert reason in message and "\n" not in message
+
+
+def test_a_secret_read_from_a_file_is_checked_like_the_variable(tmp_path: Path) -> None:
+    secret = tmp_path / "url"
+    secret.write_text("nosuchdb://x/y\n")
+    with pytest.raises(SettingsError, match="DATABASE_URL backend 'nosuchdb' is not supported"):
+        Settings.from_env({"DATABASE_URL_FILE": str(secret)}, cwd=tmp_path)
+
+
+def test_the_file_variants_are_of_the_secrets_only() -> None:
+    from streams.settings import secret_files
+
+    assert secret_files() == {f"{name}_FILE": name for name in SECRETS}
+    assert {f"{name}_FILE" for name in SECRETS} <= set(ENVIRONMENT)
