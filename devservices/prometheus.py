@@ -121,19 +121,14 @@ def ensure_installed() -> Binaries:
 
 
 def promtool(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``promtool`` with ``args`` (installing it when missing); the caller reads the result."""
+    """Run ``promtool`` with ``args`` (installing it when missing); the caller reads the result.
+
+    Paths in ``args`` must be absolute (it runs in ``/``)."""
     tool = ensure_installed().promtool
-    try:
-        return subprocess.run(
-            [str(tool), *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise DevServiceError(f"promtool {' '.join(args)} took more than {timeout:.0f}s") from exc
+    # As ourselves: promtool reads the caller's files, which its package's user may not reach.
+    return dbserver.run_server_tool(
+        None, [str(tool), *args], env=os.environ, timeout=timeout, check=False
+    )
 
 
 # --- server lifecycle -----------------------------------------------------------------------
