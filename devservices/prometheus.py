@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from devservices import dbserver, processes
 from devservices.dbserver import CACHE_DIR_ENV, HOST, REPO_ROOT, DevServiceError
@@ -36,8 +37,7 @@ _STOP_SECONDS = 30.0
 _POLL_SECONDS = 0.2
 
 
-@dataclass(frozen=True, slots=True)
-class Binaries:
+class Binaries(NamedTuple):
     """Where the package's two programs are."""
 
     prometheus: Path
