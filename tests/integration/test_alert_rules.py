@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -79,6 +80,22 @@ def api(server: prometheus.PrometheusServer, path: str, **query: str) -> Any:
     return body["data"]
 
 
+def dashboard_queries() -> list[str]:
+    """Return the dashboard's panel queries with its variables as Grafana fills them in."""
+    board = json.loads((ROOT / "deploy" / "grafana" / "dashboard.json").read_text())
+    found = []
+    stack = list(board["panels"])
+    while stack:
+        panel = stack.pop()
+        stack.extend(panel.get("panels", []))
+        found.extend(target["expr"] for target in panel.get("targets", []))
+    filled = {"$job": "entity-mirror", "$entity": ".*", "$__rate_interval": "1m"}
+    filled["$__range"] = "5m"
+    for variable, value in sorted(filled.items(), key=lambda item: -len(item[0])):
+        found = [query.replace(variable, value) for query in found]
+    return found
+
+
 def firing(server: prometheus.PrometheusServer) -> dict[str, dict[str, str]]:
     """Return the alerts firing now, by name, with their labels."""
     return {
@@ -142,6 +159,13 @@ async def test_a_real_prometheus_alerts_when_the_workers_database_stops(
         assert build[0]["metric"]["version"] == __version__
         assert build[0]["metric"]["instance"] == instance
         assert "MirrorBatchesRetrying" not in firing(server)
+        # Every query of the Grafana dashboard is one Prometheus takes (valid PromQL).
+        for query in dashboard_queries():
+            try:
+                result = api(server, "query", query=query)["result"]
+            except urllib.error.HTTPError as exc:
+                raise AssertionError(f"{query}: {exc.read().decode()}") from exc
+            assert isinstance(result, list)
 
         await asyncio.to_thread(dev_postgres.stop, db_port)
         stopped_at = time.monotonic()
