@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -139,13 +138,13 @@ async def test_a_real_prometheus_alerts_when_the_workers_database_stops(
             for i, k in enumerate(keys)
         ]
 
-    worker.start()
     server = await asyncio.to_thread(
         prometheus.start,
         scrape_config(worker.env["WEB_PORT"]),
         files={"alerts.yml": quick_rules(3), "token": token},
     )
     try:
+        worker.start()
         await wait_worker_ready(worker, token)
         await produce(kafka_bootstrap, topic, planets(20))
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
@@ -168,7 +167,6 @@ async def test_a_real_prometheus_alerts_when_the_workers_database_stops(
             assert isinstance(result, list)
 
         await asyncio.to_thread(dev_postgres.stop, db_port)
-        stopped_at = time.monotonic()
         await produce(kafka_bootstrap, topic, planets(20))
 
         alerts = await eventually(
@@ -182,7 +180,6 @@ async def test_a_real_prometheus_alerts_when_the_workers_database_stops(
         assert alerts["MirrorBatchesRetrying"]["instance"] == instance
         assert alerts["MirrorBatchesRetrying"]["severity"] == "critical"
         assert "MirrorWorkerDown" not in alerts  # the worker answers: only its database is gone
-        assert time.monotonic() - stopped_at < 120
 
         # The database back: the records held meanwhile are applied, none lost.
         await asyncio.to_thread(dev_postgres.start, db_port)
