@@ -159,3 +159,17 @@ def test_the_dashboard_shows_every_metric_the_alerts_watch() -> None:
 def test_a_name_or_label_the_worker_does_not_export_is_caught(expr: str) -> None:
     with pytest.raises(AssertionError):
         assert_all_exported([expr], "example")
+
+
+def test_the_dashboard_panels_are_distinct_and_use_its_data_source_variable() -> None:
+    board = dashboard()
+    every = list(panels(board["panels"]))
+    ids = [panel["id"] for panel in every]
+    assert len(ids) == len(set(ids))
+    for panel in every:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+    names = [variable["name"] for variable in board["templating"]["list"]]
+    assert names == ["datasource", "job", "entity"]
