@@ -2,9 +2,10 @@
 
 One registry per process; counters start at zero when the worker starts (durable totals of
 outcomes are in the ``mirror_outcomes`` table). Each name says its unit (``_seconds``,
-``_records``, ``_entries``; counters end in ``_total``), as Prometheus' naming guide asks.
-The registry also holds the process' own metrics (``process_*``: memory, CPU, open files;
-``python_*``: the interpreter, its garbage collector) and ``mirror_build_info{version}``.
+``_records``, ``_entries``, ``_partitions``; counters end in ``_total``), as Prometheus'
+naming guide asks. The registry also holds the process' own metrics (``process_*``: memory,
+CPU, open files; ``python_*``: the interpreter, its garbage collector) and
+``mirror_build_info{version}``.
 ``deploy/prometheus/alerts.yml`` and ``deploy/grafana/dashboard.json`` use these names only
 (``tests/unit/test_deploy_metrics.py``).
 
@@ -224,7 +225,7 @@ RECOVERY_STALLS = Counter(
 
 
 def declare_entity(kind: str, topic: str) -> None:
-    """Start the counters an alert watches for an increase at 0 for ``kind`` read from ``topic``.
+    """Create ``kind``'s outcome and failure counters at 0, so that an alert sees the first one.
 
     A labelled series is born at its first increment, so its first value is already 1 and
     ``increase()`` sees nothing: the first dead letter or failed batch would go unnoticed.
