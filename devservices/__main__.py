@@ -1,4 +1,5 @@
-"""``python -m devservices kafka|postgres|mariadb ...``, ``stop-all``, ``stop-started FILE``."""
+"""``python -m devservices kafka|postgres|mariadb|prometheus ...``, ``stop-all``,
+``stop-started FILE``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Callable
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to the Kafka, PostgreSQL or MariaDB tool, or stop every local service."""
+    """Dispatch to the Kafka, PostgreSQL, MariaDB or Prometheus tool, or stop every local
+    service."""
     args = list(sys.argv[1:] if argv is None else argv)
     usage = (
-        "usage: python -m devservices {kafka,postgres,mariadb} ... | stop-all | stop-started FILE"
+        "usage: python -m devservices {kafka,postgres,mariadb,prometheus} ... | stop-all | "
+        "stop-started FILE"
     )
     if not args:
         print(usage, file=sys.stderr)
@@ -28,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from devservices import mariadb
 
         return mariadb.main(rest)
+    if command == "prometheus":
+        from devservices import prometheus
+
+        return prometheus.main(rest)
     if command == "stop-all":
         return _stop_all()
     if command == "stop-started" and len(rest) == 1:

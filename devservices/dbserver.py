@@ -145,9 +145,10 @@ def as_root() -> bool:
     return os.geteuid() == 0
 
 
-def server_cmd(server_user: str, argv: Sequence[str]) -> list[str]:
-    """Prefix ``argv`` so it runs as ``server_user`` when we are root (servers refuse root)."""
-    if as_root():
+def server_cmd(server_user: str | None, argv: Sequence[str]) -> list[str]:
+    """Prefix ``argv`` so it runs as ``server_user`` when we are root (servers refuse root);
+    None: as ourselves (a program that runs as root too)."""
+    if server_user is not None and as_root():
         return ["runuser", "-u", server_user, "--", *argv]
     return list(argv)
 
@@ -163,14 +164,14 @@ def server_env(drop_prefixes: tuple[str, ...]) -> dict[str, str]:
 
 
 def run_server_tool(
-    server_user: str,
+    server_user: str | None,
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
     timeout: float,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a server binary as ``server_user``.
+    """Run a server binary as ``server_user`` (None: as ourselves).
 
     cwd is ``/``: the tools fail if they cannot enter the caller's cwd (e.g. /root).
     """

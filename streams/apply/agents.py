@@ -34,6 +34,7 @@ from streams.intake.feed import Feed
 from streams.intake.handoff import Handoff
 from streams.kafka.producers import OwnProducer, passing_failure
 from streams.kafka.topics import fit_repartition_topic, max_message_bytes
+from streams.ops import metrics
 from streams.settings import Settings
 from tables.cache import EntityCache
 
@@ -303,6 +304,7 @@ def register_agents(
             )
             topic = _raw_topic(app, target, settings)
         feeds = handoff.add_topic(topic.get_topic_name(), lanes=settings.apply_lanes)
+        metrics.declare_entity(spec.kind, topic.get_topic_name())
         agent_fun = make_agent(agents, spec, feeds, caches.get(spec.kind))
         # One instance per agent: batches of one partition must be applied in order.
         app.agent(topic, name=f"{settings.app_id}.mirror-{spec.kind}", concurrency=1)(agent_fun)

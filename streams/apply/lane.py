@@ -354,7 +354,7 @@ class BatchLane:
             unexpected = [g for g in gaps if partition_of(g) not in self._held_from]
             if unexpected:
                 self._read_again(unexpected, None)
-        metrics.BATCH_SIZE.labels(self.spec.kind).observe(len(batch.records))
+        metrics.BATCH_RECORDS.labels(self.spec.kind).observe(len(batch.records))
         metrics.BATCH_SECONDS.labels(self.spec.kind).observe(time.perf_counter() - batch.read_at)
         self._done(batch)
 

@@ -1,7 +1,7 @@
 """How far behind this worker's copy is, per assigned partition: lag and staleness gauges.
 
-``mirror_consumer_lag`` (records) and ``mirror_staleness_seconds`` are computed together, from
-the same next offset to apply and high watermark, so they agree on "caught up": both are 0 or
+``mirror_consumer_lag_records`` and ``mirror_staleness_seconds`` are computed together, from the
+same next offset to apply and high watermark, so they agree on "caught up": both are 0 or
 neither is. The oldest unapplied record of a partition is the first record at or after its
 next offset among what the worker holds (batches on their way, then feeds); reading it costs
 one look per batch and per fetched run, never one per record (``streams.core.staleness``).

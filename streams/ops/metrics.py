@@ -1,14 +1,50 @@
 """Prometheus metrics of a worker, served at ``/metrics`` (prometheus_client's text format).
 
 One registry per process; counters start at zero when the worker starts (durable totals of
-outcomes are in the ``mirror_outcomes`` table).
+outcomes are in the ``mirror_outcomes`` table). Each name says its unit (``_seconds``,
+``_records``, ``_entries``, ``_partitions``; counters end in ``_total``), as Prometheus'
+naming guide asks. The registry also holds the process' own metrics (``process_*``: memory,
+CPU, open files; ``python_*``: the interpreter, its garbage collector) and
+``mirror_build_info{version}``.
+``deploy/prometheus/alerts.yml`` and ``deploy/grafana/dashboard.json`` use these names only
+(``tests/unit/test_deploy_metrics.py``).
+
+No ``*_created`` series: prometheus_client adds one to every counter and histogram by default
+(the time its labels were first seen), which doubles the series and which nothing here reads.
+``disable_created_metrics()`` switches them off: prometheus_client checks one flag of its
+own at each collection, for every registry of the process (the variable
+``PROMETHEUS_DISABLE_CREATED_SERIES`` sets that flag only when prometheus_client is first
+imported, which may come before anything of ours runs).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+from streams.core.decisions import Outcome
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
 
 registry = CollectorRegistry()
+ProcessCollector(registry=registry)
+PlatformCollector(registry=registry)
+GCCollector(registry=registry)
+
+BUILD = Info(
+    "mirror_build",
+    "The worker's version (streams.__version__, set by the composition root); always 1.",
+    registry=registry,
+)
 
 EVENTS = Counter(
     "mirror_events",
@@ -22,8 +58,8 @@ REPLAYED = Counter(
     ["entity", "topic"],
     registry=registry,
 )
-BATCH_SIZE = Histogram(
-    "mirror_batch_size",
+BATCH_RECORDS = Histogram(
+    "mirror_batch_records",
     "Records per applied batch.",
     ["entity"],
     buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
@@ -44,7 +80,7 @@ SQL_SECONDS = Histogram(
     registry=registry,
 )
 LAG = Gauge(
-    "mirror_consumer_lag",
+    "mirror_consumer_lag_records",
     "Records in the partition not yet applied (high watermark minus next offset to apply; "
     "refreshed every second and on each scrape).",
     ["topic", "partition"],
@@ -53,8 +89,8 @@ LAG = Gauge(
 STALENESS = Gauge(
     "mirror_staleness_seconds",
     "Age of the partition's oldest record not yet applied (now minus its first timestamp; 0 "
-    "when caught up, as mirror_consumer_lag). While that record is not fetched yet: a lower "
-    "bound, the seconds since this worker first saw the partition behind without it. "
+    "when caught up, as mirror_consumer_lag_records). While that record is not fetched yet: a "
+    "lower bound, the seconds since this worker first saw the partition behind without it. "
     "Refreshed every second and on each scrape.",
     ["entity", "topic", "partition"],
     registry=registry,
@@ -186,3 +222,14 @@ RECOVERY_STALLS = Counter(
     "group (the first time) or exited with status 3 (a second stall in a row).",
     registry=registry,
 )
+
+
+def declare_entity(kind: str, topic: str) -> None:
+    """Create ``kind``'s outcome and failure counters at 0, so that an alert sees the first one.
+
+    A labelled series is born at its first increment, so its first value is already 1 and
+    ``increase()`` sees nothing: the first dead letter or failed batch would go unnoticed.
+    """
+    for outcome in Outcome:
+        EVENTS.labels(kind, topic, outcome.value)
+    BATCH_FAILURES.labels(kind)

@@ -108,7 +108,9 @@ async def test_partitions_added_under_a_running_worker(
         # The new partitions are read within seconds, not at the next 5-minute refresh.
         await wait_stored(store, app_id, len(sent), worker, timeout=60)
         assert time.monotonic() - grown_at < 60
-        await wait_for_metric(worker, f'mirror_consumer_lag{{partition="5",topic="{topic}"}}', 0)
+        await wait_for_metric(
+            worker, f'mirror_consumer_lag_records{{partition="5",topic="{topic}"}}', 0
+        )
         assert sorted(await partitions_of(kafka_bootstrap, changelog)) == list(range(6))
         await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
         expected = expected_state(sent, positions)

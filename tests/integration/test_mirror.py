@@ -126,7 +126,7 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
         labels = f'entity="planet",outcome="rejected",topic="{topic}"'
         assert f"mirror_events_total{{{labels}}} {float(poison)}" in body
         assert "mirror_batch_seconds_bucket" in body and "mirror_sql_transaction_seconds" in body
-        assert f'mirror_consumer_lag{{partition="0",topic="{topic}"}}' in body
+        assert f'mirror_consumer_lag_records{{partition="0",topic="{topic}"}}' in body
         some_key, some_name = sorted(expected_planets(events).items())[0]
         status, body = await asyncio.to_thread(
             http_get, f"{base}/entities/planet/{some_key}", "t0ken"

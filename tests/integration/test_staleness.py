@@ -56,7 +56,7 @@ async def test_staleness_counts_while_behind_and_is_zero_once_caught_up(
             return f'{name}{{entity="planet",partition="{p}",topic="{topic}"}}'
 
         def lag(p: int) -> str:
-            return f'mirror_consumer_lag{{partition="{p}",topic="{topic}"}}'
+            return f'mirror_consumer_lag_records{{partition="{p}",topic="{topic}"}}'
 
         def caught_up(body: str) -> bool:
             return all(
@@ -109,7 +109,7 @@ async def test_staleness_counts_while_behind_and_is_zero_once_caught_up(
 
         def all_counted(body: str) -> bool:
             # Lag follows the SQL commit; a batch is counted once its cache write is done too.
-            counted = metric_value(body, 'mirror_batch_size_sum{entity="planet"}')
+            counted = metric_value(body, 'mirror_batch_records_sum{entity="planet"}')
             return caught_up(body) and counted == len(warm) + len(sent)
 
         body = await wait_metrics(worker, "caught up once the writes go on", all_counted)
@@ -119,7 +119,7 @@ async def test_staleness_counts_while_behind_and_is_zero_once_caught_up(
             key.decode(): json.loads(value)["planetName"]
             for key, value, _ in [*warm_items, *held_items]
         }
-        batches = metric_value(body, 'mirror_batch_size_count{entity="planet"}')
+        batches = metric_value(body, 'mirror_batch_records_count{entity="planet"}')
         delays = metric_value(body, 'mirror_end_to_end_delay_seconds_count{entity="planet"}')
         assert batches is not None and batches >= 2 and delays == batches  # one per batch
         late = metric_value(
@@ -184,7 +184,10 @@ async def test_a_repartitioned_entity_is_as_stale_as_its_records_first_productio
 
         def stale(body: str) -> bool:
             forwarded = all(
-                metric_value(body, f'mirror_consumer_lag{{partition="{p}",topic="{topic}"}}') == 0.0
+                metric_value(
+                    body, f'mirror_consumer_lag_records{{partition="{p}",topic="{topic}"}}'
+                )
+                == 0.0
                 for p in range(2)
             )
             return forwarded and all(
@@ -198,7 +201,7 @@ async def test_a_repartitioned_entity_is_as_stale_as_its_records_first_productio
         lock = None
 
         def caught_up(body: str) -> bool:
-            counted = metric_value(body, 'mirror_batch_size_sum{entity="planet"}')
+            counted = metric_value(body, 'mirror_batch_records_sum{entity="planet"}')
             return counted == len(warm) + len(records) and all(
                 metric_value(body, sample("mirror_staleness_seconds", repartition, p)) == 0.0
                 for p in range(4)
