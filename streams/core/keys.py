@@ -59,12 +59,12 @@ def decode_record_key(
     JSON, not an object, a column missing or of a type no key takes) is a :class:`BadKey`.
     """
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return BadKey(RejectReason.BAD_ENCODING, f"record key is not UTF-8: {exc}")
-    try:
-        decoded = loads(raw)
+        decoded = loads(raw)  # the bytes as they are: orjson checks the UTF-8 as it parses
     except ValueError:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return BadKey(RejectReason.BAD_ENCODING, f"record key is not UTF-8: {exc}")
         return BadKey(RejectReason.BAD_KEY, f"record key is not a JSON object: {_clip(raw)}")
     if (
         isinstance(decoded, dict)

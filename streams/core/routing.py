@@ -152,7 +152,7 @@ def route(
     """Decide what one record means for its entity: upsert, delete or reject
     (``input_format``, ``composite``: the entity's, when the caller has them already)."""
     if record.value is None:
-        return _route_tombstone(record, entity, clock)
+        return _route_tombstone(record, entity, clock, loads)
     decoded = (input_format or format_of(entity)).decode(record, loads)
     if isinstance(decoded, Rejection):
         return decoded
@@ -279,14 +279,16 @@ def _version_of(
     return (value, 0, 0)
 
 
-def _route_tombstone(record: Record, entity: Entity, clock: Clock = BELIEVED) -> Decision:
+def _route_tombstone(
+    record: Record, entity: Entity, clock: Clock = BELIEVED, loads: JsonLoads = json.loads
+) -> Decision:
     """A Kafka tombstone (null value) deletes the entity named by the record key: its text,
     or for a composite key (or a format with ``json_record_keys``) the JSON object of its
     key columns (``streams.core.keys.decode_record_key``)."""
     if not record.key:
         return Rejection(RejectReason.MISSING_KEY, "tombstone without a record key", record)
     if json_record_keys(entity):
-        parts = decode_record_key(record.key, _key_columns(entity))
+        parts = decode_record_key(record.key, _key_columns(entity), loads)
         if isinstance(parts, BadKey):
             return Rejection(parts.reason, parts.detail, record)
         json_key: EntityKey = parts if getattr(entity, "composite", False) else parts[0]
@@ -343,7 +345,7 @@ def entity_key_of(
     rejected, with its reason, where it is applied.
     """
     if record.value is None:
-        decision = _route_tombstone(record, entity)
+        decision = _route_tombstone(record, entity, loads=loads)
         return None if isinstance(decision, Rejection) else decision.key
     decoded = format_of(entity).decode(record, loads)
     if isinstance(decoded, Rejection):
