@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.paths import INPUTS, MIRROR, MIRROR_DBZ, free_port, topic_of  # noqa: E402
-from bench.procfs import tree_cpu_seconds  # noqa: E402
+from bench.procfs import status_kib, tree_cpu_seconds  # noqa: E402
 from bench.topics import end_offsets, fill  # noqa: E402
 from bench.workload import make_events  # noqa: E402
 from devservices import kafka as dev_kafka  # noqa: E402
@@ -146,6 +146,7 @@ def main() -> int:
             time.sleep(0.1)
         caught_up = time.monotonic() - began
         cpu = tree_cpu_seconds(proc.pid) - cpu_before
+        peak_kib = status_kib(proc.pid, "VmHWM") or 0
         spy.send_signal(signal.SIGINT)
         batches = batch_figures(int(env["WEB_PORT"]))
         spy.wait(timeout=60)
@@ -174,7 +175,8 @@ def main() -> int:
     print(
         f"{samples} samples while catching up on {args.events:,} events in {caught_up:.1f} s"
         f" ({total / caught_up:,.0f} records/s; sampling slows the worker);"
-        f" the worker's CPU {cpu / args.events * 1e6:.1f} us/event"
+        f" the worker's CPU {cpu / args.events * 1e6:.1f} us/event, its peak RSS"
+        f" {peak_kib / 1024:.0f} MiB"
     )
     print(batches)
     print("\nself time by area (leaf frame):")

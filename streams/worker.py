@@ -33,7 +33,7 @@ from streams.intake.handoff import Handoff
 from streams.intake.positioner import Positioner
 from streams.kafka import aiokafka_fixes
 from streams.kafka.topic_ids import TopicIds
-from streams.ops import logs, metrics
+from streams.ops import allocator, logs, metrics
 from streams.ops.faust_recovery import recovery_watchdog
 from streams.ops.freshness import Freshness
 from streams.ops.preflight import (
@@ -367,6 +367,7 @@ def build_app(settings: Settings, mirror: SqlApplier | None = None) -> faust.App
     aiokafka_fixes.install()  # records whose header keys are not UTF-8 are read, not fatal
     mirror = mirror or build_mirror(settings)
     tune_garbage_collector()
+    allocator.tune()  # fetch buffers' memory kept for the next fetch, not faulted in again
     metrics.BUILD.info({"version": __version__})
     extra: dict[str, Any] = {}
     credentials = broker_credentials(settings)
