@@ -504,7 +504,7 @@ async def wait_ready(
     alive: Iterable[WorkerProcess] = (),
 ) -> None:
     """Wait until the worker is settled, as ``/partitions`` says (partitions assigned, no
-    rebalance, tables recovered: what ``/ready`` meant before 0.3.0), failing at once if it or
+    rebalance, tables recovered: what the old ``/ready`` meant), failing at once if it or
     one of ``alive`` exits. The new ``/ready`` (serving HTTP) comes earlier."""
     url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/partitions"
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -97,8 +97,8 @@ def partitions_report(
     """Return what ``GET /partitions`` shows: this worker's partitions, rebalance and table
     recovery, overall and per entity (``kinds``: each topic an entity is applied from).
 
-    ``settled`` is what ``/ready`` meant before 0.3.0: partitions held, no rebalance, no
-    recovery; a worker serves reads whatever it says.
+    ``settled`` is what ``/ready`` meant before it became a readiness probe: partitions held,
+    no rebalance, no recovery; a worker serves reads whatever it says.
     """
     assigned = assigned_partitions(app.consumer)
     rebalancing, recovering = bool(app.rebalancing), bool(app.in_recovery)
