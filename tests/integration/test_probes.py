@@ -33,6 +33,7 @@ from tests.support import (
     wait_caught_up,
     wait_ready,
 )
+from tests.unit import test_kubernetes as kubernetes
 from tests.waiting import eventually
 
 TOKEN = "probe-token"
@@ -195,12 +196,15 @@ async def test_a_stopping_worker_is_never_ready_again(
         worker.stop()
 
 
-async def test_the_ready_view_waits_for_the_web_server_to_start(
+async def test_the_ready_view_waits_for_the_web_server_and_the_manifests_probes_answer(
     kafka_bootstrap: str, sqlite_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     # The real app's pages, served in this process by aiohttp's test server: /ready says
-    # "starting" until the app notes its web server started (MirrorApp.on_started).
-    worker, _ = make_worker(kafka_bootstrap, sqlite_url, topic_prefix, tmp_path, "probes-view")
+    # "starting" until the app notes its web server started (MirrorApp.on_started); then the
+    # paths the Kubernetes manifests' probes ask answer 200, without the token.
+    worker, _ = make_worker(
+        kafka_bootstrap, sqlite_url, topic_prefix, tmp_path, "probes-view", API_TOKEN=TOKEN
+    )
     app: Any = build_app(Settings.from_env(dict(worker.env)))
     app.web.init_server()
     async with TestClient(TestServer(app.web.web_app)) as client:
@@ -217,3 +221,9 @@ async def test_the_ready_view_waits_for_the_web_server_to_start(
             200,
             {"status": "ok", "version": __version__},
         )
+        probes = kubernetes.container()
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            response = await client.get(probes[kind]["httpGet"]["path"])
+            assert response.status == 200, (kind, await response.text())
+        assert (await client.get("/partitions")).status == 401
+        assert (await client.get("/partitions", headers=AUTH)).status == 200
