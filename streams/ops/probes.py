@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 #: Seconds between two ticks of the heartbeat.
 TICK_INTERVAL = 1.0
-#: Seconds without a tick after which the loop counts as stuck. Nothing the worker does on its
-#: loop takes this long (SQL runs in threads); a loop stuck this long is not coming back.
+#: Seconds without a tick after which the loop counts as stuck: far longer than any step the
+#: worker takes on its loop should (SQL runs in threads), and than the probe's own timeout.
 STUCK_AFTER = 30.0
 
 
@@ -45,8 +45,8 @@ class ProbeAnswer:
 class LoopHeartbeat:
     """Ticks on the event loop; tells how long ago it last did.
 
-    A tick is a task waking from ``asyncio.sleep``: it comes late exactly when the loop is
-    blocked (a synchronous call on it, a starved loop) or when the task has died.
+    A tick is a task waking from ``asyncio.sleep``: ticks stop coming while the loop is
+    blocked (a synchronous call on it, a starved loop) and once the task has died.
     """
 
     def __init__(
