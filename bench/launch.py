@@ -54,8 +54,8 @@ class Launch:
     health: Callable[[], str | None] | None = None
     """Says why the path has failed although its process runs (a FAILED Connect task)."""
     assigned: Callable[[], Awaitable[bool]] | None = None
-    """The path's own word that one of its processes holds partitions (a worker's ``/ready``
-    body): with two processes the group may be ``Stable`` too briefly for a poll to see
+    """The path's own word that one of its processes holds partitions (a worker's
+    ``/partitions``): with two processes the group may be ``Stable`` too briefly for a poll to see
     before the second joins, while the first already works."""
     cleanup: Sequence[Callable[[], None]] = field(default_factory=tuple)
     """Run once the path has stopped (e.g. dispose of an engine the progress reader used)."""

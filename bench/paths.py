@@ -290,17 +290,11 @@ def on_database(path: WorkerPath | PeerPath, database: str) -> WorkerPath | Peer
 
 
 def _holds_partitions(port: int, topic: str) -> bool:
-    """Whether the worker on ``port`` says it holds a partition of ``topic`` (``/ready``)."""
+    """Whether the worker on ``port`` says it holds a partition of ``topic`` (``/partitions``)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=0.5) as response:
+        url = f"http://127.0.0.1:{port}/partitions"
+        with urllib.request.urlopen(url, timeout=0.5) as response:
             body = json.load(response)
-    except urllib.error.HTTPError as exc:  # 503 while rebalancing or recovering: still a body
-        try:
-            body = json.load(exc)
-        except ValueError:
-            # A 500 in text: /ready asked before Faust's consumer thread started
-            # (ConsumerNotStarted), seen in the worker's log; not holding partitions yet.
-            return False
     except (OSError, ValueError):  # not serving yet
         return False
     return any(str(p).startswith(f"{topic}[") for p in body.get("assigned", ()))

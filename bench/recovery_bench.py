@@ -12,7 +12,7 @@ partitions), worker A mirrors the backlog into an empty table of a fresh databas
 
 At each event 2,000 updates of distinct entities are produced at once. ``sql_s`` is the time
 from the event (the launch, or the signal) until every one of them is in SQL; ``ready_s`` the
-time until every running worker's ``/ready`` answers 200 (assigned, tables recovered). The
+time until every running worker's ``/partitions`` says settled (assigned, tables recovered). The
 cached runs keep one standby replica (``STANDBY_REPLICAS=1``), so a leaving worker's
 partitions are promoted on the other. Prints a table and one ``BENCH_RECOVERY_JSON`` line.
 """
@@ -116,12 +116,15 @@ class Worker:
         self.proc = None
 
     def ready(self) -> set[str] | None:
-        """Return the source partitions the worker serves once ``/ready`` says so, else None."""
+        """Return the source partitions the worker serves once ``/partitions`` says it is
+        settled (assigned, no rebalance, tables recovered), else None."""
         try:
-            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.url}/partitions", timeout=2) as response:
                 body = json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError):
-            return None  # 503 (urllib raises it) or not listening yet
+            return None  # not listening yet
+        if not body["settled"]:
+            return None
         return {tp for tp in body["assigned"] if "planet-changed[" in tp}
 
 

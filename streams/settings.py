@@ -431,7 +431,8 @@ class Settings:
     """Client certificate for mutual TLS (optional)."""
     kafka_ssl_keyfile: str = field(default="", metadata=env("KAFKA_SSL_KEYFILE", _file))
     api_token: str = field(default="", repr=False, metadata=env("API_TOKEN", _text, secret=True))
-    """When set, every HTTP page but /health requires ``Authorization: Bearer <token>``."""
+    """When set, every HTTP page but the probes (/health, /ready) requires
+    ``Authorization: Bearer <token>``."""
     log_format: str = field(default="text", metadata=env("LOG_FORMAT", _choice("text", "json")))
     """``text`` (Faust's) or ``json``: one JSON object per line."""
     session_timeout: float = field(

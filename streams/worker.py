@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import faust
 
+import streams
 from models.registry import Registry, default_registry
 from models.store import SqlStore
 from streams import __version__
@@ -44,6 +45,7 @@ from streams.ops.preflight import (
     topic_partition_counts,
     web_port_problem,
 )
+from streams.ops.probes import LoopHeartbeat
 from streams.ops.topic_watch import TopicWatch
 from streams.ops.web import register_pages
 from streams.settings import Settings
@@ -109,6 +111,8 @@ class MirrorApp(MirrorTransportApp):
     topic_ids: TopicIds
     data_dir_lock: IO[bytes] | None = None
     """DATA_DIR's lock, held while the process lives."""
+    serving: bool = False
+    """Whether the web server has started: ``/ready`` from then on, until the app stops."""
 
     async def on_first_start(self) -> None:
         """Fail with one line, not a traceback, when the worker cannot work at all."""
@@ -186,6 +190,7 @@ class MirrorApp(MirrorTransportApp):
         for task, every in self.early_tasks:
             self.add_future(task() if every is None else self._every(every, task))
         await self.on_started_init_web_server()  # Faust's own call later finds it started
+        self.serving = True
         await super().on_started()
 
     async def _every(self, interval: float, task: Callable[[], Awaitable[None]]) -> None:
@@ -463,5 +468,17 @@ def build_app(settings: Settings, mirror: SqlApplier | None = None) -> faust.App
     # Every second too, not only on scrape: the lower bound of a partition whose oldest
     # record is not fetched yet counts from when it was first seen behind.
     app.run_early(freshness.run, every=FRESHNESS_INTERVAL)
-    register_pages(app, mirror, caches, settings.api_token, freshness.refresh)
+    heartbeat = LoopHeartbeat()
+    app.run_early(heartbeat.run)
+    register_pages(
+        app,
+        mirror,
+        caches,
+        settings.api_token,
+        freshness.refresh,
+        heartbeat=heartbeat,
+        serving=lambda: app.serving,
+        kinds=kinds,
+        version=streams.__version__,
+    )
     return app

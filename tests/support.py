@@ -503,23 +503,25 @@ async def wait_ready(
     *,
     alive: Iterable[WorkerProcess] = (),
 ) -> None:
-    """Wait until the worker's ``/ready`` answers 200 (partitions assigned, tables recovered),
-    failing at once if it or one of ``alive`` exits."""
-    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/ready"
+    """Wait until the worker is settled, as ``/partitions`` says (partitions assigned, no
+    rebalance, tables recovered: what the old ``/ready`` meant), failing at once if it or
+    one of ``alive`` exits. The new ``/ready`` (serving HTTP) comes earlier."""
+    url = f"http://127.0.0.1:{worker.env['WEB_PORT']}/partitions"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    async def status() -> int:
+    async def settled() -> bool:
         timeout = aiohttp.ClientTimeout(total=10)
         async with (
             aiohttp.ClientSession(timeout=timeout) as http,
             http.get(url, headers=headers) as response,
         ):
-            return response.status
+            if response.status != 200:
+                return False
+            return bool((await response.json()).get("settled"))
 
     await eventually(
-        status,
-        lambda code: code == 200,
-        what=f"{url} answering 200",
+        settled,
+        what=f"{url} saying settled",
         timeout=timeout,
         every=0.25,
         alive=[worker, *alive],

@@ -1,5 +1,6 @@
-"""HTTP views of a worker on WEB_PORT: ``/health``, ``/ready`` and ``/metrics`` (and, from
-``tables.views``, the entity pages), and the API_TOKEN guard over every route of the server."""
+"""HTTP views of a worker on WEB_PORT: the probes ``/health`` and ``/ready``, ``/partitions``
+and ``/metrics`` (and, from ``tables.views``, the entity pages), and the API_TOKEN guard over
+every route of the server but the probes."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.apply.sql_applier import SqlApplier
 from streams.ops import metrics
+from streams.ops.probes import LoopHeartbeat, readiness
 from tables.cache import EntityCache
+from tables.faust_store import recovering_partitions, recovery_remaining
 from tables.views import register_entity_views
 
-#: Paths served without the token: liveness probes carry no credentials.
-OPEN_PATHS = frozenset({"/health"})
+#: Paths served without the token: Kubernetes' probes carry no credentials, and these say
+#: nothing but healthy or not, ready or not, and the version.
+OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 def authorized(headers: Mapping[str, str], token: str) -> bool:
@@ -87,16 +91,61 @@ def assigned_partitions(consumer: Any) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in assignment)
 
 
+def partitions_report(
+    app: Any, caches: Mapping[str, EntityCache], kinds: Mapping[str, str]
+) -> dict[str, Any]:
+    """Return what ``GET /partitions`` shows: this worker's partitions, rebalance and table
+    recovery, overall and per entity (``kinds``: each topic an entity is applied from).
+
+    ``settled`` is what ``/ready`` meant before it became a readiness probe: partitions held,
+    no rebalance, no recovery; a worker serves reads whatever it says.
+    """
+    assigned = assigned_partitions(app.consumer)
+    rebalancing, recovering = bool(app.rebalancing), bool(app.in_recovery)
+    entities: dict[str, dict[str, Any]] = {}
+    for kind in sorted({*kinds.values(), *caches}):
+        topics = {topic for topic, of in kinds.items() if of == kind}
+        entry: dict[str, Any] = {
+            "assigned": [tp for tp in assigned if tp.rsplit("[", 1)[0] in topics]
+        }
+        cache = caches.get(kind)
+        if cache is not None:
+            busy = recovering_partitions(app, cache.changelog)
+            entry["changelog"] = cache.changelog
+            entry["recovering"] = [f"{cache.changelog}[{p}]" for p in sorted(busy)]
+        entities[kind] = entry
+    return {
+        "settled": bool(assigned) and not rebalancing and not recovering,
+        "assigned": assigned,
+        "rebalancing": rebalancing,
+        "tables_recovering": recovering,
+        "recovery_remaining": recovery_remaining(app),
+        "tables": sorted(cache.changelog for cache in caches.values()),
+        "entities": entities,
+    }
+
+
 def register_pages(
     app: faust.App,
     mirror: SqlApplier,
     caches: Mapping[str, EntityCache],
     api_token: str = "",
     refresh: Callable[[], None] = lambda: None,
+    *,
+    heartbeat: LoopHeartbeat,
+    serving: Callable[[], bool],
+    kinds: Mapping[str, str],
+    version: str,
 ) -> None:
     """Add the operational pages and the entity pages to ``app``'s web server, every one
-    but ``/health`` behind ``api_token`` when it is set; ``refresh`` sets the gauges that
-    are computed when read (lag, staleness) before each scrape."""
+    but the probes behind ``api_token`` when it is set.
+
+    ``refresh`` sets the gauges that are computed when read (lag, staleness) before each
+    scrape; ``heartbeat`` is the event loop's, for ``/health``; ``serving`` tells whether the
+    worker has started serving its API (its web server up), for ``/ready``; ``kinds`` names
+    the entity each mirrored topic is applied to, for ``/partitions``; ``version`` is the
+    package's, shown by ``/health`` (given: ``streams`` imports this package, not the reverse).
+    """
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestWarning) for f in server_log.filters):
         server_log.addFilter(MalformedRequestWarning())
@@ -107,27 +156,32 @@ def register_pages(
 
     @app.page("/health")
     class Health(View):
-        """Liveness: the process serves HTTP."""
+        """Liveness: the process is healthy, its event loop turning (streams/ops/probes.py)."""
 
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok"})
+            answer = heartbeat.liveness()
+            body = {"status": "ok" if answer.ok else "stuck", "version": version}
+            if not answer.ok:
+                body["stuck"] = answer.reason
+            return self.json(body, status=answer.status)
 
     @app.page("/ready")
     class Ready(View):
-        """Readiness: partitions assigned, no rebalance in progress, cached tables recovered."""
+        """Readiness: the worker serves its HTTP API, whatever partitions it holds."""
 
         async def get(self, request: Request) -> Response:
-            assigned = assigned_partitions(app.consumer)
-            recovering = bool(app.in_recovery)
-            ready = bool(assigned) and not app.rebalancing and not recovering
-            body: dict[str, Any] = {
-                "ready": ready,
-                "assigned": assigned,
-                "rebalancing": bool(app.rebalancing),
-                "tables_recovering": recovering,
-                "tables": sorted(cache.changelog for cache in caches.values()),
-            }
-            return self.json(body, status=200 if ready else 503)
+            answer = readiness(serving(), stopping=app.should_stop)
+            body: dict[str, Any] = {"ready": answer.ok}
+            if not answer.ok:
+                body["reason"] = answer.reason
+            return self.json(body, status=answer.status)
+
+    @app.page("/partitions")
+    class Partitions(View):
+        """This worker's partitions, rebalance and table recovery (what /ready said before)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(partitions_report(app, caches, kinds))
 
     @app.page("/metrics")
     class Metrics(View):

@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from streams import __version__
 from tests.support import (
     WorkerProcess,
     chaotic_stream,
@@ -115,9 +116,12 @@ async def test_worker_creates_its_missing_topic_with_the_configured_partitions(
 
         base = f"http://127.0.0.1:{env['WEB_PORT']}"
         status, body = await asyncio.to_thread(http_get, f"{base}/health")
-        assert (status, json.loads(body)) == (200, {"status": "ok"})
-        status, body = await asyncio.to_thread(http_get, f"{base}/ready", "t0ken")
-        assert status == 200 and json.loads(body)["ready"] is True
+        assert (status, json.loads(body)) == (200, {"status": "ok", "version": __version__})
+        status, body = await asyncio.to_thread(http_get, f"{base}/ready")
+        assert (status, json.loads(body)) == (200, {"ready": True})
+        assert (await asyncio.to_thread(http_get, f"{base}/partitions"))[0] == 401
+        status, body = await asyncio.to_thread(http_get, f"{base}/partitions", "t0ken")
+        assert status == 200 and json.loads(body)["settled"] is True
         assert (await asyncio.to_thread(http_get, f"{base}/metrics"))[0] == 401
         assert (await asyncio.to_thread(http_get, f"{base}/metrics", "wrong"))[0] == 401
         status, body = await asyncio.to_thread(http_get, f"{base}/metrics", "t0ken")

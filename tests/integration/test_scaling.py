@@ -102,7 +102,7 @@ async def wait_sql_state(
 
 
 async def wait_all_ready(workers: list[WorkerProcess]) -> None:
-    """Wait until every worker's /ready says ready (assigned, no rebalance, tables recovered),
+    """Wait until every worker's /partitions says settled (assigned, no rebalance, recovered),
     failing at once if any of them exits."""
     for worker in workers:
         await wait_ready(worker, alive=workers)

@@ -130,9 +130,9 @@ async def test_the_sql_mirror_goes_on_while_a_large_memory_table_recovers(
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
             # Once it reads its partitions again (recovery under way), the updates are sent.
             await eventually(
-                lambda: ready_body(http, base),
+                lambda: partitions_body(http, base),
                 lambda body: body.get("assigned") and body.get("tables_recovering"),
-                what="/ready saying assigned, tables recovering",
+                what="/partitions saying assigned, tables recovering",
                 every=0.05,
                 alive=[worker],
             )
@@ -141,7 +141,7 @@ async def test_the_sql_mirror_goes_on_while_a_large_memory_table_recovers(
             saw_recovering_503 = False
 
             async def note_when() -> tuple[float | None, float | None]:
-                """Note when the updates are in SQL and when the worker is ready."""
+                """Note when the updates are in SQL and when the worker is settled (recovered)."""
                 nonlocal in_sql_at, ready_at, saw_recovering_503
                 now = time.monotonic()
                 if in_sql_at is None:
@@ -149,8 +149,8 @@ async def test_the_sql_mirror_goes_on_while_a_large_memory_table_recovers(
                     if all(rows[k]["name"] == f"second {k}" for k in later):
                         in_sql_at = now
                 if ready_at is None:
-                    body = await ready_body(http, base)
-                    if body.get("ready"):
+                    body = await partitions_body(http, base)
+                    if body.get("settled"):
                         ready_at = now
                     else:
                         async with http.get(f"{base}/entities/planet/{keys[-1]}") as response:
@@ -160,7 +160,7 @@ async def test_the_sql_mirror_goes_on_while_a_large_memory_table_recovers(
             await eventually(
                 note_when,
                 lambda seen: None not in seen,
-                what="the updates in SQL (first) and the worker ready (second)",
+                what="the updates in SQL (first) and the worker settled (second)",
                 timeout=300,
                 every=0.05,
                 alive=[worker],
@@ -327,10 +327,10 @@ async def assert_cached(
         assert body == {"uuid": key, "name": name}
 
 
-async def ready_body(http: aiohttp.ClientSession, base: str) -> dict[str, object]:
-    """Return what ``/ready`` says ({} while the worker does not listen yet)."""
+async def partitions_body(http: aiohttp.ClientSession, base: str) -> dict[str, object]:
+    """Return what ``/partitions`` says ({} while the worker does not listen yet)."""
     try:
-        async with http.get(f"{base}/ready") as response:
+        async with http.get(f"{base}/partitions") as response:
             body: dict[str, object] = await response.json()
             return body
     except (aiohttp.ClientError, TimeoutError):

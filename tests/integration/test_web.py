@@ -38,7 +38,7 @@ def served_routes(env: dict[str, str]) -> list[tuple[str, str]]:
     return sorted((route.method, route.resource.canonical) for route in router.routes())
 
 
-async def test_the_api_token_guards_every_route_but_health(
+async def test_the_api_token_guards_every_route_but_the_probes(
     kafka_bootstrap: str, sqlite_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     worker, _ = make_worker(
@@ -66,8 +66,15 @@ async def test_the_api_token_guards_every_route_but_health(
     answered_without_token = sorted(
         route for route, (status, _) in answers.items() if status != 401
     )
-    assert answered_without_token == [("GET", "/health"), ("HEAD", "/health")]
-    assert answers["GET", "/health"][0] == 200
+    assert answered_without_token == [
+        ("GET", "/health"),
+        ("GET", "/ready"),
+        ("HEAD", "/health"),
+        ("HEAD", "/ready"),
+    ]
+    assert answers["GET", "/health"][0] == answers["GET", "/ready"][0] == 200
+    # Partition ownership is behind the token, on a page of its own.
+    assert answers["GET", "/partitions"] == (401, 200)
     assert sorted(route for route, (_, status) in answers.items() if status == 401) == []
 
 
@@ -87,7 +94,8 @@ async def test_the_token_s_scheme_is_any_case_and_faust_s_pages_404_an_unknown_t
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             schemes = {}
             for header in (f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer {TOKEN.upper()}"):
-                async with http.get(f"{base}/ready", headers={"Authorization": header}) as got:
+                url = f"{base}/partitions"
+                async with http.get(url, headers={"Authorization": header}) as got:
                     schemes[header] = got.status
             pages = {}
             for path in ("/router/no-such-table/", "/router/no-such-table/key/", "/router/planet/"):

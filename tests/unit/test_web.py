@@ -1,5 +1,5 @@
 """streams/ops/web.py: the API_TOKEN check (the scheme in any case, the token exactly), and
-the partitions /ready reports."""
+the partitions /partitions reports."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from aiokafka import TopicPartition
 from faust.exceptions import ConsumerNotStarted
 
-from streams.ops.web import assigned_partitions, authorized
+from streams.ops.web import assigned_partitions, authorized, partitions_report
 
 TOKEN = "s3cret-Token"
 
@@ -56,3 +56,33 @@ def test_ready_has_no_partitions_before_the_consumer_thread_starts() -> None:
     # Asked that early, /ready answered 500 (Faust's ConsumerNotStarted), not 503.
     assert assigned_partitions(_NotStartedConsumer()) == []
     assert assigned_partitions(_Consumer()) == ["planet-changed[0]", "planet-changed[1]"]
+
+
+class _App:
+    """What partitions_report reads of a Faust app."""
+
+    def __init__(self, rebalancing: bool = False, in_recovery: bool = False) -> None:
+        self.consumer = _Consumer()
+        self.rebalancing = rebalancing
+        self.in_recovery = in_recovery
+
+
+def test_partitions_shows_what_the_old_ready_did_per_entity_too() -> None:
+    kinds = {"planet-changed": "planet", "moon-changed": "moon"}
+    report = partitions_report(_App(), {}, kinds)
+    assert report == {
+        "settled": True,
+        "assigned": ["planet-changed[0]", "planet-changed[1]"],
+        "rebalancing": False,
+        "tables_recovering": False,
+        "recovery_remaining": None,
+        "tables": [],
+        "entities": {
+            "moon": {"assigned": []},
+            "planet": {"assigned": ["planet-changed[0]", "planet-changed[1]"]},
+        },
+    }
+    assert not partitions_report(_App(rebalancing=True), {}, kinds)["settled"]
+    no_partitions = _App()
+    no_partitions.consumer = _NotStartedConsumer()  # type: ignore[assignment]
+    assert not partitions_report(no_partitions, {}, kinds)["settled"]
