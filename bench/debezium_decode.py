@@ -11,7 +11,6 @@ ratio to changeType JSON.
 
 from __future__ import annotations
 
-import json
 import random
 import timeit
 import uuid
@@ -22,13 +21,13 @@ import orjson
 from sqlalchemy import MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bench.debezium_input import SOURCE, VALUE_SCHEMA, source_row
 from bench.workload import planet_body
 from models.base import MirroredEntity
 from models.planet import Planet
 from models.registry import EntitySpec, build_spec, default_registry
 from streams.core.records import SourceRecord
 from streams.core.routing import route_batch
-from tests.debezium_events import SOURCE, compact
 
 COUNT = 10_000
 
@@ -67,111 +66,42 @@ class FlatPlanet(_Columns, MirroredEntity, _Base):
     __input_format__ = "debezium-flat"
 
 
-ROW_SCHEMA = [
-    {"type": "string", "optional": False, "field": "uuid"},
-    {"type": "string", "optional": False, "field": "name"},
-    {"type": "double", "optional": True, "field": "massKg"},
-    {"type": "double", "optional": True, "field": "radiusKm"},
-    {"type": "double", "optional": True, "field": "orbitalPeriodDays"},
-    {"type": "string", "optional": True, "field": "discoveredBy"},
-    {
-        "type": "string",
-        "optional": True,
-        "name": "io.debezium.time.ZonedTimestamp",
-        "field": "discoveredAt",
-    },
-    {"type": "boolean", "optional": True, "field": "habitable"},
-    {"type": "int32", "optional": True, "field": "moons"},
-    {"type": "string", "optional": True, "name": "io.debezium.data.Json", "field": "atmosphere"},
-    {"type": "string", "optional": True, "name": "io.debezium.data.Json", "field": "tags"},
-    {"type": "string", "optional": True, "field": "updatedBy"},
-]
-
-
-def _schema() -> dict[str, Any]:
-    row = {
-        "type": "struct",
-        "fields": ROW_SCHEMA,
-        "optional": True,
-        "name": "bench.public.planet.Value",
-    }
-    source = {
-        "type": "struct",
-        "fields": [{"type": "string", "optional": False, "field": k} for k in SOURCE],
-        "optional": False,
-        "name": "io.debezium.connector.postgresql.Source",
-        "field": "source",
-    }
-    return {
-        "type": "struct",
-        "fields": [
-            {**row, "field": "before"},
-            {**row, "field": "after"},
-            source,
-            {"type": "string", "optional": False, "field": "op"},
-            {"type": "int64", "optional": True, "field": "ts_ms"},
-        ],
-        "optional": False,
-        "name": "bench.public.planet.Envelope",
-        "version": 2,
-    }
-
-
 def values() -> dict[str, tuple[EntitySpec, list[bytes]]]:
-    """Return each format's entity and the 10,000 values of the same rows in it."""
+    """Return each format's entity and the 10,000 values of the same rows in it, the Debezium
+    ones as ``bench/debezium_input.py`` writes them for the bench (the ``source`` block and
+    envelope of the PostgreSQL connector 3.x)."""
     rng = random.Random(7)
-    rows = []
-    for n in range(COUNT):
-        body = planet_body(rng, str(uuid.UUID(int=n)), n)
-        body["uuid"] = body.pop("planetUuid")
-        body["name"] = body.pop("planetName")
-        rows.append(body)
-    # What the source table gives Debezium: jsonb columns as JSON text.
-    source_rows = [
-        {**r, "atmosphere": json.dumps(r["atmosphere"]), "tags": json.dumps(r["tags"])}
-        for r in rows
-    ]
-    schema = _schema()
+    bodies = [planet_body(rng, str(uuid.UUID(int=n)), n) for n in range(COUNT)]
+    for n, body in enumerate(bodies):
+        body["changeType"] = "CREATED" if n % 2 == 0 else "UPDATED"
+    rows = [source_row(body) for body in bodies]  # jsonb columns as JSON text
 
     def event(n: int, row: dict[str, Any]) -> dict[str, Any]:
-        op = "c" if n % 2 == 0 else "u"
-        source = {**SOURCE, "lsn": 24023128 + n}
-        return {"before": None, "after": row, "source": source, "op": op, "ts_ms": 1}
+        source = {**SOURCE, "txId": n, "lsn": 24_023_128 + 8 * n}
+        return {
+            "before": None,
+            "after": row,
+            "source": source,
+            "transaction": None,
+            "op": "c" if n % 2 == 0 else "u",
+            "ts_ms": SOURCE["ts_ms"],
+            "ts_us": SOURCE["ts_us"],
+            "ts_ns": SOURCE["ts_ns"],
+        }
 
     specs = {m: build_spec(m) for m in (Planet, EnvelopePlanet, LsnPlanet, FlatPlanet)}
     for model in (EnvelopePlanet, LsnPlanet, FlatPlanet):
         default_registry.unregister(model)
-    change_type = [
-        compact(
-            {
-                "planetUuid": r["uuid"],
-                "planetName": r["name"],
-                **{k: v for k, v in r.items() if k not in ("uuid", "name")},
-                "changeType": "CREATED" if n % 2 == 0 else "UPDATED",
-            }
-        )
-        for n, r in enumerate(rows)
-    ]
+    payloads = [orjson.dumps(event(n, row)) for n, row in enumerate(rows)]
+    head = b'{"schema":' + orjson.dumps(VALUE_SCHEMA) + b',"payload":'
     return {
-        "changeType JSON": (specs[Planet], change_type),
-        "debezium": (
-            specs[EnvelopePlanet],
-            [compact(event(n, r)) for n, r in enumerate(source_rows)],
-        ),
-        "debezium, LSN versions": (
-            specs[LsnPlanet],
-            [compact(event(n, r)) for n, r in enumerate(source_rows)],
-        ),
-        "debezium with schema": (
-            specs[EnvelopePlanet],
-            [
-                compact({"schema": schema, "payload": event(n, r)})
-                for n, r in enumerate(source_rows)
-            ],
-        ),
+        "changeType JSON": (specs[Planet], [orjson.dumps(body) for body in bodies]),
+        "debezium": (specs[EnvelopePlanet], payloads),
+        "debezium, LSN versions": (specs[LsnPlanet], payloads),
+        "debezium with schema": (specs[EnvelopePlanet], [head + p + b"}" for p in payloads]),
         "debezium-flat": (
             specs[FlatPlanet],
-            [compact({**r, "__deleted": "false", "__op": "c"}) for r in source_rows],
+            [orjson.dumps({**row, "__deleted": "false", "__op": "c"}) for row in rows],
         ),
     }
 
