@@ -16,7 +16,6 @@ from typing import IO, Any
 
 import faust
 
-import streams
 from models.registry import Registry, default_registry
 from models.store import SqlStore
 from streams import __version__
@@ -479,6 +478,6 @@ def build_app(settings: Settings, mirror: SqlApplier | None = None) -> faust.App
         heartbeat=heartbeat,
         serving=lambda: app.serving,
         kinds=kinds,
-        version=streams.__version__,
+        version=__version__,
     )
     return app
