@@ -56,16 +56,16 @@ def batch_figures(web_port: int) -> str:
     sums = collections.Counter[str]()
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        for part in ("batch_seconds", "batch_size", "batch_records", "sql_seconds"):
+        for part in ("batch_seconds", "batch_records", "sql_transaction_seconds"):
             for stat in ("_sum", "_count"):
                 if name.startswith(f"mirror_{part}{stat}"):
                     sums[part + stat] += float(value)
-    records = sums["batch_size_sum"] + sums["batch_records_sum"]
+    records = sums["batch_records_sum"]
     count = sums["batch_seconds_count"] or 1
     return (
         f"{count:,.0f} batches of {records / count:,.0f} records on average, "
         f"{sums['batch_seconds_sum'] / count * 1000:.1f} ms each "
-        f"({sums['sql_seconds_sum'] / count * 1000:.1f} ms of SQL)"
+        f"({sums['sql_transaction_seconds_sum'] / count * 1000:.1f} ms of SQL)"
     )
 
 
