@@ -133,7 +133,11 @@ def _unscaled(raw: Any, scale: int) -> Decimal:
     (``decimal.format=BASE64``, the JsonConverter's default) or a JSON number (``NUMERIC``)."""
     if isinstance(raw, str):
         unscaled = int.from_bytes(base64_bytes(raw), "big", signed=True)
-        return Decimal(unscaled).scaleb(-scale)
+        # Built from its digits and exponent, which is exact: arithmetic such as
+        # Decimal(unscaled).scaleb(-scale) rounds to the context's 28 digits, and a numeric(38, 10)
+        # would lose its last ones without a word.
+        digits = tuple(int(d) for d in str(abs(unscaled)))
+        return Decimal((1 if unscaled < 0 else 0, digits, -scale))
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return Decimal(str(raw))
     raise ValueError(f"a decimal must be base64 text or a number, got {raw!r:.40}")

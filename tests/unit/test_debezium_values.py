@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, date, datetime, time
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import pytest
@@ -112,6 +112,29 @@ def test_each_logical_type_is_converted_by_its_schema(
     schema: dict[str, Any], value: Any, expected: Any
 ) -> None:
     assert by_schema(schema, value) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12345678901234567890.0123456789",  # numeric(30, 10): 30 digits
+        "-1234567890123456789012345678.9012345678",  # numeric(38, 10)
+        "0.00000000000000000000000000000000000001",
+        "98765432109876543210987654321098765432109876543210",  # unconstrained numeric
+    ],
+)
+def test_decimals_keep_every_digit_beyond_the_default_contexts_28(text: str) -> None:
+    # Decimal arithmetic rounds to 28 digits: a numeric(38, 10) read by scaling its unscaled
+    # value lost its last digits without a word.
+    exact = Decimal(text)
+    exponent = exact.as_tuple().exponent
+    assert isinstance(exponent, int)
+    raw = unscaled(int(exact.scaleb(-exponent, Context(prec=100))))
+    scale = -exponent
+    converted = by_schema(field(DECIMAL, "bytes", parameters={"scale": str(scale)}), raw)
+    assert str(converted) == str(exact)
+    variable = field("io.debezium.data.VariableScaleDecimal", "struct")
+    assert str(by_schema(variable, {"scale": scale, "value": raw})) == str(exact)
 
 
 def test_json_is_parsed_for_a_json_column_and_kept_as_text_for_a_text_column() -> None:
