@@ -9,11 +9,13 @@ its batch keeps per key, and costs a rollback). The database's own check stays a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 
 class ColumnKind(StrEnum):
@@ -26,8 +28,10 @@ class ColumnKind(StrEnum):
     DATETIME = "datetime"
     DATE = "date"
     JSON = "json"
+    UUID = "uuid"
+    """SQLAlchemy's ``Uuid``: text in any form ``uuid.UUID`` reads, or a ``uuid.UUID``."""
     OTHER = "other"
-    """Anything else (numeric, uuid, binary, enums): left to the database."""
+    """Anything else (numeric, binary, enums): left to the database."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,9 @@ class ColumnRule:
     """Most characters a text column takes."""
     int_range: tuple[int, int] | None = None
     """Smallest and largest value an integer column takes."""
+    as_uuid: bool = False
+    """A UUID column taking ``uuid.UUID`` objects (``Uuid()``, the type ``Mapped[uuid.UUID]``
+    gets); otherwise it takes the canonical text (``Uuid(as_uuid=False)``)."""
 
 
 class Invalid(ValueError):
@@ -85,6 +92,8 @@ def check_value(rule: ColumnRule, value: Any) -> Any:
     if kind is ColumnKind.JSON:
         _check_json_text(rule.name, value)
         return value
+    if kind is ColumnKind.UUID:
+        return _uuid(rule, value)
     return value
 
 
@@ -165,6 +174,22 @@ def _date(column: str, value: Any) -> date:
         except ValueError:
             pass
     raise Invalid(f"column {column!r} takes an ISO 8601 date, got {value!r:.40}")
+
+
+def _uuid(rule: ColumnRule, value: Any) -> UUID | str:
+    """A UUID as its column takes it: a ``uuid.UUID``, or the canonical lower-case text, so
+    that one entity has one key whatever form a producer wrote (``{...}``, capitals, no dashes).
+    SQLAlchemy's ``Uuid()`` binds only ``uuid.UUID`` objects on SQLite and MariaDB."""
+    if isinstance(value, UUID):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = UUID(value)
+        except ValueError:
+            raise Invalid(f"column {rule.name!r} takes a UUID, got {value!r:.40}") from None
+    else:
+        raise Invalid(f"column {rule.name!r} takes a UUID, got {_kind_of(value)}")
+    return parsed if rule.as_uuid else str(parsed)
 
 
 def _check_json_text(column: str, value: Any) -> None:
@@ -276,6 +301,15 @@ def _fast(rule: ColumnRule) -> Callable[[Any], bool]:
         return lambda value: type(value) is float or type(value) is int
     if rule.kind is ColumnKind.BOOLEAN:
         return lambda value: type(value) is bool
+    if rule.kind is ColumnKind.UUID:
+        if rule.as_uuid:
+            return lambda value: type(value) is UUID
+        canonical = _CANONICAL_UUID.fullmatch
+        return lambda value: type(value) is str and canonical(value) is not None
     if rule.kind is ColumnKind.OTHER:
         return lambda value: value is not None or not rule.required
     return lambda value: value is None and not rule.required
+
+
+#: The text ``str(uuid.UUID(...))`` gives.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

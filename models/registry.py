@@ -22,6 +22,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    Uuid,
     inspect,
 )
 
@@ -119,6 +120,8 @@ class EntitySpec:
     """The check of each key column (a composite key's parts)."""
     key_rules: tuple[ColumnRule, ...] = ()
     """What each key column takes."""
+    canonical_single_keys: bool = False
+    """A single key column whose keys routing converts (:meth:`canonical_key`): a UUID."""
 
     def key_of(self, row: Any) -> Any:
         """Return the entity key of ``row``: its key column's value, or the tuple of them."""
@@ -126,10 +129,14 @@ class EntitySpec:
             return row[self.key_column]
         return tuple(row[c] for c in self.key_columns)
 
-    def canonical_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Return a composite key (that :meth:`check_key` passed) with each part as its column
-        holds it: ``"2"`` for an integer column is ``2``, ``7`` for a text one ``"7"``. So the
-        key of an event equals the key read back from the table, whatever the producer sent."""
+    def canonical_key(self, key: Any) -> Any:
+        """Return a key (that :meth:`check_key` passed) with each part as its column holds it:
+        ``"2"`` for an integer column is ``2``, ``7`` for a text one ``"7"``, a UUID its
+        lower-case text. So the key of an event equals the key read back from the table,
+        whatever the producer sent. A single key is converted only where
+        :attr:`canonical_single_keys` says (its other columns take keys as they come)."""
+        if not self.composite:
+            return check_value(self.key_rules[0], key) if self.canonical_single_keys else key
         return tuple(
             check_value(rule, part) for rule, part in zip(self.key_rules, key, strict=True)
         )
@@ -277,6 +284,14 @@ def build_spec(model: type[Any]) -> EntitySpec:
         raise RegistryError(f"{name} must have a primary key (the entity key)")
     key_columns = tuple(c.key for c in primary)
     key_column = key_columns[0]
+    for column in primary:
+        if isinstance(column.type, Uuid) and column.type.as_uuid:
+            raise RegistryError(
+                f"{name}.{column.key} is a Uuid key column taking uuid.UUID objects, but the "
+                "mirror's keys are text: declare it Mapped[str] with "
+                "mapped_column(Uuid(as_uuid=False), primary_key=True), the same column in the "
+                "database"
+            )
     ignored = {*VERSION_COLUMNS, getattr(model, "__soft_delete__", None)} - {None}
     declared = declared_format(model, table, frozenset(str(c) for c in ignored))
     if declared.fields is not model.__event_fields__:
@@ -376,6 +391,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
         composite=composite,
         key_checks=key_checks,
         key_rules=tuple(column_rule(c) for c in primary),
+        canonical_single_keys=not composite and key_rule.kind is ColumnKind.UUID,
     )
 
 
@@ -404,6 +420,7 @@ def column_rule(column: Column[Any]) -> ColumnRule:
     kind = ColumnKind.OTHER
     length = None
     int_range = None
+    as_uuid = False
     try:
         python_type = column.type.python_type
     except NotImplementedError:
@@ -431,8 +448,11 @@ def column_rule(column: Column[Any]) -> ColumnRule:
         kind = ColumnKind.DATETIME
     elif isinstance(column.type, Date):
         kind = ColumnKind.DATE
+    elif isinstance(column.type, Uuid):
+        kind = ColumnKind.UUID
+        as_uuid = bool(column.type.as_uuid)
     del python_type
-    return ColumnRule(column.key, kind, _required(column), length, int_range)
+    return ColumnRule(column.key, kind, _required(column), length, int_range, as_uuid)
 
 
 def _tombstone_table(table: Table, keys: list[Column[Any]]) -> Table:

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
-from sqlalchemy import BigInteger, Integer, SmallInteger, String
+from sqlalchemy import BigInteger, Integer, SmallInteger, String, Uuid
 
 from models.registry import EntitySpec, Registry
 from models.store import SqlStore
@@ -79,6 +80,11 @@ def key_form(spec: EntitySpec) -> str:
 
 def _parse_part(column: Any, raw: str) -> Any:
     """Convert one key column's text from a URL to the column's type."""
+    if isinstance(column.type, Uuid):
+        try:
+            return str(UUID(raw))  # the one text form routing keys a UUID by
+        except ValueError:
+            raise ValueError("not a UUID") from None
     if isinstance(column.type, Integer):
         value = int(raw)
         low, high = _integer_bounds(column.type)

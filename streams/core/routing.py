@@ -119,6 +119,8 @@ class Entity(Protocol):
     # ``key_columns`` (the columns in key order), ``key_fields`` (the event field of each,
     # None where the field map does not say) and ``canonical_key(key)`` (each part as its
     # column holds it); its keys are tuples (``streams.core.keys``).
+    # Optional: ``canonical_single_keys`` (default False), True when a single key is converted
+    # by ``canonical_key`` too (a UUID key column: one text form).
     # Optional: ``input_format`` (an ``streams.core.formats.InputFormat``, default
     # ``CHANGE_TYPE_JSON``), the format of the entity's records.
     # Optional: ``reads_record_fields`` (default True), False when the mapping never reads the
@@ -178,7 +180,7 @@ def route(
         problem = entity.check_key(key)
         if problem is not None:
             return Rejection(RejectReason.BAD_KEY, problem, record)
-        return Delete(key=key, record=record, version=version)
+        return Delete(key=_single_key(entity, key), record=record, version=version)
 
     partial = change is ChangeType.UPDATED and getattr(entity, "partial_updates", False)
     mapping = entity.patch_from_event if partial else entity.row_from_event  # type: ignore[attr-defined]
@@ -215,6 +217,10 @@ def route(
         problem = entity.check_key(key)
         if problem is not None:
             return Rejection(RejectReason.BAD_KEY, problem, record)
+        if getattr(entity, "canonical_single_keys", False):
+            canonical = _single_key(entity, key)
+            if canonical != key:
+                key, row = canonical, {**row, entity.key_column: canonical}
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
     try:
@@ -297,6 +303,8 @@ def _route_tombstone(
             return Rejection(RejectReason.BAD_KEY, problem, record)
         if type(json_key) is tuple:
             json_key = entity.canonical_key(json_key)  # type: ignore[attr-defined]
+        else:
+            json_key = _single_key(entity, json_key)
         return Delete(
             key=json_key, record=record, version=_tombstone_version(record, entity, clock)
         )
@@ -312,7 +320,20 @@ def _route_tombstone(
     problem = "tombstone key is empty" if not key else entity.check_key(key)
     if problem is not None:
         return Rejection(RejectReason.BAD_KEY, problem, record)
-    return Delete(key=key, record=record, version=_tombstone_version(record, entity, clock))
+    return Delete(
+        key=_single_key(entity, key),
+        record=record,
+        version=_tombstone_version(record, entity, clock),
+    )
+
+
+def _single_key(entity: Entity, key: Any) -> Any:
+    """Return a single key (that ``check_key`` passed) as its column holds it, where the
+    entity converts single keys (a UUID column: its lower-case text, so that the producer's
+    capitals or braces do not make a second entity); else ``key`` itself."""
+    if getattr(entity, "canonical_single_keys", False):
+        return entity.canonical_key(key)  # type: ignore[attr-defined]
+    return key
 
 
 def _tombstone_version(record: Record, entity: Entity, clock: Clock) -> Version | None:
@@ -367,12 +388,16 @@ def entity_key_of(
         return entity.canonical_key(parts)  # type: ignore[attr-defined,no-any-return]
     if entity.key_field is not None:
         key = event.get(entity.key_field)
-        return key if _valid_key(key) else None
-    try:
-        key = entity.row_from_event(event).get(entity.key_column)
-    except Exception:  # a mapping that raises is rejected where the record is applied
+    else:
+        try:
+            key = entity.row_from_event(event).get(entity.key_column)
+        except Exception:  # a mapping that raises is rejected where the record is applied
+            return None
+    if not _valid_key(key):
         return None
-    return key if _valid_key(key) else None
+    if getattr(entity, "canonical_single_keys", False):
+        return None if entity.check_key(key) is not None else _single_key(entity, key)
+    return key
 
 
 def json_record_keys(entity: Entity) -> bool:
