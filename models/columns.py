@@ -28,6 +28,9 @@ class ColumnKind(StrEnum):
     DATETIME = "datetime"
     DATE = "date"
     JSON = "json"
+    INTERVAL = "interval"
+    """SQLAlchemy's ``Interval``: left to the database like OTHER, but MySQL and MariaDB keep it
+    as a DATETIME past the epoch (SQLAlchemy's emulation), which their literals must write."""
     UUID = "uuid"
     """SQLAlchemy's ``Uuid``: text in any form ``uuid.UUID`` reads, or a ``uuid.UUID``."""
     OTHER = "other"
@@ -306,7 +309,7 @@ def _fast(rule: ColumnRule) -> Callable[[Any], bool]:
             return lambda value: type(value) is UUID
         canonical = _CANONICAL_UUID.fullmatch
         return lambda value: type(value) is str and canonical(value) is not None
-    if rule.kind is ColumnKind.OTHER:
+    if rule.kind in (ColumnKind.OTHER, ColumnKind.INTERVAL):
         return lambda value: value is not None or not rule.required
     return lambda value: value is None and not rule.required
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    Interval,
     LargeBinary,
     Numeric,
     String,
@@ -99,6 +100,7 @@ def declared_format(
 
 #: Column types and what they take, the first that matches wins (``Float`` is a ``Numeric``).
 _TARGETS: tuple[tuple[type[Any], Target], ...] = (
+    (Interval, Target.INTERVAL),
     (JSON, Target.JSON),
     (String, Target.TEXT),
     (Boolean, Target.BOOLEAN),

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    Interval,
     SmallInteger,
     String,
     Table,
@@ -448,6 +449,8 @@ def column_rule(column: Column[Any]) -> ColumnRule:
         kind = ColumnKind.DATETIME
     elif isinstance(column.type, Date):
         kind = ColumnKind.DATE
+    elif isinstance(column.type, Interval):
+        kind = ColumnKind.INTERVAL
     elif isinstance(column.type, Uuid):
         kind = ColumnKind.UUID
         as_uuid = bool(column.type.as_uuid)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -65,6 +65,16 @@ def _moment(value: Any) -> str:
     return quoted(str(value))
 
 
+#: SQLAlchemy's Interval on MySQL and MariaDB: a DATETIME this far past the epoch.
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _interval(value: Any) -> str:
+    if isinstance(value, timedelta):
+        return _moment(_EPOCH + value)
+    return _other(value)
+
+
 def _json(value: Any) -> str:
     return NULL if value is None else quoted(orjson.dumps(value).decode())
 
@@ -81,6 +91,7 @@ ENCODERS: dict[ColumnKind, Callable[[Any], str]] = {
     ColumnKind.DATETIME: _moment,
     ColumnKind.DATE: _moment,
     ColumnKind.JSON: _json,
+    ColumnKind.INTERVAL: _interval,
 }
 
 

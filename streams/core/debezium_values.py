@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -34,6 +35,7 @@ class Target(StrEnum):
     DATE = "date"
     DATETIME = "datetime"
     TIME = "time"
+    INTERVAL = "interval"
     BINARY = "binary"
     JSON = "json"
     OTHER = "other"
@@ -128,9 +130,15 @@ def base64_bytes(value: Any) -> bytes:
     return base64.b64decode(_text(value, "bytes (base64)"), validate=True)
 
 
+#: The most significant digits a decimal written as a JSON number keeps through a binary float
+#: (IEEE 754 double: any 15 come back; 16 or 17 may not be the ones written).
+FLOAT_DIGITS = 15
+
+
 def _unscaled(raw: Any, scale: int) -> Decimal:
     """A Connect ``Decimal``: the big-endian two's complement of the unscaled value, in base64
-    (``decimal.format=BASE64``, the JsonConverter's default) or a JSON number (``NUMERIC``)."""
+    (``decimal.format=BASE64``, the JsonConverter's default) or a JSON number (``NUMERIC``,
+    which the JSON parser has read as a binary float: refused when it may have lost digits)."""
     if isinstance(raw, str):
         unscaled = int.from_bytes(base64_bytes(raw), "big", signed=True)
         # Built from its digits and exponent, which is exact: arithmetic such as
@@ -138,8 +146,17 @@ def _unscaled(raw: Any, scale: int) -> Decimal:
         # would lose its last ones without a word.
         digits = tuple(int(d) for d in str(abs(unscaled)))
         return Decimal((1 if unscaled < 0 else 0, digits, -scale))
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return Decimal(str(raw))
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return Decimal(raw)
+    if isinstance(raw, float):
+        value = Decimal(repr(raw))
+        if len(value.normalize().as_tuple().digits) > FLOAT_DIGITS:  # 1.50 has 2 digits
+            raise ValueError(
+                f"{raw!r} came as a JSON number, read as a binary float, which keeps "
+                f"{FLOAT_DIGITS} significant digits for certain: keep the JsonConverter's "
+                "decimal.format=BASE64 (its default), which the mirror reads exactly"
+            )
+        return value
     raise ValueError(f"a decimal must be base64 text or a number, got {raw!r:.40}")
 
 
@@ -157,6 +174,40 @@ def variable_scale_decimal(value: Any) -> Decimal:
     if not isinstance(value, dict):
         raise ValueError(f"a variable-scale decimal must be an object, got {value!r:.40}")
     return _unscaled(value.get("value"), _integer(value.get("scale"), "its scale"))
+
+
+def micro_duration(value: Any) -> timedelta:
+    """``io.debezium.time.MicroDuration`` (``interval.handling.mode=numeric``, the default):
+    microseconds, a month counted as Debezium counts it (365.25 / 12 days)."""
+    return timedelta(microseconds=_integer(value, "an interval (us)"))
+
+
+_ISO_DURATION = re.compile(
+    r"P(?:(?P<Y>-?\d+)Y)?(?:(?P<M>-?\d+)M)?(?:(?P<D>-?\d+)D)?"
+    r"(?:T(?:(?P<h>-?\d+)H)?(?:(?P<m>-?\d+)M)?(?:(?P<s>-?\d+(?:\.\d+)?)S)?)?"
+)
+
+
+def iso_duration(value: Any) -> timedelta:
+    """``io.debezium.time.Interval`` (``interval.handling.mode=string``): ISO 8601,
+    ``P1Y2M3DT4H5M6.78S``. Years and months have no exact length: refused unless zero."""
+    text = _text(value, "an interval")
+    match = _ISO_DURATION.fullmatch(text)
+    if match is None or text in ("P", "PT") or text.endswith("T"):
+        raise ValueError(f"{text!r:.40} is not an ISO 8601 duration")
+    parts = {name: part for name, part in match.groupdict().items() if part is not None}
+    if int(parts.get("Y", 0)) or int(parts.get("M", 0)):
+        raise ValueError(
+            f"{text!r:.40} counts years or months, which have no exact length: set the "
+            "connector's interval.handling.mode=numeric (a month as 365.25 / 12 days), or "
+            "mirror it into a text column"
+        )
+    return timedelta(
+        days=int(parts.get("D", 0)),
+        hours=int(parts.get("h", 0)),
+        minutes=int(parts.get("m", 0)),
+        microseconds=int(Decimal(parts.get("s", "0")).scaleb(6)),  # Debezium writes whole us
+    )
 
 
 def json_text(value: Any) -> Any:
@@ -206,6 +257,8 @@ _LOGICAL: Mapping[str, Convert] = {
     "io.debezium.time.ZonedTime": iso_time,
     "io.debezium.time.IsoTime": iso_time,
     "io.debezium.data.VariableScaleDecimal": variable_scale_decimal,
+    "io.debezium.time.MicroDuration": micro_duration,
+    "io.debezium.time.Interval": iso_duration,
 }
 
 #: Targets that take a value as Debezium wrote it (a ZonedTimestamp kept as text, a Date kept
@@ -275,6 +328,9 @@ _SCHEMALESS: Mapping[Target, Convert] = {
     Target.DATETIME: _ambiguous("timestamp"),
     Target.TIME: _ambiguous("time"),
     Target.DECIMAL: decimal_text,
+    Target.INTERVAL: lambda value: (
+        micro_duration(value) if isinstance(value, int) else iso_duration(value)
+    ),
     Target.BINARY: base64_bytes,
     Target.JSON: lambda value: json_text(value) if isinstance(value, str) else value,
 }

@@ -4,7 +4,7 @@ its Connect schema and, without one, by the target column."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Context, Decimal
 from typing import Any
 
@@ -137,6 +137,40 @@ def test_decimals_keep_every_digit_beyond_the_default_contexts_28(text: str) -> 
     assert str(by_schema(variable, {"scale": scale, "value": raw})) == str(exact)
 
 
+@pytest.mark.parametrize(
+    ("schema", "value", "expected"),
+    [
+        (field("io.debezium.time.MicroDuration"), 2_592_000_000_000, timedelta(days=30)),
+        (field("io.debezium.time.MicroDuration"), -1, timedelta(microseconds=-1)),
+        (field("io.debezium.time.Interval", "string"), "P0Y0M3DT4H5M6.78S", timedelta(3, 14706.78)),
+        (field("io.debezium.time.Interval", "string"), "P0Y0M-1DT-2H0M0S", -timedelta(hours=26)),
+        (field("io.debezium.time.Interval", "string"), "PT0S", timedelta(0)),
+    ],
+)
+def test_intervals_become_durations(schema: dict[str, Any], value: Any, expected: Any) -> None:
+    assert by_schema(schema, value, Target.INTERVAL) == expected
+
+
+def test_an_interval_of_months_has_no_exact_length_and_is_refused_saying_what_to_set() -> None:
+    with pytest.raises(ValueError, match=r"interval\.handling\.mode=numeric"):
+        by_schema(field("io.debezium.time.Interval", "string"), "P0Y1M0DT0H0M0S")
+
+
+@pytest.mark.parametrize("number", [12.5, 1234567890123.45, 0.1, -7.0, 123456789012345.0])
+def test_a_numeric_format_decimal_within_a_floats_15_digits_is_taken(number: float) -> None:
+    schema = field(DECIMAL, "bytes", parameters={"scale": "2"})
+    assert by_schema(schema, number) == Decimal(repr(number))
+
+
+@pytest.mark.parametrize("number", [1234567890123456.7, 0.30000000000000004, 1e16 + 2.0])
+def test_a_numeric_format_decimal_that_may_have_lost_digits_is_refused(number: float) -> None:
+    # decimal.format=NUMERIC writes the exact digits; a JSON parser reads a binary float, which
+    # keeps 15 for certain: 1234567890123456.7 comes back as 1234567890123456.8.
+    schema = field(DECIMAL, "bytes", parameters={"scale": "2"})
+    with pytest.raises(ValueError, match=r"decimal\.format=BASE64"):
+        by_schema(schema, number)
+
+
 def test_json_is_parsed_for_a_json_column_and_kept_as_text_for_a_text_column() -> None:
     schema = field("io.debezium.data.Json", "string")
     assert by_schema(schema, '{"a": [1]}', Target.JSON) == {"a": [1]}
@@ -192,6 +226,8 @@ def test_schema_converters_cover_only_the_mapped_fields_unless_asked_for_all() -
         (Target.BINARY, "AQID", b"\x01\x02\x03"),
         (Target.JSON, '{"a": 1}', {"a": 1}),
         (Target.JSON, {"a": 1}, {"a": 1}),
+        (Target.INTERVAL, 90_061_000_001, timedelta(days=1, seconds=3661, microseconds=1)),
+        (Target.INTERVAL, "P0Y0M1DT1H1M1.000001S", timedelta(days=1, seconds=3661, microseconds=1)),
     ],
 )
 def test_without_a_schema_the_column_says_what_a_value_is(
@@ -210,6 +246,9 @@ def test_without_a_schema_the_column_says_what_a_value_is(
         (Target.DECIMAL, "AeJA", "decimal.handling.mode=string"),
         (Target.DATE, "soon", "'v'"),
         (Target.BINARY, "***", "'v'"),
+        (Target.INTERVAL, "P1Y", "interval.handling.mode=numeric"),
+        (Target.INTERVAL, "1 day", "not an ISO 8601 duration"),
+        (Target.INTERVAL, 1.5, "must be a string"),
     ],
 )
 def test_without_a_schema_what_cannot_be_told_is_refused_saying_why(

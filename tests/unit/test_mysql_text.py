@@ -56,3 +56,9 @@ def test_nul_and_a_non_finite_float_and_other_kinds() -> None:
     # MySQL has no NaN: sent as text, strict mode refuses the row.
     assert literals(ColumnKind.FLOAT, [float("nan")]) == "'nan'"
     assert literals(ColumnKind.OTHER, [Decimal("1.25"), b"\x00\x01"]) == "1.25,_binary X'0001'"
+
+
+def test_an_interval_is_the_datetime_past_the_epoch_sqlalchemy_keeps_it_as() -> None:
+    # SQLAlchemy's Interval on MySQL/MariaDB is a DATETIME: 1970-01-01 plus the duration.
+    notice = timedelta(days=30, hours=2, microseconds=5)
+    assert literals(ColumnKind.INTERVAL, [notice, None]) == "'1970-01-31 02:00:00.000005',NULL"
