@@ -38,7 +38,10 @@ SOURCE_TABLES = (
         balance numeric(12, 2),
         seen_at timestamp,
         changed_at timestamptz,
-        born_on date
+        born_on date,
+        ref uuid,
+        notice interval,
+        amount numeric(38, 10)
     )""",
     f"""CREATE TABLE {ORDER_LINE} (
         order_id text NOT NULL,

@@ -42,10 +42,12 @@ FIXTURE_DATABASE = "inventory"
 SNAPSHOT = (
     f"""INSERT INTO {CUSTOMER} VALUES
         ('c1', 'Ada', 3, 9000000000, true, 12.50, '2026-01-02 03:04:05.123456',
-         '2026-01-02 03:04:05.5+02', '1990-05-17'),
-        ('c2', 'Grace', NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+         '2026-01-02 03:04:05.5+02', '1990-05-17', '0f8fad5b-d9cb-469f-a165-70867728950e',
+         '3 days 04:05:06.5', -1234567890123456789012345678.9012345678),
+        ('c2', 'Grace', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
         ('c3', 'Linus', 0, -1, false, -0.01, '1970-01-01 00:00:00',
-         '2000-02-29 12:00:00+00', '1969-12-31')""",
+         '2000-02-29 12:00:00+00', '1969-12-31', '00000000-0000-0000-0000-000000000000',
+         '-1 day +00:00:00.000001', 0.0000000001)""",
     f"""INSERT INTO {ORDER_LINE} VALUES
         ('o-1', 1, 'sku-a', 2, 9.99), ('o-1', 2, 'sku-b', 1, NULL),
         ('o-2', 1, 'sku-a', 5, 9999999999.99)""",
@@ -53,7 +55,9 @@ SNAPSHOT = (
 #: Live changes, one transaction each, in this order.
 CHANGES = (
     f"""INSERT INTO {CUSTOMER} VALUES ('c4', 'Barbara', 1, 1, true, 0.00,
-        '2026-12-06 10:00:00', '2026-12-06 10:00:00+00', '2000-01-01')""",
+        '2026-12-06 10:00:00', '2026-12-06 10:00:00+00', '2000-01-01',
+        'A987FBC9-4BED-3078-CF07-9141BA07C9F3', '00:00:00',
+        99999999999999999999999999.9999999999)""",
     f"UPDATE {CUSTOMER} SET name = 'Ada L.', visits = 4, balance = 13.75,"
     " changed_at = '2026-12-06 11:30:00+00' WHERE id = 'c1'",
     f"DELETE FROM {CUSTOMER} WHERE id = 'c2'",

@@ -2,11 +2,11 @@
 
 Debezium's PostgreSQL connector 3.6.0.Final (``pgoutput``, in Kafka Connect standalone 4.4:
 devservices/connect.py) captures two tables of a fresh source database (tests/debezium_source.py):
-customers (a text key; integer, bigint, boolean, numeric, timestamp, timestamptz and date
-columns) and order lines (a composite key: order and line number). The worker mirrors them,
-declared as tests/models/debezium_pipeline.py declares them (``__input_format__ =
-"debezium"``, the customers versioned by ``source.lsn``), into another database: a fresh
-PostgreSQL database, and a fresh MariaDB database.
+customers (a text key; integer, bigint, boolean, numeric, timestamp, timestamptz, date, uuid,
+interval and numeric(38, 10) columns) and order lines (a composite key: order and line
+number). The worker mirrors them, declared as tests/models/debezium_pipeline.py declares
+them (``__input_format__ = "debezium"``, the customers versioned by ``source.lsn``), into
+another database: a fresh PostgreSQL database, and a fresh MariaDB database.
 
 The snapshot is read first; then random transactions of inserts, updates, deletes, primary-key
 changes and re-inserts of deleted keys run on the source while the worker applies them, and
@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ COLUMNS = {
         "seen_at",
         "changed_at",
         "born_on",
+        "ref",
+        "notice",
+        "amount",
     ),
     ORDER_LINE: ("order_id", "line_no", "sku", "quantity", "price"),
 }
@@ -115,6 +118,21 @@ class ChangeScript:
                 + timedelta(microseconds=rng.randint(0, 300_000_000_000_000))
             ),
             "born_on": maybe(date(1900, 1, 1) + timedelta(days=rng.randint(0, 60_000))),
+            # Version 4: MariaDB 10.11's UUID type refuses some other 128-bit values (a
+            # version 6 to 8 without RFC 4122's variant bits) that PostgreSQL takes.
+            "ref": maybe(str(uuid.UUID(int=rng.getrandbits(128), version=4))),
+            # Days and time, no months: a month's length is Debezium's average, not psycopg2's.
+            # Seconds in 64ths: Debezium computes MicroDuration in doubles and truncates
+            # (MicroDuration.durationMicros), so 41.963453 s can come as 41963452 us; the
+            # mirror stores what Debezium wrote, and these fractions come through exactly.
+            "notice": maybe(
+                timedelta(
+                    days=rng.randint(-3000, 3000),
+                    microseconds=15_625 * rng.randint(0, 86_400 * 64 - 1),
+                )
+            ),
+            # numeric(38, 10): built from its text, as arithmetic would round it to 28 digits.
+            "amount": maybe(Decimal(f"{rng.randint(-(10**38) + 1, 10**38 - 1)}E-10")),
         }
 
     def line_values(self) -> dict[str, Any]:
@@ -236,23 +254,38 @@ def run_transactions(source: DebeziumSource, transactions: Sequence[Sequence[Sta
                 conn.execute(text(sql), dict(params))
 
 
-def normalized(value: Any) -> Any:
+#: Wide enough for every digit of a numeric(38, 10): the default context keeps 28.
+EXACT = Context(prec=100)
+#: SQLAlchemy's Interval on MariaDB: a DATETIME this far past the epoch.
+EPOCH = datetime(1970, 1, 1)
+
+
+def normalized(column: str, value: Any) -> Any:
     """A value as compared: numbers by value, aware timestamps as UTC wall time (MariaDB's
-    DATETIME, where the store writes them in UTC, reads back without a zone)."""
+    DATETIME, where the store writes them in UTC, reads back without a zone), an interval as a
+    duration (MariaDB keeps it as a DATETIME), a UUID as its text (MariaDB's may lack dashes)."""
+    if column == "notice" and isinstance(value, datetime):
+        return value - EPOCH
+    if column == "ref" and value is not None:
+        return str(uuid.UUID(str(value)))
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(UTC).replace(tzinfo=None)
     if isinstance(value, (Decimal, float)) and not isinstance(value, bool):
-        return Decimal(str(value)).normalize()
+        return Decimal(str(value)).normalize(EXACT)
     return value
 
 
 def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
     """Return ``table``'s rows, its source columns only, normalized, in key order."""
     engine = create_engine(url)
+    columns = COLUMNS[table]
     try:
         with engine.connect() as conn:
-            query = f"SELECT {', '.join(COLUMNS[table])} FROM {table} ORDER BY {ORDER_BY[table]}"
-            return [tuple(normalized(v) for v in row) for row in conn.execute(text(query))]
+            query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {ORDER_BY[table]}"
+            return [
+                tuple(normalized(c, v) for c, v in zip(columns, row, strict=True))
+                for row in conn.execute(text(query))
+            ]
     finally:
         engine.dispose()
 

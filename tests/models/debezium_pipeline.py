@@ -10,22 +10,30 @@ record's timestamp, partition and offset), so the test runs both.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import uuid
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, Integer, Numeric, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Integer,
+    Interval,
+    Numeric,
+    String,
+    Text,
+    Uuid,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, MirroredEntity
 
 
-class PipelineCustomer(MirroredEntity, Base):
-    """One key column and a column of every type the source table has."""
-
-    __tablename__ = "pipeline_customer"
-    __topic__ = "public.pipeline_customer"
-    __input_format__ = "debezium"
-    __version_from__ = "source.lsn"
+class CustomerColumns:
+    """One key column and a column of every type the source table has (a mixin:
+    tests/unit/test_debezium_fixtures.py declares the flattened rows' model with them too)."""
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(Text, nullable=False)
@@ -36,6 +44,19 @@ class PipelineCustomer(MirroredEntity, Base):
     seen_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     born_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    ref: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    notice: Mapped[timedelta | None] = mapped_column(Interval, nullable=True)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(38, 10), nullable=True)
+    """Wider than Python's default decimal context (28 digits)."""
+
+
+class PipelineCustomer(CustomerColumns, MirroredEntity, Base):
+    """The customers, versioned by the LSN."""
+
+    __tablename__ = "pipeline_customer"
+    __topic__ = "public.pipeline_customer"
+    __input_format__ = "debezium"
+    __version_from__ = "source.lsn"
 
 
 class PipelineOrderLine(MirroredEntity, Base):
