@@ -122,7 +122,11 @@ class EntitySpec:
     key_rules: tuple[ColumnRule, ...] = ()
     """What each key column takes."""
     canonical_single_keys: bool = False
-    """A single key column whose keys routing converts (:meth:`canonical_key`): a UUID."""
+    """A single key column whose keys routing converts (:meth:`canonical_key`): text,
+    integer and UUID columns (their keys then are one type, whatever the producer wrote)."""
+    single_key_type: type | None = None
+    """The type a single key already is when it needs no converting (``str`` for text,
+    ``int`` for an integer column; None: always converted, a UUID's text form)."""
 
     def key_of(self, row: Any) -> Any:
         """Return the entity key of ``row``: its key column's value, or the tuple of them."""
@@ -133,11 +137,14 @@ class EntitySpec:
     def canonical_key(self, key: Any) -> Any:
         """Return a key (that :meth:`check_key` passed) with each part as its column holds it:
         ``"2"`` for an integer column is ``2``, ``7`` for a text one ``"7"``, a UUID its
-        lower-case text. So the key of an event equals the key read back from the table,
-        whatever the producer sent. A single key is converted only where
-        :attr:`canonical_single_keys` says (its other columns take keys as they come)."""
+        lower-case text. So the key of an event equals the key of a tombstone (whose record
+        key is text) and the key read back from the table, whatever the producer sent: one
+        entity is one key in a batch's fold and in the cache. A single key of another column
+        (a float, a date ...) is taken as it comes (:attr:`canonical_single_keys`)."""
         if not self.composite:
-            return check_value(self.key_rules[0], key) if self.canonical_single_keys else key
+            if not self.canonical_single_keys or type(key) is self.single_key_type:
+                return key
+            return check_value(self.key_rules[0], key)
         return tuple(
             check_value(rule, part) for rule, part in zip(self.key_rules, key, strict=True)
         )
@@ -274,6 +281,15 @@ def _soft_delete_column(
     return kind
 
 
+#: Key column kinds whose single keys routing converts, and the type a key of each already is
+#: when it needs nothing (None: a UUID's text is always made canonical).
+_CANONICAL_KEY_TYPES: Mapping[ColumnKind, type | None] = {
+    ColumnKind.TEXT: str,
+    ColumnKind.INTEGER: int,
+    ColumnKind.UUID: None,
+}
+
+
 def build_spec(model: type[Any]) -> EntitySpec:
     """Derive an :class:`EntitySpec` from a mapped ``MirroredEntity`` subclass."""
     name = model.__name__
@@ -392,7 +408,8 @@ def build_spec(model: type[Any]) -> EntitySpec:
         composite=composite,
         key_checks=key_checks,
         key_rules=tuple(column_rule(c) for c in primary),
-        canonical_single_keys=not composite and key_rule.kind is ColumnKind.UUID,
+        canonical_single_keys=not composite and key_rule.kind in _CANONICAL_KEY_TYPES,
+        single_key_type=_CANONICAL_KEY_TYPES.get(key_rule.kind),
     )
 
 

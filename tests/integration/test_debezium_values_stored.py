@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,8 +16,7 @@ from sqlalchemy import Interval, MetaData, Numeric, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from models.base import MirroredEntity
-from models.registry import EntitySpec, Registry, default_registry
-from models.store import SqlStore
+from models.registry import EntitySpec, default_registry
 from streams.apply.sql_applier import SqlApplier
 from streams.core.decisions import Outcome, Rejection, RejectReason
 from streams.core.records import SourceRecord
@@ -85,13 +84,10 @@ def record(offset: int, row: dict[str, Any], interval: str = "numeric") -> Sourc
 
 
 @pytest.fixture
-def mirror(db_url: str) -> Iterator[tuple[SqlApplier, EntitySpec]]:
-    registry = Registry()
-    spec = registry.register(Contract)
-    store = SqlStore.from_url(db_url)
-    store.create_tables([spec])
-    yield SqlApplier(registry, store, group="test"), spec
-    store.dispose()
+def mirror(
+    applier_of: Callable[[type[Any]], tuple[SqlApplier, EntitySpec]],
+) -> tuple[SqlApplier, EntitySpec]:
+    return applier_of(Contract)
 
 
 def test_intervals_wide_decimals_and_uuids_are_stored_as_their_columns_hold_them(

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from models.registry import EntitySpec, Registry, default_registry
-from models.store import SqlStore
+from models.registry import EntitySpec, default_registry
 from streams.apply.sql_applier import SqlApplier
 from streams.core.decisions import Outcome, Rejection, RejectReason
 from streams.core.records import SourceRecord
@@ -26,13 +25,10 @@ default_registry.unregister(Device)
 
 
 @pytest.fixture
-def mirror(db_url: str) -> Iterator[tuple[SqlApplier, EntitySpec]]:
-    registry = Registry()
-    spec = registry.register(Device)
-    store = SqlStore.from_url(db_url)
-    store.create_tables([spec])
-    yield SqlApplier(registry, store, group="test"), spec
-    store.dispose()
+def mirror(
+    applier_of: Callable[[type[Any]], tuple[SqlApplier, EntitySpec]],
+) -> tuple[SqlApplier, EntitySpec]:
+    return applier_of(Device)
 
 
 _offsets = iter(range(1_000_000))
