@@ -120,7 +120,7 @@ class Entity(Protocol):
     # None where the field map does not say) and ``canonical_key(key)`` (each part as its
     # column holds it); its keys are tuples (``streams.core.keys``).
     # Optional: ``canonical_single_keys`` (default False), True when a single key is converted
-    # by ``canonical_key`` too (a UUID key column: one text form).
+    # by ``canonical_key`` too (text, integer and UUID key columns: one type, one form).
     # Optional: ``input_format`` (an ``streams.core.formats.InputFormat``, default
     # ``CHANGE_TYPE_JSON``), the format of the entity's records.
     # Optional: ``reads_record_fields`` (default True), False when the mapping never reads the
@@ -329,8 +329,9 @@ def _route_tombstone(
 
 def _single_key(entity: Entity, key: Any) -> Any:
     """Return a single key (that ``check_key`` passed) as its column holds it, where the
-    entity converts single keys (a UUID column: its lower-case text, so that the producer's
-    capitals or braces do not make a second entity); else ``key`` itself."""
+    entity converts single keys (an integer column's ``"2"`` is ``2``, a UUID its lower-case
+    text), so that what a producer wrote, or a tombstone's text record key, does not make a
+    second key of one entity; else ``key`` itself."""
     if getattr(entity, "canonical_single_keys", False):
         return entity.canonical_key(key)  # type: ignore[attr-defined]
     return key
