@@ -309,6 +309,14 @@ def build_spec(model: type[Any]) -> EntitySpec:
                 "mapped_column(Uuid(as_uuid=False), primary_key=True), the same column in the "
                 "database"
             )
+        if column_rule(column).kind not in _CANONICAL_KEY_TYPES:
+            # A key is text or an integer in URLs, record keys, the cache and its changelog;
+            # a date or a decimal part would not encode there.
+            raise RegistryError(
+                f"{name}.{column.key} is a {type(column.type).__name__} key column, but the "
+                "mirror's keys are text or integers: declare it String (a date as its ISO "
+                "text), an Integer type or Uuid(as_uuid=False)"
+            )
     ignored = {*VERSION_COLUMNS, getattr(model, "__soft_delete__", None)} - {None}
     declared = declared_format(model, table, frozenset(str(c) for c in ignored))
     if declared.fields is not model.__event_fields__:

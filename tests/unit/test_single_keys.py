@@ -6,14 +6,16 @@ an event keyed ``2`` and a tombstone keyed ``"2"`` were two keys of one batch's 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, String
+from sqlalchemy import Boolean, Date, DateTime, MetaData, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from models.base import MirroredEntity
 from models.registry import build_spec, default_registry
 from streams.core.decisions import Delete, Rejection, RejectReason, Upsert
+from streams.core.errors import RegistryError
 from streams.core.guard import resolve
 from streams.core.records import SourceRecord
 from streams.core.routing import entity_key_of, route, route_batch
@@ -91,3 +93,23 @@ def test_a_key_the_column_cannot_hold_is_still_a_bad_key() -> None:
         route(record(TICKET.topic, None, key=b"two"), TICKET),
     ):
         assert isinstance(decision, Rejection) and decision.reason is RejectReason.BAD_KEY
+
+
+@pytest.mark.parametrize("column", [Date(), Numeric(10, 2), DateTime(), Boolean()])
+def test_a_key_column_of_another_type_is_refused_at_declaration_saying_what_to_declare(
+    column: Any,
+) -> None:
+    # A key is text or an integer in URLs, record keys and the cache: a date part made a
+    # composite key that the cache could not encode (json.dumps of a date).
+    class LocalBase(DeclarativeBase):
+        metadata = MetaData()
+
+    with pytest.raises(RegistryError, match=r"Event\.day is a \w+ key column.*String"):
+
+        class Event(MirroredEntity, LocalBase):
+            __tablename__ = "unit_event"
+            __topic__ = "unit-event"
+            __event_fields__ = {"store": "store", "day": "day"}
+
+            store: Mapped[str] = mapped_column(String(10), primary_key=True)
+            day: Mapped[Any] = mapped_column(column, primary_key=True)
