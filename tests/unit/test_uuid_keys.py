@@ -117,3 +117,28 @@ def test_a_key_column_taking_uuid_objects_is_refused_saying_what_to_declare() ->
             __topic__ = "unit-bad-device-changed"
 
             id: Mapped[uuid.UUID] = mapped_column(primary_key=True)  # Uuid(): uuid.UUID objects
+
+
+def test_a_uuid_part_of_a_composite_key_is_canonical_too() -> None:
+    class LocalBase(DeclarativeBase):
+        metadata = MetaData()
+
+    class Seat(MirroredEntity, LocalBase):
+        __tablename__ = "unit_seat"
+        __topic__ = "unit-seat-changed"
+        __event_fields__ = {"hall": "hall", "no": "no", "name": "name"}
+
+        hall: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+        no: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str | None] = mapped_column(String(20), nullable=True)
+
+    default_registry.unregister(Seat)
+    seat = build_spec(Seat)
+    for form in FORMS:
+        upsert = route(record({"hall": form, "no": "3", "name": "n"}, topic=Seat.__topic__), seat)
+        assert isinstance(upsert, Upsert) and upsert.key == (str(KEY), 3)
+        tomb = route(
+            record(None, key=json.dumps({"hall": form, "no": 3}).encode(), topic=Seat.__topic__),
+            seat,
+        )
+        assert isinstance(tomb, Delete) and tomb.key == (str(KEY), 3)
