@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Context, Decimal
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -56,6 +59,63 @@ CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
 #: How long ``require_logical`` waits for a server restarted meanwhile to run logical WAL.
 LOGICAL_WAIT = 60.0
+
+#: Columns of each table, the key first (what is compared), and the ORDER BY of a read.
+COLUMNS = {
+    CUSTOMER: (
+        "id",
+        "name",
+        "visits",
+        "points",
+        "active",
+        "balance",
+        "seen_at",
+        "changed_at",
+        "born_on",
+        "ref",
+        "notice",
+        "amount",
+    ),
+    ORDER_LINE: ("order_id", "line_no", "sku", "quantity", "price"),
+}
+ORDER_BY = {CUSTOMER: "id", ORDER_LINE: "order_id, line_no"}
+
+
+#: Wide enough for every digit of a numeric(38, 10): the default context keeps 28.
+EXACT = Context(prec=100)
+#: SQLAlchemy's Interval on MariaDB: a DATETIME this far past the epoch.
+EPOCH = datetime(1970, 1, 1)
+
+
+def normalized(column: str, value: Any) -> Any:
+    """A value as compared: numbers by value, aware timestamps as UTC wall time (MariaDB's
+    DATETIME, where the store writes them in UTC, reads back without a zone), an interval as a
+    duration (MariaDB keeps it as a DATETIME), a UUID as its text (MariaDB's may lack dashes)."""
+    if column == "notice" and isinstance(value, datetime):
+        return value - EPOCH
+    if column == "ref" and value is not None:
+        return str(uuid.UUID(str(value)))
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, (Decimal, float)) and not isinstance(value, bool):
+        return Decimal(str(value)).normalize(EXACT)
+    return value
+
+
+def table_rows(url: str, table: str, name: str | None = None) -> list[tuple[Any, ...]]:
+    """Return the rows of source table ``table`` (or of its mirror, ``name``): its source
+    columns only, normalized, in key order."""
+    engine = create_engine(url)
+    columns = COLUMNS[table]
+    try:
+        with engine.connect() as conn:
+            query = f"SELECT {', '.join(columns)} FROM {name or table} ORDER BY {ORDER_BY[table]}"
+            return [
+                tuple(normalized(c, v) for c, v in zip(columns, row, strict=True))
+                for row in conn.execute(text(query))
+            ]
+    finally:
+        engine.dispose()
 
 
 def wal_level(server_url: str) -> str:

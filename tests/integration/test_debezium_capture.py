@@ -12,7 +12,9 @@ change of primary key.
 The captures are compared with the fixture files under tests/fixtures/debezium/ (the format's
 unit tests read those), all but the fields that change from run to run (``source``, ``ts_*``,
 the flat form's ``__lsn`` and ``__source_ts_ms``); ``UPDATE_DEBEZIUM_FIXTURES=1`` writes them
-anew from this run instead.
+anew from this run instead. Last, a worker mirrors the flattened rows' topics into a fresh
+PostgreSQL database, which must then equal the source table for table (the envelope has the
+pipeline test, tests/integration/test_debezium_pipeline.py).
 """
 
 from __future__ import annotations
@@ -28,8 +30,23 @@ from typing import Any
 import pytest
 
 from devservices.connect import ConnectError, ConnectStandalone
-from tests.debezium_source import CUSTOMER, ORDER_LINE, TABLES, DebeziumSource, debezium_source
-from tests.support import end_offsets, partitions_of, read_records
+from models.store import SqlStore
+from tests.debezium_source import (
+    CUSTOMER,
+    ORDER_LINE,
+    TABLES,
+    DebeziumSource,
+    debezium_source,
+    table_rows,
+)
+from tests.support import (
+    end_offsets,
+    make_worker,
+    partitions_of,
+    read_records,
+    wait_caught_up,
+    wait_ready,
+)
 from tests.waiting import eventually
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium"
@@ -135,7 +152,11 @@ def source(pg_server_url: str) -> Iterator[DebeziumSource]:
 
 
 async def test_debeziums_events_arrive_with_the_ops_it_documents(
-    connect_standalone: ConnectStandalone, kafka_bootstrap: str, source: DebeziumSource
+    connect_standalone: ConnectStandalone,
+    kafka_bootstrap: str,
+    source: DebeziumSource,
+    pg_url: str,
+    tmp_path: Path,
 ) -> None:
     names = {suffix: f"{source.database}{suffix}" for suffix in VARIANTS}
     configs = {
@@ -190,9 +211,45 @@ async def test_debeziums_events_arrive_with_the_ops_it_documents(
                     for _, key, value in records
                 ]
                 check_fixture(suffix.lstrip("-"), table, configs[suffix], captured)
+        await mirror_flat_rows(kafka_bootstrap, source, pg_url, tmp_path)
     finally:
         for name in names.values():
             await asyncio.to_thread(connect_standalone.delete, name)
+
+
+async def mirror_flat_rows(
+    kafka_bootstrap: str, source: DebeziumSource, mirror_url: str, tmp_path: Path
+) -> None:
+    """The worker mirrors the ``-flat`` connector's topics (tests/models/
+    debezium_flat_pipeline.py) into ``mirror_url``: each table equals its source, every record
+    counted once, none rejected. The flattened rows end to end, beside the envelope's pipeline
+    test."""
+    worker, app_id = make_worker(
+        kafka_bootstrap,
+        mirror_url,
+        f"{source.topic_prefix}-",
+        tmp_path,
+        "flat",
+        ENTITY_MODULES="tests.models.debezium_flat_pipeline",
+    )
+    store = SqlStore.from_url(mirror_url)
+    try:
+        worker.start()
+        await wait_ready(worker)
+        for table in TABLES:
+            await wait_caught_up(
+                kafka_bootstrap, app_id, source.topic(table, "-flat"), alive=worker.assert_alive
+            )
+        for table in TABLES:
+            assert table_rows(mirror_url, table, f"flat_{table}") == table_rows(source.url, table)
+        counts = store.outcome_counts(app_id)
+        for table in TABLES:
+            topic = source.topic(table, "-flat")
+            outcomes = {outcome: n for (t, outcome), n in counts.items() if t == topic}
+            assert "rejected" not in outcomes and sum(outcomes.values()) == len(EXPECTED_OPS)
+    finally:
+        worker.stop()
+        store.dispose()
 
 
 def check_fixture(

@@ -26,17 +26,25 @@ import random
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Context, Decimal
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from devservices.connect import ConnectStandalone
 from models.store import SqlStore
-from tests.debezium_source import CUSTOMER, ORDER_LINE, TABLES, DebeziumSource, debezium_source
+from tests.debezium_source import (
+    COLUMNS,
+    CUSTOMER,
+    ORDER_LINE,
+    TABLES,
+    DebeziumSource,
+    debezium_source,
+    table_rows,
+)
 from tests.support import (
     end_offsets,
     make_worker,
@@ -47,25 +55,6 @@ from tests.support import (
 )
 from tests.waiting import eventually
 
-#: Columns of each table, the key first (what is compared), and the ORDER BY of a read.
-COLUMNS = {
-    CUSTOMER: (
-        "id",
-        "name",
-        "visits",
-        "points",
-        "active",
-        "balance",
-        "seen_at",
-        "changed_at",
-        "born_on",
-        "ref",
-        "notice",
-        "amount",
-    ),
-    ORDER_LINE: ("order_id", "line_no", "sku", "quantity", "price"),
-}
-ORDER_BY = {CUSTOMER: "id", ORDER_LINE: "order_id, line_no"}
 SNAPSHOT_CUSTOMERS = 40
 SNAPSHOT_LINES = 60
 #: Transactions of live changes: applied before the SIGKILL, running while it strikes (it
@@ -252,42 +241,6 @@ def run_transactions(source: DebeziumSource, transactions: Sequence[Sequence[Sta
         with source.engine.begin() as conn:
             for sql, params in statements:
                 conn.execute(text(sql), dict(params))
-
-
-#: Wide enough for every digit of a numeric(38, 10): the default context keeps 28.
-EXACT = Context(prec=100)
-#: SQLAlchemy's Interval on MariaDB: a DATETIME this far past the epoch.
-EPOCH = datetime(1970, 1, 1)
-
-
-def normalized(column: str, value: Any) -> Any:
-    """A value as compared: numbers by value, aware timestamps as UTC wall time (MariaDB's
-    DATETIME, where the store writes them in UTC, reads back without a zone), an interval as a
-    duration (MariaDB keeps it as a DATETIME), a UUID as its text (MariaDB's may lack dashes)."""
-    if column == "notice" and isinstance(value, datetime):
-        return value - EPOCH
-    if column == "ref" and value is not None:
-        return str(uuid.UUID(str(value)))
-    if isinstance(value, datetime) and value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    if isinstance(value, (Decimal, float)) and not isinstance(value, bool):
-        return Decimal(str(value)).normalize(EXACT)
-    return value
-
-
-def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
-    """Return ``table``'s rows, its source columns only, normalized, in key order."""
-    engine = create_engine(url)
-    columns = COLUMNS[table]
-    try:
-        with engine.connect() as conn:
-            query = f"SELECT {', '.join(columns)} FROM {table} ORDER BY {ORDER_BY[table]}"
-            return [
-                tuple(normalized(c, v) for c, v in zip(columns, row, strict=True))
-                for row in conn.execute(text(query))
-            ]
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -59,15 +59,19 @@ class PipelineCustomer(CustomerColumns, MirroredEntity, Base):
     __version_from__ = "source.lsn"
 
 
-class PipelineOrderLine(MirroredEntity, Base):
-    """A composite key: the order and the line's number in it."""
-
-    __tablename__ = "pipeline_order_line"
-    __topic__ = "public.pipeline_order_line"
-    __input_format__ = "debezium"
+class OrderLineColumns:
+    """A composite key: the order and the line's number in it (a mixin, as above)."""
 
     order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     line_no: Mapped[int] = mapped_column(Integer, primary_key=True)
     sku: Mapped[str] = mapped_column(Text, nullable=False)
     quantity: Mapped[int] = mapped_column(Integer, nullable=False)
     price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), nullable=True)
+
+
+class PipelineOrderLine(OrderLineColumns, MirroredEntity, Base):
+    """The order lines, versioned as any topic is."""
+
+    __tablename__ = "pipeline_order_line"
+    __topic__ = "public.pipeline_order_line"
+    __input_format__ = "debezium"

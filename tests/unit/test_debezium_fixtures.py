@@ -13,31 +13,24 @@ from typing import Any
 
 import pytest
 
-from models.base import Base, MirroredEntity
 from models.registry import EntitySpec, build_spec, default_registry
 from streams.core.decisions import Decision, Delete, Rejection, RejectReason, Upsert
 from streams.core.records import SourceRecord
 from streams.core.routing import route_batch
-from tests.models.debezium_pipeline import CustomerColumns, PipelineCustomer, PipelineOrderLine
+from tests.models.debezium_flat_pipeline import FlatPipelineCustomer, FlatPipelineOrderLine
+from tests.models.debezium_pipeline import PipelineCustomer, PipelineOrderLine
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "debezium"
 
 
-class FlatPipelineCustomer(CustomerColumns, MirroredEntity, Base):
-    """The customers as ``ExtractNewRecordState`` rows (the fixtures' ``flat`` variant)."""
-
-    __tablename__ = "unit_flat_pipeline_customer"
-    __topic__ = "dbserver1-flat.public.pipeline_customer"
-    __input_format__ = "debezium-flat"
-
-
-for _model in (PipelineCustomer, PipelineOrderLine, FlatPipelineCustomer):
+for _model in (PipelineCustomer, PipelineOrderLine, FlatPipelineCustomer, FlatPipelineOrderLine):
     default_registry.unregister(_model)
 SPECS = {
     ("schemas", "pipeline_customer"): build_spec(PipelineCustomer),
     ("plain", "pipeline_customer"): build_spec(PipelineCustomer),
     ("flat", "pipeline_customer"): build_spec(FlatPipelineCustomer),
     ("schemas", "pipeline_order_line"): build_spec(PipelineOrderLine),
+    ("flat", "pipeline_order_line"): build_spec(FlatPipelineOrderLine),
 }
 
 #: c1 as the snapshot read it (tests/integration/test_debezium_capture.py's SNAPSHOT).
@@ -119,8 +112,9 @@ def test_without_schemas_a_precise_decimal_is_refused_saying_what_to_set() -> No
     assert all("decimal.handling.mode=string" in d.detail for d in refused)
 
 
-def test_the_composite_keyed_table_is_applied_whole() -> None:
-    _, decided = decisions("schemas", "pipeline_order_line")
+@pytest.mark.parametrize("variant", ["schemas", "flat"])
+def test_the_composite_keyed_table_is_applied_whole(variant: str) -> None:
+    _, decided = decisions(variant, "pipeline_order_line")
     assert not [d for d in decided if isinstance(d, Rejection)]
     deletes = [d.key for d in decided if isinstance(d, Delete)]
     assert deletes == [("o-2", 1), ("o-2", 1), ("o-1", 2), ("o-1", 2)]
