@@ -154,8 +154,11 @@ _KEY_ONLY: Final[dict[str, Any]] = {column["field"]: None for column in ROW_FIEL
 _positions = itertools.count(24_000_000, 8)
 
 
-def record_key(uuid: str) -> str:
-    """The record key the connector writes for the planet ``uuid`` (JsonConverter, schema on)."""
+def record_key(uuid: str, schemas: bool = True) -> str:
+    """The record key the connector writes for the planet ``uuid`` (JsonConverter, schema on
+    unless ``schemas`` is False)."""
+    if not schemas:
+        return json.dumps({"uuid": uuid}, separators=(",", ":"))
     return _KEY_HEAD + json.dumps(uuid) + "}}"
 
 
@@ -171,13 +174,14 @@ def source_row(body: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def encode_event(event: Event) -> tuple[Event, ...]:
+def encode_event(event: Event, schemas: bool = True) -> tuple[Event, ...]:
     """The records the connector writes for the change ``event`` says: its change event, and
-    a tombstone after a delete."""
+    a tombstone after a delete (``schemas`` False: the JsonConverter's schemas off, the
+    envelope alone, about 800 bytes)."""
     assert event.value is not None
     body = orjson.loads(event.value)
     change = body.get("changeType")
-    key = record_key(event.key)
+    key = record_key(event.key, schemas)
     position = next(_positions)
     source = {**SOURCE, "txId": position // 8, "lsn": position}
     if change == "DELETED":
@@ -196,7 +200,9 @@ def encode_event(event: Event) -> tuple[Event, ...]:
         "ts_us": ts_ms * 1_000,
         "ts_ns": ts_ms * 1_000_000,
     }
-    value = _VALUE_HEAD + orjson.dumps(payload) + b"}"
+    value = orjson.dumps(payload)
+    if schemas:
+        value = _VALUE_HEAD + value + b"}"
     if change == "DELETED":
         return Event(key, value), Event(key, None)
     return (Event(key, value),)

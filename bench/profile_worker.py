@@ -4,7 +4,9 @@ Produces ``--events`` benchmark events into a fresh topic, starts one worker, sa
 ``py-spy record`` while it catches up, and prints the functions with the largest share of
 samples (inclusive), grouped by the area they belong to. Needs ``pip install -e .[bench]``.
 ``--input debezium`` profiles the worker on the same events as Debezium change events
-(``bench/debezium_input.py``), the entity declared ``__input_format__ = "debezium"``.
+(``bench/debezium_input.py``), the entity declared ``__input_format__ = "debezium"``;
+``--input debezium-plain`` on the same change events with the JsonConverter's schemas off
+(which Debezium's JDBC sink cannot read, so ``./run bench`` does not compare on them).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import sys
 import time
 import urllib.request
 import uuid
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.debezium_input import encode_event  # noqa: E402
 from bench.paths import INPUTS, MIRROR, MIRROR_DBZ, free_port, topic_of  # noqa: E402
 from bench.procfs import status_kib, tree_cpu_seconds  # noqa: E402
 from bench.topics import end_offsets, fill  # noqa: E402
@@ -33,6 +37,8 @@ from devservices import mariadb as dev_mariadb  # noqa: E402
 from devservices import postgres as dev_postgres  # noqa: E402
 from models.store import SqlStore  # noqa: E402
 
+#: ``--input`` of the Debezium change events with the JsonConverter's schemas off.
+PLAIN = "debezium-plain"
 #: The database servers a profile can run against, by name.
 SERVERS = {"postgresql": dev_postgres, "mariadb": dev_mariadb}
 
@@ -75,7 +81,9 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--database", choices=sorted(SERVERS), default="postgresql")
-    parser.add_argument("--input", choices=INPUTS, default="changetype", help="the events' shape")
+    parser.add_argument(
+        "--input", choices=(*INPUTS, PLAIN), default="changetype", help="the events' shape"
+    )
     parser.add_argument(
         "--gil", action="store_true", help="sample only the thread holding the GIL (CPU in Python)"
     )
@@ -86,9 +94,10 @@ def main() -> int:
     run = uuid.uuid4().hex[:6]
     prefix = f"prof-{run}."
     events = make_events(args.events, args.entities, 7)
-    path = MIRROR_DBZ if args.input == "debezium" else MIRROR
+    path = MIRROR if args.input == "changetype" else MIRROR_DBZ
     topic = topic_of(path, prefix)
-    asyncio.run(fill(bootstrap, 4, {topic: path.encode}, events))
+    encode = partial(encode_event, schemas=False) if args.input == PLAIN else path.encode
+    asyncio.run(fill(bootstrap, 4, {topic: encode}, events))
     ends = asyncio.run(end_offsets(bootstrap, topic, 4))
     db = dev_server.create_database(server, f"prof_{run}")
     store = SqlStore.from_url(db)
