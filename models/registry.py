@@ -121,12 +121,10 @@ class EntitySpec:
     """The check of each key column (a composite key's parts)."""
     key_rules: tuple[ColumnRule, ...] = ()
     """What each key column takes."""
-    canonical_single_keys: bool = False
-    """A single key column whose keys routing converts (:meth:`canonical_key`): text,
-    integer and UUID columns (their keys then are one type, whatever the producer wrote)."""
     single_key_type: type | None = None
     """The type a single key already is when it needs no converting (``str`` for text,
-    ``int`` for an integer column; None: always converted, a UUID's text form)."""
+    ``int`` for an integer column; None: always converted, a UUID's text form). Kept here,
+    not looked up per record: routing asks it of every record."""
 
     def key_of(self, row: Any) -> Any:
         """Return the entity key of ``row``: its key column's value, or the tuple of them."""
@@ -134,15 +132,21 @@ class EntitySpec:
             return row[self.key_column]
         return tuple(row[c] for c in self.key_columns)
 
+    @property
+    def canonical_single_keys(self) -> bool:
+        """Whether routing converts single keys by :meth:`canonical_key`: always, for a single
+        key (every key column is text, integer or UUID; :func:`build_spec` refuses others)."""
+        return not self.composite
+
     def canonical_key(self, key: Any) -> Any:
         """Return a key (that :meth:`check_key` passed) with each part as its column holds it:
         ``"2"`` for an integer column is ``2``, ``7`` for a text one ``"7"``, a UUID its
         lower-case text. So the key of an event equals the key of a tombstone (whose record
         key is text) and the key read back from the table, whatever the producer sent: one
-        entity is one key in a batch's fold and in the cache. A single key of another column
-        (a float, a date ...) is taken as it comes (:attr:`canonical_single_keys`)."""
+        entity is one key in a batch's fold and in the cache. A key already of its column's
+        type is returned as it is."""
         if not self.composite:
-            if not self.canonical_single_keys or type(key) is self.single_key_type:
+            if type(key) is self.single_key_type:
                 return key
             return check_value(self.key_rules[0], key)
         return tuple(
@@ -281,8 +285,8 @@ def _soft_delete_column(
     return kind
 
 
-#: Key column kinds whose single keys routing converts, and the type a key of each already is
-#: when it needs nothing (None: a UUID's text is always made canonical).
+#: The kinds a key column may be, and the type a single key of each already is when it needs
+#: no converting (None: a UUID's text is always made canonical).
 _CANONICAL_KEY_TYPES: Mapping[ColumnKind, type | None] = {
     ColumnKind.TEXT: str,
     ColumnKind.INTEGER: int,
@@ -301,7 +305,8 @@ def build_spec(model: type[Any]) -> EntitySpec:
         raise RegistryError(f"{name} must have a primary key (the entity key)")
     key_columns = tuple(c.key for c in primary)
     key_column = key_columns[0]
-    for column in primary:
+    key_rules = tuple(column_rule(c) for c in primary)
+    for column, rule in zip(primary, key_rules, strict=True):
         if isinstance(column.type, Uuid) and column.type.as_uuid:
             raise RegistryError(
                 f"{name}.{column.key} is a Uuid key column taking uuid.UUID objects, but the "
@@ -309,7 +314,7 @@ def build_spec(model: type[Any]) -> EntitySpec:
                 "mapped_column(Uuid(as_uuid=False), primary_key=True), the same column in the "
                 "database"
             )
-        if column_rule(column).kind not in _CANONICAL_KEY_TYPES:
+        if rule.kind not in _CANONICAL_KEY_TYPES:
             # A key is text or an integer in URLs, record keys, the cache and its changelog;
             # a date or a decimal part would not encode there.
             raise RegistryError(
@@ -367,8 +372,8 @@ def build_spec(model: type[Any]) -> EntitySpec:
         for c in table.columns
         if c.key not in key_columns and c.key not in VERSION_COLUMNS
     )
-    key_rule = column_rule(primary[0])
-    key_checks = tuple(compile_key_check(column_rule(c)) for c in primary)
+    key_rule = key_rules[0]
+    key_checks = tuple(compile_key_check(rule) for rule in key_rules)
     if mapper == model.row_from_event:  # the field map is the whole mapping
         unmapped = [
             c.key
@@ -415,9 +420,8 @@ def build_spec(model: type[Any]) -> EntitySpec:
         key_fields=key_fields,
         composite=composite,
         key_checks=key_checks,
-        key_rules=tuple(column_rule(c) for c in primary),
-        canonical_single_keys=not composite and key_rule.kind in _CANONICAL_KEY_TYPES,
-        single_key_type=_CANONICAL_KEY_TYPES.get(key_rule.kind),
+        key_rules=key_rules,
+        single_key_type=_CANONICAL_KEY_TYPES[key_rule.kind],
     )
 
 

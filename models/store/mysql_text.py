@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from pymysql.converters import escape_item, escape_string
+from sqlalchemy import Interval
 
 from models.columns import ColumnKind
 
@@ -65,13 +66,10 @@ def _moment(value: Any) -> str:
     return quoted(str(value))
 
 
-#: SQLAlchemy's Interval on MySQL and MariaDB: a DATETIME this far past the epoch.
-_EPOCH = datetime(1970, 1, 1)
-
-
 def _interval(value: Any) -> str:
+    # SQLAlchemy's Interval on MySQL and MariaDB: a DATETIME this far past its epoch.
     if isinstance(value, timedelta):
-        return _moment(_EPOCH + value)
+        return _moment(Interval.epoch + value)
     return _other(value)
 
 

@@ -217,10 +217,9 @@ def route(
         problem = entity.check_key(key)
         if problem is not None:
             return Rejection(RejectReason.BAD_KEY, problem, record)
-        if getattr(entity, "canonical_single_keys", False):
-            canonical = _single_key(entity, key)
-            if canonical != key:
-                key, row = canonical, {**row, entity.key_column: canonical}
+        canonical = _single_key(entity, key)
+        if canonical != key:  # converted ("2" to 2): the row holds the key as its column does
+            key, row = canonical, {**row, entity.key_column: canonical}
     if change is ChangeType.DELETED:
         return Delete(key=key, record=record, version=version)
     try:
