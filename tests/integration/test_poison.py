@@ -291,15 +291,7 @@ async def test_a_record_its_repartition_topic_refuses_holds_only_its_partition(
 
 async def create_limited_topic(bootstrap: str, topic: str, partitions: int, max_bytes: int) -> None:
     """Create ``topic`` taking no record (batch) over ``max_bytes``."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        config = {"max.message.bytes": str(max_bytes)}
-        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, partitions, configs={"max.message.bytes": str(max_bytes)})
 
 
 async def set_max_message_bytes(bootstrap: str, topic: str, max_bytes: int) -> None:

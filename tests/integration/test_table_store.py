@@ -33,6 +33,7 @@ from tests.support import (
     make_worker,
     produce,
     wait_caught_up,
+    wait_partitions,
     wait_ready,
     worker_env,
 )
@@ -221,6 +222,7 @@ async def make_again(bootstrap: str, topic: str, partitions: int) -> None:
         )
     finally:
         await admin.close()
+    await wait_partitions(bootstrap, topic, partitions)
     assert await end_offsets(bootstrap, topic) == dict.fromkeys(range(partitions), 0)
 
 
