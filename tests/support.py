@@ -85,20 +85,15 @@ async def create_topic(
     replicas: int = 1,
     configs: dict[str, str] | None = None,
 ) -> None:
-    """Create ``topic`` and wait until its metadata shows every partition."""
+    """Create ``topic`` and wait until its metadata shows every partition (CreateTopics
+    returns once the controller has the topic, a moment before the broker answering metadata
+    requests does)."""
     admin = AIOKafkaAdminClient(**client_args(bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, partitions, replicas, topic_configs=configs)])
     finally:
         await admin.close()
-    await wait_partitions(bootstrap, topic, partitions)
-
-
-async def wait_partitions(bootstrap: str | Broker, topic: str, partitions: int) -> None:
-    """Wait until the metadata of ``topic`` shows ``partitions`` partitions: CreateTopics
-    returns once the controller has the topic, a moment before the broker answering
-    metadata requests does."""
     await eventually(
         lambda: partitions_of(bootstrap, topic),
         lambda found: len(found) >= partitions,

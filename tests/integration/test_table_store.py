@@ -33,7 +33,6 @@ from tests.support import (
     make_worker,
     produce,
     wait_caught_up,
-    wait_partitions,
     wait_ready,
     worker_env,
 )
@@ -200,29 +199,21 @@ async def mirror_and_stop(
 
 async def make_again(bootstrap: str, topic: str, partitions: int) -> None:
     """Delete ``topic`` and create it again, empty and compacted, as a fresh broker has it."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import TopicAlreadyExistsError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.delete_topics([topic])
-        new = NewTopic(topic, partitions, 1, topic_configs={"cleanup.policy": "compact"})
-
-        async def create_once_deleted() -> bool:
-            if topic in await admin.list_topics():
-                return False  # the broker deletes it in the background
-            await admin.create_topics([new])
-            return True
-
-        await eventually(
-            create_once_deleted,
-            what=f"{topic} deleted and created again",
-            ignoring=(TopicAlreadyExistsError,),  # still being deleted
-        )
     finally:
         await admin.close()
-    await wait_partitions(bootstrap, topic, partitions)
+    await eventually(
+        lambda: create_topic(bootstrap, topic, partitions, configs={"cleanup.policy": "compact"}),
+        lambda _: True,
+        what=f"{topic} deleted and created again",
+        ignoring=(TopicAlreadyExistsError,),  # the broker deletes it in the background
+    )
     assert await end_offsets(bootstrap, topic) == dict.fromkeys(range(partitions), 0)
 
 
