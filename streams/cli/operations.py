@@ -29,7 +29,7 @@ from streams.core.keys import key_text
 from streams.core.records import EntityKey, SourceRecord
 from streams.core.routing import lift_to_floor, route
 from streams.kafka import aiokafka_fixes
-from streams.kafka.topics import partitions_of, with_admin
+from streams.kafka.topics import ISOLATION_LEVEL, partitions_of, with_admin
 from streams.settings import Settings
 
 
@@ -57,7 +57,9 @@ async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker_hosts, **settings.kafka_client_options()
+        bootstrap_servers=settings.broker_hosts,
+        **settings.kafka_client_options(),
+        isolation_level=ISOLATION_LEVEL,
     )
     await consumer.start()
     await asyncio.sleep(0)  # let aiokafka's coordinator task start before any stop()
@@ -95,6 +97,7 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
         **settings.kafka_client_options(),
+        isolation_level=ISOLATION_LEVEL,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -123,8 +126,10 @@ async def read_topic(
                                 tuple(m.headers or ()),
                             )
                         )
-                    if m.offset + 1 >= ends[tp.partition]:
-                        remaining.pop(tp.partition, None)
+            for tp in parts:
+                # The position, not the last record: a log can end with a transaction's marker.
+                if tp.partition in remaining and await consumer.position(tp) >= ends[tp.partition]:
+                    del remaining[tp.partition]
             if records:
                 if progress is not None:
                     progress.advance(len(records))
@@ -381,6 +386,7 @@ async def first_timestamps(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
         **settings.kafka_client_options(),
+        isolation_level=ISOLATION_LEVEL,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )

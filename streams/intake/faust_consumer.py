@@ -48,6 +48,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AiokafkaConsumer
 
 from streams.intake.handoff import FLOW_STOPPED, Handoff, discarded
+from streams.kafka.topics import ISOLATION_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,15 @@ FETCH_MAX_WAIT_MS = 100
 
 
 class MirrorConsumerThread(AIOKafkaConsumerThread):
-    """Faust's consumer thread, with fetch requests the broker answers within 100 ms."""
+    """Faust's consumer thread, with fetch requests the broker answers within 100 ms, reading
+    committed records only (``streams.kafka.topics.ISOLATION_LEVEL``; Faust reads them only
+    under its own exactly-once processing)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        # Both read when the consumer starts (aiokafka's AIOKafkaConsumer.start).
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._isolation_level = ISOLATION_LEVEL
         return consumer
 
 

@@ -28,7 +28,9 @@ record, a fifth of a bare consumer's CPU. kafka-python took the same step
 :class:`TolerantMemoryRecords` computes each batch's CRC that way and its batches answer
 ``validate_crc`` with the result, so aiokafka's own check (``PartitionRecords._unpack_records``:
 ``if self._check_crcs and not next_batch.validate_crc()``) raises ``CorruptRecordException`` on
-the same batches as before, sooner.
+the same batches as before, sooner. The wrapped batches answer ``next()`` as aiokafka's own do:
+reading committed records, aiokafka reads each control batch's record with it
+(``PartitionRecords._contains_abort_marker``) to see whether a transaction was aborted.
 
 **Only the version they were written for.** Both reach into aiokafka's private classes, which a
 new release may change without notice: :func:`install` and :func:`send_with_raw_headers` refuse
@@ -136,6 +138,12 @@ class _Batch:
     def validate_crc(self) -> bool:
         """Tell whether the batch matches its CRC32C (aiokafka's own answer, sooner)."""
         return batch_crc_ok(self._data, self._start, self._end)
+
+    def __next__(self) -> Any:
+        # aiokafka reads a transaction's control record with next(batch) when it reads
+        # committed records (PartitionRecords._contains_abort_marker); __getattr__ does not
+        # serve special methods, so without this every abort marker raised TypeError.
+        return next(self._batch)
 
     def __iter__(self) -> Iterator[Any]:
         last = -1

@@ -14,6 +14,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: How every consumer of ours reads a topic: records of an aborted transaction are never
+#: delivered, and those of an open one only once it commits (the Java client's and aiokafka's
+#: default, ``read_uncommitted``, delivers both). A copy must never show a state its source
+#: rolled back, and ``verify`` must read what the worker applies.
+ISOLATION_LEVEL = "read_committed"
+
 MAX_MESSAGE_BYTES = "max.message.bytes"
 #: Kafka's default ``message.max.bytes``, for a broker that does not say.
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import aiokafka
 import aiokafka.consumer.fetcher as fetcher
+import crc32c
 import pytest
 
 from streams.core.errors import DependencyError, MirrorError
@@ -88,3 +89,39 @@ def test_a_batch_whose_bytes_do_not_match_its_crc_is_corrupt_as_aiokafka_says() 
     with pytest.raises(CorruptRecordException, match="Invalid CRC"):
         _records(corrupt)
     assert len(_records(corrupt, check_crcs=False)) == 2  # the consumer's own switch still rules
+
+
+def _transaction(producer_id: int, base_offset: int, values: list[bytes], marker: int) -> bytes:
+    """Return a transaction's bytes as a broker holds them: a transactional batch of ``values``
+    at ``base_offset``, then its control batch (``marker``: 0 abort, 1 commit)."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    def batch(offset: int, items: list[tuple[bytes, bytes]], control: bool) -> bytes:
+        builder = DefaultRecordBatchBuilder(2, 0, 1, producer_id, 0, 0, 1 << 20)
+        for delta, (key, value) in enumerate(items):
+            assert builder.append(delta, 1_764_000_000_000, key, value, []) is not None
+        raw = bytearray(builder.build())
+        raw[0:8] = offset.to_bytes(8, "big")
+        if control:
+            raw[21:23] = (int.from_bytes(raw[21:23], "big") | 0x20).to_bytes(2, "big")
+            raw[17:21] = crc32c.crc32c(bytes(raw[21:])).to_bytes(4, "big")
+        return bytes(raw)
+
+    control_record = (0).to_bytes(2, "big") + marker.to_bytes(2, "big")  # version, type
+    data = batch(base_offset, [(b"k", v) for v in values], control=False)
+    return data + batch(base_offset + len(values), [(control_record, b"\0" * 6)], control=True)
+
+
+def test_committed_records_are_read_past_an_aborted_transaction_as_aiokafka_reads_them() -> None:
+    # aiokafka reads a control batch's record with next(batch) when it reads committed records;
+    # the wrapped batch had no __next__, so every abort marker raised TypeError out of the fetch.
+    from aiokafka.consumer.fetcher import READ_COMMITTED
+
+    data = _transaction(7, 0, [b"aborted-1", b"aborted-2"], marker=0)
+    data += _transaction(8, 3, [b"committed"], marker=1)
+    records = aiokafka_fixes.TolerantMemoryRecords(data)
+    partition = fetcher.PartitionRecords(
+        aiokafka.TopicPartition("t", 0), records, [(7, 0)], 0, None, None, True, READ_COMMITTED
+    )
+    assert [(r.offset, r.value) for r in partition] == [(3, b"committed")]
+    assert partition.next_fetch_offset == 5  # past the commit marker
