@@ -94,8 +94,15 @@ class EntityAgents:
         return max(stored, applied)
 
     async def commit_applied(self, tps: Sequence[Any] | None = None) -> None:
-        """Commit the applied offsets of ``tps`` (default: every assigned partition)."""
-        await self.applied.commit(self.app.consumer, tps)
+        """Commit the applied offsets of ``tps`` (default: every assigned partition), past the
+        offsets the consumer stepped over after them (``ReadPositions.read_past``: a
+        transaction's marker ends most transactional logs), so that the group's lag reads 0
+        when the worker's does."""
+        applied = self.applied
+        read = self.handoff.positions
+        for key, offset in list(applied.next.items()):
+            applied.applied_below(key, read.read_to(key, offset))
+        await applied.commit(self.app.consumer, tps)
 
     async def on_revoked(self, revoked: set[Any]) -> None:
         """Let the batches in flight finish, then commit what is applied of ``revoked``."""

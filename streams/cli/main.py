@@ -173,7 +173,9 @@ def status_report(
         else:
             applied = {p: stored.get(Partition(topic, p), 0) for p in partitions}
         behind = {p: done for p, done in applied.items() if done < ends[p]}
-        stamps = await operations.first_timestamps(settings, topic, behind)
+        stamps = await operations.first_timestamps(settings, topic, behind, ends)
+        # Read to the end without a record: the offsets left are no records to apply.
+        stepped_over = {p: ends[p] - behind[p] for p, stamp in stamps.items() if stamp is None}
         now = time.time()
         recreated = None
         if not forwarded_to and (log := logs.get(topic)) is not None:
@@ -188,7 +190,8 @@ def status_report(
                 end=ends[p],
                 stale_seconds=None
                 if done > ends[p]
-                else stored_staleness(done, ends[p], stamps.get(p), now),
+                else stored_staleness(done + stepped_over.get(p, 0), ends[p], stamps.get(p), now),
+                stepped_over=stepped_over.get(p, 0),
             )
             for p, done in applied.items()
         )

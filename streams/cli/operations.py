@@ -369,10 +369,16 @@ def cache_differences(expected: dict[str, Any], cached: dict[str, Any]) -> list[
 
 
 async def first_timestamps(
-    settings: Settings, topic: str, offsets: Mapping[int, int], timeout: float = 5.0
-) -> dict[int, int]:
+    settings: Settings,
+    topic: str,
+    offsets: Mapping[int, int],
+    ends: Mapping[int, int],
+    timeout: float = 5.0,
+) -> dict[int, int | None]:
     """Return the timestamp (ms) of the first record at or after ``offsets[p]``, per partition
-    (where it was first produced, for a record forwarded with a ``mirror-origin`` header).
+    (where it was first produced, for a record forwarded with a ``mirror-origin`` header); None
+    for a partition read to ``ends[p]`` without a record (its last offsets are a transaction's
+    markers, or an aborted transaction's records: nothing is left to apply).
 
     A short read, for ``status``: a partition whose record does not come within ``timeout``
     seconds is left out. An offset below the log start reads from the log start (the records
@@ -391,7 +397,7 @@ async def first_timestamps(
         auto_offset_reset="earliest",
     )
     await consumer.start()
-    found: dict[int, int] = {}
+    found: dict[int, int | None] = {}
     try:
         parts = {p: TopicPartition(topic, p) for p in offsets}
         consumer.assign(list(parts.values()))
@@ -404,10 +410,15 @@ async def first_timestamps(
                 break
             waiting = [tp for p, tp in parts.items() if p not in found]
             batch = await consumer.getmany(*waiting, timeout_ms=int(min(left, 1.0) * 1000))
-            for tp, messages in batch.items():
-                if messages and tp.partition not in found:
+            for tp in waiting:
+                messages = batch.get(tp)
+                if messages:
                     found[tp.partition] = _first_timestamp(messages[0])
-                    consumer.pause(tp)
+                elif await consumer.position(tp) >= ends[tp.partition]:
+                    found[tp.partition] = None
+                else:
+                    continue
+                consumer.pause(tp)
     finally:
         await consumer.stop()
     return found

@@ -79,6 +79,9 @@ class PartitionStatus:
     stale_seconds: float | None
     """Now minus the timestamp of the first record not applied; 0 when caught up; None when
     that record did not come within the short read (or the offset is above the end)."""
+    stepped_over: int = 0
+    """Offsets from ``applied`` to ``end`` that hold no record to apply (a transaction's
+    markers, an aborted transaction's records), as the short read found them; not lag."""
 
     @property
     def above_end(self) -> bool:
@@ -89,7 +92,7 @@ class PartitionStatus:
     @property
     def lag(self) -> int | None:
         """Return the records not applied yet; None when the applied offset is above the end."""
-        return None if self.above_end else self.end - self.applied
+        return None if self.above_end else self.end - self.applied - self.stepped_over
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,11 @@ def _topic_lines(group: str, topic: TopicStatus) -> list[str]:
         lines.append(
             f"  {p.partition:>9}  {committed:>9}  {p.applied:>7}  {p.end:>9}  {lag:>9}  {stale:>9}"
         )
+        if p.stepped_over:
+            notes.append(
+                f"  partition {p.partition}: offsets {p.applied} to {p.end - 1} hold no record to "
+                "apply (a transaction's markers, or records of aborted transactions)"
+            )
         if p.above_end:
             notes.append(
                 f"  ! partition {p.partition}: the offset applied ({p.applied}) is above the "
@@ -254,6 +262,7 @@ def _topic_json(topic: TopicStatus) -> dict[str, Any]:
                 "applied": p.applied,
                 "end": p.end,
                 "lag": p.lag,
+                "stepped_over": p.stepped_over,
                 "above_end": p.above_end,
                 "stale_seconds": None if p.above_end else _number(p.stale_seconds),
             }

@@ -12,7 +12,10 @@ So every positioning takes the next number of one counter (an epoch), the consum
 counter before it issues each fetch, and a fetch's records of a partition are admitted only if
 the partition was positioned before that fetch was issued. Within one epoch records only move
 forward; offsets they skip were compacted away, are transaction markers, or were deleted by
-retention (:func:`lost_below_log_start` tells which, given the partition's log start).
+retention (:func:`lost_below_log_start` tells which, given the partition's log start). Offsets
+the consumer stepped over after a run's last record (a transaction's commit marker ends most
+transactional logs) are noted too (:meth:`ReadPositions.read_past`), so that a partition whose
+every record is applied reads as caught up.
 
 Each admitted run also says which offset it **continues from**: the offset stored with the data
 that its records follow on (for the first run after a positioning, what the positioner vouched
@@ -138,6 +141,39 @@ class ReadPositions:
         jump = Jump(partition, expected, first) if first > expected else None
         continues, at.continues = at.continues, None
         return Admission(expected, jump, continues)
+
+    def read_past(self, partition: Hashable, offset: int, fetched_at: int) -> Jump | None:
+        """Note that the fetch issued at epoch ``fetched_at`` left ``partition``'s consumer
+        position at ``offset``, after its runs were admitted; return the jump when it moved
+        past the expected offset.
+
+        Offsets from the expected one up to it held no record to hand on: the consumer stepped
+        over them itself (a transaction's markers, an aborted transaction's records, compacted
+        ones, or records retention deleted before they were fetched: the jump says which, as a
+        run's does). The next admitted run still continues from the offset before them, which
+        is what the store has. A partition positioned since the fetch was issued is left alone.
+        """
+        at = self._at.get(partition)
+        if at is None or at.epoch > fetched_at or offset <= at.expected:
+            return None
+        jump = Jump(partition, at.expected, offset)
+        if at.continues is None:
+            at.continues = at.expected
+        at.expected = offset
+        return jump
+
+    def read_to(self, partition: Hashable, applied: int) -> int:
+        """Return the offset below which ``partition`` holds nothing more to apply, given the
+        next offset applied: ``applied``, or past the offsets the consumer stepped over since
+        (:meth:`read_past`) when every record before them is applied.
+
+        Without this, a partition whose log ends with a transaction's commit marker would read
+        one record behind until its next record, and its staleness would grow meanwhile.
+        """
+        at = self._at.get(partition)
+        if at is None or at.continues is None or at.continues > applied:
+            return applied
+        return max(applied, at.expected)
 
 
 def lost_below_log_start(expected: int, delivered: int, log_start: int) -> int:

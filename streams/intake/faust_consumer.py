@@ -159,6 +159,12 @@ class MirrorConsumer(AiokafkaConsumer):
                 handoff.deliver(tp, run)
             else:
                 others[tp] = run
+        positioned = handoff.positions.positioned()
+        if positioned:
+            # Where the fetch left each one: past the records it returned and the offsets it
+            # stepped over (a transaction's markers, an aborted transaction's records).
+            for tp, offset in _consumer_positions(self._thread, positioned).items():
+                handoff.read_past(tp, offset)
         if not others:
             return
         # Faust's own delivery (faust/transport/consumer.py, Consumer.getmany), for the rest.
@@ -212,6 +218,27 @@ class MirrorConsumer(AiokafkaConsumer):
         # Faust's check expects every record to pass its streams; mirrored ones never do.
         if not self.handoff.is_mirrored(tp.topic):
             super().verify_event_path(now, tp)
+
+
+def _consumer_positions(thread: Any, partitions: Iterable[Any]) -> dict[Any, int]:
+    """Return aiokafka's position of each of ``partitions`` that has one (the next offset it
+    fetches: past what ``getmany`` returned and what it stepped over).
+
+    Read from this thread, between fetches: aiokafka moves a position only when a fetch's
+    records are handed out (``FetchResult._update_position``) or on a seek, and every seek of
+    a mirrored partition is noted in the read positions' epoch before it is issued.
+    """
+    consumer = thread._consumer
+    subscription = consumer._subscription.subscription if consumer is not None else None
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None:
+        return {}
+    found = {}
+    for tp in partitions:
+        state = assignment.state_value(tp)  # aiokafka's TopicPartition equals Faust's TP
+        if state is not None and state.has_valid_position:
+            found[tp] = int(state.position)
+    return found
 
 
 async def _seek_to_committed(consumer: Any, partitions: Iterable[Any]) -> dict[Any, int | None]:

@@ -148,6 +148,14 @@ class Handoff:
             for tp, count in feeds[key].drop(partitions).items():
                 discarded(tp, count, reason)
 
+    def read_past(self, tp: Any, offset: int) -> None:
+        """Note where the fetch under way left ``tp``'s consumer position (after its runs were
+        delivered): offsets it stepped over count as read (``ReadPositions.read_past``), and
+        are checked for retention losses as a run's jump is."""
+        jump = self.positions.read_past(tp, offset, self.fetched_at)
+        if jump is not None:
+            self.on_jump(jump)
+
     def deliver(self, tp: Any, records: Sequence[Any]) -> bool:
         """Hand on a fetched run of ``tp``'s records (offset order); False if it was refused."""
         if not records:

@@ -35,6 +35,7 @@ class Freshness:
         consumer = self.app.consumer
         now = time.time()
         heads = self.agents.held_heads()
+        read = self.app.handoff.positions
         assigned = set()
         for tp in consumer.assignment():
             key = partition_of(tp)
@@ -44,6 +45,8 @@ class Freshness:
             kind = self.kinds.get(tp.topic)
             if position is None or highwater is None or highwater < 0 or kind is None:
                 continue  # not positioned or not fetched yet: nothing to say
+            # Past a transaction's marker that ends the log, once every record is applied.
+            position = read.read_to(key, position)
             head = oldest_unapplied(position, heads.get(key, ()))
             reading = self.staleness.read(key, position, highwater, head, now)
             partition = str(tp.partition)

@@ -13,7 +13,16 @@ from models.planet import Planet
 from models.registry import build_spec
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
-from tests.support import create_topic, make_worker, run_cli, wait_applied
+from tests.support import (
+    create_topic,
+    make_worker,
+    metric_value,
+    read_metrics,
+    run_cli,
+    wait_applied,
+    wait_caught_up,
+)
+from tests.waiting import eventually
 
 #: (partition, planet uuid, planet name) of one planet event.
 Event = tuple[int, str, str]
@@ -75,6 +84,34 @@ async def test_a_rolled_back_transaction_is_never_mirrored_and_verify_agrees(
         assert read_planets(pg_url) == expected
         verify = run_cli(worker.env, "verify", "planet")
         assert verify.returncode == 0, verify.stdout + verify.stderr
+        # Each log ends with a commit marker, which no record follows: the partitions are
+        # caught up all the same (before: lag 1 and a staleness growing until the alert).
+        samples = [
+            *(f'mirror_consumer_lag_records{{partition="{p}",topic="{topic}"}}' for p in (0, 1)),
+            *(
+                f'mirror_staleness_seconds{{entity="planet",partition="{p}",topic="{topic}"}}'
+                for p in (0, 1)
+            ),
+        ]
+
+        async def readings() -> list[float | None]:
+            text = await read_metrics(worker)
+            return [metric_value(text, sample) for sample in samples]
+
+        await eventually(
+            readings,
+            lambda values: values == [0.0] * len(samples),
+            what="lag and staleness 0 on both partitions",
+            alive=[worker],
+        )
+        # The group's committed offsets too (what lag monitors read): the ends of the logs.
+        await wait_caught_up(kafka_bootstrap, app_id, topic, alive=worker.assert_alive)
+        # status reads the store and the broker: the same, from the outside.
+        status = run_cli(worker.env, "status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        (planets,) = json.loads(status.stdout)["entities"]
+        (read,) = [t for t in planets["topics"] if t["topic"] == topic]
+        assert [(p["lag"], p["stepped_over"]) for p in read["partitions"]] == [(0, 1), (0, 1)]
         worker.assert_alive()
     finally:
         assert worker.stop() == "SIGTERM"

@@ -56,6 +56,35 @@ def test_forgotten_partitions_are_refused_until_positioned_again() -> None:
     assert positions.positioned() == set()
 
 
+def test_offsets_the_consumer_stepped_over_count_as_read_once_every_record_is_applied() -> None:
+    # A transaction's records at 10..14, its commit marker at 15: the consumer's position is 16.
+    positions = ReadPositions()
+    positions.position("p0", 10)
+    fetched = positions.epoch
+    assert positions.admit("p0", 10, 14, fetched) == Admission(10)
+    # A jump, checked for retention losses as a run's is (here: none, the log starts at 0).
+    assert positions.read_past("p0", 16, fetched) == Jump("p0", 15, 16)
+    assert lost_below_log_start(15, 16, log_start=0) == 0
+    assert positions.expected("p0") == 16
+    assert positions.read_to("p0", 12) == 12  # records 12..14 not applied yet: behind
+    assert positions.read_to("p0", 15) == 16  # all applied: the marker is no record to wait for
+    # The next run still continues from 15, the offset the store has after record 14.
+    assert positions.admit("p0", 16, 20, fetched) == Admission(16, None, 15)
+    assert positions.read_to("p0", 15) == 15  # records 16..20 to apply
+
+
+def test_stepping_over_is_ignored_for_a_partition_positioned_since_the_fetch() -> None:
+    positions = ReadPositions()
+    positions.position("p0", 10)
+    before = positions.epoch
+    positions.position("p0", 10)
+    assert positions.read_past("p0", 30, before) is None
+    assert positions.read_past("p1", 30, positions.epoch) is None  # not positioned
+    assert positions.read_past("p0", 10, positions.epoch) is None  # nothing stepped over
+    assert positions.expected("p0") == 10 and positions.read_to("p0", 10) == 10
+    assert positions.read_to("p1", 7) == 7
+
+
 def test_lost_records_are_those_below_the_log_start() -> None:
     assert lost_below_log_start(expected=100, delivered=140, log_start=130) == 30
     assert lost_below_log_start(expected=100, delivered=140, log_start=90) == 0  # compacted

@@ -74,9 +74,26 @@ def test_status_caught_up_prints_the_table_and_exits_ok() -> None:
         "applied": 0,
         "end": 0,
         "lag": 0,
+        "stepped_over": 0,
         "above_end": False,
         "stale_seconds": 0.0,
     }
+
+
+def test_offsets_holding_no_record_to_apply_are_noted_and_not_lag() -> None:
+    # A transactional producer's log ends with its commit marker: the record before it is
+    # applied, and the short read reached the end without a record.
+    marker = PartitionStatus(0, 40, 40, 41, 0.0, stepped_over=1)
+    report = status(marker)
+    lines = status_lines(report)
+    assert lines[2] == "          0         40       40         41          0          0"
+    assert lines[3] == (
+        "  partition 0: offsets 40 to 40 hold no record to apply (a transaction's markers, or "
+        "records of aborted transactions)"
+    )
+    assert report.exit_code == Exit.OK
+    partition = status_json(report)["entities"][0]["topics"][0]["partitions"][0]
+    assert (partition["lag"], partition["stepped_over"]) == (0, 1)
 
 
 def test_status_behind_exits_behind_unless_max_lag_allows_the_lag() -> None:
