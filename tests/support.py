@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from devservices.processes import note_started
 from streams.settings import Settings
@@ -100,6 +100,26 @@ async def create_topic(
         what=f"metadata of {topic}'s {partitions} partitions",
         every=0.1,
     )
+
+
+async def recreate_topic(
+    bootstrap: str | Broker, topic: str, partitions: int, configs: dict[str, str] | None = None
+) -> None:
+    """Delete ``topic`` and create it again, empty (:func:`create_topic` once the broker has
+    finished deleting it, which it does in the background)."""
+    admin = AIOKafkaAdminClient(**client_args(bootstrap))
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    await eventually(
+        lambda: create_topic(bootstrap, topic, partitions, configs=configs),
+        lambda _: True,
+        what=f"{topic} deleted and created again",
+        ignoring=(TopicAlreadyExistsError,),  # the deletion is still under way
+    )
+    assert await end_offsets(bootstrap, topic) == dict.fromkeys(range(partitions), 0)
 
 
 async def partitions_of(bootstrap: str | Broker, topic: str) -> list[int]:

@@ -29,7 +29,7 @@ from streams.core.keys import key_text
 from streams.core.records import EntityKey, SourceRecord
 from streams.core.routing import lift_to_floor, route
 from streams.kafka import aiokafka_fixes
-from streams.kafka.topics import ISOLATION_LEVEL, partitions_of, with_admin
+from streams.kafka.topics import consumer_options, partitions_of, with_admin
 from streams.settings import Settings
 
 
@@ -58,8 +58,7 @@ async def end_offsets(settings: Settings, topic: str, partitions: list[int]) -> 
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
-        **settings.kafka_client_options(),
-        isolation_level=ISOLATION_LEVEL,
+        **consumer_options(settings),
     )
     await consumer.start()
     await asyncio.sleep(0)  # let aiokafka's coordinator task start before any stop()
@@ -96,8 +95,7 @@ async def read_topic(
         progress.total = sum(ends.values())
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
-        **settings.kafka_client_options(),
-        isolation_level=ISOLATION_LEVEL,
+        **consumer_options(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -391,8 +389,7 @@ async def first_timestamps(
     aiokafka_fixes.install()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
-        **settings.kafka_client_options(),
-        isolation_level=ISOLATION_LEVEL,
+        **consumer_options(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )

@@ -20,6 +20,13 @@ T = TypeVar("T")
 #: rolled back, and ``verify`` must read what the worker applies.
 ISOLATION_LEVEL = "read_committed"
 
+
+def consumer_options(settings: Settings) -> dict[str, Any]:
+    """Return the keyword arguments every aiokafka consumer of ours takes (the CLI's, the
+    dead-letter reader's): the security ones, and committed records only."""
+    return {**settings.kafka_client_options(), "isolation_level": ISOLATION_LEVEL}
+
+
 MAX_MESSAGE_BYTES = "max.message.bytes"
 #: Kafka's default ``message.max.bytes``, for a broker that does not say.
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588

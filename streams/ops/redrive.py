@@ -26,7 +26,7 @@ from streams.core.records import ORIGIN_HEADER, Origin
 from streams.kafka import aiokafka_fixes
 from streams.kafka.aiokafka_fixes import send_record
 from streams.kafka.broker_failures import start_client
-from streams.kafka.topics import ISOLATION_LEVEL, partitions_of
+from streams.kafka.topics import consumer_options, partitions_of
 from streams.settings import Settings
 
 
@@ -90,8 +90,7 @@ async def read_dead_letters(settings: Settings, topic: str) -> AsyncIterator[Dea
     aiokafka_fixes.install()  # dead letters can carry header keys that are not UTF-8
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_hosts,
-        **settings.kafka_client_options(),
-        isolation_level=ISOLATION_LEVEL,
+        **consumer_options(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )

@@ -9,9 +9,6 @@ import random
 import time
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import TopicAlreadyExistsError
-
 from models.store import SqlStore
 from tests.integration.test_mirror import read_planets
 from tests.support import (
@@ -20,11 +17,11 @@ from tests.support import (
     make_worker,
     metric_value,
     produce_timed,
+    recreate_topic,
     run_cli,
     wait_caught_up,
     wait_stored,
 )
-from tests.waiting import eventually
 
 PARTITIONS = 4
 
@@ -59,23 +56,6 @@ def last_per_key(events: list[Event], state: dict[str, str] | None = None) -> di
     return state
 
 
-async def recreate(bootstrap: str, topic: str) -> None:
-    """Delete ``topic`` and create it again, empty, with as many partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
-    await eventually(
-        lambda: create_topic(bootstrap, topic, PARTITIONS),
-        lambda _: True,
-        what=f"{topic} created again",
-        ignoring=(TopicAlreadyExistsError,),  # the deletion is still under way
-    )
-    assert sum((await end_offsets(bootstrap, topic)).values()) == 0
-
-
 async def test_a_recreated_topic_is_applied_from_its_start_and_outranks_the_old_log(
     kafka_bootstrap: str, pg_url: str, topic_prefix: str, tmp_path: Path
 ) -> None:
@@ -97,7 +77,7 @@ async def test_a_recreated_topic_is_applied_from_its_start_and_outranks_the_old_
         # The topic is deleted and created again; its new log is shorter than the offsets
         # stored, and its records are stamped an hour before the old log's (history published
         # again): they must still win.
-        await recreate(kafka_bootstrap, topic)
+        await recreate_topic(kafka_bootstrap, topic, PARTITIONS)
         new = planet_events(range(50, 200), 350, seed=2)
         stamp = int(time.time() * 1000) - 3_600_000
         positions = await produce_timed(

@@ -32,6 +32,7 @@ from tests.support import (
     free_port,
     make_worker,
     produce,
+    recreate_topic,
     wait_caught_up,
     wait_ready,
     worker_env,
@@ -197,26 +198,6 @@ async def mirror_and_stop(
     return worker, app_id
 
 
-async def make_again(bootstrap: str, topic: str, partitions: int) -> None:
-    """Delete ``topic`` and create it again, empty and compacted, as a fresh broker has it."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topic])
-    finally:
-        await admin.close()
-    await eventually(
-        lambda: create_topic(bootstrap, topic, partitions, configs={"cleanup.policy": "compact"}),
-        lambda _: True,
-        what=f"{topic} deleted and created again",
-        ignoring=(TopicAlreadyExistsError,),  # the broker deletes it in the background
-    )
-    assert await end_offsets(bootstrap, topic) == dict.fromkeys(range(partitions), 0)
-
-
 def log_since(worker: WorkerProcess, start: int) -> str:
     """Return what the worker logged from byte ``start`` of its log on."""
     with worker.log_path.open("rb") as file:
@@ -247,7 +228,8 @@ async def test_a_changelog_made_again_is_written_again_and_local_files_rebuilt(
     keys = [str(uuid.uuid4()) for _ in range(200)]
     worker, app_id = await mirror_and_stop(kafka_bootstrap, pg_url, topic_prefix, tmp_path, keys)
     changelog = f"{app_id}-planet-changelog"
-    await make_again(kafka_bootstrap, changelog, 4)
+    # Empty and compacted, as a fresh broker has it.
+    await recreate_topic(kafka_bootstrap, changelog, 4, configs={"cleanup.policy": "compact"})
     restarted_at = worker.log_path.stat().st_size
     worker.start()
     try:
